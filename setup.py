@@ -1,0 +1,34 @@
+from setuptools import find_packages, setup
+
+
+def _requirements():
+    with open("requirements.txt") as f:
+        return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+
+
+setup(
+    name="vdot-jax",
+    version="0.1.0",
+    description="VDOT distillation of Wan2.1-VACE into a 4-step unified video generator, in JAX/Flax.",
+    packages=find_packages(include=["vdot_jax", "vdot_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=_requirements(),
+    extras_require={
+        # PyTorch oracles for the parity tests (and `.pt/.pth` reading in `vdot convert`).
+        # torch is pinned: a bare `torch` pulls a multi-GB CUDA build.
+        "test": [
+            "torch==2.13.0",
+            "diffusers==0.42.1",
+            "transformers>=4.57",
+            "tokenizers>=0.21",
+            "sentencepiece>=0.2",
+            "accelerate>=1.0",
+            "ftfy>=6.0",
+            "scipy>=1.11",
+            "pytest>=8.0",
+            "pytest-xdist>=3.5",
+        ],
+        "torch": ["torch==2.13.0"],
+    },
+    entry_points={"console_scripts": ["vdot=vdot_jax.cli:main"]},
+)

@@ -1,0 +1,3 @@
+"""vdot-jax: VDOT distillation of Wan2.1-VACE into a 4-step unified video generator, in JAX/Flax."""
+
+__version__ = "0.1.0"
