@@ -1,0 +1,140 @@
+"""Architecture of the Wan2.1 DiT and its VACE variant, plus the named real-size presets.
+
+The architecture (what the weights mean) is kept apart from run-time options (compute dtype, attention
+implementation, remat policy), which live on the model as ``Runtime`` and may change after loading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class WanConfig:
+    dim: int = 1536
+    ffn_dim: int = 8960
+    num_heads: int = 12
+    num_layers: int = 30
+    in_channels: int = 16
+    out_channels: int = 16
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    text_dim: int = 4096
+    freq_dim: int = 256
+    eps: float = 1e-6
+    cross_attn_norm: bool = True
+    rope_theta: float = 10000.0
+    rope_max_seq_len: int = 1024
+    # VACE: indices of the main blocks that receive a hint; empty means plain text-to-video Wan.
+    vace_layers: tuple[int, ...] = ()
+    vace_in_channels: int = 96
+
+    def __post_init__(self):
+        object.__setattr__(self, "patch_size", tuple(self.patch_size))
+        object.__setattr__(self, "vace_layers", tuple(int(i) for i in self.vace_layers))
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim {self.head_dim} must be even for rotary embeddings")
+        if self.vace_layers:
+            if list(self.vace_layers) != sorted(set(self.vace_layers)):
+                raise ValueError(f"vace_layers must be strictly increasing, got {self.vace_layers}")
+            if self.vace_layers[0] != 0 or self.vace_layers[-1] >= self.num_layers:
+                raise ValueError(
+                    f"vace_layers must start at 0 and stay below num_layers={self.num_layers}, got {self.vace_layers}"
+                )
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def is_vace(self) -> bool:
+        return bool(self.vace_layers)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "WanConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown WanConfig fields {sorted(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_diffusers(cls, d: dict) -> "WanConfig":
+        """From a diffusers ``WanTransformer3DModel``/``WanVACETransformer3DModel`` config.json."""
+        unsupported = {k: d[k] for k in ("image_dim", "added_kv_proj_dim", "pos_embed_seq_len") if d.get(k)}
+        if unsupported:
+            raise ValueError(f"image-to-video Wan variants are not supported (config has {unsupported})")
+        heads, head_dim = d.get("num_attention_heads", 40), d.get("attention_head_dim", 128)
+        return cls(
+            dim=heads * head_dim,
+            ffn_dim=d.get("ffn_dim", 13824),
+            num_heads=heads,
+            num_layers=d.get("num_layers", 40),
+            in_channels=d.get("in_channels", 16),
+            out_channels=d.get("out_channels") or d.get("in_channels", 16),
+            patch_size=tuple(d.get("patch_size", (1, 2, 2))),
+            text_dim=d.get("text_dim", 4096),
+            freq_dim=d.get("freq_dim", 256),
+            eps=d.get("eps", 1e-6),
+            cross_attn_norm=d.get("cross_attn_norm", True),
+            rope_max_seq_len=d.get("rope_max_seq_len", 1024),
+            vace_layers=tuple(d.get("vace_layers", ())) if "vace_layers" in d else (),
+            vace_in_channels=d.get("vace_in_channels", 96),
+        )
+
+    def to_diffusers(self) -> dict:
+        d = dict(
+            patch_size=list(self.patch_size),
+            num_attention_heads=self.num_heads,
+            attention_head_dim=self.head_dim,
+            in_channels=self.in_channels,
+            out_channels=self.out_channels,
+            text_dim=self.text_dim,
+            freq_dim=self.freq_dim,
+            ffn_dim=self.ffn_dim,
+            num_layers=self.num_layers,
+            cross_attn_norm=self.cross_attn_norm,
+            qk_norm="rms_norm_across_heads",
+            eps=self.eps,
+            image_dim=None,
+            added_kv_proj_dim=None,
+            rope_max_seq_len=self.rope_max_seq_len,
+            pos_embed_seq_len=None,
+        )
+        if self.is_vace:
+            d.update(vace_layers=list(self.vace_layers), vace_in_channels=self.vace_in_channels)
+        return d
+
+
+@dataclass
+class Runtime:
+    """How the model runs (not what its weights are)."""
+
+    dtype: str = "float32"  # compute dtype of matmuls and attention; norms/modulation stay float32
+    attention: str = "xla"  # see vdot_jax.models.attention.available()
+    remat: str = "none"  # see vdot_jax.models.wan.REMAT_POLICIES
+    extra: dict = field(default_factory=dict)
+
+
+# Real sizes (METHOD.md section 1). Head dim 128 in all of them.
+WAN_1_3B = WanConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30)
+WAN_14B = WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
+PRESETS: dict[str, WanConfig] = {
+    "wan2.1-t2v-1.3b": WAN_1_3B,
+    "wan2.1-t2v-14b": WAN_14B,
+    "wan2.1-vace-1.3b": dataclasses.replace(WAN_1_3B, vace_layers=tuple(range(0, 30, 2))),
+    "wan2.1-vace-14b": dataclasses.replace(WAN_14B, vace_layers=tuple(range(0, 40, 5))),
+}
+
+
+def preset(name: str) -> WanConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}") from None

@@ -1,0 +1,109 @@
+"""Converting transformer checkpoints (original Wan/VACE/VDOT or diffusers) and loading them back."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Mapping
+
+import jax
+from flax import nnx
+
+from vdot_jax.models.config import Runtime, WanConfig
+from vdot_jax.models.wan import WanModel
+from vdot_jax.weights import store
+from vdot_jax.weights.checkpoint_io import CheckpointError, open_tensors
+from vdot_jax.weights.keymap import convert_tensors, np_dtype
+from vdot_jax.weights.params import abstract_model, assign, flat_state
+from vdot_jax.weights.wan_transformer import infer_config, to_diffusers_names, transformer_keymap
+
+DTYPES = ("float32", "bfloat16")
+_DIFFUSERS_CLASSES = ("WanTransformer3DModel", "WanVACETransformer3DModel")
+
+
+def _check_dtype(dtype: str) -> str:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    return dtype
+
+
+def _diffusers_config(path: Path) -> WanConfig | None:
+    cfg_file = path / "config.json" if path.is_dir() else None
+    if cfg_file is None or not cfg_file.exists():
+        return None
+    try:
+        d = json.loads(cfg_file.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{cfg_file} is not valid JSON ({e})") from None
+    if d.get("_class_name") in _DIFFUSERS_CLASSES:
+        return WanConfig.from_diffusers(d)
+    return None
+
+
+def read_transformer_checkpoint(
+    src: str | os.PathLike, dtype: str = "float32", config: WanConfig | None = None, key: str | None = None,
+    progress=lambda it: it,
+) -> tuple[WanConfig, dict]:
+    """(config, flat params in our layout as numpy) from any supported transformer checkpoint."""
+    src = Path(src)
+    if src.is_dir() and (src / "transformer").is_dir() and not list(src.glob("*.safetensors*")):
+        src = src / "transformer"  # a diffusers pipeline folder
+    source = to_diffusers_names(open_tensors(src, key=key, stem="diffusion_pytorch_model" if src.is_dir() else None))
+    cfg = config or _diffusers_config(src) or infer_config(source)
+    keymap, shapes = transformer_keymap(cfg)
+    flat = convert_tensors(source, keymap, shapes, dtype=_check_dtype(dtype), what=f"transformer config {cfg}",
+                           progress=progress)
+    return cfg, flat
+
+
+def convert_transformer(
+    src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "float32", config: WanConfig | None = None,
+    key: str | None = None, progress=lambda it: it,
+) -> Path:
+    """Convert a checkpoint into DST/transformer (orbax + config.json); returns that directory."""
+    cfg, flat = read_transformer_checkpoint(src, dtype, config, key, progress)
+    return store.save_component(
+        dst, "transformer", cls="WanModel", config=dataclasses.asdict(cfg), flat_params=flat, dtype=dtype,
+        extra={"source": str(src)},
+    )
+
+
+def save_transformer(model: WanModel, dst: str | os.PathLike, dtype: str | None = None) -> Path:
+    """Save an in-memory model as DST/transformer."""
+    flat = flat_state(model)
+    if dtype is not None:
+        flat = {p: v.astype(np_dtype(dtype)) for p, v in flat.items()}
+    dtype = dtype or str(next(iter(flat.values())).dtype)
+    return store.save_component(dst, "transformer", cls="WanModel", config=dataclasses.asdict(model.cfg),
+                                flat_params=flat, dtype=dtype)
+
+
+def load_transformer(
+    path: str | os.PathLike, dtype: str | None = None, *, runtime: Runtime | None = None,
+    shardings: Mapping[tuple, jax.sharding.Sharding] | None = None, config: WanConfig | None = None,
+    key: str | None = None,
+) -> WanModel:
+    """A ``WanModel`` from a converted model directory or straight from any supported checkpoint.
+
+    ``dtype`` is the parameter dtype (default: as stored); ``shardings`` maps parameter paths to target
+    shardings (default: the default device), restored directly into place from a converted directory.
+    """
+    path = Path(path)
+    if store.is_model_dir(path):
+        comp = store.component_dir(path, "transformer")
+        meta = store.read_meta(comp)
+        cfg = WanConfig.from_dict(meta["config"])
+        dtype = _check_dtype(dtype or meta["dtype"])
+        model = abstract_model(lambda: WanModel(cfg, rngs=nnx.Rngs(0), runtime=runtime))
+        abstract = {
+            p: jax.ShapeDtypeStruct(v.shape, dtype, sharding=(shardings or {}).get(p))
+            for p, v in flat_state(model).items()
+        }
+        return assign(model, store.restore_params(comp, abstract))
+    cfg, flat = read_transformer_checkpoint(path, dtype or "float32", config, key)
+    model = abstract_model(lambda: WanModel(cfg, rngs=nnx.Rngs(0), runtime=runtime))
+    if shardings:
+        flat = {p: jax.device_put(v, shardings[p]) if p in shardings else v for p, v in flat.items()}
+    return assign(model, flat)

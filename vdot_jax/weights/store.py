@@ -1,0 +1,115 @@
+"""Converted model directories: one sub-directory per component, each an orbax checkpoint plus config.
+
+    DIR/vdot_model.json            {"format": "vdot-jax", "components": {"transformer": "transformer", ...}}
+    DIR/<component>/config.json    {"component": ..., "class": ..., "dtype": ..., "config": {...}}
+    DIR/<component>/params/        orbax checkpoint of the parameter tree (nested dict, str keys)
+
+Restoring goes straight into the requested dtype and shardings (abstract targets), so a large model
+is never materialised replicated on one host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from vdot_jax.weights.checkpoint_io import CheckpointError
+
+FORMAT = "vdot-jax"
+INDEX = "vdot_model.json"
+
+
+def _nest(flat: Mapping[tuple, object]) -> dict:
+    tree: dict = {}
+    for path, v in flat.items():
+        node = tree
+        for p in path[:-1]:
+            node = node.setdefault(str(p), {})
+        node[str(path[-1])] = v
+    return tree
+
+
+def _unnest(tree: Mapping, paths) -> dict:
+    out = {}
+    for path in paths:
+        node = tree
+        for p in path:
+            node = node[str(p)]
+        out[tuple(path)] = node
+    return out
+
+
+def save_component(
+    root: str | os.PathLike, name: str, *, cls: str, config: dict, flat_params: Mapping[tuple, object],
+    dtype: str, extra: dict | None = None,
+) -> Path:
+    """Write DIR/<name>/{config.json, params} atomically (a half-written component is never left)."""
+    root = Path(root)
+    final = root / name
+    tmp = root / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    meta = {"component": name, "class": cls, "dtype": dtype, "config": config, **(extra or {})}
+    (tmp / "config.json").write_text(json.dumps(meta, indent=2))
+    tree = _nest({p: np.asarray(v) if not isinstance(v, jax.Array) else v for p, v in flat_params.items()})
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save((tmp / "params").absolute(), tree)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    index_path = root / INDEX
+    index = json.loads(index_path.read_text()) if index_path.exists() else {"format": FORMAT, "components": {}}
+    index["components"][name] = name
+    index_path.write_text(json.dumps(index, indent=2))
+    return final
+
+
+def component_dir(path: str | os.PathLike, name: str) -> Path:
+    """DIR/<name> of a model directory, or DIR itself when it is that component."""
+    path = Path(path)
+    if (path / "config.json").exists():
+        meta = read_meta(path)
+        if meta.get("component") == name:
+            return path
+    if (path / name / "config.json").exists():
+        return path / name
+    if (path / INDEX).exists():
+        have = sorted(json.loads((path / INDEX).read_text()).get("components", {}))
+        raise CheckpointError(f"model directory {path} has no {name} (it has: {', '.join(have) or 'nothing'})")
+    raise CheckpointError(f"{path} is not a converted vdot-jax model directory (no {INDEX} or {name}/config.json)")
+
+
+def read_meta(component: Path) -> dict:
+    try:
+        meta = json.loads((component / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{component}/config.json is unreadable ({e})") from None
+    if "component" not in meta or "config" not in meta:
+        raise CheckpointError(f"{component}/config.json is not a vdot-jax component config")
+    return meta
+
+
+def is_model_dir(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return (path / INDEX).exists() or ((path / "config.json").exists() and (path / "params").exists())
+
+
+def restore_params(component: Path, abstract_flat: Mapping[tuple, jax.ShapeDtypeStruct]) -> dict:
+    """Restore {path: jax.Array} with each leaf's shape, dtype and sharding taken from ``abstract_flat``."""
+    params = (component / "params").absolute()
+    if not params.exists():
+        raise CheckpointError(f"{component} has no params/ checkpoint")
+    target = _nest(abstract_flat)
+    with ocp.StandardCheckpointer() as ckptr:
+        try:
+            restored = ckptr.restore(params, target)
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            raise CheckpointError(f"{params} does not match the model its config describes ({str(e)[:300]})") from None
+    return _unnest(restored, abstract_flat.keys())

@@ -1,0 +1,128 @@
+"""Key maps of the Wan/VACE transformer: original Wan <-> diffusers <-> ours, and config inference."""
+
+from __future__ import annotations
+
+from flax import nnx
+
+from vdot_jax.models.config import WanConfig
+from vdot_jax.models.wan import WanModel
+from vdot_jax.weights.checkpoint_io import CheckpointError, TensorSource
+from vdot_jax.weights.keymap import KeyMap, RenameTable
+from vdot_jax.weights.params import abstract_model, flat_shapes
+
+_B = "{b:blocks|vace_blocks}.{i:[0-9]+}"
+_P = "{p:weight|bias}"
+
+# Original Wan/VACE names (left) and diffusers names (right). Original ``norm3`` is the cross-attention
+# norm that diffusers calls ``norm2``; VACE's ``before_proj``/``after_proj`` are ``proj_in``/``proj_out``.
+WAN_TO_DIFFUSERS = RenameTable(
+    [
+        (f"patch_embedding.{_P}", f"patch_embedding.{{p}}"),
+        (f"vace_patch_embedding.{_P}", f"vace_patch_embedding.{{p}}"),
+        (f"text_embedding.0.{_P}", "condition_embedder.text_embedder.linear_1.{p}"),
+        (f"text_embedding.2.{_P}", "condition_embedder.text_embedder.linear_2.{p}"),
+        (f"time_embedding.0.{_P}", "condition_embedder.time_embedder.linear_1.{p}"),
+        (f"time_embedding.2.{_P}", "condition_embedder.time_embedder.linear_2.{p}"),
+        (f"time_projection.1.{_P}", "condition_embedder.time_proj.{p}"),
+        (f"head.head.{_P}", "proj_out.{p}"),
+        ("head.modulation", "scale_shift_table"),
+        (f"{_B}.self_attn.{{m:q|k|v}}.{_P}", "{b}.{i}.attn1.to_{m}.{p}"),
+        (f"{_B}.self_attn.o.{_P}", "{b}.{i}.attn1.to_out.0.{p}"),
+        (f"{_B}.self_attn.{{n:norm_q|norm_k}}.{_P}", "{b}.{i}.attn1.{n}.{p}"),
+        (f"{_B}.cross_attn.{{m:q|k|v}}.{_P}", "{b}.{i}.attn2.to_{m}.{p}"),
+        (f"{_B}.cross_attn.o.{_P}", "{b}.{i}.attn2.to_out.0.{p}"),
+        (f"{_B}.cross_attn.{{n:norm_q|norm_k}}.{_P}", "{b}.{i}.attn2.{n}.{p}"),
+        (f"{_B}.norm3.{_P}", "{b}.{i}.norm2.{p}"),
+        (f"{_B}.ffn.0.{_P}", "{b}.{i}.ffn.net.0.proj.{p}"),
+        (f"{_B}.ffn.2.{_P}", "{b}.{i}.ffn.net.2.{p}"),
+        (f"{_B}.modulation", "{b}.{i}.scale_shift_table"),
+        (f"{_B}.before_proj.{_P}", "{b}.{i}.proj_in.{p}"),
+        (f"{_B}.after_proj.{_P}", "{b}.{i}.proj_out.{p}"),
+    ]
+)
+
+# Where our names differ from diffusers' beyond the generic leaf renames (kernel/scale -> weight).
+_OURS_TO_DIFFUSERS = {("vace_proj_in",): ("vace_blocks", 0, "proj_in")}
+_LEAF = {"kernel": "weight", "scale": "weight"}
+
+DIFFUSERS_ROOTS = ("condition_embedder.", "patch_embedding.", "blocks.", "proj_out.", "vace_", "scale_shift_table")
+WAN_ROOTS = ("time_embedding.", "text_embedding.", "patch_embedding.", "blocks.", "head.", "vace_")
+
+
+def _diffusers_key(path: tuple) -> str:
+    for ours, theirs in _OURS_TO_DIFFUSERS.items():
+        if path[: len(ours)] == ours:
+            path = theirs + path[len(ours) :]
+    *head, leaf = path
+    return ".".join(str(p) for p in (*head, _LEAF.get(leaf, leaf)))
+
+
+def _layout(path: tuple, shape: tuple) -> str:
+    if path[-1] == "kernel":
+        return "linear" if len(shape) == 2 else "conv"
+    return "copy"
+
+
+def transformer_keymap(cfg: WanConfig) -> tuple[KeyMap, dict]:
+    """(KeyMap in diffusers names, our flat {path: shape}) for a config, without allocating weights."""
+    shapes = flat_shapes(abstract_model(lambda: WanModel(cfg, rngs=nnx.Rngs(0))))
+    stacked = {"blocks": cfg.num_layers}
+    if cfg.is_vace:
+        stacked["vace_blocks"] = len(cfg.vace_layers)
+    return KeyMap.from_abstract(shapes, stacked=stacked, path_to_key=_diffusers_key, layout_of=_layout), shapes
+
+
+def detect_layout(keys) -> str:
+    """'diffusers' or 'wan' from the tensor names (prefixes already removed)."""
+    keys = list(keys)
+    if any(k.startswith("condition_embedder.") for k in keys):
+        return "diffusers"
+    if any(k.startswith(("time_embedding.", "head.head.")) for k in keys):
+        return "wan"
+    raise CheckpointError(
+        "this is not a Wan/VACE transformer checkpoint (found neither diffusers' condition_embedder.* nor "
+        f"original Wan's time_embedding.*/head.* keys; first keys: {keys[:3]})"
+    )
+
+
+def to_diffusers_names(source: TensorSource) -> TensorSource:
+    """Strip prefixes and rename an original-layout source to diffusers names (unknown keys kept as-is)."""
+    from vdot_jax.weights.checkpoint_io import strip_prefixes
+
+    src = strip_prefixes(source, DIFFUSERS_ROOTS + WAN_ROOTS)
+    if detect_layout(src.keys()) == "wan":
+        src = src.renamed(lambda k: WAN_TO_DIFFUSERS.forward(k) or k)
+    return src
+
+
+def infer_config(source: TensorSource) -> WanConfig:
+    """The architecture from tensor shapes of a diffusers-named source (head dim 128, as in all Wan2.1)."""
+
+    def shape(key):
+        if key not in source:
+            raise CheckpointError(f"{source.origin} has no {key}, so its architecture cannot be inferred")
+        return source.shape(key)
+
+    d, cin, *patch = shape("patch_embedding.weight")
+    keys = source.keys()
+    num_layers = 1 + max(int(k.split(".")[1]) for k in keys if k.startswith("blocks."))
+    n_vace = 1 + max((int(k.split(".")[1]) for k in keys if k.startswith("vace_blocks.")), default=-1)
+    vace_layers = ()
+    if n_vace > 0:
+        step = num_layers // n_vace  # VACE releases space their hint layers evenly from 0
+        vace_layers = tuple(range(0, step * n_vace, step))
+    head_dim = 128 if d % 128 == 0 else d  # all Wan2.1 models use 128-wide heads
+    return WanConfig(
+        dim=d,
+        ffn_dim=shape("blocks.0.ffn.net.0.proj.weight")[0],
+        num_heads=d // head_dim,
+        num_layers=num_layers,
+        in_channels=cin,
+        out_channels=shape("proj_out.weight")[0] // (patch[0] * patch[1] * patch[2]),
+        patch_size=tuple(patch),
+        text_dim=shape("condition_embedder.text_embedder.linear_1.weight")[1],
+        freq_dim=shape("condition_embedder.time_embedder.linear_1.weight")[1],
+        cross_attn_norm="blocks.0.norm2.weight" in source,
+        vace_layers=vace_layers,
+        vace_in_channels=shape("vace_patch_embedding.weight")[1] if n_vace else 96,
+    )
