@@ -53,6 +53,11 @@ class WanConfig:
     def is_vace(self) -> bool:
         return bool(self.vace_layers)
 
+    def describe(self) -> str:
+        kind = "VACE" if self.is_vace else "text-to-video"
+        vace = f", VACE layers {list(self.vace_layers)}" if self.is_vace else ""
+        return f"{kind} Wan transformer (dim {self.dim}, {self.num_layers} layers{vace})"
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
 

@@ -253,14 +253,14 @@ def open_tensors(path: str | os.PathLike, key: str | None = None, stem: str | No
 
 
 # Wrapper segments that FSDP / activation checkpointing / torch.compile insert anywhere in a name.
-_WRAPPERS = re.compile(r"(^|\.)(_fsdp_wrapped_module|_checkpoint_wrapped_module|_orig_mod)(?=\.)")
+_WRAPPERS = re.compile(r"(?:^|(?<=\.))(?:_fsdp_wrapped_module|_checkpoint_wrapped_module|_orig_mod)\.")
 # Leading prefixes of whole-model wrappers, removed while every key shares one.
 _LEADING = ("model.diffusion_model.", "diffusion_model.", "model.", "module.", "generator.", "transformer.")
 
 
 def strip_prefixes(source: TensorSource, roots: tuple[str, ...]) -> TensorSource:
     """Remove wrapper segments and shared leading prefixes until the keys start at known roots."""
-    src = source.renamed(lambda k: _WRAPPERS.sub(lambda m: m.group(1), k).lstrip("."))
+    src = source.renamed(lambda k: _WRAPPERS.sub("", k))
     while True:
         keys = src.keys()
         if any(k.startswith(roots) for k in keys):

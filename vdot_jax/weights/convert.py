@@ -53,7 +53,7 @@ def read_transformer_checkpoint(
     source = to_diffusers_names(open_tensors(src, key=key, stem="diffusion_pytorch_model" if src.is_dir() else None))
     cfg = config or _diffusers_config(src) or infer_config(source)
     keymap, shapes = transformer_keymap(cfg)
-    flat = convert_tensors(source, keymap, shapes, dtype=_check_dtype(dtype), what=f"transformer config {cfg}",
+    flat = convert_tensors(source, keymap, shapes, dtype=_check_dtype(dtype), what=cfg.describe(),
                            progress=progress)
     return cfg, flat
 

@@ -122,15 +122,22 @@ class KeyMap:
         path_to_key: Callable[[Path_], str],
         layout_of: Callable[[Path_, tuple], str],
     ) -> "KeyMap":
-        """Entries from our flat {path: shape}; ``stacked`` names top-level modules with a layer axis."""
+        """Entries from our flat {path: shape}.
+
+        ``stacked`` names the modules that carry a leading layer axis, with their layer counts: a
+        top-level name (``"blocks"``) or a dotted path to a nested module (``"encoder.block"``). The
+        layer index is inserted into the path right after that module before ``path_to_key``.
+        """
+        prefixes = [(tuple(name.split(".")), n) for name, n in stacked.items()]
         entries = []
         for path, shape in flat_shapes.items():
-            n = stacked.get(path[0])
+            depth, n = next(((len(pre), n) for pre, n in prefixes if tuple(map(str, path[: len(pre)])) == pre), (0, None))
             per_layer = tuple(shape[1:]) if n is not None else tuple(shape)
             layout = layout_of(path, per_layer)
             ext = _external_shape(layout, per_layer)
             for layer in range(n) if n is not None else (None,):
-                entries.append(Entry(path, layer, path_to_key(path if layer is None else (path[0], layer, *path[1:])), layout, ext))
+                full = path if layer is None else (*path[:depth], layer, *path[depth:])
+                entries.append(Entry(path, layer, path_to_key(full), layout, ext))
         return cls(entries, stacked)
 
     def external_shapes(self) -> dict[str, tuple]:
