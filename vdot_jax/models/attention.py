@@ -11,7 +11,9 @@ everything, text padding included -- padded text embeddings are zero, as Wan mak
   padding is masked with segment ids. ``splash_interpret`` runs the same kernel in Pallas interpret mode
   on any backend, which is how CPU tests check it.
 
-Sequence parallelism (Ulysses) wraps these from ``vdot_jax.parallel``; it is not an implementation here.
+``ulysses:INNER`` (e.g. ``ulysses:cudnn``) is sequence-parallel self-attention over the ``context`` mesh
+axis (``vdot_jax.parallel.ulysses``) running INNER locally; ``local_impl`` gives INNER for attention that
+needs no sequence parallelism (text cross-attention).
 """
 
 from __future__ import annotations
@@ -38,12 +40,23 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def local_impl(impl: str) -> str:
+    """The implementation that runs on each device (``ulysses:cudnn`` -> ``cudnn``)."""
+    return impl.partition(":")[2] or "xla" if impl.startswith("ulysses") else impl
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = "xla") -> jax.Array:
     """Softmax attention with scale 1/sqrt(head_dim), dispatched by ``impl``."""
+    if impl.startswith("ulysses"):
+        from vdot_jax.parallel.ulysses import ulysses_attention
+
+        return ulysses_attention(q, k, v, local_impl(impl))
     try:
         fn = _REGISTRY[impl]
     except KeyError:
-        raise ValueError(f"unknown attention implementation {impl!r}; choose one of {available()}") from None
+        raise ValueError(
+            f"unknown attention implementation {impl!r}; choose one of {available()} or ulysses:<one of them>"
+        ) from None
     return fn(q, k, v)
 
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vdot_jax.models.attention import attention
+from vdot_jax.models.attention import attention, local_impl
 from vdot_jax.models.config import Runtime, WanConfig
 from vdot_jax.models.rope import apply_rope, rope_tables
 from vdot_jax.parallel.logical import constrain
@@ -131,7 +131,8 @@ class Attention(nnx.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         q = constrain(q, "batch", "seq", "heads", None)
-        out = attention(q, k, v, impl).reshape(b, n, d)
+        # Text cross-attention reads all text tokens on every device; only self-attention is sequence-parallel.
+        out = attention(q, k, v, impl if context is x else local_impl(impl)).reshape(b, n, d)
         return self.to_out[0](out, dtype)
 
 
@@ -175,7 +176,7 @@ class WanBlock(nnx.Module):
         x = x + self.attn2(h, text, dtype=dtype, impl=impl).astype(F32)
         h = (layer_norm(x, self.eps) * (1 + c_scale) + c_shift).astype(dtype)
         x = x + self.ffn(h, dtype).astype(F32) * c_gate
-        return constrain(x, "batch", "seq", "embed")
+        return constrain(x, "batch", "seq", None)
 
 
 class VaceBlock(WanBlock):
@@ -315,7 +316,7 @@ class WanModel(nnx.Module):
                 hs = jnp.where(idx >= 0, hs + hint, hs)
             return hs, None
 
-        hs = constrain(tokens.astype(F32), "batch", "seq", "embed")
+        hs = constrain(tokens.astype(F32), "batch", "seq", None)
         hs, _ = _scan(self.blocks, main_body, hs, jnp.asarray(hint_index), rt.remat)
 
         shift, scale = jnp.split(self.scale_shift_table[...] + temb[:, None, :], 2, axis=1)

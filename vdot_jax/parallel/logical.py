@@ -1,22 +1,107 @@
-"""Logical axis names for activations, mapped to mesh axes by rules that are set from config.
+"""Logical axis names, in one place, and their mapping onto mesh axes.
 
-Models call ``constrain(x, "batch", "seq", "embed")``; with no rules active (tests, one device) it is
-the identity, so models never depend on a mesh being present.
+Parameters and activations are described by logical names (``embed``, ``heads``, ``mlp``, ``batch``,
+``seq`` ...). Rules -- set from config -- give each logical name an ordered list of mesh axes. A
+dimension takes the longest prefix of its list whose sizes divide it and that no earlier dimension of
+the same array has taken; anything else is replicated. That is the fallback: 12 heads on ``tensor=8``
+stay replicated instead of failing, and a batch of 1 is not split over ``data``.
+
+Models call ``constrain(x, "batch", "seq", "embed")``; it is the identity unless a mesh is set with
+``jax.set_mesh`` *and* rules are active (``activate(mesh, rules)`` does both).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import re
 from typing import Iterator, Mapping, Sequence
 
 import jax
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-# logical name -> mesh axis name, tuple of mesh axes, or None (replicated)
-Rules = Mapping[str, str | tuple[str, ...] | None]
+Rules = Mapping[str, Sequence[str] | str | None]
+
+# Release-scale default: ZeRO-3 style fsdp on the embed dimension of every weight, Megatron-style tensor
+# parallelism on heads and MLP width, batch over data x fsdp, video tokens over context (Ulysses).
+DEFAULT_RULES: dict[str, tuple[str, ...]] = {
+    "batch": ("data", "fsdp"),
+    "seq": ("context",),
+    "heads": ("tensor",),
+    "mlp": ("tensor",),
+    "embed": ("fsdp",),
+    "vocab": ("tensor", "fsdp"),
+    "layers": (),
+}
+
+# Parameter path (dotted, per layer: without the stacked-layer axis) -> logical names, first match wins.
+# Paths of every model in vdot_jax are covered; a 2D kernel with no specific rule is fsdp-sharded on
+# whichever dimension divides.
+PARAM_AXES: list[tuple[str, tuple[str | None, ...]]] = [
+    (r"(^|\.)attn\d?\.to_[qkv]\.kernel$", ("embed", "heads")),
+    (r"(^|\.)attn\d?\.to_[qkv]\.bias$", ("heads",)),
+    (r"(^|\.)attn\d?\.to_out\.0\.kernel$", ("heads", "embed")),
+    (r"(^|\.)attn\d?\.norm_[qk]\.scale$", ("heads",)),
+    (r"(^|\.)ffn\.net\.0\.proj\.kernel$", ("embed", "mlp")),
+    (r"(^|\.)ffn\.net\.0\.proj\.bias$", ("mlp",)),
+    (r"(^|\.)ffn\.net\.2\.kernel$", ("mlp", "embed")),
+    (r"scale_shift_table$", (None, None, "embed")),
+    (r"(^|\.)(vace_)?patch_embedding\.kernel$", (None, None, None, None, "embed")),
+    (r"\.kernel$", ("embed", "embed")),
+    (r".*", ()),  # biases and norm scales: small, replicated
+]
+STACKED = ("blocks", "vace_blocks")
 
 _ACTIVE: contextvars.ContextVar[Rules | None] = contextvars.ContextVar("vdot_logical_rules", default=None)
+
+
+def _axes(rule) -> tuple[str, ...]:
+    if rule is None:
+        return ()
+    return (rule,) if isinstance(rule, str) else tuple(rule)
+
+
+def spec_for(shape: Sequence[int], names: Sequence[str | None], rules: Rules, mesh_shape: Mapping[str, int]) -> P:
+    """PartitionSpec for an array of ``shape`` whose dimensions carry logical ``names``."""
+    used: set[str] = set()
+    out = []
+    for dim, name in zip(shape, names):
+        chosen, size = [], 1
+        for axis in _axes(rules.get(name)) if name else ():
+            n = mesh_shape.get(axis, 1)
+            if axis in used or axis not in mesh_shape:
+                continue
+            if n == 1:
+                continue
+            if dim % (size * n):
+                break
+            chosen.append(axis)
+            size *= n
+        used.update(chosen)
+        out.append(None if not chosen else chosen[0] if len(chosen) == 1 else tuple(chosen))
+    return P(*out)
+
+
+def param_names(path: tuple) -> tuple[str | None, ...]:
+    """Logical names of a parameter from its path; stacked layers get a leading ``layers`` axis."""
+    stacked = path[0] in STACKED
+    dotted = ".".join(str(p) for p in path)
+    for pattern, names in PARAM_AXES:
+        if re.search(pattern, dotted):
+            return (("layers",) if stacked else ()) + tuple(names)
+    raise AssertionError("PARAM_AXES ends with a catch-all")
+
+
+def param_shardings(flat_shapes: Mapping[tuple, Sequence[int]], mesh: Mesh, rules: Rules | None = None) -> dict:
+    """{path: NamedSharding} for every parameter."""
+    rules = DEFAULT_RULES if rules is None else rules
+    out = {}
+    for path, shape in flat_shapes.items():
+        names = param_names(path)
+        names = names + (None,) * (len(shape) - len(names))
+        out[path] = NamedSharding(mesh, spec_for(shape, names[: len(shape)], rules, dict(mesh.shape)))
+    return out
 
 
 @contextlib.contextmanager
@@ -29,29 +114,33 @@ def axis_rules(rules: Rules) -> Iterator[None]:
         _ACTIVE.reset(token)
 
 
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules: Rules | None = None) -> Iterator[Mesh]:
+    """Set ``mesh`` as the current mesh and the rules as active, for tracing and running."""
+    with jax.set_mesh(mesh), axis_rules(DEFAULT_RULES if rules is None else rules):
+        yield mesh
+
+
 def active_rules() -> Rules | None:
     return _ACTIVE.get()
 
 
-def logical_to_spec(names: Sequence[str | None], rules: Rules) -> P:
-    """Map logical names to a PartitionSpec; a mesh axis is used at most once (first come wins)."""
-    used: set[str] = set()
-    out = []
-    for name in names:
-        axes = rules.get(name) if name is not None else None
-        if axes is None:
-            out.append(None)
-            continue
-        axes = (axes,) if isinstance(axes, str) else tuple(axes)
-        axes = tuple(a for a in axes if a not in used)
-        used.update(axes)
-        out.append(axes[0] if len(axes) == 1 else (axes or None))
-    return P(*out)
+def current_mesh_shape() -> dict[str, int]:
+    mesh = jax.sharding.get_abstract_mesh()
+    return dict(mesh.shape) if mesh is not None and not mesh.empty else {}
+
+
+def activation_spec(shape: Sequence[int], names: Sequence[str | None]) -> P | None:
+    """The spec ``constrain`` would apply, or None when no mesh/rules are active."""
+    rules, mesh_shape = _ACTIVE.get(), current_mesh_shape()
+    if rules is None or not mesh_shape:
+        return None
+    return spec_for(shape, names, rules, mesh_shape)
 
 
 def constrain(x: jax.Array, *names: str | None) -> jax.Array:
-    """Sharding constraint by logical names; the identity when no rules are active."""
-    rules = _ACTIVE.get()
-    if rules is None:
+    """Sharding constraint by logical names; the identity when no mesh or rules are active."""
+    spec = activation_spec(x.shape, names)
+    if spec is None:
         return x
-    return jax.lax.with_sharding_constraint(x, logical_to_spec(names, rules))
+    return jax.lax.with_sharding_constraint(x, spec)

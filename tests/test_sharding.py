@@ -1,0 +1,141 @@
+"""Meshes, logical sharding rules, Ulysses attention and multi-process runs, on 8 fake CPU devices."""
+
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from oracles import TINY_VACE
+from vdot_jax.models.config import PRESETS
+from vdot_jax.models.wan import WanModel
+from vdot_jax.parallel.logical import DEFAULT_RULES, activate
+from vdot_jax.parallel.mesh import make_mesh, parse_axes, resolve_shape
+from vdot_jax.parallel.sharding import check_replication, init_sharded, model_shardings, sharding_stats, sharding_table
+from vdot_jax.weights.params import abstract_model, flat_state
+
+# 4 heads so that tensor=2 x context=2 leaves one head per device for Ulysses.
+CFG_VACE = dataclasses.replace(TINY_VACE, dim=64, num_heads=4)
+CFG_T2V = dataclasses.replace(CFG_VACE, vace_layers=())
+MESHES = ["data=8", "data=2,fsdp=4", "data=2,context=2,tensor=2"]
+
+
+def inputs(cfg, batch=8, seed=0):
+    r = np.random.default_rng(seed)
+    x = r.normal(size=(batch, 4, 3, 4, 6)).astype(np.float32)  # 3*2*3 = 18 tokens
+    t = np.linspace(10, 990, batch).astype(np.float32)
+    text = r.normal(size=(batch, 5, cfg.text_dim)).astype(np.float32)
+    ctx = r.normal(size=(batch, 12, 3, 4, 6)).astype(np.float32) if cfg.is_vace else None
+    return x, t, text, ctx
+
+
+@pytest.fixture(scope="module", params=["t2v", "vace"])
+def setup(request):
+    cfg = CFG_VACE if request.param == "vace" else CFG_T2V
+    model = WanModel(cfg, rngs=nnx.Rngs(3))
+    # VACE projections start at zero; perturb them so the hints matter in the comparison.
+    state = {p: v + 0.02 * np.random.default_rng(len(p)).normal(size=v.shape).astype(np.float32)
+             for p, v in flat_state(model).items()}
+    from vdot_jax.weights.params import assign
+
+    assign(model, state)
+    args = inputs(cfg)
+    ref = np.asarray(jax.jit(lambda m, *a: m(*a))(model, *args))
+    return cfg, model, args, ref
+
+
+@pytest.mark.parametrize("mesh_spec", MESHES)
+def test_sharded_forward_equals_single_device(setup, mesh_spec):
+    cfg, model, args, ref = setup
+    mesh = make_mesh(mesh_spec)
+    assert mesh.devices.size == 8
+    from vdot_jax.parallel.sharding import shard_model
+
+    sharded = shard_model(nnx.clone(model), mesh)
+    if "context" in mesh_spec:
+        sharded.set_runtime(attention="ulysses:xla")
+    with activate(mesh):
+        fwd = jax.jit(lambda m, *a: m(*a))
+        out = fwd(sharded, *args)
+        hlo = fwd.lower(sharded, *args).compile().as_text()
+    np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
+    if "context" in mesh_spec:
+        assert "all-to-all" in hlo  # Ulysses really ran
+    kernel = sharded.blocks.attn1.to_q.kernel[...]  # [layers, embed, heads]
+    P = jax.sharding.PartitionSpec
+    expected = {"data=8": P(None, None, None), "data=2,fsdp=4": P(None, "fsdp", None),
+                "data=2,context=2,tensor=2": P(None, None, "tensor")}[mesh_spec]
+    assert kernel.sharding.spec == expected
+
+
+def test_sharded_init_equals_plain_init():
+    mesh = make_mesh("fsdp=4,tensor=2")
+    a = init_sharded(lambda: WanModel(CFG_VACE, rngs=nnx.Rngs(0)), mesh)
+    b = WanModel(CFG_VACE, rngs=nnx.Rngs(0))
+    for (p, x), y in zip(flat_state(a).items(), flat_state(b).values()):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(p))
+    assert len(a.blocks.ffn.net[0].proj.kernel[...].sharding.device_set) == 8
+
+
+def test_ulysses_refuses_heads_that_do_not_divide():
+    cfg = dataclasses.replace(CFG_T2V, dim=48, num_heads=3)
+    mesh = make_mesh("context=2,data=4")
+    model = WanModel(cfg, rngs=nnx.Rngs(0)).set_runtime(attention="ulysses:xla")
+    x, t, text, _ = inputs(cfg, batch=4)
+    with activate(mesh), pytest.raises(ValueError, match=r"heads per device \(3\) divisible by the context axis size 2"):
+        model(x, t, text)
+
+
+def test_14b_vace_initialises_abstractly_on_fsdp8_with_an_eighth_per_device():
+    mesh = make_mesh("fsdp=8")
+    model = abstract_model(lambda: WanModel(PRESETS["wan2.1-vace-14b"], rngs=nnx.Rngs(0)))
+    flat = flat_state(model)
+    stats = sharding_stats(flat, model_shardings(model, mesh))
+    assert 17e9 < stats.total_bytes / 4 < 18e9  # ~17.3B parameters with the VACE blocks
+    assert stats.per_device_bytes / (stats.total_bytes / 8) < 1.01
+    check_replication(stats, max_fraction=0.01)
+    assert "GiB per device" in sharding_table(stats)
+    unsharded = sharding_stats(flat, model_shardings(model, mesh, rules={}))
+    with pytest.raises(ValueError, match=r"100.0% of parameter bytes are replicated"):
+        check_replication(unsharded, max_fraction=0.01)
+
+
+def test_mesh_specs():
+    assert parse_axes("fsdp=4,context=2") == {"fsdp": 4, "context": 2}
+    assert resolve_shape({"fsdp": 4}, 8) == (2, 4, 1, 1)
+    assert resolve_shape({"fsdp": -1, "data": 2}, 8) == (2, 4, 1, 1)
+    with pytest.raises(ValueError, match="unknown mesh axes"):
+        parse_axes("pipeline=2")
+    with pytest.raises(ValueError, match="uses 4 devices but there are 8"):
+        resolve_shape({"data": 2, "fsdp": 2}, 8)
+    with pytest.raises(ValueError, match="not of the form"):
+        parse_axes("fsdp4")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(tmp_path):
+    """Two CPU processes x 4 devices, coordinator on 127.0.0.1, run the sharded forward of one model."""
+    np.savez(tmp_path / "inputs.npz", *inputs(CFG_VACE))
+    port = _free_port()
+    script = Path(__file__).parent / "scripts" / "multiprocess_forward.py"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    procs = [subprocess.Popen([sys.executable, str(script), str(port), str(i), str(tmp_path)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
+    for i in range(2):
+        out = np.load(tmp_path / f"out{i}.npy")
+        single = np.load(tmp_path / "single.npy")
+        np.testing.assert_allclose(out, single, atol=1e-5)

@@ -1,0 +1,107 @@
+"""Placing models on a mesh: sharded init and loading, the start-up sharding report and replication check,
+and ahead-of-time compilation with a memory report."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from vdot_jax.parallel.logical import Rules, param_shardings
+from vdot_jax.weights.params import abstract_model, assign, flat_shapes, flat_state, path_str
+
+
+def model_shardings(model: nnx.Module, mesh: Mesh, rules: Rules | None = None) -> dict[tuple, NamedSharding]:
+    return param_shardings(flat_shapes(model), mesh, rules)
+
+
+def init_sharded(make: Callable[[], nnx.Module], mesh: Mesh, rules: Rules | None = None) -> nnx.Module:
+    """Create a model with every parameter born in its shard (never a replicated full copy)."""
+    abstract = abstract_model(make)
+    shardings = model_shardings(abstract, mesh, rules)
+    paths = list(flat_state(abstract))
+
+    def build():
+        params = flat_state(make())
+        return [params[p] for p in paths]
+
+    out = jax.jit(build, out_shardings=[shardings[p] for p in paths])()
+    return assign(abstract, dict(zip(paths, out)))
+
+
+def shard_model(model: nnx.Module, mesh: Mesh, rules: Rules | None = None) -> nnx.Module:
+    """Move an existing model's parameters into their shardings (in place)."""
+    shardings = model_shardings(model, mesh, rules)
+    flat = {p: jax.device_put(v, shardings[p]) for p, v in flat_state(model).items()}
+    return assign(model, flat)
+
+
+@dataclass
+class ShardingStats:
+    total_bytes: int
+    per_device_bytes: int  # the largest over devices
+    replicated_bytes: int  # bytes of parameters that are not split at all on a multi-device mesh
+    rows: list[tuple[str, tuple, str, int, bool]]  # (path, shape, spec, bytes per device, replicated)
+
+    @property
+    def replicated_fraction(self) -> float:
+        return self.replicated_bytes / max(self.total_bytes, 1)
+
+
+def sharding_stats(flat_abstract: Mapping[tuple, object], shardings: Mapping[tuple, NamedSharding]) -> ShardingStats:
+    total = per_dev = repl = 0
+    rows = []
+    for path, leaf in flat_abstract.items():
+        shape, itemsize = tuple(leaf.shape), np.dtype(leaf.dtype).itemsize
+        nbytes = math.prod(shape) * itemsize
+        sh = shardings[path]
+        local = math.prod(sh.shard_shape(shape)) * itemsize
+        total += nbytes
+        per_dev += local
+        replicated = local == nbytes and sh.mesh.size > 1
+        repl += nbytes * replicated
+        rows.append((path_str(path), shape, str(sh.spec), local, replicated))
+    return ShardingStats(total, per_dev, repl, rows)
+
+
+def sharding_table(stats: ShardingStats, max_rows: int = 40) -> str:
+    """A readable table, largest parameters first, plus totals."""
+    rows = sorted(stats.rows, key=lambda r: -r[3])
+    lines = [f"{'parameter':60s} {'shape':>22s} {'spec':28s} {'MiB/device':>11s}"]
+    for path, shape, spec, local, _ in rows[:max_rows]:
+        lines.append(f"{path[:60]:60s} {str(shape):>22s} {spec[:28]:28s} {local / 2**20:11.2f}")
+    if len(rows) > max_rows:
+        lines.append(f"... and {len(rows) - max_rows} more")
+    lines.append(
+        f"total {stats.total_bytes / 2**30:.3f} GiB, {stats.per_device_bytes / 2**30:.3f} GiB per device, "
+        f"{100 * stats.replicated_fraction:.2f}% of bytes replicated"
+    )
+    return "\n".join(lines)
+
+
+def check_replication(stats: ShardingStats, max_fraction: float) -> None:
+    """Fail when more than ``max_fraction`` of parameter bytes are fully replicated."""
+    if stats.replicated_fraction > max_fraction:
+        worst = sorted((r for r in stats.rows if r[4]), key=lambda r: -r[3])
+        names = ", ".join(r[0] for r in worst[:3])
+        raise ValueError(
+            f"{100 * stats.replicated_fraction:.1f}% of parameter bytes are replicated on every device (limit "
+            f"{100 * max_fraction:.1f}%), e.g. {names}; fix the logical axis rules or the mesh"
+        )
+
+
+def compile_with_report(fn, *args, log: Callable[[str], None] = print, **kwargs):
+    """Ahead-of-time compile a jitted function for these (possibly abstract) args; log its memory use."""
+    compiled = fn.lower(*args, **kwargs).compile()
+    mem = compiled.memory_analysis()
+    if mem is not None:
+        fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes",
+                  "generated_code_size_in_bytes")
+        parts = [f"{f.replace('_size_in_bytes', '')} {getattr(mem, f, 0) / 2**30:.3f} GiB" for f in fields]
+        log("compiled memory per device: " + ", ".join(parts))
+    return compiled
