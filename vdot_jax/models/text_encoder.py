@@ -1,0 +1,395 @@
+"""Prompts -> umT5 embeddings, as Wan2.1 and diffusers' Wan pipelines make them.
+
+``TextEncoder.encode(["a cat", ...])`` returns [B, text_len, d_model] float32 (text_len 512, d_model
+4096 for umT5-XXL):
+
+1. each prompt is cleaned like diffusers' ``prompt_clean`` / Wan's ``clean='whitespace'``:
+   ``ftfy.fix_text``, ``html.unescape`` twice, strip, runs of whitespace -> one space;
+2. tokenized with the model's ``tokenizer.json`` (the ``tokenizers`` package, no transformers): the
+   post-processor appends ``</s>``, sequences are truncated to ``text_len`` (``</s>`` included) and
+   padded with ``<pad>`` to ``text_len``; the mask marks the real tokens;
+3. encoded by the umT5 encoder with padded keys masked out;
+4. every position at or after the prompt's own length (seq_len = mask sum) is set to zero, exactly as
+   ``WanPipeline._get_t5_prompt_embeds`` (and Wan's ``u[:v]`` then zero padding) do.
+
+Repeated prompts (the negative prompt, above all) come from a small LRU cache keyed by the cleaned
+prompt; the network is jit-compiled once per batch size.
+
+Loading (``load_text_encoder``) accepts a converted vdot-jax model directory, a transformers
+``UMT5EncoderModel`` folder, a diffusers pipeline folder (``text_encoder/`` + ``tokenizer/``), or Wan's
+``models_t5_umt5-xxl-enc-bf16.pth``; ``convert_text_encoder`` writes DST/text_encoder with the
+tokenizer files copied into DST/text_encoder/tokenizer/ so the directory is self-contained.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import html
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vdot_jax.models.config import Runtime
+from vdot_jax.models.umt5 import UMT5Config, UMT5EncoderModel
+from vdot_jax.weights import store
+from vdot_jax.weights.checkpoint_io import CheckpointError, open_tensors
+from vdot_jax.weights.keymap import convert_tensors
+from vdot_jax.weights.params import abstract_model, assign, flat_state
+from vdot_jax.weights.umt5 import infer_config, to_hf_names, umt5_keymap
+
+COMPONENT = "text_encoder"
+TEXT_LEN = 512  # Wan2.1's text_len
+DTYPES = ("float32", "bfloat16")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompt cleaning and tokenization
+
+
+def clean_prompt(text: str) -> str:
+    """diffusers' ``prompt_clean`` (= Wan's ``clean='whitespace'``): fix mojibake, unescape HTML,
+    collapse whitespace."""
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _special_token(value) -> str | None:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _read_json(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+
+
+def tokenizer_dir(path: str | os.PathLike) -> Path:
+    """The directory of a tokenizer given as a folder or as its ``tokenizer.json``; raises if unusable."""
+    path = Path(path)
+    if path.is_file() and path.name == "tokenizer.json":
+        path = path.parent
+    if not path.is_dir():
+        raise CheckpointError(
+            f"tokenizer directory {path} does not exist (expected a folder with the umT5 tokenizer.json, e.g. "
+            "google/umt5-xxl/ from the Wan release or tokenizer/ of a diffusers pipeline)"
+        )
+    if not (path / "tokenizer.json").exists():
+        have = ", ".join(sorted(p.name for p in path.iterdir())[:6]) or "nothing"
+        raise CheckpointError(
+            f"tokenizer directory {path} has no tokenizer.json (it has: {have}); the umT5 tokenizer folder "
+            "(google/umt5-xxl/ in the Wan release, tokenizer/ in a diffusers pipeline) includes one"
+        )
+    return path
+
+
+class PromptTokenizer:
+    """``tokenizer.json`` -> fixed-length ids and mask, as transformers' fast tokenizer with
+    ``padding="max_length", truncation=True, max_length=text_len, add_special_tokens=True``."""
+
+    def __init__(self, path: str | os.PathLike, text_len: int = TEXT_LEN):
+        from tokenizers import Tokenizer
+
+        self.path = tokenizer_dir(path)
+        if text_len <= 0:
+            raise ValueError(f"text_len must be positive, got {text_len}")
+        self.text_len = int(text_len)
+        try:
+            tok = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+        except Exception as e:  # the tokenizers package raises a bare Exception on bad files
+            raise CheckpointError(f"{self.path / 'tokenizer.json'} is not a readable tokenizer ({e})") from None
+        cfg = _read_json(self.path / "tokenizer_config.json")
+        special = _read_json(self.path / "special_tokens_map.json")
+        pad = _special_token(cfg.get("pad_token")) or _special_token(special.get("pad_token"))
+        if pad is None:  # fall back on the padding stored in tokenizer.json, then T5's "<pad>"
+            pad = (_read_json(self.path / "tokenizer.json").get("padding") or {}).get("pad_token") or "<pad>"
+        pad_id = tok.token_to_id(pad)
+        if pad_id is None:
+            raise CheckpointError(f"the tokenizer in {self.path} has no padding token {pad!r} in its vocabulary")
+        tok.enable_truncation(max_length=self.text_len, stride=0, strategy="longest_first",
+                              direction=cfg.get("truncation_side", "right"))
+        tok.enable_padding(direction=cfg.get("padding_side", "right"), pad_id=pad_id, pad_token=pad,
+                           length=self.text_len)
+        self.tokenizer, self.pad_token, self.pad_id = tok, pad, pad_id
+
+    def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Already-cleaned texts -> (ids [B, text_len] int32, mask [B, text_len] int32)."""
+        encs = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        ids = np.asarray([e.ids for e in encs], np.int32).reshape(len(encs), self.text_len)
+        mask = np.asarray([e.attention_mask for e in encs], np.int32).reshape(len(encs), self.text_len)
+        return ids, mask
+
+
+# --------------------------------------------------------------------------------------------------
+# The encoder with its cache
+
+
+class TextEncoder:
+    """umT5 encoder + tokenizer + prompt cache: ``encode(prompts) -> [B, text_len, d_model]`` float32."""
+
+    def __init__(self, model: UMT5EncoderModel, tokenizer: PromptTokenizer | str | os.PathLike,
+                 text_len: int | None = None, cache_size: int = 16):
+        if not isinstance(tokenizer, PromptTokenizer):
+            tokenizer = PromptTokenizer(tokenizer, text_len or TEXT_LEN)
+        elif text_len is not None and text_len != tokenizer.text_len:
+            tokenizer = PromptTokenizer(tokenizer.path, text_len)
+        self.model, self.tokenizer = model, tokenizer
+        self.cache_size = int(cache_size)
+        self._cache: collections.OrderedDict[str, jax.Array] = collections.OrderedDict()
+        self.stats = {"hits": 0, "misses": 0, "network_calls": 0}
+        self._compile()
+
+    @property
+    def text_len(self) -> int:
+        return self.tokenizer.text_len
+
+    @property
+    def config(self) -> UMT5Config:
+        return self.model.cfg
+
+    def _compile(self):
+        graphdef, state = nnx.split(self.model)
+        self._state = state
+
+        def run(state, ids, mask):
+            h = nnx.merge(graphdef, state)(ids, mask)
+            seq_len = jnp.sum(mask > 0, axis=1)
+            keep = jnp.arange(ids.shape[1])[None, :] < seq_len[:, None]
+            return jnp.where(keep[..., None], h, 0.0)
+
+        self._run = jax.jit(run)  # one compilation per (batch, length)
+
+    def set_runtime(self, **changes) -> "TextEncoder":
+        """Change the model's runtime (compute dtype, remat); recompiles and empties the cache."""
+        self.model.set_runtime(**changes)
+        self._compile()
+        self.clear_cache()
+        return self
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def tokenize(self, prompts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Clean and tokenize: (ids, mask), each [B, text_len] int32."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        return self.tokenizer([clean_prompt(p) for p in prompts])
+
+    def encode_ids(self, ids, mask) -> jax.Array:
+        """Token ids and mask [B, L] -> embeddings [B, L, d_model] float32, zero after each seq_len."""
+        ids, mask = np.asarray(ids, np.int32), np.asarray(mask, np.int32)
+        if ids.ndim != 2 or ids.shape != mask.shape:
+            raise ValueError(f"ids and mask must both be [batch, length]; got {ids.shape} and {mask.shape}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}); got {ids.min()}..{ids.max()}")
+        self.stats["network_calls"] += 1
+        return self._run(self._state, jnp.asarray(ids), jnp.asarray(mask))
+
+    def encode(self, prompts: str | Sequence[str]) -> jax.Array:
+        """Prompts -> [B, text_len, d_model] float32, each row as diffusers' ``_get_t5_prompt_embeds``."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise ValueError("encode() needs at least one prompt")
+        cleaned = [clean_prompt(p) for p in prompts]
+        found: dict[str, jax.Array] = {}
+        for p in cleaned:
+            if p in self._cache and p not in found:
+                self._cache.move_to_end(p)
+                found[p] = self._cache[p]
+        new = list(dict.fromkeys(p for p in cleaned if p not in found))
+        self.stats["hits"] += len(cleaned) - sum(cleaned.count(p) for p in new)
+        self.stats["misses"] += len(new)
+        if new:
+            emb = self.encode_ids(*self.tokenizer(new))
+            for i, p in enumerate(new):
+                found[p] = emb[i]
+                if self.cache_size > 0:
+                    self._cache[p] = emb[i]
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return jnp.stack([found[p] for p in cleaned])
+
+    __call__ = encode
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints: where the weights and the tokenizer are, reading, converting, loading
+
+
+@dataclasses.dataclass
+class _Source:
+    weights: Path  # file or directory handed to open_tensors
+    config: UMT5Config | None  # from a transformers config.json, if there is one
+    tokenizer_candidates: list[Path]
+
+
+def _hf_config(folder: Path, required: bool) -> UMT5Config | None:
+    """The umT5 config of a transformers folder; a config.json of another kind is an error only when
+    ``required`` (a folder given as the encoder), else ignored (e.g. Wan's DiT config beside the .pth)."""
+    f = folder / "config.json"
+    if not f.exists():
+        return None
+    d = _read_json(f)
+    is_umt5 = d.get("model_type") == "umt5" or "UMT5EncoderModel" in (d.get("architectures") or [])
+    if not is_umt5:
+        if required and "component" not in d:
+            raise CheckpointError(
+                f"{f} does not describe a umT5 encoder (model_type={d.get('model_type')!r}, expected 'umt5')"
+            )
+        return None
+    try:
+        return UMT5Config.from_hf(d)
+    except ValueError as e:
+        raise CheckpointError(f"{f} does not describe a supported umT5 encoder ({e})") from None
+
+
+def _locate(path: Path) -> _Source:
+    if not path.exists():
+        raise CheckpointError(f"text encoder path {path} does not exist")
+    if path.is_file():
+        parent = path.parent
+        cands = [parent / "google" / "umt5-xxl", parent, parent.parent / "tokenizer"]
+        return _Source(path, _hf_config(parent, False), cands)
+    if (path / COMPONENT).is_dir() and not (path / "config.json").exists():  # a diffusers pipeline folder
+        return _Source(path / COMPONENT, _hf_config(path / COMPONENT, True), [path / "tokenizer"])
+    return _Source(path, _hf_config(path, True), [path, path / "tokenizer", path.parent / "tokenizer",
+                                            path / "google" / "umt5-xxl"])
+
+
+def _find_tokenizer(src: _Source, given, origin: Path) -> Path:
+    if given is not None:
+        return tokenizer_dir(given)
+    for c in src.tokenizer_candidates:
+        if (c / "tokenizer.json").exists():
+            return c
+    looked = ", ".join(str(c) for c in src.tokenizer_candidates)
+    raise CheckpointError(
+        f"no umT5 tokenizer found for {origin} (looked in {looked}); pass tokenizer=DIR, the folder with "
+        "tokenizer.json (google/umt5-xxl/ in the Wan release, tokenizer/ in a diffusers pipeline)"
+    )
+
+
+def _check_dtype(dtype: str) -> str:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    return dtype
+
+
+def read_text_encoder_checkpoint(
+    src: str | os.PathLike, dtype: str = "float32", config: UMT5Config | None = None, key: str | None = None,
+    progress=lambda it: it,
+) -> tuple[UMT5Config, dict]:
+    """(config, flat params in our layout as numpy) from a transformers or Wan umT5 checkpoint."""
+    located = _locate(Path(src))
+    source = to_hf_names(open_tensors(located.weights, key=key))
+    cfg = config or located.config or infer_config(source)
+    keymap, shapes = umt5_keymap(cfg)
+    flat = convert_tensors(source, keymap, shapes, dtype=_check_dtype(dtype), what=f"umT5 encoder {cfg}",
+                           progress=progress)
+    return cfg, flat
+
+
+def _copy_tokenizer(tok: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in TOKENIZER_FILES:
+        if (tok / name).exists():
+            shutil.copy2(tok / name, tmp / name)
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
+
+
+def convert_text_encoder(
+    src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "bfloat16",
+    tokenizer: str | os.PathLike | None = None, *, config: UMT5Config | None = None, key: str | None = None,
+    progress=lambda it: it,
+) -> Path:
+    """Convert a umT5 checkpoint into DST/text_encoder (orbax params, config.json, tokenizer/).
+
+    ``dtype`` defaults to bfloat16: the released weights are bfloat16, so float32 only doubles the size.
+    """
+    src = Path(src)
+    tok = _find_tokenizer(_locate(src), tokenizer, src)  # before the slow part: fail early
+    cfg, flat = read_text_encoder_checkpoint(src, dtype, config, key, progress)
+    comp = store.save_component(
+        dst, COMPONENT, cls="UMT5EncoderModel", config=dataclasses.asdict(cfg), flat_params=flat, dtype=dtype,
+        extra={"source": str(src), "tokenizer": "tokenizer"},
+    )
+    _copy_tokenizer(tok, comp / "tokenizer")
+    return comp
+
+
+def save_text_encoder(encoder: TextEncoder, dst: str | os.PathLike, dtype: str | None = None) -> Path:
+    """Save an in-memory ``TextEncoder`` (weights and tokenizer) as DST/text_encoder."""
+    flat = flat_state(encoder.model)
+    if dtype is not None:
+        flat = {p: jnp.asarray(v).astype(_check_dtype(dtype)) for p, v in flat.items()}
+    dtype = dtype or str(next(iter(flat.values())).dtype)
+    comp = store.save_component(dst, COMPONENT, cls="UMT5EncoderModel", config=dataclasses.asdict(encoder.config),
+                                flat_params=flat, dtype=dtype, extra={"tokenizer": "tokenizer"})
+    _copy_tokenizer(encoder.tokenizer.path, comp / "tokenizer")
+    return comp
+
+
+def load_umt5(
+    path: str | os.PathLike, dtype: str | None = None, *, runtime: Runtime | None = None,
+    shardings: Mapping[tuple, jax.sharding.Sharding] | None = None, config: UMT5Config | None = None,
+    key: str | None = None,
+) -> UMT5EncoderModel:
+    """The bare encoder network from any supported source (no tokenizer needed)."""
+    path = Path(path)
+    if store.is_model_dir(path):
+        comp = store.component_dir(path, COMPONENT)
+        meta = store.read_meta(comp)
+        cfg = UMT5Config.from_dict(meta["config"])
+        dtype = _check_dtype(dtype or meta["dtype"])
+        model = abstract_model(lambda: UMT5EncoderModel(cfg, rngs=nnx.Rngs(0), runtime=runtime))
+        abstract = {p: jax.ShapeDtypeStruct(v.shape, dtype, sharding=(shardings or {}).get(p))
+                    for p, v in flat_state(model).items()}
+        return assign(model, store.restore_params(comp, abstract))
+    cfg, flat = read_text_encoder_checkpoint(path, dtype or "float32", config, key)
+    model = abstract_model(lambda: UMT5EncoderModel(cfg, rngs=nnx.Rngs(0), runtime=runtime))
+    if shardings:
+        flat = {p: jax.device_put(v, shardings[p]) if p in shardings else v for p, v in flat.items()}
+    return assign(model, flat)
+
+
+def load_text_encoder(
+    path: str | os.PathLike, dtype: str | None = None, *, tokenizer: str | os.PathLike | None = None,
+    text_len: int = TEXT_LEN, runtime: Runtime | None = None, cache_size: int = 16,
+    shardings: Mapping[tuple, jax.sharding.Sharding] | None = None, config: UMT5Config | None = None,
+    key: str | None = None,
+) -> TextEncoder:
+    """A ``TextEncoder`` from a converted model directory, a transformers ``UMT5EncoderModel`` folder, a
+    diffusers pipeline folder or Wan's ``.pth``.
+
+    ``dtype`` is the parameter dtype (default: as stored in a converted directory, else float32); the
+    compute dtype is ``runtime.dtype``. ``tokenizer`` is the folder holding ``tokenizer.json``; by default
+    it is found next to the weights (the converted directory's copy, the folder itself, a sibling
+    ``tokenizer/``, or Wan's ``google/umt5-xxl/`` beside the ``.pth``).
+    """
+    path = Path(path)
+    if store.is_model_dir(path):
+        comp = store.component_dir(path, COMPONENT)
+        tok = tokenizer_dir(tokenizer) if tokenizer is not None else _find_tokenizer(
+            _Source(comp, None, [comp / "tokenizer"]), None, comp)
+    else:
+        tok = _find_tokenizer(_locate(path), tokenizer, path)  # before reading gigabytes of weights
+    model = load_umt5(path, dtype, runtime=runtime, shardings=shardings, config=config, key=key)
+    return TextEncoder(model, PromptTokenizer(tok, text_len), cache_size=cache_size)
