@@ -8,6 +8,9 @@ Two kinds of data live here:
 - ``KeyMap``: one ``Entry`` per external tensor, derived from the abstract parameter tree of our model:
   where the tensor goes (path, and layer index for stacked blocks), its external name and shape, and the
   layout change between them (``linear``: [out,in] <-> [in,out]; ``conv``: [O,I,*k] <-> [*k,I,O]).
+  A layout ``"<base>@N"`` says the external tensor also carries N trailing singleton axes that ours does
+  not (PyTorch norm scales ``[C,1,1,1]`` stored as ``[C]``: ``copy@3``; 1x1 conv kernels ``[O,I,1,1]``
+  stored as matrices ``[I,O]``: ``linear@2``).
 
 ``convert_tensors`` streams an external source into our layout and raises one error that names every
 missing, unexpected and mis-shaped key.
@@ -77,30 +80,42 @@ class Entry:
     path: Path_  # where the tensor lives in our state
     layer: int | None  # index along the stacked leading axis, or None
     key: str  # external name
-    layout: str  # "linear" | "conv" | "copy"
+    layout: str  # "linear" | "conv" | "copy", optionally "@N" (N trailing singleton axes outside)
     shape: tuple  # external shape
 
     def to_ours(self, a: np.ndarray) -> np.ndarray:
-        if self.layout == "linear":
+        base, n = _split_layout(self.layout)
+        if n:
+            if a.shape[a.ndim - n :] != (1,) * n:
+                raise ValueError(f"{self.key}: expected {n} trailing singleton axes, got shape {a.shape}")
+            a = a.reshape(a.shape[: a.ndim - n])
+        if base == "linear":
             return a.T
-        if self.layout == "conv":
+        if base == "conv":
             return np.moveaxis(a, (0, 1), (-1, -2))  # [O,I,*k] -> [*k,I,O]
         return a
 
     def to_external(self, a: np.ndarray) -> np.ndarray:
-        if self.layout == "linear":
-            return a.T
-        if self.layout == "conv":
-            return np.moveaxis(a, (-1, -2), (0, 1))
-        return a
+        base, n = _split_layout(self.layout)
+        if base == "linear":
+            a = a.T
+        elif base == "conv":
+            a = np.moveaxis(a, (-1, -2), (0, 1))
+        return a.reshape(a.shape + (1,) * n) if n else a
+
+
+def _split_layout(layout: str) -> tuple[str, int]:
+    base, _, n = layout.partition("@")
+    return base, int(n or 0)
 
 
 def _external_shape(layout: str, shape: tuple) -> tuple:
-    if layout == "linear":
-        return shape[::-1]
-    if layout == "conv":
-        return (shape[-1], shape[-2], *shape[:-2])
-    return shape
+    base, n = _split_layout(layout)
+    if base == "linear":
+        shape = shape[::-1]
+    elif base == "conv":
+        shape = (shape[-1], shape[-2], *shape[:-2])
+    return tuple(shape) + (1,) * n
 
 
 class KeyMap:
