@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import FAST_COMPILE
 from oracles import TINY_VACE
 from vdot_jax.models.config import PRESETS
 from vdot_jax.models.wan import WanModel
@@ -130,7 +131,7 @@ def test_two_processes_match_one(tmp_path):
     port = _free_port()
     script = Path(__file__).parent / "scripts" / "multiprocess_forward.py"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count=4 {FAST_COMPILE}"
     procs = [subprocess.Popen([sys.executable, str(script), str(port), str(i), str(tmp_path)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     logs = [p.communicate(timeout=300)[0] for p in procs]

@@ -242,9 +242,12 @@ def _stack(cls, n: int, cfg: WanConfig, rngs: nnx.Rngs):
     return make(rngs)
 
 
-def _scan(stack: nnx.Module, body, carry, xs, remat: str):
-    """lax.scan ``body(module, carry, x) -> (carry, y)`` over a stacked module (and optional xs)."""
+def _scan(stack: nnx.Module, body, carry, xs, remat: str, layers: tuple[int, int] | None = None):
+    """lax.scan ``body(module, carry, x) -> (carry, y)`` over a stacked module (and optional xs);
+    ``layers=(start, stop)`` scans only that slice of the stack."""
     graphdef, state = nnx.split(stack)
+    if layers is not None:
+        state = jax.tree.map(lambda a: a[layers[0] : layers[1]], state)
 
     def step(c, inputs):
         layer_state, x = inputs
@@ -282,7 +285,13 @@ class WanModel(nnx.Module):
             raise ValueError(f"unknown remat policy {self.runtime.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
         return self
 
-    def __call__(self, latents, timestep, text_embeds, vace_context=None, vace_scale=1.0):
+    def __call__(self, latents, timestep, text_embeds, vace_context=None, vace_scale=1.0, taps=()):
+        """Flow prediction [B, out_channels, F, H, W].
+
+        With ``taps`` (main block indices), returns ``(prediction, features, temb)``: the float32 token
+        states [B, N, D] after each tapped block (hint included) and the time embedding [B, D] -- what the
+        GAN head of the critic reads. Main blocks are then scanned in segments between taps.
+        """
         cfg, rt = self.cfg, self.runtime
         dtype = jnp.dtype(rt.dtype)
         x = jnp.asarray(latents)
@@ -317,14 +326,23 @@ class WanModel(nnx.Module):
             return hs, None
 
         hs = constrain(tokens.astype(F32), "batch", "seq", None)
-        hs, _ = _scan(self.blocks, main_body, hs, jnp.asarray(hint_index), rt.remat)
+        taps = tuple(sorted(int(i) for i in taps))
+        if taps and (taps[0] < 0 or taps[-1] >= cfg.num_layers):
+            raise ValueError(f"tap layers {taps} must lie in [0, {cfg.num_layers})")
+        features, start = [], 0
+        for stop in (*[i + 1 for i in taps], cfg.num_layers):
+            if stop > start:
+                hs, _ = _scan(self.blocks, main_body, hs, jnp.asarray(hint_index[start:stop]), rt.remat, (start, stop))
+            features.append(hs)
+            start = stop
+        features = features[: len(taps)]
 
         shift, scale = jnp.split(self.scale_shift_table[...] + temb[:, None, :], 2, axis=1)
         hs = (layer_norm(hs, cfg.eps) * (1 + scale) + shift).astype(dtype)
         out = self.proj_out(hs, dtype).astype(F32)
         out = out.reshape(b, *grid, pt, ph, pw, cfg.out_channels)
         out = out.transpose(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, cfg.out_channels, f, h, w)
-        return out
+        return (out, features, temb) if taps else out
 
     def _vace_hints(self, tokens, context, text, mod, rope, vace_scale, grid, kw):
         """[n_vace, B, N, D] hints (already multiplied by their scales) from the VACE context."""

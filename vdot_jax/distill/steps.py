@@ -1,0 +1,283 @@
+"""VDOT training steps: four jitted phases over a pure ``TrainState``.
+
+    critic_flow       critic, flow matching on detached generator samples       (even steps)
+    critic_gan        critic trunk + head, relativistic discriminator loss      (odd steps)
+    generator_dmd_ot  generator, 0.2 DMD + 0.8 OT                               (even generator updates)
+    generator_gan     generator, relativistic generator loss                    (odd generator updates)
+
+Every step runs one critic phase; every ``ttur``-th step also one generator phase (``phases_for``).
+Each phase is one compiled program: gradient accumulation is a ``lax.scan`` over the micro-batch axis,
+updates go through optax (clip, AdamW), a non-finite loss or gradient leaves parameters and optimizer
+state untouched and is counted, and the state buffer is donated.
+
+Batches are dicts of arrays with a leading micro-batch axis A: ``latents`` [A,B,C,F,H,W] (ground truth,
+normalised; the GAN's real data), ``text`` and ``neg_text`` [A,B,L,D] (prompt and negative prompt
+embeddings), and for VACE ``context`` [A,B,Cc,F,H,W].
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from vdot_jax.distill import losses
+from vdot_jax.distill.config import ot_config
+from vdot_jax.distill.critic import Critic
+from vdot_jax.distill.ot import ot_direction, ot_loss
+from vdot_jax.distill.timesteps import (SCHEDULES, add_noise, rollout, sample_gan_timesteps,
+                                        sample_loss_timesteps, x0_from_velocity)
+from vdot_jax.models.wan import WanModel
+
+PHASES = ("critic_flow", "critic_gan", "generator_dmd_ot", "generator_gan")
+
+
+class TrainState(flax.struct.PyTreeNode):
+    step: jax.Array  # int32, number of completed training steps
+    generator: Any  # nnx.State of Params, float32 master weights
+    critic: Any
+    teacher: Any  # frozen; never updated, no optimizer state
+    generator_opt: Any
+    critic_opt: Any
+    ema: Any  # generator EMA (same tree as generator), or None when off
+    rng: jax.Array  # uint32 key data, replicated
+    skipped: jax.Array  # int32, updates skipped because a loss or gradient was not finite
+
+
+def phases_for(step: int, ttur: int, use_gan: bool = True) -> tuple[str, ...]:
+    """The phases that training step ``step`` (0-based) runs, in order."""
+    critic = "critic_gan" if use_gan and step % 2 else "critic_flow"
+    if step % ttur:
+        return (critic,)
+    gen = "generator_gan" if use_gan and (step // ttur) % 2 else "generator_dmd_ot"
+    return (critic, gen)
+
+
+def _tree_where(pred, a, b):
+    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+class Distiller:
+    """Owns the static parts (graphdefs, optimizers, config) and builds the jitted phases."""
+
+    def __init__(self, generator: WanModel, critic: Critic, teacher: WanModel, config: ml_collections.ConfigDict):
+        self.config = config
+        self.gen_def, _ = nnx.split(generator)
+        self.critic_def, _ = nnx.split(critic)
+        self.teacher_def, _ = nnx.split(teacher)
+        self.schedule = SCHEDULES[config.schedule]()
+        self.ot = ot_config(config)
+        o = config.optim
+        self.gen_tx = self._optimizer(o.generator_lr)
+        self.critic_tx = self._optimizer(o.critic_lr)
+        self.trace_counts: collections.Counter = collections.Counter()
+        self._jitted: dict[str, Any] = {}
+
+    def _optimizer(self, lr: float) -> optax.GradientTransformation:
+        o = self.config.optim
+        return optax.chain(optax.clip_by_global_norm(o.clip_norm),
+                           optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
+
+    # ---------------------------------------------------------------- state
+
+    def init_state(self, generator: WanModel, critic: Critic, teacher: WanModel, seed: int = 0,
+                   consume: bool = False) -> TrainState:
+        """The initial state. The phases donate the state's buffers, so unless ``consume`` is set the
+        parameters are copied and the models stay usable (at the cost of one extra copy in memory)."""
+        own = (lambda t: t) if consume else (lambda t: jax.tree.map(jnp.copy, t))
+        gen = own(nnx.state(generator))
+        crit = own(nnx.state(critic))
+        teach = own(nnx.state(teacher))
+        if self.config.teacher_dtype:
+            teach = jax.tree.map(lambda a: a.astype(self.config.teacher_dtype), teach)
+        ema = jax.tree.map(jnp.copy, gen) if self.config.ema.decay > 0 else None
+        return TrainState(
+            step=jnp.zeros((), jnp.int32), generator=gen, critic=crit, teacher=teach,
+            generator_opt=self.gen_tx.init(gen), critic_opt=self.critic_tx.init(crit), ema=ema,
+            rng=jax.random.key_data(jax.random.key(seed)), skipped=jnp.zeros((), jnp.int32),
+        )
+
+    # ---------------------------------------------------------------- model application
+
+    def _gen(self, params, x, t, batch):
+        return nnx.merge(self.gen_def, params)(x, t, batch["text"], batch.get("context"))
+
+    def _critic_v(self, params, x, t, batch):
+        return nnx.merge(self.critic_def, params)(x, t, batch["text"], batch.get("context"))
+
+    def _critic_d(self, params, x, t, batch):
+        critic = nnx.merge(self.critic_def, params)
+        double = lambda a: None if a is None else jnp.concatenate([a, a])  # noqa: E731
+        return critic.discriminate(x, jnp.concatenate([t, t]), double(batch["text"]), double(batch.get("context")))
+
+    def _teacher_v(self, params, x, t, batch):
+        """Teacher velocity with classifier-free guidance; cond and uncond as one batch."""
+        teacher = nnx.merge(self.teacher_def, params)
+        ctx = batch.get("context")
+        w = self.config.loss.teacher_guidance
+        if w == 1.0:
+            return teacher(x, t, batch["text"], ctx)
+        v = teacher(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
+                    jnp.concatenate([batch["text"], batch["neg_text"]]),
+                    None if ctx is None else jnp.concatenate([ctx, ctx]))
+        v_c, v_u = jnp.split(v.astype(jnp.float32), 2)
+        return losses.cfg_velocity(v_c, v_u, w)
+
+    def _sample(self, gen_params, batch, key):
+        """x^ from the backward simulation with a random exit step (gradient flows at the exit)."""
+        k_noise, k_exit, k_roll = jax.random.split(key, 3)
+        noise = jax.random.normal(k_noise, batch["latents"].shape, jnp.float32)
+        exit_index = jax.random.randint(k_exit, (), 0, self.schedule.steps)
+        return rollout(lambda p, x, t: self._gen(p, x, t, batch), gen_params, noise, exit_index,
+                       self.schedule, k_roll)
+
+    def _predictions(self, state, x_hat, batch, keys):
+        """For each key, (x0_fake, x0_real, t) at a fresh noise level of x^, without gradient into any
+        network. All draws go through the critic and the teacher as one batch (fewer traced models)."""
+        b = x_hat.shape[0]
+        ts, xs = [], []
+        for key in keys:
+            k_t, k_e = jax.random.split(key)
+            t = sample_loss_timesteps(k_t, b, self.config.loss.timestep_shift)
+            ts.append(t)
+            xs.append(add_noise(jax.lax.stop_gradient(x_hat), jax.random.normal(k_e, x_hat.shape), t))
+        t, x_t = jnp.concatenate(ts), jnp.concatenate(xs)
+        tiled = {k: jnp.concatenate([v] * len(keys)) for k, v in batch.items()}
+        x0_fake = x0_from_velocity(x_t, self._critic_v(state.critic, x_t, t, tiled).astype(jnp.float32), t)
+        x0_real = x0_from_velocity(x_t, self._teacher_v(state.teacher, x_t, t, tiled), t)
+        split = lambda a: jnp.split(jax.lax.stop_gradient(a), len(keys))  # noqa: E731
+        return list(zip(split(x0_fake), split(x0_real), jnp.split(t, len(keys))))
+
+    # ---------------------------------------------------------------- phase losses: (loss, metrics)
+
+    def _loss_critic_flow(self, params, state, batch, key):
+        k_s, k_t, k_e = jax.random.split(key, 3)
+        x_hat = jax.lax.stop_gradient(self._sample(state.generator, batch, k_s))
+        t = sample_loss_timesteps(k_t, x_hat.shape[0], self.config.loss.timestep_shift)
+        noise = jax.random.normal(k_e, x_hat.shape)
+        v = self._critic_v(params, add_noise(x_hat, noise, t), t, batch)
+        loss = losses.flow_loss(v, noise, x_hat)
+        return loss, {"critic_flow_loss": loss}
+
+    def _gan_pair(self, critic_params, x_hat, batch, key):
+        k_t, k_f, k_r = jax.random.split(key, 3)
+        t = sample_gan_timesteps(k_t, x_hat.shape[0], self.config.loss.gan_timestep_shift)
+        fake = add_noise(x_hat, jax.random.normal(k_f, x_hat.shape), t)
+        real = add_noise(batch["latents"].astype(jnp.float32), jax.random.normal(k_r, x_hat.shape), t)
+        d = self._critic_d(critic_params, jnp.concatenate([fake, real]), t, batch)
+        return jnp.split(d, 2)  # d_fake, d_real
+
+    def _loss_critic_gan(self, params, state, batch, key):
+        k_s, k_d = jax.random.split(key)
+        x_hat = jax.lax.stop_gradient(self._sample(state.generator, batch, k_s))
+        d_fake, d_real = self._gan_pair(params, x_hat, batch, k_d)
+        loss = losses.gan_discriminator_loss(d_real, d_fake, self.config.loss.gan_discriminator_weight)
+        return loss, {"critic_gan_loss": loss, "d_real": jnp.mean(d_real), "d_fake": jnp.mean(d_fake)}
+
+    def _loss_generator_dmd_ot(self, params, state, batch, key):
+        k_s, k_dmd, k_ot = jax.random.split(key, 3)
+        c = self.config.loss
+        x_hat = self._sample(params, batch, k_s)
+        metrics = {}
+        loss = jnp.zeros((), jnp.float32)
+        # DMD and OT use independent timesteps and noise (two draws), predicted in one pass.
+        names = [n for n, w in (("dmd", c.dmd_weight), ("ot", c.ot_weight)) if w]
+        keys = {"dmd": k_dmd, "ot": k_ot}
+        draws = dict(zip(names, self._predictions(state, x_hat, batch, [keys[n] for n in names])))
+        if "dmd" in draws:
+            x0_fake, x0_real, t = draws["dmd"]
+            g = losses.dmd_direction(x0_fake, x0_real, jax.lax.stop_gradient(x_hat), t, c.dmd_normalization)
+            l_dmd = losses.surrogate_loss(x_hat, g, c.dmd_reduction)
+            loss += c.dmd_weight * l_dmd
+            metrics["dmd_loss"] = l_dmd
+        if "ot" in draws:
+            x0_fake, x0_real, _ = draws["ot"]
+            g = ot_direction(x0_fake, x0_real, self.ot)
+            l_ot = ot_loss(x_hat, g, factor=self.ot.factor, reduction=self.ot.reduction)
+            loss += c.ot_weight * l_ot
+            metrics["ot_loss"] = l_ot
+        metrics["generator_loss"] = loss
+        return loss, metrics
+
+    def _loss_generator_gan(self, params, state, batch, key):
+        k_s, k_d = jax.random.split(key)
+        x_hat = self._sample(params, batch, k_s)
+        d_fake, d_real = self._gan_pair(jax.lax.stop_gradient(state.critic), x_hat, batch, k_d)
+        loss = losses.gan_generator_loss(d_fake, d_real, self.config.loss.gan_generator_weight)
+        return loss, {"generator_gan_loss": loss}
+
+    # ---------------------------------------------------------------- the phases
+
+    def _phase(self, name: str):
+        is_gen = name.startswith("generator")
+        loss_fn = getattr(self, f"_loss_{name}")
+        tx = self.gen_tx if is_gen else self.critic_tx
+
+        def step(state: TrainState, batch: dict):
+            self.trace_counts[name] += 1  # runs at trace time only: counts compilations
+            params = state.generator if is_gen else state.critic
+            opt_state = state.generator_opt if is_gen else state.critic_opt
+            key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+            key = jax.random.fold_in(key, PHASES.index(name))
+            accum = jax.tree.leaves(batch)[0].shape[0]
+            keys = jax.random.split(key, accum)
+            grad_fn = jax.value_and_grad(lambda p, b, k: loss_fn(p, state, b, k), has_aux=True)
+
+            def micro(carry, xs):
+                b, k = xs
+                (loss, metrics), grads = grad_fn(params, b, k)
+                return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
+
+            zero = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda a: a[0], batch), keys[0]))
+            zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), ((zero[0][0], zero[0][1], zero[1])))
+            (loss, metrics, grads), _ = jax.lax.scan(micro, zero, (batch, keys))
+            loss, metrics, grads = jax.tree.map(lambda a: a / accum, (loss, metrics, grads))
+
+            updates, new_opt = tx.update(grads, opt_state, params)
+            new_params = optax.apply_updates(params, updates)
+            finite = jnp.isfinite(loss) & _all_finite(grads)
+            new_params = _tree_where(finite, new_params, params)
+            new_opt = _tree_where(finite, new_opt, opt_state)
+            metrics = {**metrics, "grad_norm": optax.global_norm(grads), "finite": finite.astype(jnp.float32)}
+            skipped = state.skipped + (~finite).astype(jnp.int32)
+            if is_gen:
+                ema = state.ema
+                if ema is not None:
+                    gen_step = state.step // self.config.ttur
+                    d = jnp.where(gen_step >= self.config.ema.start, self.config.ema.decay, 0.0)
+                    ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, new_params)
+                return state.replace(generator=new_params, generator_opt=new_opt, ema=ema, skipped=skipped), metrics
+            return state.replace(critic=new_params, critic_opt=new_opt, skipped=skipped), metrics
+
+        return step
+
+    def phase(self, name: str, state_sharding=None, batch_sharding=None):
+        """The jitted phase ``name`` (built once; donates the state)."""
+        if name not in self._jitted:
+            kw = {}
+            if state_sharding is not None:
+                kw = dict(in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None))
+            self._jitted[name] = jax.jit(self._phase(name), donate_argnums=0, **kw)
+        return self._jitted[name]
+
+    def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        """One training step: its critic phase, then its generator phase if any; advances ``step``."""
+        step = int(state.step)
+        metrics = {}
+        for name in phases_for(step, self.config.ttur, self.config.loss.use_gan):
+            state, m = self.phase(name)(state, batch)
+            metrics.update(m)
+        return state.replace(step=state.step + 1), metrics
+
+    def generator(self, state: TrainState, ema: bool = False) -> WanModel:
+        return nnx.merge(self.gen_def, state.ema if ema and state.ema is not None else state.generator)
