@@ -107,6 +107,17 @@ def test_14b_vace_initialises_abstractly_on_fsdp8_with_an_eighth_per_device():
         check_replication(unsharded, max_fraction=0.01)
 
 
+def test_nested_models_shard_like_top_level_ones():
+    """The critic holds the trunk as ``model.blocks``: its layer axis must be recognised too."""
+    from vdot_jax.distill.critic import Critic
+
+    mesh = make_mesh("fsdp=8")
+    critic = abstract_model(lambda: Critic(PRESETS["wan2.1-vace-14b"], rngs=nnx.Rngs(0)))
+    stats = sharding_stats(flat_state(critic), model_shardings(critic, mesh))
+    assert stats.per_device_bytes / (stats.total_bytes / 8) < 1.01
+    check_replication(stats, max_fraction=0.01)
+
+
 def test_mesh_specs():
     assert parse_axes("fsdp=4,context=2") == {"fsdp": 4, "context": 2}
     assert resolve_shape({"fsdp": 4}, 8) == (2, 4, 1, 1)

@@ -84,8 +84,11 @@ def spec_for(shape: Sequence[int], names: Sequence[str | None], rules: Rules, me
 
 
 def param_names(path: tuple) -> tuple[str | None, ...]:
-    """Logical names of a parameter from its path; stacked layers get a leading ``layers`` axis."""
-    stacked = path[0] in STACKED
+    """Logical names of a parameter from its path; stacked layers get a leading ``layers`` axis.
+
+    Stacked modules are recognised anywhere in the path, so models nested in others (the critic's
+    ``model.blocks``) shard like top-level ones."""
+    stacked = any(p in STACKED for p in path)
     dotted = ".".join(str(p) for p in path)
     for pattern, names in PARAM_AXES:
         if re.search(pattern, dotted):
