@@ -13,15 +13,21 @@ NORMALIZATIONS = ("release", "dmd")
 
 
 def surrogate_loss(x: jax.Array, direction: jax.Array, reduction: str = "mean") -> jax.Array:
-    """0.5 * reduce((x - sg(x - direction))^2); its gradient w.r.t. x is ``direction`` (/numel for mean)."""
-    x = x.astype(jnp.float32)
-    target = jax.lax.stop_gradient(x - direction.astype(jnp.float32))
-    sq = jnp.square(x - target)
-    if reduction == "mean":
-        return 0.5 * jnp.mean(sq)
-    if reduction == "sum":
-        return 0.5 * jnp.sum(sq)
-    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    """The release's 0.5 * reduce((x - sg(x - direction))^2): gradient ``direction`` (/numel for a mean).
+
+    Evaluated in the algebraically identical form ``x s - sg(x s) + sg(s^2 / 2)`` (s = sg(direction)), whose
+    gradient is exactly s: the literal form loses it to rounding (``x - (x - s)`` carries ulp(x) ~ 1e-7 of
+    error in float32 against s ~ 3e-4 for a unit OT direction over 1e5 elements; in bf16 it vanishes).
+    Computed in float32 (or wider).
+    """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    dtype = jnp.promote_types(jnp.promote_types(x.dtype, direction.dtype), jnp.float32)
+    x = x.astype(dtype)
+    sg = jax.lax.stop_gradient
+    s = sg(direction.astype(dtype))
+    per_element = x * s - sg(x * s) + sg(0.5 * jnp.square(s))
+    return jnp.sum(per_element) if reduction == "sum" else jnp.mean(per_element)
 
 
 def dmd_direction(x0_fake, x0_real, x_hat, t, normalization: str = "release") -> jax.Array:

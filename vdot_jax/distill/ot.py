@@ -71,14 +71,57 @@ transposed, the cost sum is unchanged). At 60 iterations the plan is not converg
 order matters: the two orders of the same torch loop differ by cosine 0.996 on smooth
 24..390-point clouds.
 
-Measurements (CPU, 2 shared cores, jax 0.10.2, ott-jax 0.6.0), cosine per frame:
-MEASUREMENTS_PLACEHOLDER
+Measurements (jax 0.10.2, ott-jax 0.6.0, CPU: 2 cores shared with other jobs, so times are
+rough), cosine between normalised directions per frame:
+
+* 24 points/frame, iid data, real = 0.8 fake + 0.3 + 0.5 noise ([1,16,3,8,12], the tests):
+  unrolled (float32) vs an independent torch float64 release loop: > 0.9999995 (float64: equal
+  to 1e-9); envelope vs unrolled 0.99996..0.99998; implicit (float64) vs unrolled 0.99996;
+  implicit vs envelope > 0.9999995; fake_first vs real_first 0.99979..0.99995.
+* 1,560 points/frame (latent 60x104), real = fake + 0.1..0.3 noise (teacher and critic x0
+  close): envelope, unrolled and both update orders agree to >= 0.99993.
+* 1,560 points/frame, smooth data with a systematic offset (real = 0.8 fake + 0.3 + 0.5
+  noise): envelope vs unrolled 0.954..0.993 over 21 frames (median 0.981); implicit (float64)
+  vs unrolled 0.977, implicit vs envelope 0.9997 (the converged-gradient forms agree with each
+  other, not with the release's 60-iteration gradient); fake_first vs real_first 0.979;
+  envelope vs unrolled at 300 iterations 0.995..0.999. iid data: 0.993 (env/unrolled).
+* Time per ``ot_direction`` call, B=1, F=21, 1,560 points (jitted, second call): envelope
+  16-19 s, unrolled (remat) 31-35 s, peak RSS 1.0 / 1.9 GB. Without remat: +1.2 GB per frame
+  (~25 GB at F=21; at F=2 2.9 s / 2.8 GB vs 2.1 s / 0.55 GB with remat: remat is also
+  faster). implicit (float64): 116 s for ONE frame (lineax CG on 1,560-dim Schur systems),
+  i.e. ~40 min for F=21. Per frame (F=1): envelope 0.3 s, unrolled 1.0 s.
+* Unrolled float32 vs float64 at 1,560 points: cosine 0.99999997; float64 unrolled vs
+  central finite differences: relative error 4e-10.
+
+Hence the default ``grad_mode="unrolled"``: it is the release's gradient (cosine 1 to the
+torch loop), and the cheaper envelope form is not faithful enough (< 0.999 on some frames
+as soon as fake and real clouds differ systematically), for ~2x the time of envelope and
+~1 GB more peak memory at F=21 (CPU).
+
+Unbalanced (tau < 1)
+--------------------
+``tau = rho / (rho + eps)`` as in ott. ott's lse update ``g <- tau (eps log b - eps LSE)``
+is the fixed point of ``min_P <P,C> + eps sum(P log P - P) + rho_a KL(P1|a) +
+rho_b KL(P^T 1|b)`` (entropy w.r.t. the counting measure, POT's convention; verified: its
+plan zeroes that objective's gradient to 1e-14), not of the a(x)b-reference form, and for
+tau < 1 ott 0.6.0's ``reg_ot_cost`` is not the value of that problem (its own dual is not
+stationary at its fixed point, |grad| 0.1), so do not differentiate ``reg_ot_cost`` for
+unbalanced problems. Here the plan is ott's (both in the ott and in the scan path).
+
+Costs
+-----
+``sqeuclidean`` is ott's ``SqEuclidean`` (``||x-y||^2``, not halved, as the release).
+``euclidean`` and ``l1`` are small ott ``CostFn`` subclasses, not ott's ``Euclidean`` /
+``PNormP(1)``: ott 0.6.0's ``math.utils.norm`` custom JVP returns ``norm(ones)`` as the
+*primal* at ``x == y`` under differentiation, so e.g. the zero diagonal of a debiasing
+self-term became sqrt(C) inside ``jax.grad`` (finite-difference mismatch > 100%).
 
 Precision
 ---------
 Everything runs in ``compute_dtype`` (float32, release) whatever the input dtype, and under
 ``jax.default_matmul_precision("highest")``: the sqeuclidean cost is ``|x|^2 + |y|^2 - 2 x.y``
-and a TF32 matmul (a GPU default) would perturb ``C/eps`` by ~0.1 at these magnitudes.
+and a TF32 matmul (a GPU default) would perturb ``C/eps`` by an estimated ~0.1 (2^-11 of
+``x.y`` ~ 16, over eps = 0.1).
 """
 
 from __future__ import annotations
@@ -92,6 +135,8 @@ import jax.numpy as jnp
 from ott.geometry import costs, pointcloud
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import implicit_differentiation, sinkhorn
+
+from vdot_jax.distill.losses import surrogate_loss
 
 __all__ = [
     "OTConfig",
@@ -121,9 +166,11 @@ class OTConfig:
     tau_a: float = 1.0  # release: balanced (1.0); < 1 relaxes the fake marginal (unbalanced)
     tau_b: float = 1.0  # release: balanced (1.0); < 1 relaxes the real marginal (unbalanced)
     debias: bool = False  # release: False; True: cost(x,y) - cost(x,x)/2 - cost(y,y)/2
-    # Default "unrolled": the release's own gradient, hence faithful by construction, and the
-    # only mode that met cosine > 0.999 to it on every frame measured (see module docstring:
-    # envelope fell to 0.995 on some frames; implicit does not run in float32).
+    # Default "unrolled": the release's own gradient (cosine 1 to a torch release loop), and the
+    # only float32 mode with cosine > 0.999 to it on every frame measured. envelope is ~2x
+    # cheaper (F=21, 1,560 points, CPU: 16-19 s vs 31-35 s, 1.0 vs 1.9 GB peak) but fell to
+    # 0.954-0.993 when real and fake differ systematically; implicit needs float64 and took
+    # ~2 min per frame. Details in the module docstring.
     grad_mode: str = "unrolled"
     normalize: bool = True  # release: unit L2 norm of g per (b, frame) over C,H,W
     norm_eps: float = 1e-8  # release: g / (||g|| + 1e-8)
@@ -165,13 +212,37 @@ class OTConfig:
             )
 
 
+@jax.tree_util.register_pytree_node_class
+class _Euclidean(costs.CostFn):
+    """``||x - y||_2`` with a zero gradient at ``x == y`` (double-where, exact primal).
+
+    Replaces ``ott.geometry.costs.Euclidean``: ott 0.6.0's ``math.utils.norm`` custom JVP
+    returns ``norm(ones)`` instead of 0 as the *primal* at ``x == y`` when differentiated,
+    so under ``jax.grad`` coincident points (e.g. the diagonal of the debiasing self-terms)
+    cost sqrt(C) instead of 0 and gradients go wrong (measured: FD mismatch of 100%+).
+    """
+
+    def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
+        sq = jnp.sum(jnp.square(x - y))
+        nonzero = sq > 0
+        return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
+
+
+@jax.tree_util.register_pytree_node_class
+class _L1(costs.CostFn):
+    """``||x - y||_1`` (ott's ``PNormP(1)`` goes through the same faulty ``norm`` JVP)."""
+
+    def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
+        return jnp.sum(jnp.abs(x - y))
+
+
 def _cost_fn(name: str) -> costs.CostFn:
     if name == "sqeuclidean":
         return costs.SqEuclidean()  # ||x - y||_2^2 (not halved), as the release
     if name == "euclidean":
-        return costs.Euclidean()  # ||x - y||_2; ott's norm has a zero gradient at x == y
+        return _Euclidean()
     if name == "l1":
-        return costs.PNormP(1)  # ||x - y||_1
+        return _L1()
     raise ValueError(f"unknown OT cost {name!r}; expected one of {COSTS}")
 
 
@@ -300,6 +371,9 @@ def _frame_costs(fake, real, cfg: OTConfig) -> jax.Array:
     return out.reshape(b, f)
 
 
+_frame_costs_jit = jax.jit(_frame_costs, static_argnames=("cfg",))
+
+
 def ot_cost(fake_x0: jax.Array, real_x0: jax.Array, config: OTConfig | None = None, **overrides) -> jax.Array:
     """Per-(b, frame) OT transport cost ``sum(P * C)`` between pooled fake and real frames.
 
@@ -317,8 +391,8 @@ def ot_cost(fake_x0: jax.Array, real_x0: jax.Array, config: OTConfig | None = No
     cfg = _resolve(config, overrides)
     fake, real = _prepare(fake_x0, real_x0, cfg)
     if cfg.grad_mode != "envelope":
-        cfg = dataclasses.replace(cfg, grad_mode="envelope", compute_dtype=cfg.compute_dtype)
-    return _frame_costs(fake, real, cfg)
+        cfg = dataclasses.replace(cfg, grad_mode="envelope")
+    return _frame_costs_jit(fake, real, cfg)
 
 
 def ot_direction(
@@ -357,7 +431,13 @@ def ot_direction(
     """
     cfg = _resolve(config, overrides)
     fake, real = _prepare(fake_x0, real_x0, cfg)
+    g, per_frame = _direction(fake, real, cfg)
+    g = g.astype(fake_x0.dtype)
+    return (g, per_frame) if return_cost else g
 
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _direction(fake, real, cfg: OTConfig):
     def total(fk):
         per_frame = _frame_costs(fk, real, cfg)
         return jnp.sum(per_frame), per_frame
@@ -366,24 +446,16 @@ def ot_direction(
     if cfg.normalize:
         norm = jnp.sqrt(jnp.sum(jnp.square(g), axis=(1, 3, 4), keepdims=True))
         g = g / (norm + cfg.norm_eps)
-    g = g.astype(fake_x0.dtype)
-    return (g, per_frame) if return_cost else g
+    return g, per_frame
 
 
 def ot_loss(x_hat: jax.Array, direction: jax.Array, factor: float = 0.1, reduction: str = "sum") -> jax.Array:
-    """``0.5 * reduce((x_hat - sg(x_hat - factor * direction))^2)``; release: factor 0.1, "sum".
+    """The release's OT surrogate ``0.5 * reduce((x_hat - sg(x_hat - factor * direction))^2)``.
 
-    Its gradient w.r.t. ``x_hat`` is ``factor * direction`` ("sum") or
-    ``factor * direction / x_hat.size`` ("mean"). The arithmetic runs in float32 (or wider):
-    in bf16, ``x_hat - factor * direction`` would round back to ``x_hat`` (a unit-norm
-    direction over ~1e5 elements is ~3e-3 per element, times 0.1 is far below bf16's
-    resolution of ~8e-3 at 1.0) and the gradient would vanish. Returns a float32 scalar
-    (float64 if inputs are float64).
+    Release: ``factor=0.1``, ``reduction="sum"`` ("mean" divides by ``x_hat.size``). Its
+    gradient w.r.t. ``x_hat`` is ``factor * direction`` (``/ x_hat.size`` for "mean").
+
+    Evaluated by ``vdot_jax.distill.losses.surrogate_loss`` in a form whose gradient is exact
+    (the literal one loses it to rounding). Computed in float32 (or wider).
     """
-    if reduction not in ("sum", "mean"):
-        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-    dtype = jnp.promote_types(jnp.promote_types(x_hat.dtype, direction.dtype), jnp.float32)
-    x = x_hat.astype(dtype)
-    target = jax.lax.stop_gradient(x - factor * direction.astype(dtype))
-    sq = jnp.square(x - target)
-    return 0.5 * (jnp.sum(sq) if reduction == "sum" else jnp.mean(sq))
+    return surrogate_loss(x_hat, factor * direction, reduction)
