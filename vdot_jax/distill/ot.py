@@ -458,4 +458,5 @@ def ot_loss(x_hat: jax.Array, direction: jax.Array, factor: float = 0.1, reducti
     Evaluated by ``vdot_jax.distill.losses.surrogate_loss`` in a form whose gradient is exact
     (the literal one loses it to rounding). Computed in float32 (or wider).
     """
+    direction = direction.astype(jnp.promote_types(direction.dtype, jnp.float32))  # scale after widening
     return surrogate_loss(x_hat, factor * direction, reduction)
