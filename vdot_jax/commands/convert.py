@@ -9,39 +9,96 @@ from pathlib import Path
 from vdot_jax.commands.common import progress
 
 
-def run(args) -> None:
-    from vdot_jax.models.config import WanConfig, preset
-    from vdot_jax.weights.convert import convert_transformer
+def _is_pipeline_folder(path: Path) -> bool:
+    """A diffusers pipeline folder: model_index.json, or a transformer/ sub-folder beside other components."""
+    return path.is_dir() and ((path / "model_index.json").exists() or (
+        (path / "transformer").is_dir() and not list(path.glob("*.safetensors*"))))
 
-    config = None
-    if args.config:
-        p = Path(args.config)
-        config = WanConfig.from_dict(json.loads(p.read_text())) if p.suffix == ".json" else preset(args.config)
+
+def run(args) -> None:
+    from vdot_jax.commands.common import UserError
+
+    if args.src is None and args.vae is None and args.text_encoder is None:
+        raise UserError("nothing to convert: give --src and/or --vae / --text-encoder")
+    if args.tokenizer is not None and args.text_encoder is None:
+        raise UserError("--tokenizer goes with --text-encoder (a pipeline folder's tokenizer/ is found by itself)")
+    src = Path(args.src) if args.src is not None else None
+    pipeline = src is not None and _is_pipeline_folder(src)
+    # Every source named or found, checked before the slow work starts.
+    vae_src = Path(args.vae) if args.vae else (src / "vae" if pipeline and (src / "vae").is_dir() else None)
+    te_src = Path(args.text_encoder) if args.text_encoder else (
+        src if pipeline and (src / "text_encoder").is_dir() else None)
+    for what, p in (("VAE", args.vae), ("text encoder", args.text_encoder), ("tokenizer", args.tokenizer)):
+        if p is not None and not Path(p).exists():
+            raise UserError(f"{what} path {p} does not exist")
+
     t0 = time.time()
-    out = convert_transformer(args.src, args.dst, dtype=args.dtype, config=config, key=args.key,
-                              progress=lambda it: progress("converting", "tensor")(list(it)))
-    cfg = WanConfig.from_dict(json.loads((out / "config.json").read_text())["config"])
-    print(f"converted a {cfg.describe()} to {out} as {args.dtype} in {time.time() - t0:.1f} s")
+    if src is not None:
+        from vdot_jax.models.config import WanConfig, preset
+        from vdot_jax.weights.convert import convert_transformer
+
+        config = None
+        if args.config:
+            p = Path(args.config)
+            config = WanConfig.from_dict(json.loads(p.read_text())) if p.suffix == ".json" else preset(args.config)
+        out = convert_transformer(src, args.dst, dtype=args.dtype, config=config, key=args.key,
+                                  progress=lambda it: progress("converting", "tensor")(list(it)))
+        cfg = WanConfig.from_dict(json.loads((out / "config.json").read_text())["config"])
+        print(f"converted a {cfg.describe()} to {out} as {args.dtype} in {time.time() - t0:.1f} s")
+    if vae_src is not None:
+        from vdot_jax.weights.wan_vae import convert_vae
+
+        t1 = time.time()
+        out = convert_vae(vae_src, args.dst, dtype=args.vae_dtype,
+                          progress=lambda it: progress("converting the VAE", "tensor")(list(it)))
+        print(f"converted the Wan VAE from {vae_src} to {out} as {args.vae_dtype} in {time.time() - t1:.1f} s")
+    if te_src is not None:
+        from vdot_jax.models.text_encoder import convert_text_encoder
+
+        t1 = time.time()
+        out = convert_text_encoder(te_src, args.dst, dtype=args.text_encoder_dtype, tokenizer=args.tokenizer,
+                                   progress=lambda it: progress("converting the text encoder", "tensor")(list(it)))
+        print(f"converted the umT5 text encoder (with its tokenizer) from {te_src} to {out} as "
+              f"{args.text_encoder_dtype} in {time.time() - t1:.1f} s")
+    index = Path(args.dst) / "vdot_model.json"
+    have = sorted(json.loads(index.read_text())["components"]) if index.exists() else []
+    missing = [c for c in ("transformer", "vae", "text_encoder") if c not in have]
+    note = f"; add {', '.join(missing)} for vdot generate" if missing else "; ready for vdot generate"
+    print(f"model directory {args.dst} holds {', '.join(have)}{note}")
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "convert",
-        help="convert an official Wan/VACE/VDOT or diffusers checkpoint into a vdot-jax model directory",
+        help="convert official Wan/VACE/VDOT or diffusers checkpoints into a vdot-jax model directory",
         description=(
-            "Convert a transformer checkpoint into DST/transformer (orbax checkpoint + config.json). SRC may be "
-            "a diffusers folder (config.json + safetensors, sharded with an index, or a whole pipeline folder), "
-            "an original Wan/VACE *.safetensors file or folder (with or without index), or a torch .pt/.pth "
-            "state dict (e.g. the released vdot_14b.pt), possibly nested and with wrapper prefixes. Pickles are "
-            "read with weights_only=True; one that would run code is refused. The architecture is read from a "
-            "diffusers config.json or inferred from the tensor shapes unless --config is given."
+            "Convert checkpoints into one model directory DST (one orbax sub-directory per component + "
+            "vdot_model.json). SRC is the transformer: a diffusers folder (config.json + safetensors, sharded "
+            "with an index), an original Wan/VACE *.safetensors file or folder (with or without index), or a "
+            "torch .pt/.pth state dict (e.g. the released vdot_14b.pt), possibly nested and with wrapper "
+            "prefixes; or a whole diffusers WanVACEPipeline/WanPipeline folder, whose transformer, VAE and text "
+            "encoder (with tokenizer) are all converted. --vae and --text-encoder add components from Wan's "
+            "original files (Wan2.1_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth with --tokenizer google/umt5-xxl) "
+            "or diffusers/transformers folders, to a new or an existing DST. Pickles are read with "
+            "weights_only=True; one that would run code is refused. The transformer's architecture is read from "
+            "a diffusers config.json or inferred from the tensor shapes unless --config is given."
         ),
     )
-    p.add_argument("--src", required=True, help="checkpoint file or folder")
+    p.add_argument("--src", default=None, help="transformer checkpoint file or folder, or a diffusers pipeline folder")
     p.add_argument("--dst", required=True, help="output model directory")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="stored parameter dtype")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="stored transformer parameter dtype")
     p.add_argument("--key", default=None,
                    help="which state dict of a .pt holding several, e.g. 'generator' or 'generator_ema'")
     p.add_argument("--config", default=None,
                    help="architecture: a preset name (wan2.1-vace-14b, ...) or a JSON file of WanConfig fields")
+    p.add_argument("--vae", default=None, help="VAE checkpoint (Wan2.1_VAE.pth or a diffusers AutoencoderKLWan folder)")
+    p.add_argument("--vae-dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="stored VAE parameter dtype (default float32)")
+    p.add_argument("--text-encoder", default=None,
+                   help="umT5 checkpoint (models_t5_umt5-xxl-enc-bf16.pth or a transformers UMT5EncoderModel folder)")
+    p.add_argument("--tokenizer", default=None,
+                   help="umT5 tokenizer folder with tokenizer.json (default: found beside the text encoder)")
+    p.add_argument("--text-encoder-dtype", default="bfloat16", choices=("float32", "bfloat16"),
+                   help="stored text encoder parameter dtype (default bfloat16, as released)")
     p.set_defaults(func=run)

@@ -185,6 +185,13 @@ class TextEncoder:
     def clear_cache(self) -> None:
         self._cache.clear()
 
+    def place(self, device: jax.Device | jax.sharding.Sharding) -> "TextEncoder":
+        """Move the weights to ``device`` (e.g. ``jax.devices("cpu")[0]`` to hold them in host memory between
+        prompts, and back to the accelerator to encode). The compiled program and the prompt cache are kept."""
+        self._state = jax.device_put(self._state, device)
+        nnx.update(self.model, self._state)
+        return self
+
     def tokenize(self, prompts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Clean and tokenize: (ids, mask), each [B, text_len] int32."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)

@@ -1,0 +1,322 @@
+"""``vdot convert`` of a whole pipeline folder, ``vdot_jax.generate`` against diffusers' ``WanVACEPipeline`` (the
+oracle), the ``vdot generate`` CLI for every task family, its refusals, and a sharded run on 8 fake devices.
+
+One tiny random ``WanVACEPipeline`` folder is built per module (transformer, VAE with z_dim 4, umT5, a WordLevel
+tokenizer, the flow UniPC scheduler) and converted once with the CLI; every test reads that model directory.
+Videos are 9 frames of 32x48 (3 latent frames of 4x6, 18 tokens).
+"""
+
+from __future__ import annotations
+
+import json
+
+import re
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+imageio = pytest.importorskip("imageio")
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # imageio-ffmpeg's subprocess, JAX loaded
+
+from oracles import diffusers_transformer  # noqa: E402
+from vdot_jax import conditions as C  # noqa: E402
+from vdot_jax.cli import main as vdot  # noqa: E402
+from vdot_jax.data import video_io  # noqa: E402
+from vdot_jax.models.config import WanConfig  # noqa: E402
+from vdot_jax.sampling import pipeline as P  # noqa: E402
+
+T, H, W = 9, 32, 48
+Z = 4
+SHIFT = 16.0
+MEAN, STD = [0.1, -0.2, 0.3, 0.05], [0.5, 1.0, 1.5, 2.0]
+# 2 heads of 16 (one per device under context=2), VACE hints at layers 0 and 2 of 3.
+DIT = WanConfig(dim=32, ffn_dim=40, num_heads=2, num_layers=3, in_channels=Z, out_channels=Z, text_dim=32,
+                freq_dim=32, rope_max_seq_len=64, vace_layers=(0, 2), vace_in_channels=2 * Z + 64)
+UMT5 = dict(vocab_size=64, d_model=32, d_ff=48, num_layers=2, num_heads=4, d_kv=8,
+            relative_attention_num_buckets=32, relative_attention_max_distance=128)
+WORDS = "a an the cat dog runs on grass in rain video of slowly red blue sky blurry static".split()
+PROMPT, NEGATIVE = "a red cat runs on the grass", "blurry static video"
+# Video values in [0, 1] after decoding; fp32 on both sides, differences are float rounding through the
+# text encoder, four DiT evaluations, the UniPC updates and the VAE decoder.
+TOL = 1e-5  # measured: 2.2e-6 (T2V, CFG 5) and 1.4e-6 (masked editing)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The tiny models are op-overhead bound: extra torch threads on shared cores only slow them down."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _tokenizer(folder):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", 1)])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                                unk_token="<unk>")
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory):
+    """(diffusers WanVACEPipeline, its saved folder, our converted model directory)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACEPipeline
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=Z, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                           temperal_downsample=[False, True, True], latents_mean=MEAN, latents_std=STD).eval()
+    with torch.no_grad():
+        for name, p in vae.named_parameters():
+            if name.endswith("gamma"):
+                p.copy_(1.0 + 0.3 * torch.randn_like(p))
+    text_encoder = transformers.UMT5EncoderModel(transformers.UMT5Config(
+        **UMT5, dropout_rate=0.0, feed_forward_proj="gated-gelu")).eval()
+    with torch.no_grad():
+        for name, p in text_encoder.named_parameters():
+            if "layer_norm" in name:
+                p.uniform_(0.5, 1.5)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=SHIFT)
+    pipe = WanVACEPipeline(tokenizer=_tokenizer(None), text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                           transformer=diffusers_transformer(DIT, seed=1))
+    pipe.set_progress_bar_config(disable=True)
+    root = tmp_path_factory.mktemp("generate")
+    pipe.save_pretrained(root / "pipeline")
+    assert vdot(["convert", "--src", str(root / "pipeline"), "--dst", str(root / "model"),
+                 "--text-encoder-dtype", "float32"]) == 0
+    return pipe, root / "pipeline", root / "model"
+
+
+@pytest.fixture(scope="module")
+def ours(oracle):
+    return P.Pipeline.load(oracle[2], text_encoder_offload="none")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Task input files in the release's conventions."""
+    d = tmp_path_factory.mktemp("inputs")
+    yy, xx = np.mgrid[0:H, 0:W]
+    video = np.stack([np.stack([(xx * 5 + i * 9) % 256, (yy * 7 + i) % 256, np.full_like(xx, 60 + 10 * i)], -1)
+                      for i in range(T)]).astype(np.uint8)
+    mask = np.zeros((T, H, W), np.uint8)
+    mask[:, 8:24, 16:40] = 255
+    masked = video.copy()
+    masked[mask > 0] = 127
+    ref = np.zeros((20, 12, 3), np.uint8)
+    ref[..., 0], ref[..., 1] = 200, np.arange(12, dtype=np.uint8)[None] * 20
+    paths = {
+        "video": video_io.write_video(d / "video.mp4", video, fps=16),
+        "masked": video_io.write_video(d / "masked.mp4", masked, fps=16),
+        "mask": video_io.write_video(d / "mask.mp4", mask, fps=16),
+        "small_mask": video_io.write_video(d / "small_mask.mp4", mask[:, :, :32], fps=16),
+        "ref": video_io.write_image(d / "ref.png", ref),
+        "first": video_io.write_image(d / "first.png", video[0]),
+    }
+    return paths, video, mask
+
+
+def _video01(ours_video):
+    """Our [B, 3, F, H, W] in [-1, 1] -> diffusers' output_type="np" layout [B, F, H, W, 3] in [0, 1]."""
+    return np.clip(C.frames_from_video(ours_video) * 0.5 + 0.5, 0.0, 1.0)
+
+
+def _noise(vcu, seed):
+    return np.random.default_rng(seed).standard_normal((1, Z, vcu.num_refs + 1 + (T - 1) // 4, H // 8, W // 8),
+                                                       dtype=np.float32)
+
+
+def _diffusers(pipe, noise, guide, **kw):
+    with torch.no_grad():
+        out = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, height=H, width=W, num_frames=T, num_inference_steps=4,
+                   guidance_scale=guide, latents=torch.from_numpy(noise), output_type="np", **kw)
+    return np.asarray(out.frames, np.float32)
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def test_convert_writes_one_model_directory(oracle):
+    _, folder, model = oracle
+    index = json.loads((model / "vdot_model.json").read_text())
+    assert sorted(index["components"]) == ["text_encoder", "transformer", "vae"]
+    meta = {c: json.loads((model / c / "config.json").read_text()) for c in index["components"]}
+    assert meta["transformer"]["config"]["vace_layers"] == [0, 2] and meta["transformer"]["dtype"] == "float32"
+    assert meta["vae"]["config"]["z_dim"] == Z and meta["vae"]["dtype"] == "float32"
+    assert meta["text_encoder"]["dtype"] == "float32"
+    assert (model / "text_encoder" / "tokenizer" / "tokenizer.json").exists()
+
+
+def test_convert_components_separately_and_pipeline_folder_directly(oracle, ours, tmp_path, capsys):
+    folder = oracle[1]
+    dst = tmp_path / "m"
+    assert vdot(["convert", "--src", str(folder / "transformer"), "--dst", str(dst)]) == 0
+    assert "add vae, text_encoder for vdot generate" in capsys.readouterr().out
+    assert vdot(["convert", "--dst", str(dst), "--vae", str(folder / "vae"), "--text-encoder",
+                 str(folder / "text_encoder"), "--tokenizer", str(folder / "tokenizer"),
+                 "--text-encoder-dtype", "float32"]) == 0  # added to the existing directory
+    assert "ready for vdot generate" in capsys.readouterr().out
+    vcu = C.t2v(5, H, W)
+    ref = ours.generate(PROMPT, vcu=vcu, progress=False).video
+    for model in (dst, folder):  # the converted directory, and the diffusers folder read directly
+        np.testing.assert_array_equal(P.generate(model, PROMPT, vcu=vcu, progress=False).video, ref)
+    for args, message in ((["--dst", str(dst)], "nothing to convert"),
+                          (["--dst", str(dst), "--vae", str(folder / "vae"), "--tokenizer", str(folder)],
+                           "--tokenizer goes with --text-encoder"),
+                          (["--dst", str(dst), "--vae", str(tmp_path / "nope.pth")],
+                           "VAE path .*nope.pth does not exist")):
+        assert vdot(["convert", *args]) == 2
+        assert re.search(message, capsys.readouterr().err)
+
+
+# ----------------------------------------------------------------------------- parity with diffusers
+
+
+def test_t2v_with_cfg_matches_diffusers(oracle, ours):
+    pipe = oracle[0]
+    vcu = C.t2v(T, H, W)
+    noise = _noise(vcu, 0)
+    theirs = _diffusers(pipe, noise, guide=5.0)
+    res = ours.generate(PROMPT, negative_prompt=NEGATIVE, vcu=vcu, latents=noise, steps=4, shift=SHIFT,
+                        guide_scale=5.0, progress=False)
+    assert theirs.shape == (1, T, H, W, 3) and res.video.shape == (1, 3, T, H, W)
+    err = np.abs(_video01(res.video) - theirs).max()
+    assert err < TOL, f"max abs difference {err}"
+    assert theirs.std() > 0.05  # a real video, not a constant
+
+
+def test_masked_editing_matches_diffusers(oracle, ours, files):
+    pipe = oracle[0]
+    _, video, mask = files
+    frames = video.astype(np.float32)[None].transpose(0, 4, 1, 2, 3) / 127.5 - 1.0
+    masks = (mask > 0).astype(np.float32)[None, None]
+    vcu = C.VCU(frames, masks, task="mv2v", kind="repaint")  # as diffusers: the masked region is not greyed
+    noise = _noise(vcu, 1)
+    theirs = _diffusers(pipe, noise, guide=1.0, video=(frames.transpose(0, 2, 3, 4, 1) + 1.0) / 2.0,
+                        mask=np.repeat(masks.transpose(0, 2, 3, 4, 1), 3, axis=-1))
+    res = ours.generate(PROMPT, vcu=vcu, latents=noise, progress=False)  # student defaults: 4 steps, no CFG
+    err = np.abs(_video01(res.video) - theirs).max()
+    assert err < TOL, f"max abs difference {err}"
+    # the conditions reach the model: the same noise without them gives another video
+    t2v = ours.generate(PROMPT, vcu=C.t2v(T, H, W), latents=noise, progress=False)
+    assert np.abs(t2v.video - res.video).max() > 1e-3
+
+
+def test_seed_latents_and_reference_frames(ours):
+    vcu = C.r2v([np.linspace(-1, 1, 3 * 16 * 24, dtype=np.float32).reshape(3, 16, 24)], T, H, W)
+    a = ours.generate(PROMPT, vcu=vcu, seed=3, progress=False)
+    noise = np.asarray(jax.random.normal(jax.random.key(3), C.noise_shape(vcu, ours.vae)))
+    b = ours.generate(PROMPT, vcu=vcu, latents=noise, progress=False)
+    assert a.video.shape == (1, 3, T, H, W) and a.latents.shape == (1, Z, 1 + 3, H // 8, W // 8)
+    np.testing.assert_array_equal(a.video, b.video)
+    for k in ("text", "conditions", "denoise", "compile", "decode", "total"):
+        assert a.timings[k] >= 0
+    with pytest.raises(P.GenerateError, match=r"latents of shape \(1, 4, 3, 4, 6\) .* expected \(1, 4, 4, 4, 6\)"):
+        ours.generate(PROMPT, vcu=vcu, latents=np.zeros((1, Z, 3, 4, 6), np.float32), progress=False)
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def _read_mp4(path):
+    frames = imageio.v3.imread(path, plugin="FFMPEG")
+    return frames.shape
+
+
+CLI_TASKS = {
+    "t2v": lambda f: [],
+    "r2v": lambda f: ["--ref-images", str(f["ref"])],
+    "depth": lambda f: ["--task", "depth", "--src-video", str(f["video"])],
+    "mv2v": lambda f: ["--src-video", str(f["masked"]), "--src-mask", str(f["mask"])],
+    "inpaint": lambda f: ["--task", "inpaint", "--src-video", str(f["video"]), "--src-mask", str(f["mask"])],
+    "outpaint": lambda f: ["--task", "outpaint", "--src-video", str(f["video"]), "--expand", "0,0,0.25,0.25"],
+    "first_frame": lambda f: ["--task", "first_frame", "--src-video", str(f["first"])],
+    "last_clip": lambda f: ["--task", "last_clip", "--clip-frames", "3", "--src-video", str(f["video"])],
+}
+
+
+@pytest.mark.parametrize("task", sorted(CLI_TASKS))
+def test_cli_writes_a_playable_mp4(oracle, files, tmp_path, capsys, task):
+    out = tmp_path / f"{task}.mp4"
+    args = ["generate", "--model", str(oracle[2]), "--prompt", PROMPT, "--frames", str(T), "--height", str(H),
+            "--width", str(W), "--out", str(out), "--quiet", *CLI_TASKS[task](files[0])]
+    assert vdot(args) == 0
+    summary = capsys.readouterr().out.strip().splitlines()
+    assert len(summary) == 1 and summary[0].startswith(f"generated {task}") and str(out) in summary[0]
+    for stage in ("text", "conditions", "denoise", "decode"):
+        assert f"{stage} " in summary[0]
+    assert _read_mp4(out) == (T, H, W, 3)
+
+
+def test_cli_teacher_settings_and_progress(oracle, tmp_path, capsys):
+    out = tmp_path / "teacher.mp4"
+    assert vdot(["generate", "--model", str(oracle[2]), "--prompt", PROMPT, "--negative-prompt", NEGATIVE,
+                 "--frames", "5", "--height", str(H), "--width", str(W), "--steps", "6", "--guide-scale", "5",
+                 "--solver", "euler", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "(6 euler steps, shift 16, CFG 5)" in captured.out
+    assert "[vdot generate] task t2v" in captured.err and "loaded the model" in captured.err
+    assert "denoising step 6/6 done" in captured.err  # per-step progress from inside the compiled loop
+    assert _read_mp4(out) == (5, H, W, 3)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (lambda f, m: ["--model", str(m), "--src-video", str(f["video"]), "--src-mask", str(f["small_mask"])],
+     "small_mask.mp4 is 32x32 but video .*video.mp4 is 32x48; they must be the same size"),
+    (lambda f, m: ["--model", str(m), "--frames", "8"], "must be 1 \\+ 4k \\(e.g. 5 or 9\\) .* got 8"),
+    (lambda f, m: ["--model", str(m.parent / "no_such_model")], "model directory .*no_such_model does not exist"),
+    (lambda f, m: ["--model", str(m / "vae")], "is not a converted vdot-jax model directory"),
+    (lambda f, m: ["--model", str(m), "--height", "40"], "multiples of 16x16 .* got 40x48"),
+    (lambda f, m: ["--model", str(m), "--task", "outpaint", "--src-video", str(f["video"])],
+     "task outpaint needs expand"),
+    (lambda f, m: ["--model", str(m), "--src-mask", str(f["mask"])], "was given without a src_video"),
+    (lambda f, m: ["--transformer", str(m)], "give --model DIR"),
+])
+def test_cli_refuses_inconsistent_inputs(oracle, files, tmp_path, capsys, extra, message):
+    args = ["generate", "--prompt", PROMPT, "--frames", str(T), "--height", "32", "--width", str(W),
+            "--out", str(tmp_path / "x.mp4"), "--quiet"]
+    code = vdot(args + extra(files[0], oracle[2]))
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("vdot generate: error: "), err
+    assert re.search(message, err), err
+    assert not (tmp_path / "x.mp4").exists()
+
+
+# ----------------------------------------------------------------------------- sharded
+
+
+def test_mesh_output_equals_single_device(oracle, ours):
+    assert jax.device_count() == 8
+    sharded = P.Pipeline.load(oracle[2], mesh="data=2,fsdp=2,context=2", text_encoder_offload="host")
+    assert sharded.transformer.runtime.attention == "ulysses:xla"
+    vcu = C.t2v(T, H, W)
+    noise = _noise(vcu, 2)
+    kw = dict(negative_prompt=NEGATIVE, vcu=vcu, latents=noise, guide_scale=5.0, progress=False)
+    single = ours.generate(PROMPT, **kw)
+    multi = sharded.generate(PROMPT, **kw)
+    np.testing.assert_allclose(multi.latents, single.latents, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(multi.video, single.video, atol=1e-5, rtol=0)
+    kernel = sharded.transformer.blocks.attn1.to_q.kernel[...]
+    assert len(kernel.sharding.device_set) == 8 and "fsdp" in str(kernel.sharding.spec)
+    programs = [c for key, c in P._COMPILED.items() if key[4] is sharded.mesh]
+    assert programs and all("all-to-all" in c.as_text() for c in programs)  # Ulysses really ran
+
+
+def test_text_encoder_freed_and_reloaded_zero_latents_cached(oracle):
+    pipe = P.Pipeline.load(oracle[2], text_encoder_offload="free")
+    vcu = C.t2v(5, H, W)
+    a = pipe.generate(PROMPT, vcu=vcu, progress=False)
+    assert pipe._text_encoder is None  # freed after encoding
+    misses = C.ZERO_LATENTS.misses
+    b = pipe.generate(PROMPT, vcu=vcu, progress=False)  # reloads the encoder; the all-zero context is not re-encoded
+    assert C.ZERO_LATENTS.misses == misses and pipe._text_encoder is None
+    np.testing.assert_array_equal(a.video, b.video)
