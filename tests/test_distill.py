@@ -220,6 +220,21 @@ def test_tiny_run_of_all_phases_learns_and_compiles_each_phase_once(tiny_run):
     assert 0 < ema_gap  # the EMA lags the generator
 
 
+def test_ablations_share_the_compiled_phases(tiny_run):
+    """DMD-only / OT-only differ from the recipe only in state-held weights: no new compilation."""
+    d, _, batch, _, _ = tiny_run
+    teacher = WanModel(TINY, rngs=nnx.Rngs(0))
+    critic = critic_from_teacher(teacher, rngs=nnx.Rngs(1), token_dim=8, num_heads=2)
+    dmd_only = d.init_state(WanModel(TINY, rngs=nnx.Rngs(0)), critic, teacher, loss_weights={"ot": 0.0})
+    for _ in range(6):
+        dmd_only, m = d.train_step(dmd_only, batch, use_gan=False)
+    assert "ot_loss" in m or "critic_flow_loss" in m
+    assert float(dmd_only.loss_weights["ot"]) == 0.0
+    assert dict(d.trace_counts) == {p: 1 for p in PHASES}
+    with pytest.raises(ValueError, match="unknown loss weight"):
+        d.init_state(WanModel(TINY, rngs=nnx.Rngs(0)), critic, teacher, loss_weights={"gan": 1.0})
+
+
 def test_non_finite_loss_skips_the_update_and_is_counted(tiny_run):
     d, state, batch, _, _ = tiny_run
     bad = dict(batch, latents=np.full_like(batch["latents"], np.nan))  # the GAN's real data

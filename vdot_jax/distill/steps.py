@@ -48,6 +48,7 @@ class TrainState(flax.struct.PyTreeNode):
     ema: Any  # generator EMA (same tree as generator), or None when off
     rng: jax.Array  # uint32 key data, replicated
     skipped: jax.Array  # int32, updates skipped because a loss or gradient was not finite
+    loss_weights: Any  # {"dmd": f32, "ot": f32}: traced, so runs that differ only in weights share programs
 
 
 def phases_for(step: int, ttur: int, use_gan: bool = True) -> tuple[str, ...]:
@@ -91,9 +92,13 @@ class Distiller:
     # ---------------------------------------------------------------- state
 
     def init_state(self, generator: WanModel, critic: Critic, teacher: WanModel, seed: int = 0,
-                   consume: bool = False) -> TrainState:
+                   consume: bool = False, loss_weights: dict | None = None) -> TrainState:
         """The initial state. The phases donate the state's buffers, so unless ``consume`` is set the
-        parameters are copied and the models stay usable (at the cost of one extra copy in memory)."""
+        parameters are copied and the models stay usable (at the cost of one extra copy in memory).
+
+        ``loss_weights`` ({"dmd": w, "ot": w}, default the config's) live in the state: a term whose
+        *config* weight is non-zero is traced, and the state's weight scales it, so e.g. DMD-only and
+        OT-only ablations run the same compiled programs as the full recipe."""
         own = (lambda t: t) if consume else (lambda t: jax.tree.map(jnp.copy, t))
         gen = own(nnx.state(generator))
         crit = own(nnx.state(critic))
@@ -105,7 +110,19 @@ class Distiller:
             step=jnp.zeros((), jnp.int32), generator=gen, critic=crit, teacher=teach,
             generator_opt=self.gen_tx.init(gen), critic_opt=self.critic_tx.init(crit), ema=ema,
             rng=jax.random.key_data(jax.random.key(seed)), skipped=jnp.zeros((), jnp.int32),
+            loss_weights=self._loss_weights(loss_weights),
         )
+
+    def _loss_weights(self, override: dict | None) -> dict:
+        c = self.config.loss
+        weights = {"dmd": c.dmd_weight, "ot": c.ot_weight, **(override or {})}
+        for name, w in weights.items():
+            if name not in ("dmd", "ot"):
+                raise ValueError(f"unknown loss weight {name!r}; the weighted generator terms are 'dmd' and 'ot'")
+            if w and not getattr(c, f"{name}_weight"):
+                raise ValueError(f"loss weight {name}={w} needs a non-zero config.loss.{name}_weight, which "
+                                 f"decides whether the term is traced at all")
+        return {k: jnp.asarray(v, jnp.float32) for k, v in weights.items()}
 
     # ---------------------------------------------------------------- model application
 
@@ -198,13 +215,13 @@ class Distiller:
             x0_fake, x0_real, t = draws["dmd"]
             g = losses.dmd_direction(x0_fake, x0_real, jax.lax.stop_gradient(x_hat), t, c.dmd_normalization)
             l_dmd = losses.surrogate_loss(x_hat, g, c.dmd_reduction)
-            loss += c.dmd_weight * l_dmd
+            loss += state.loss_weights["dmd"] * l_dmd
             metrics["dmd_loss"] = l_dmd
         if "ot" in draws:
             x0_fake, x0_real, _ = draws["ot"]
             g = ot_direction(x0_fake, x0_real, self.ot)
             l_ot = ot_loss(x_hat, g, factor=self.ot.factor, reduction=self.ot.reduction)
-            loss += c.ot_weight * l_ot
+            loss += state.loss_weights["ot"] * l_ot
             metrics["ot_loss"] = l_ot
         metrics["generator_loss"] = loss
         return loss, metrics
@@ -270,11 +287,13 @@ class Distiller:
             self._jitted[name] = jax.jit(self._phase(name), donate_argnums=0, **kw)
         return self._jitted[name]
 
-    def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        """One training step: its critic phase, then its generator phase if any; advances ``step``."""
+    def train_step(self, state: TrainState, batch: dict, use_gan: bool | None = None) -> tuple[TrainState, dict]:
+        """One training step: its critic phase, then its generator phase if any; advances ``step``.
+        ``use_gan`` overrides ``config.loss.use_gan`` (which phases run is decided here, in Python)."""
         step = int(state.step)
         metrics = {}
-        for name in phases_for(step, self.config.ttur, self.config.loss.use_gan):
+        use_gan = self.config.loss.use_gan if use_gan is None else use_gan
+        for name in phases_for(step, self.config.ttur, use_gan):
             state, m = self.phase(name)(state, batch)
             metrics.update(m)
         return state.replace(step=state.step + 1), metrics
