@@ -158,6 +158,13 @@ class KeyMap:
     def external_shapes(self) -> dict[str, tuple]:
         return {e.key: e.shape for e in self.entries}
 
+    def export(self, flat: Mapping[Path_, object], rename: Callable[[str], str] = lambda k: k):
+        """Our flat params -> (external name, numpy array) pairs, one tensor at a time (the inverse of
+        ``convert_tensors``); ``rename`` maps the keymap's names to another layout's."""
+        for e in self.entries:
+            value = np.asarray(flat[e.path] if e.layer is None else flat[e.path][e.layer])
+            yield rename(e.key), e.to_external(value)
+
 
 def np_dtype(name: str):
     return {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}[str(name)]

@@ -127,9 +127,4 @@ def to_external(flat: dict, cfg: UMT5Config, layout: str = "hf") -> dict[str, np
     if layout not in ("hf", "wan"):
         raise ValueError(f"layout must be 'hf' or 'wan', got {layout!r}")
     keymap, _ = umt5_keymap(cfg)
-    out = {}
-    for e in keymap.entries:
-        value = np.asarray(flat[e.path])
-        value = e.to_external(value if e.layer is None else value[e.layer])
-        out[WAN_TO_HF.backward(e.key) if layout == "wan" else e.key] = value
-    return out
+    return dict(keymap.export(flat, WAN_TO_HF.backward if layout == "wan" else (lambda k: k)))

@@ -126,3 +126,11 @@ def infer_config(source: TensorSource) -> WanConfig:
         vace_layers=vace_layers,
         vace_in_channels=shape("vace_patch_embedding.weight")[1] if n_vace else 96,
     )
+
+
+def to_external(flat: dict, cfg: WanConfig, layout: str = "diffusers"):
+    """Our flat params -> (name, numpy array) pairs in diffusers or original Wan/VACE names, streamed."""
+    if layout not in ("diffusers", "wan"):
+        raise ValueError(f"layout must be 'diffusers' or 'wan', got {layout!r}")
+    keymap, _ = transformer_keymap(cfg)
+    return keymap.export(flat, WAN_TO_DIFFUSERS.backward if layout == "wan" else (lambda k: k))
