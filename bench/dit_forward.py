@@ -10,7 +10,6 @@ the same process when torch with CUDA and diffusers are importable, and is freed
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import os
 import sys
@@ -20,7 +19,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from common import device_info, time_fn, torch_cuda_available, torch_time_fn, write_json  # noqa: E402

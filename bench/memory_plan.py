@@ -25,7 +25,6 @@ from flax import nnx  # noqa: E402
 from common import write_json  # noqa: E402
 from vdot_jax.distill.config import distill_config  # noqa: E402
 from vdot_jax.distill.critic import Critic  # noqa: E402
-from vdot_jax.distill.steps import Distiller  # noqa: E402
 from vdot_jax.models.config import PRESETS  # noqa: E402
 from vdot_jax.models.wan import WanModel  # noqa: E402
 from vdot_jax.parallel.logical import param_shardings  # noqa: E402

@@ -21,7 +21,6 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from common import device_info, time_fn, write_json  # noqa: E402

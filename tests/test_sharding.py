@@ -16,7 +16,7 @@ from conftest import FAST_COMPILE
 from oracles import TINY_VACE
 from vdot_jax.models.config import PRESETS
 from vdot_jax.models.wan import WanModel
-from vdot_jax.parallel.logical import DEFAULT_RULES, activate
+from vdot_jax.parallel.logical import activate
 from vdot_jax.parallel.mesh import make_mesh, parse_axes, resolve_shape
 from vdot_jax.parallel.sharding import check_replication, init_sharded, model_shardings, sharding_stats, sharding_table
 from vdot_jax.weights.params import abstract_model, flat_state

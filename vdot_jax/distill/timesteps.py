@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vdot_jax.sampling.schedules import shift_sigma, unipc_flow_schedule, warp_timesteps
 

@@ -126,6 +126,17 @@ class Runtime:
     remat: str = "none"  # see vdot_jax.models.wan.REMAT_POLICIES
     extra: dict = field(default_factory=dict)
 
+    def update(self, **changes) -> None:
+        """Set options by name; unknown names and remat policies are refused."""
+        from vdot_jax.models.wan import REMAT_POLICIES
+
+        for k, v in changes.items():
+            if not hasattr(self, k):
+                raise ValueError(f"unknown runtime option {k!r}")
+            setattr(self, k, v)
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"unknown remat policy {self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
+
 
 # Real sizes (METHOD.md section 1). Head dim 128 in all of them.
 WAN_1_3B = WanConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30)

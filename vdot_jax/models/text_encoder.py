@@ -42,13 +42,13 @@ from vdot_jax.models.config import Runtime
 from vdot_jax.models.umt5 import UMT5Config, UMT5EncoderModel
 from vdot_jax.weights import store
 from vdot_jax.weights.checkpoint_io import CheckpointError, open_tensors
-from vdot_jax.weights.keymap import convert_tensors
+from vdot_jax.weights.keymap import STORED_DTYPES, check_dtype, convert_tensors
 from vdot_jax.weights.params import abstract_model, assign, flat_state
 from vdot_jax.weights.umt5 import infer_config, to_hf_names, umt5_keymap
 
 COMPONENT = "text_encoder"
 TEXT_LEN = 512  # Wan2.1's text_len
-DTYPES = ("float32", "bfloat16")
+DTYPES = STORED_DTYPES
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
 
 
@@ -291,11 +291,6 @@ def _find_tokenizer(src: _Source, given, origin: Path) -> Path:
     )
 
 
-def _check_dtype(dtype: str) -> str:
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    return dtype
-
 
 def read_text_encoder_checkpoint(
     src: str | os.PathLike, dtype: str = "float32", config: UMT5Config | None = None, key: str | None = None,
@@ -306,7 +301,7 @@ def read_text_encoder_checkpoint(
     source = to_hf_names(open_tensors(located.weights, key=key))
     cfg = config or located.config or infer_config(source)
     keymap, shapes = umt5_keymap(cfg)
-    flat = convert_tensors(source, keymap, shapes, dtype=_check_dtype(dtype), what=f"umT5 encoder {cfg}",
+    flat = convert_tensors(source, keymap, shapes, dtype=check_dtype(dtype), what=f"umT5 encoder {cfg}",
                            progress=progress)
     return cfg, flat
 
@@ -344,12 +339,9 @@ def convert_text_encoder(
 
 def save_text_encoder(encoder: TextEncoder, dst: str | os.PathLike, dtype: str | None = None) -> Path:
     """Save an in-memory ``TextEncoder`` (weights and tokenizer) as DST/text_encoder."""
-    flat = flat_state(encoder.model)
-    if dtype is not None:
-        flat = {p: jnp.asarray(v).astype(_check_dtype(dtype)) for p, v in flat.items()}
-    dtype = dtype or str(next(iter(flat.values())).dtype)
-    comp = store.save_component(dst, COMPONENT, cls="UMT5EncoderModel", config=dataclasses.asdict(encoder.config),
-                                flat_params=flat, dtype=dtype, extra={"tokenizer": "tokenizer"})
+    comp = store.save_module(dst, COMPONENT, encoder.model, cls="UMT5EncoderModel",
+                             config=dataclasses.asdict(encoder.config),
+                             dtype=check_dtype(dtype) if dtype is not None else None, extra={"tokenizer": "tokenizer"})
     _copy_tokenizer(encoder.tokenizer.path, comp / "tokenizer")
     return comp
 
@@ -365,7 +357,7 @@ def load_umt5(
         comp = store.component_dir(path, COMPONENT)
         meta = store.read_meta(comp)
         cfg = UMT5Config.from_dict(meta["config"])
-        dtype = _check_dtype(dtype or meta["dtype"])
+        dtype = check_dtype(dtype or meta["dtype"])
         model = abstract_model(lambda: UMT5EncoderModel(cfg, rngs=nnx.Rngs(0), runtime=runtime))
         abstract = {p: jax.ShapeDtypeStruct(v.shape, dtype, sharding=(shardings or {}).get(p))
                     for p, v in flat_state(model).items()}

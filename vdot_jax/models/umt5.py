@@ -41,7 +41,7 @@ import numpy as np
 from flax import nnx
 
 from vdot_jax.models.config import Runtime
-from vdot_jax.models.wan import REMAT_POLICIES, RMSNorm, _scan, _stack
+from vdot_jax.models.wan import RMSNorm, _scan, _stack
 from vdot_jax.parallel.logical import constrain
 
 F32 = jnp.float32
@@ -246,12 +246,7 @@ class UMT5EncoderModel(nnx.Module):
         self.encoder = UMT5Stack(cfg, rngs=rngs)
 
     def set_runtime(self, **changes) -> "UMT5EncoderModel":
-        for k, v in changes.items():
-            if not hasattr(self.runtime, k):
-                raise ValueError(f"unknown runtime option {k!r}")
-            setattr(self.runtime, k, v)
-        if self.runtime.remat not in REMAT_POLICIES:
-            raise ValueError(f"unknown remat policy {self.runtime.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
+        self.runtime.update(**changes)
         return self
 
     def __call__(self, input_ids, attention_mask=None) -> jax.Array:

@@ -277,12 +277,7 @@ class WanModel(nnx.Module):
             self.vace_blocks = _stack(VaceBlock, len(cfg.vace_layers), cfg, rngs)
 
     def set_runtime(self, **changes) -> "WanModel":
-        for k, v in changes.items():
-            if not hasattr(self.runtime, k):
-                raise ValueError(f"unknown runtime option {k!r}")
-            setattr(self.runtime, k, v)
-        if self.runtime.remat not in REMAT_POLICIES:
-            raise ValueError(f"unknown remat policy {self.runtime.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
+        self.runtime.update(**changes)
         return self
 
     def __call__(self, latents, timestep, text_embeds, vace_context=None, vace_scale=1.0, taps=()):

@@ -15,18 +15,13 @@ from vdot_jax.models.config import Runtime, WanConfig
 from vdot_jax.models.wan import WanModel
 from vdot_jax.weights import store
 from vdot_jax.weights.checkpoint_io import CheckpointError, open_tensors
-from vdot_jax.weights.keymap import convert_tensors, np_dtype
+from vdot_jax.weights.keymap import STORED_DTYPES, check_dtype, convert_tensors
 from vdot_jax.weights.params import abstract_model, assign, flat_state
 from vdot_jax.weights.wan_transformer import infer_config, to_diffusers_names, transformer_keymap
 
-DTYPES = ("float32", "bfloat16")
+DTYPES = STORED_DTYPES
 _DIFFUSERS_CLASSES = ("WanTransformer3DModel", "WanVACETransformer3DModel")
 
-
-def _check_dtype(dtype: str) -> str:
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    return dtype
 
 
 def _diffusers_config(path: Path) -> WanConfig | None:
@@ -53,7 +48,7 @@ def read_transformer_checkpoint(
     source = to_diffusers_names(open_tensors(src, key=key, stem="diffusion_pytorch_model" if src.is_dir() else None))
     cfg = config or _diffusers_config(src) or infer_config(source)
     keymap, shapes = transformer_keymap(cfg)
-    flat = convert_tensors(source, keymap, shapes, dtype=_check_dtype(dtype), what=cfg.describe(),
+    flat = convert_tensors(source, keymap, shapes, dtype=check_dtype(dtype), what=cfg.describe(),
                            progress=progress)
     return cfg, flat
 
@@ -72,12 +67,8 @@ def convert_transformer(
 
 def save_transformer(model: WanModel, dst: str | os.PathLike, dtype: str | None = None) -> Path:
     """Save an in-memory model as DST/transformer."""
-    flat = flat_state(model)
-    if dtype is not None:
-        flat = {p: v.astype(np_dtype(dtype)) for p, v in flat.items()}
-    dtype = dtype or str(next(iter(flat.values())).dtype)
-    return store.save_component(dst, "transformer", cls="WanModel", config=dataclasses.asdict(model.cfg),
-                                flat_params=flat, dtype=dtype)
+    return store.save_module(dst, "transformer", model, cls="WanModel", config=dataclasses.asdict(model.cfg),
+                             dtype=dtype)
 
 
 def load_transformer(
@@ -95,7 +86,7 @@ def load_transformer(
         comp = store.component_dir(path, "transformer")
         meta = store.read_meta(comp)
         cfg = WanConfig.from_dict(meta["config"])
-        dtype = _check_dtype(dtype or meta["dtype"])
+        dtype = check_dtype(dtype or meta["dtype"])
         model = abstract_model(lambda: WanModel(cfg, rngs=nnx.Rngs(0), runtime=runtime))
         abstract = {
             p: jax.ShapeDtypeStruct(v.shape, dtype, sharding=(shardings or {}).get(p))

@@ -166,6 +166,16 @@ class KeyMap:
             yield rename(e.key), e.to_external(value)
 
 
+STORED_DTYPES = ("float32", "bfloat16")
+
+
+def check_dtype(dtype: str) -> str:
+    """A parameter dtype name we store and load (one clear error otherwise)."""
+    if dtype not in STORED_DTYPES:
+        raise ValueError(f"dtype must be one of {STORED_DTYPES}, got {dtype!r}")
+    return dtype
+
+
 def np_dtype(name: str):
     return {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}[str(name)]
 

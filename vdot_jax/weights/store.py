@@ -71,6 +71,19 @@ def save_component(
     return final
 
 
+def save_module(root: str | os.PathLike, name: str, module, *, cls: str, config: dict, dtype: str | None = None,
+                extra: dict | None = None) -> Path:
+    """Save an in-memory NNX module's parameters as DIR/<name> (cast to ``dtype`` if given)."""
+    from vdot_jax.weights.keymap import np_dtype
+    from vdot_jax.weights.params import flat_state
+
+    flat = {p: np.asarray(v) for p, v in flat_state(module).items()}
+    if dtype is not None:
+        flat = {p: v.astype(np_dtype(dtype)) for p, v in flat.items()}
+    dtype = dtype or str(next(iter(flat.values())).dtype)
+    return save_component(root, name, cls=cls, config=config, flat_params=flat, dtype=dtype, extra=extra)
+
+
 def component_dir(path: str | os.PathLike, name: str) -> Path:
     """DIR/<name> of a model directory, or DIR itself when it is that component."""
     path = Path(path)

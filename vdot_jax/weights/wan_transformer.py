@@ -17,8 +17,8 @@ _P = "{p:weight|bias}"
 # norm that diffusers calls ``norm2``; VACE's ``before_proj``/``after_proj`` are ``proj_in``/``proj_out``.
 WAN_TO_DIFFUSERS = RenameTable(
     [
-        (f"patch_embedding.{_P}", f"patch_embedding.{{p}}"),
-        (f"vace_patch_embedding.{_P}", f"vace_patch_embedding.{{p}}"),
+        (f"patch_embedding.{_P}", "patch_embedding.{p}"),
+        (f"vace_patch_embedding.{_P}", "vace_patch_embedding.{p}"),
         (f"text_embedding.0.{_P}", "condition_embedder.text_embedder.linear_1.{p}"),
         (f"text_embedding.2.{_P}", "condition_embedder.text_embedder.linear_2.{p}"),
         (f"time_embedding.0.{_P}", "condition_embedder.time_embedder.linear_1.{p}"),

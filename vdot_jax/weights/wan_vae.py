@@ -23,10 +23,10 @@ from flax import nnx
 from vdot_jax.models.vae import VAEConfig, WanVAE
 from vdot_jax.weights import store
 from vdot_jax.weights.checkpoint_io import CheckpointError, TensorSource, open_tensors, strip_prefixes
-from vdot_jax.weights.keymap import KeyMap, RenameTable, convert_tensors, np_dtype
+from vdot_jax.weights.keymap import STORED_DTYPES, KeyMap, RenameTable, check_dtype, convert_tensors
 from vdot_jax.weights.params import abstract_model, assign, flat_shapes, flat_state
 
-DTYPES = ("float32", "bfloat16")
+DTYPES = STORED_DTYPES
 _P = "{p:weight|bias}"
 _E = "{e:encoder|decoder}"
 
@@ -192,11 +192,6 @@ def _diffusers_config(path: Path) -> VAEConfig | None:
     return None
 
 
-def _check_dtype(dtype: str) -> str:
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    return dtype
-
 
 def read_vae_checkpoint(
     src: str | os.PathLike, dtype: str = "float32", config: VAEConfig | None = None, key: str | None = None,
@@ -212,7 +207,7 @@ def read_vae_checkpoint(
         stem = "diffusion_pytorch_model"
     source, cfg = to_diffusers_names(open_tensors(src, key=key, stem=stem), config or _diffusers_config(src))
     keymap, shapes = vae_keymap(cfg)
-    flat = convert_tensors(source, keymap, shapes, dtype=_check_dtype(dtype), what=f"Wan VAE config {cfg}",
+    flat = convert_tensors(source, keymap, shapes, dtype=check_dtype(dtype), what=f"Wan VAE config {cfg}",
                            progress=progress)
     return cfg, flat
 
@@ -229,12 +224,7 @@ def convert_vae(
 
 def save_vae(vae: WanVAE, dst: str | os.PathLike, dtype: str | None = None) -> Path:
     """Save an in-memory VAE as DST/vae."""
-    flat = flat_state(vae)
-    if dtype is not None:
-        flat = {p: v.astype(np_dtype(dtype)) for p, v in flat.items()}
-    dtype = dtype or str(next(iter(flat.values())).dtype)
-    return store.save_component(dst, "vae", cls="WanVAE", config=dataclasses.asdict(vae.config),
-                                flat_params=flat, dtype=dtype)
+    return store.save_module(dst, "vae", vae, cls="WanVAE", config=dataclasses.asdict(vae.config), dtype=dtype)
 
 
 def load_vae(
@@ -252,11 +242,11 @@ def load_vae(
         comp = store.component_dir(path, "vae")
         meta = store.read_meta(comp)
         cfg = VAEConfig.from_dict(meta["config"])
-        pdtype = _check_dtype(param_dtype or meta["dtype"])
+        pdtype = check_dtype(param_dtype or meta["dtype"])
         vae = abstract_model(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
         abstract = {p: jax.ShapeDtypeStruct(v.shape, pdtype) for p, v in flat_state(vae).items()}
         vae = assign(vae, store.restore_params(comp, abstract))
     else:
-        cfg, flat = read_vae_checkpoint(path, _check_dtype(param_dtype or "float32"), config, key)
+        cfg, flat = read_vae_checkpoint(path, check_dtype(param_dtype or "float32"), config, key)
         vae = assign(abstract_model(lambda: WanVAE(cfg, rngs=nnx.Rngs(0))), flat)
     return vae.set_runtime(dtype=dtype or "float32", **runtime)
