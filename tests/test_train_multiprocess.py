@@ -1,0 +1,59 @@
+"""Two CPU processes train together (jax.distributed on 127.0.0.1), each loading only its rows of the batch."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from absl import flags
+from conftest import FAST_COMPILE
+
+from vdot_jax.data.pipeline import DataPipeline, Layout
+from vdot_jax.train.config import apply_overrides, load_config
+from vdot_jax.train.loop import train
+from vdot_jax.train.logging import read_metrics
+
+flags.FLAGS.mark_as_parsed()
+ROOT = Path(__file__).parents[1]
+OVERRIDES = ["mesh.ici=data=2,fsdp=4", "data.batch_size=8", "train.steps=2", "train.progress=false"]
+
+
+def test_two_processes_train_on_per_host_shards_of_the_one_process_batch(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count=4 {FAST_COMPILE}"
+    script = ROOT / "tests/scripts/train_two_process.py"
+    procs = [subprocess.Popen([sys.executable, str(script), str(port), str(i), str(tmp_path),
+                               str(ROOT / "configs/tiny.py"), *OVERRIDES], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, cwd=ROOT) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-4000:]
+
+    # each host loaded its own half of the batch; together they are the one-process batch
+    config = apply_overrides(load_config(str(ROOT / "configs/tiny.py") + ":flow"), OVERRIDES)
+    hosts = [np.load(tmp_path / f"host{i}.npz") for i in range(2)]
+    assert list(hosts[0]["rows"]) == [0, 1, 2, 3] and list(hosts[1]["rows"]) == [4, 5, 6, 7]
+    one = DataPipeline(config, Layout(1, 8, tuple(range(8))), with_context=True)
+    for step in range(2):
+        full, _ = next(one)
+        for k, v in full.items():
+            np.testing.assert_array_equal(np.concatenate([h[f"{k}{step}"] for h in hosts], axis=1), v)
+
+    summaries = [json.loads((tmp_path / f"summary{i}.json").read_text()) for i in range(2)]
+    assert all(s["step"] == 2 and s["checkpoint_step"] == 2 for s in summaries)
+    assert (tmp_path / "run/checkpoints/2/state").is_dir()
+    # the same training in one process over 8 devices gives the same losses
+    two = read_metrics(tmp_path / "run/metrics.jsonl")
+    single = train(config, tmp_path / "single")
+    assert single["step"] == 2
+    one_proc = read_metrics(tmp_path / "single/metrics.jsonl")
+    for a, b in zip(two, one_proc):
+        assert a["step"] == b["step"]
+        np.testing.assert_allclose(a["flow_loss"], b["flow_loss"], rtol=1e-5)
+        np.testing.assert_allclose(a["flow/grad_norm"], b["flow/grad_norm"], rtol=1e-4)

@@ -1,0 +1,163 @@
+"""Training manifests: one row per training sample, as CSV (with a header) or JSONL.
+
+Columns (the VACE/VDOT release's names, plus the ground truth the GAN term needs)::
+
+    task            task name: t2v, r2v, depth, pose, inpaint, outpaint, first_frame, ... (free text, logged)
+    src_video       the condition video (control video, or the video to edit with grey 127 = missing); optional
+    src_mask        mask video or image for src_video (white = generate); optional
+    src_ref_images  reference images: a JSON list, or one comma-separated string; optional
+    caption         the prompt
+    video           the ground-truth video (the latent the GAN term calls real); required
+
+Accepted aliases: ``subtask`` for task (UVCBench), ``prompt`` / ``en_prompt`` for caption, ``gt_video`` /
+``target_video`` for video. Relative paths are relative to the manifest's folder. Empty cells mean "none".
+Rows are checked for form here (columns present, a caption and a video); whether the files can be read is
+the pipeline's business (a bad file skips the sample with a warning, it does not stop reading the manifest).
+
+    rows = read_manifest("train.jsonl")
+    write_manifest(rows, "train.csv")
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+COLUMNS = ("task", "src_video", "src_mask", "src_ref_images", "caption", "video")
+ALIASES = {"subtask": "task", "prompt": "caption", "en_prompt": "caption", "gt_video": "video",
+           "target_video": "video"}
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used (the message names the file and the row)."""
+
+
+@dataclass
+class ManifestRow:
+    caption: str
+    video: str
+    task: str = "t2v"
+    src_video: str | None = None
+    src_mask: str | None = None
+    src_ref_images: list[str] = field(default_factory=list)
+    index: int = 0  # position in the manifest (0-based)
+
+    @property
+    def num_refs(self) -> int:
+        return len(self.src_ref_images)
+
+    def files(self) -> list[str]:
+        return [p for p in (self.video, self.src_video, self.src_mask, *self.src_ref_images) if p]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("index")
+        return d
+
+
+def _refs(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value if v]
+    s = str(value).strip()
+    if not s:
+        return []
+    if s.startswith("["):
+        try:
+            return [str(v) for v in json.loads(s) if v]
+        except ValueError:
+            pass
+    return [p.strip() for p in s.split(",") if p.strip()]
+
+
+def _resolve(path, base: Path) -> str | None:
+    if path is None:
+        return None
+    s = str(path).strip()
+    if not s:
+        return None
+    p = Path(os.path.expanduser(s))
+    return str(p if p.is_absolute() else base / p)
+
+
+def _row(raw: dict, i: int, base: Path, src: Path) -> ManifestRow:
+    d = {}
+    for k, v in raw.items():
+        if k is None:
+            raise ManifestError(f"manifest {src} row {i + 1} has more cells than the header has columns.")
+        key = ALIASES.get(k.strip(), k.strip())
+        if key in COLUMNS and (key not in d or d[key] in (None, "")):
+            d[key] = v
+    caption = d.get("caption")
+    if caption is None or not str(caption).strip():
+        raise ManifestError(f"manifest {src} row {i + 1} has no caption (column 'caption', 'prompt' or 'en_prompt').")
+    video = _resolve(d.get("video"), base)
+    if video is None:
+        raise ManifestError(f"manifest {src} row {i + 1} has no ground-truth video (column 'video'); the GAN term "
+                            "needs it as real data.")
+    src_video, src_mask = _resolve(d.get("src_video"), base), _resolve(d.get("src_mask"), base)
+    if src_mask and not src_video:
+        raise ManifestError(f"manifest {src} row {i + 1} has a src_mask but no src_video to apply it to.")
+    return ManifestRow(caption=str(caption), video=video, task=str(d.get("task") or "t2v").strip(),
+                       src_video=src_video, src_mask=src_mask,
+                       src_ref_images=[_resolve(p, base) for p in _refs(d.get("src_ref_images"))], index=i)
+
+
+def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
+    """All rows of a CSV (header row) or JSONL manifest; raises ManifestError naming the file and row."""
+    p = Path(path)
+    if not p.is_file():
+        raise ManifestError(f"manifest {p} does not exist.")
+    base = p.parent
+    raws: list[dict] = []
+    if p.suffix.lower() in (".jsonl", ".json"):
+        for i, line in enumerate(p.read_text().splitlines()):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as e:
+                raise ManifestError(f"manifest {p} line {i + 1} is not valid JSON ({e}).") from None
+            if not isinstance(obj, dict):
+                raise ManifestError(f"manifest {p} line {i + 1} is not a JSON object.")
+            raws.append(obj)
+    elif p.suffix.lower() in (".csv", ".tsv"):
+        with p.open(newline="") as fh:
+            reader = csv.DictReader(fh, delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
+            if not reader.fieldnames:
+                raise ManifestError(f"manifest {p} is empty (a CSV manifest needs a header row).")
+            names = {ALIASES.get(n.strip(), n.strip()) for n in reader.fieldnames if n}
+            missing = [c for c in ("caption", "video") if c not in names]
+            if missing:
+                raise ManifestError(f"manifest {p} has no column {' or '.join(missing)} (columns: "
+                                    f"{', '.join(reader.fieldnames)}; expected {', '.join(COLUMNS)}).")
+            raws = list(reader)
+    else:
+        raise ManifestError(f"manifest {p} must be .csv, .tsv or .jsonl.")
+    rows = [_row(r, i, base, p) for i, r in enumerate(raws)]
+    if not rows:
+        raise ManifestError(f"manifest {p} has no rows.")
+    return rows
+
+
+def write_manifest(rows, path: str | os.PathLike) -> Path:
+    """Write rows (ManifestRow or dicts with the columns) as CSV or JSONL, by the file's suffix."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    dicts = [r.to_dict() if isinstance(r, ManifestRow) else dict(r) for r in rows]
+    if p.suffix.lower() == ".jsonl":
+        p.write_text("".join(json.dumps({k: d.get(k) for k in COLUMNS if d.get(k) not in (None, "", [])}) + "\n"
+                             for d in dicts))
+    else:
+        with p.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(COLUMNS))
+            w.writeheader()
+            for d in dicts:
+                refs = d.get("src_ref_images") or []
+                w.writerow({**{k: d.get(k) or "" for k in COLUMNS},
+                            "src_ref_images": ",".join(refs) if isinstance(refs, (list, tuple)) else refs})
+    return p

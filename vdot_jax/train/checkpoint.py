@@ -1,0 +1,258 @@
+"""Training checkpoints: orbax ``CheckpointManager`` over the whole train state, the data iterator and the config.
+
+Layout of a workdir::
+
+    WORKDIR/checkpoints/<step>/state/   the train state as a nested dict (orbax StandardSave, OCDBT): every
+                                        field of TrainState/FlowState -- generator, critic (trunk + GAN head),
+                                        teacher, both optimizer states, EMA, step, RNG key data, skipped count
+    WORKDIR/checkpoints/<step>/data/    JSON: the data pipeline's state (grain iterator, start step, host layout)
+                                        and the unreadable samples seen so far
+    WORKDIR/checkpoints/<step>/meta/    JSON: format, step, mode, the state's signature (every leaf's path,
+                                        shape, dtype), the model architectures and the full config
+
+Saves are asynchronous (the arrays are copied off the device before ``save`` returns; the files are written
+in the background) and atomic (orbax writes a temporary directory and renames it when complete, so a run
+killed mid-save leaves the previous checkpoint as the latest). The newest ``keep`` are kept.
+
+Restoring goes straight into the target shardings (abstract arrays carrying ``NamedSharding``s), so a
+checkpoint written on one mesh restores onto any other mesh or device count. Before anything is written in
+a workdir that already holds checkpoints, the latest one's signature is compared with the state the config
+builds; any difference (another architecture, mode, EMA on/off, ...) refuses the workdir with a message naming
+the differences, and nothing in it is touched.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+FORMAT = "vdot-train-v1"
+
+
+class CheckpointMismatch(ValueError):
+    """A workdir whose checkpoints were written by an incompatible config."""
+
+
+# ----------------------------------------------------------------------------- state trees
+
+
+def _key(k) -> str:
+    if isinstance(k, jax.tree_util.GetAttrKey):
+        return k.name
+    if isinstance(k, jax.tree_util.DictKey):
+        return str(k.key)
+    if isinstance(k, jax.tree_util.SequenceKey):
+        return str(k.idx)
+    if isinstance(k, jax.tree_util.FlattenedIndexKey):
+        return str(k.key)
+    return str(k)
+
+
+def leaf_paths(tree) -> list[tuple[tuple[str, ...], Any]]:
+    """[(path of string keys, leaf)] in flattening order."""
+    return [(tuple(_key(k) for k in path), leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def to_nested(tree) -> dict:
+    """Any pytree -> nested dict of its leaves keyed by their path (what orbax stores)."""
+    out: dict = {}
+    for path, leaf in leaf_paths(tree):
+        node = out
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = leaf
+    return out
+
+
+def from_nested(nested: Mapping, like) -> Any:
+    """The inverse of ``to_nested``: a tree shaped like ``like`` with leaves taken from ``nested``."""
+    leaves = []
+    for path, _ in leaf_paths(like):
+        node = nested
+        for p in path:
+            node = node[p]
+        leaves.append(node)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)
+
+
+def signature(tree) -> dict[str, list]:
+    """{"a/b/c": [shape, dtype]} for every leaf (of arrays or abstract arrays)."""
+    return {"/".join(path): [list(leaf.shape), str(np.dtype(leaf.dtype))] for path, leaf in leaf_paths(tree)}
+
+
+def signature_diff(saved: Mapping[str, list], current: Mapping[str, list], limit: int = 4) -> list[str]:
+    """Human-readable differences between two signatures: an example from each state field first."""
+    diffs: dict[str, list[str]] = {}
+    for k in sorted(set(saved) | set(current)):
+        a, b = saved.get(k), current.get(k)
+        if a is None:
+            d = f"{k} is new ({b[1]}{tuple(b[0])})"
+        elif b is None:
+            d = f"{k} is not in this config ({a[1]}{tuple(a[0])} in the checkpoint)"
+        elif list(a[0]) != list(b[0]) or a[1] != b[1]:
+            d = f"{k} is {a[1]}{tuple(a[0])} in the checkpoint, {b[1]}{tuple(b[0])} here"
+        else:
+            continue
+        diffs.setdefault(k.split("/", 1)[0], []).append(d)
+    total = sum(len(v) for v in diffs.values())
+    shown = [v[0] for v in diffs.values()][:limit]
+    if total > len(shown):
+        shown.append(f"{total} differences in all")
+    return shown
+
+
+# ----------------------------------------------------------------------------- shardings
+
+
+def state_shardings(abstract_state, field_models: Mapping[str, str], model_param_shardings: Mapping[str, Mapping],
+                    mesh: Mesh):
+    """A tree of NamedShardings for a train state: each parameter (and the optimizer moments and EMA that mirror
+    it) gets its model's parameter sharding (logical rules); everything else (step, RNG, counts) is replicated.
+
+    ``field_models`` maps a state field to a model name (``{"generator": "generator", "generator_opt":
+    "generator", ...}``); ``model_param_shardings[name]`` maps parameter paths (as ``flat_state`` writes them,
+    string keys) to shardings."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    lookup = {name: {tuple(str(p) for p in path): s for path, s in table.items()}
+              for name, table in model_param_shardings.items()}
+    flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_state)
+    out = []
+    for path, leaf in flat:
+        keys = [_key(k) for k in path]
+        model = field_models.get(keys[0])
+        sharding = replicated
+        if model is not None and getattr(leaf, "ndim", 0) > 0:
+            # the parameter path is the trailing run of dict keys (before nnx's ".value")
+            tail = list(path)
+            if tail and isinstance(tail[-1], jax.tree_util.GetAttrKey) and tail[-1].name == "value":
+                tail = tail[:-1]
+            run = []
+            for k in reversed(tail):
+                if not isinstance(k, jax.tree_util.DictKey):
+                    break
+                run.append(str(k.key))
+            sharding = lookup[model].get(tuple(reversed(run)), replicated)
+        out.append(sharding)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def abstract_with_shardings(abstract_state, shardings):
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
+
+
+def state_bytes(abstract_state) -> int:
+    return sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(abstract_state))
+
+
+# ----------------------------------------------------------------------------- the manager
+
+
+def _options(keep: int, async_: bool, read_only: bool = False) -> ocp.CheckpointManagerOptions:
+    return ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
+                                        enable_async_checkpointing=async_, cleanup_tmp_directories=not read_only,
+                                        save_root_metadata=False)
+
+
+ITEMS = ("state", "data", "meta")
+
+
+def checkpoint_dir(workdir) -> Path:
+    return Path(workdir).absolute() / "checkpoints"
+
+
+def latest_meta(workdir) -> tuple[int, dict] | None:
+    """(step, meta) of the newest complete checkpoint in ``workdir``, read without writing anything; None if
+    there is none."""
+    root = checkpoint_dir(workdir)
+    if not root.is_dir():
+        return None
+    with ocp.CheckpointManager(root, item_names=ITEMS, options=_options(1, False, read_only=True)) as mngr:
+        step = mngr.latest_step()
+        if step is None:
+            return None
+        restored = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return step, dict(restored["meta"])
+
+
+def check_compatible(workdir, meta: Mapping, current_signature: Mapping, mode: str) -> None:
+    """Refuse (CheckpointMismatch) a workdir whose latest checkpoint does not fit the state this config builds."""
+    root = checkpoint_dir(workdir)
+    if meta.get("format") != FORMAT:
+        raise CheckpointMismatch(f"{root} holds checkpoints in format {meta.get('format')!r}, not {FORMAT!r}; use "
+                                 "another --workdir. Nothing in it was changed.")
+    if meta.get("mode") != mode:
+        raise CheckpointMismatch(f"{root} holds a {meta.get('mode')!r} run but this config trains in mode {mode!r}; "
+                                 "use another --workdir. Nothing in it was changed.")
+    diffs = signature_diff(meta.get("signature", {}), current_signature)
+    if diffs:
+        raise CheckpointMismatch(f"{root} was written by an incompatible config (different model shapes or state): "
+                                 + "; ".join(diffs) + ". Use another --workdir (or the config that wrote it). "
+                                 "Nothing in it was changed.")
+
+
+def restore_subtree(workdir, step: int, targets: Mapping[tuple, jax.ShapeDtypeStruct]) -> dict:
+    """Restore some leaves of checkpoint ``step``'s state: {path tuple: abstract array with sharding} -> {path:
+    array} (e.g. only a generator out of a whole train state, without reading the rest)."""
+    nested: dict = {}
+    for path, leaf in targets.items():
+        node = nested
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = leaf
+    restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, global_shape=s.shape,
+                                                               dtype=s.dtype), nested)
+    item = checkpoint_dir(workdir) / str(step) / "state"
+    with ocp.PyTreeCheckpointer() as ck:
+        restored = ck.restore(item, args=ocp.args.PyTreeRestore(nested, restore_args=restore_args,
+                                                                partial_restore=True))
+    out = {}
+    for path in targets:
+        node = restored
+        for p in path:
+            node = node[p]
+        out[path] = node
+    return out
+
+
+class Checkpointer:
+    """Saves and restores (state, data state, meta) under WORKDIR/checkpoints (module docstring)."""
+
+    def __init__(self, workdir, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
+        self.root = checkpoint_dir(workdir)
+        self.manager = ocp.CheckpointManager(self.root, item_names=ITEMS,
+                                             options=_options(keep, async_save and not read_only, read_only))
+        self.last_saved: int | None = self.manager.latest_step()
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, data_state: dict, meta: dict) -> bool:
+        """Save (asynchronously); returns False when ``step`` is already saved."""
+        if self.last_saved is not None and step <= self.last_saved:
+            return False
+        args = ocp.args.Composite(state=ocp.args.StandardSave(to_nested(state)),
+                                  data=ocp.args.JsonSave(data_state),
+                                  meta=ocp.args.JsonSave({**meta, "format": FORMAT, "step": int(step)}))
+        self.manager.save(step, args=args, force=True)
+        self.last_saved = step
+        return True
+
+    def restore(self, step: int, abstract_state) -> tuple[Any, dict, dict]:
+        """(state in the shardings ``abstract_state`` carries, data state, meta) of checkpoint ``step``."""
+        target = to_nested(abstract_state)
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+        return from_nested(restored["state"], abstract_state), dict(restored["data"]), dict(restored["meta"])
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

@@ -1,0 +1,390 @@
+"""Training configs: the base ``ConfigDict`` every ``configs/*.py`` starts from, loading a config file, and
+``--config.a.b=value`` overrides typed by the existing field.
+
+A config file is Python with ``get_config()`` returning a ``ConfigDict`` (ml_collections); ``FILE.py:ARG``
+passes ``ARG`` to ``get_config(ARG)``. The top level is a superset of ``vdot_jax.distill.config.distill_config``
+(``schedule, ttur, loss, ot, gan, optim, ema, teacher_dtype``), so the Distiller reads it directly and
+``--config.optim.critic_lr=1e-6`` means what the release calls the critic learning rate. The other groups:
+
+    mode        "vdot" (distillation) or "flow" (flow-matching training of one WanModel, e.g. a teacher)
+    model       where the networks come from: converted model directories or a random init of an architecture
+    flow        flow-matching hyper-parameters (mode "flow")
+    data        source (toy | manifest | precomputed), encoder, video size, batch, workers, bad-data limit
+    mesh        device mesh and logical-axis rule overrides
+    train       steps, logging, checkpointing, stopping rules
+    sample      periodic sample videos
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import ml_collections
+
+from vdot_jax.distill.config import distill_config
+
+MODES = ("vdot", "flow")
+SOURCES = ("toy", "manifest", "precomputed")
+ENCODERS = ("toy", "wan")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used (the message names the key and what was expected)."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key a training config may set, with defaults (release values where the release has one)."""
+    c = distill_config()
+    c.mode = "vdot"
+    c.seed = 0  # training randomness (rollout exits, timesteps, noise) and the data order
+
+    m = c.model = ml_collections.ConfigDict()
+    m.teacher = ""  # converted model directory (`vdot convert`) of the teacher, or a training workdir (its latest
+    # checkpoint: a flow run's model, a vdot run's generator); in "flow" mode the model to train (fine-tuning)
+    m.teacher_ema = False  # a workdir teacher: take its EMA (when it kept one)
+    # generator: "" = a float32 copy of the teacher (release stage 1: Wan2.1 T2V). Otherwise a converted model
+    # directory or a training workdir (its latest checkpoint's generator, EMA if generator_ema). A text-to-video
+    # generator for a VACE teacher fills the main blocks; the VACE blocks come from the teacher (release stage 2).
+    m.generator = ""
+    m.generator_ema = False
+    m.preset = ""  # with no teacher path: a named architecture (vdot_jax.models.config.PRESETS), random init
+    m.arch = ml_collections.ConfigDict()  # with no teacher path: WanConfig fields (over the preset), random init
+    m.init_seed = 0  # random init of the teacher/model and of the critic's GAN head
+    # Random init only: VACE zero-initialises the context input and hint projections (it fine-tunes a pretrained
+    # T2V model); from scratch that leaves the context unused for a long time, so a random run may draw them.
+    m.vace_zero_init = True
+    m.dtype = "float32"  # compute dtype of matmuls/attention (bfloat16 on accelerators); master weights stay fp32
+    m.attention = "xla"  # vdot_jax.models.attention: xla | cudnn | splash | ulysses:<inner>
+    m.remat = "none"  # none | full | dots | dots_no_batch
+    m.vae = ""  # model directory (or VAE checkpoint) for encoder "wan" and sample decoding
+    m.text_encoder = ""  # model directory (or umT5 checkpoint) for encoder "wan"
+
+    f = c.flow = ml_collections.ConfigDict()
+    f.lr = 1e-4
+    f.b1 = 0.9
+    f.b2 = 0.999
+    f.weight_decay = 0.01
+    f.clip_norm = 1.0
+    f.warmup_steps = 0
+    f.schedule = "constant"  # constant | cosine (decays to lr * final_lr_fraction at train.steps)
+    f.final_lr_fraction = 0.1
+    f.timestep_shift = 5.0  # t ~ U[0, 1000) shifted as a sigma by this factor
+    f.text_dropout = 0.1  # probability of training on the negative prompt instead (classifier-free guidance)
+    f.ema_decay = 0.0
+    f.ema_start = 0
+
+    d = c.data = ml_collections.ConfigDict()
+    d.source = "toy"  # toy | manifest | precomputed
+    d.manifest = ""  # CSV or JSONL (vdot_jax.data.manifest)
+    d.precomputed = ""  # directory written by `vdot precompute`
+    d.encoder = "toy"  # how raw videos and captions become latents/contexts/embeddings: toy | wan
+    d.batch_size = 0  # global micro-batch; 0 = per_device_batch x (data x fsdp mesh sizes)
+    d.per_device_batch = 1  # release: batch 1 per GPU
+    d.num_frames = 81  # release: 81 frames
+    d.height = 480  # release: 832x480
+    d.width = 832
+    d.fps = 16.0  # release: 16 fps (videos are re-timed to this rate before frames are sampled; 0 = as stored)
+    d.sampling = "uniform"  # uniform | first (vdot_jax.data.video_io)
+    d.text_len = 512  # umT5 tokens (Wan)
+    d.negative_prompt = ""  # encoded once; the teacher's unconditional branch and the flow text dropout
+    d.shuffle = True
+    d.num_threads = 2  # grain read threads (they load the samples of a step in parallel)
+    d.prefetch = 4  # steps loaded ahead
+    d.workers = 0  # grain worker processes (0: threads in the trainer; needed for encoder "wan")
+    d.max_bad = 100  # distinct unreadable samples tolerated before training stops
+    t = d.toy = ml_collections.ConfigDict()
+    t.frames = 9
+    t.height = 32
+    t.width = 32
+    t.text_dim = 32
+    t.text_len = 8
+    t.text_seed = 0
+    t.latent_std_floor = 0.0  # clamp ToyVAE's per-channel std from below (tames heavy-tailed detail bands)
+    t.task_mix = ml_collections.ConfigDict({"t2v": 2.0, "r2v": 1.0, "first_frame": 1.0, "first_clip": 1.0,
+                                            "last_frame": 1.0, "inpaint": 1.0, "outpaint": 1.0, "depth": 1.0,
+                                            "edges": 1.0, "grey": 1.0})
+
+    mesh = c.mesh = ml_collections.ConfigDict()
+    mesh.ici = ""  # e.g. "fsdp=4,context=2"; data takes what is left (vdot_jax.parallel.mesh)
+    mesh.dcn = ""  # across slices, e.g. "data=2"
+    mesh.num_devices = 0  # 0 = all devices; n = the first n (debugging, tests)
+    mesh.rules = ml_collections.ConfigDict()  # logical name -> mesh axes overrides, e.g. {"embed": ("fsdp",)}
+    mesh.max_replicated = 1.0  # fail at start-up if more than this fraction of parameter bytes is replicated
+
+    tr = c.train = ml_collections.ConfigDict()
+    tr.steps = 1500  # release stage 1: 1,500 steps (stage 2: 1,200)
+    tr.log_every = 1
+    tr.checkpoint_every = 100
+    tr.keep = 3  # checkpoints kept (the newest)
+    tr.async_checkpoint = True
+    tr.max_nonfinite = 20  # this many steps in a row with a skipped (non-finite) update stop the run
+    tr.plot_every = 100
+    tr.time_phases = True  # wait for each phase to time it (adds a sync per phase)
+    tr.progress = True  # tqdm bar
+    tr.compile_cache = ""  # persistent XLA compilation cache directory ("" = off)
+
+    s = c.sample = ml_collections.ConfigDict()
+    s.every = 0  # write sample videos every this many steps (0 = never)
+    s.num = 4
+    s.solver = "unipc"
+    s.steps = 4  # released student: UniPC, 4 steps, shift 16, no CFG
+    s.shift = 16.0
+    s.guidance = 1.0
+    s.seed = 0
+    s.fps = 16.0
+    return c
+
+
+def release_config(*, teacher: str, generator: str, manifest: str, precomputed: str, steps: int,
+                   mesh: str) -> ml_collections.ConfigDict:
+    """The settings every release-scale config (configs/wan*_stage*.py) shares. Numbers marked "release" are the
+    VDOT release's (METHOD.md section 4); losses, optimiser and schedule are the distillation defaults already."""
+    c = base_config()
+    c.mode = "vdot"
+    c.seed = 0
+
+    c.model.teacher = teacher
+    c.model.generator = generator
+    c.model.dtype = "bfloat16"  # bf16 compute, fp32 master weights (release casts weights to bf16: not copied)
+    c.model.attention = "cudnn"  # GPUs; "splash" on TPU, "ulysses:cudnn" with mesh context > 1
+    c.model.remat = "full"
+    c.model.vae = teacher  # converted model directory with transformer, vae and text_encoder
+    c.model.text_encoder = teacher
+
+    c.optim.accumulation = 3  # release: 3 micro-batches per update (x 4 GPUs x batch 1 = 12)
+    c.data.per_device_batch = 1  # release: batch 1 per GPU
+    c.data.batch_size = 0  # = per_device_batch x (data x fsdp)
+    c.data.num_frames = 81  # release
+    c.data.height = 480  # release: 832x480
+    c.data.width = 832
+    c.data.fps = 16.0  # release
+    c.data.negative_prompt = ""  # the teacher's unconditional branch; Wan's own negative prompt may go here
+    c.data.source = "precomputed"  # `vdot precompute --config THIS --out DIR` first; "manifest" decodes on the fly
+    c.data.manifest = manifest
+    c.data.precomputed = precomputed
+    c.data.encoder = "wan"
+    c.data.workers = 0
+    c.data.num_threads = 4
+    c.data.prefetch = 8
+
+    c.mesh.ici = mesh  # ZeRO-3 over every device, batch 1 per device (docs/scaling.md)
+    c.mesh.max_replicated = 0.01
+
+    c.train.steps = steps
+    c.train.log_every = 1
+    c.train.checkpoint_every = 100
+    c.train.keep = 3
+    c.train.plot_every = 50
+    c.sample.every = 0  # decoding 81-frame samples takes minutes; set e.g. 100 to watch progress
+    c.sample.num = 1
+    c.sample.steps = 4  # released student: UniPC, 4 steps, shift 16, no CFG
+    c.sample.shift = 16.0
+    c.sample.guidance = 1.0
+    return c
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_config(spec: str | Path) -> ml_collections.ConfigDict:
+    """``configs/FILE.py`` or ``configs/FILE.py:ARG`` -> its ``get_config()`` (``get_config(ARG)``)."""
+    spec = str(spec)
+    path, arg = spec, None
+    if ":" in spec and not Path(spec).exists():
+        path, arg = spec.rsplit(":", 1)
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist (expected a Python file with get_config()).")
+    name = f"_vdot_config_{abs(hash(str(p.resolve())))}"
+    module_spec = importlib.util.spec_from_file_location(name, p)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop(name, None)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {p} has no get_config() function.")
+    cfg = module.get_config(arg) if arg is not None else module.get_config()
+    if not isinstance(cfg, ml_collections.ConfigDict):
+        raise ConfigError(f"get_config() in {p} returned {type(cfg).__name__}, expected an ml_collections.ConfigDict.")
+    return cfg
+
+
+# ----------------------------------------------------------------------------- overrides
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _keys(node: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in node.items():
+        out.append(prefix + k)
+        if isinstance(v, ml_collections.ConfigDict):
+            out += _keys(v, prefix + k + ".")
+    return out
+
+
+def _parse_value(text: str, current, key: str):
+    """``text`` as the type of ``current`` (the field's existing value)."""
+    typ = type(current)
+
+    def bad(what: str):
+        return ConfigError(f"--config.{key}: {text!r} is not {what} (the field is {typ.__name__}, "
+                           f"currently {current!r}).")
+
+    if isinstance(current, bool):
+        low = text.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise bad("a boolean (true/false)")
+    if isinstance(current, int):
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                v = float(text)
+            except ValueError:
+                raise bad("an integer") from None
+            if v.is_integer():
+                return int(v)
+            raise bad("an integer") from None
+    if isinstance(current, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise bad("a number") from None
+    if isinstance(current, str):
+        return text
+    if isinstance(current, (tuple, list)):
+        try:
+            v = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            v = [p.strip() for p in text.split(",") if p.strip()] if text.strip() else []
+            v = [_literal_or_str(p) for p in v]
+        if not isinstance(v, (tuple, list)):
+            v = [v]
+        return typ(v)
+    if current is None:
+        return _literal_or_str(text)
+    if isinstance(current, dict):
+        try:
+            v = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise bad("a dict literal") from None
+        if not isinstance(v, dict):
+            raise bad("a dict literal")
+        return v
+    raise ConfigError(f"--config.{key}: fields of type {typ.__name__} cannot be set from the command line.")
+
+
+def _literal_or_str(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def set_value(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+    """Set ``config.<key>`` from the string ``text``, typed by the existing field (dotted ``key``)."""
+    parts = key.split(".")
+    node = config
+    for i, p in enumerate(parts[:-1]):
+        child = node.get(p) if isinstance(node, ml_collections.ConfigDict) else None
+        if not isinstance(child, ml_collections.ConfigDict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(_unknown(config, key, f"{where} is not a group of the config"))
+        node = child
+    leaf = parts[-1]
+    if leaf not in node:
+        # open groups (dicts of names, e.g. model.arch, mesh.rules, data.toy.task_mix) take new keys
+        if ".".join(parts[:-1]) in _OPEN_GROUPS:
+            node[leaf] = _literal_or_str(text)
+            return
+        raise ConfigError(_unknown(config, key, "no such key"))
+    current = node[leaf]
+    if isinstance(current, ml_collections.ConfigDict):
+        raise ConfigError(f"--config.{key} is a group; set its fields instead (e.g. --config.{key}."
+                          f"{next(iter(current.keys()), 'FIELD')}=...).")
+    value = _parse_value(text, current, key)
+    with node.ignore_type():
+        node[leaf] = value
+
+
+_OPEN_GROUPS = {"model.arch", "mesh.rules", "data.toy.task_mix"}
+
+
+def _unknown(config, key: str, why: str) -> str:
+    near = difflib.get_close_matches(key, _keys(config), n=3)
+    hint = f"; did you mean {', '.join('--config.' + k for k in near)}?" if near else ""
+    return f"--config.{key}: {why}{hint}"
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str] | dict) -> ml_collections.ConfigDict:
+    """Apply ``["a.b=v", ...]`` (or ``{"a.b": "v"}``) in order; returns ``config`` (changed in place)."""
+    items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides)
+    for key, text in items:
+        set_value(config, key, text if isinstance(text, str) else repr(text))
+    return config
+
+
+def _split(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} is not of the form KEY=VALUE (e.g. optim.critic_lr=1e-6).")
+    return key.strip(), value
+
+
+def parse_override_args(args: Sequence[str]) -> list[str]:
+    """``["--config.a.b=1", "--config.c", "x"]`` -> ``["a.b=1", "c=x"]``; anything else is an error."""
+    out, i = [], 0
+    args = list(args)
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--config."):
+            raise ConfigError(f"unexpected argument {a!r}; overrides are written --config.KEY=VALUE.")
+        body = a[len("--config."):]
+        if "=" in body:
+            out.append(body)
+            i += 1
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            out.append(f"{body}={args[i + 1]}")
+            i += 2
+        else:
+            raise ConfigError(f"--config.{body} needs a value (--config.{body}=VALUE).")
+    return out
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks that catch a bad config before any model is built."""
+    if config.mode not in MODES:
+        raise ConfigError(f"config.mode must be one of {MODES}, got {config.mode!r}.")
+    d = config.data
+    if d.source not in SOURCES:
+        raise ConfigError(f"config.data.source must be one of {SOURCES}, got {d.source!r}.")
+    if d.encoder not in ENCODERS:
+        raise ConfigError(f"config.data.encoder must be one of {ENCODERS}, got {d.encoder!r}.")
+    if d.source == "manifest" and not d.manifest:
+        raise ConfigError("config.data.source is 'manifest' but config.data.manifest is empty.")
+    if d.source == "precomputed" and not d.precomputed:
+        raise ConfigError("config.data.source is 'precomputed' but config.data.precomputed is empty.")
+    if config.optim.accumulation < 1:
+        raise ConfigError(f"config.optim.accumulation must be >= 1, got {config.optim.accumulation}.")
+    if config.train.steps < 0:
+        raise ConfigError(f"config.train.steps must be >= 0, got {config.train.steps}.")
+    if config.train.checkpoint_every < 1:
+        raise ConfigError("config.train.checkpoint_every must be >= 1.")
+    if config.train.keep < 1:
+        raise ConfigError("config.train.keep must be >= 1.")
+    if config.mode == "vdot" and not config.model.teacher and not (config.model.preset or len(config.model.arch)):
+        raise ConfigError("config.model.teacher is empty and no architecture is given (config.model.preset or "
+                          "config.model.arch) to initialise one at random.")
