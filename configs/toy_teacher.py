@@ -15,6 +15,7 @@ without it differ little) -- the context pathway learns slowly from scratch, hen
 Train longer (or tune) before shipping a teacher.
 """
 
+from vdot_jax.demo import TOY_WORLD
 from vdot_jax.train.config import base_config
 
 
@@ -38,24 +39,20 @@ def get_config():
     c.flow.final_lr_fraction = 0.05
     c.flow.timestep_shift = 3.0
     c.flow.text_dropout = 0.1
-    c.flow.ema_decay = 0.995
+    c.flow.ema_decay = 0.999
     c.flow.ema_start = 100
     c.optim.accumulation = 1
 
     c.data.source = "toy"
     c.data.encoder = "toy"
     c.data.batch_size = 8
-    c.data.toy.frames = 9
-    c.data.toy.height = 32
-    c.data.toy.width = 32
-    c.data.toy.text_dim = 32
-    c.data.toy.text_len = 8
-    c.data.toy.latent_std_floor = 0.25  # ToyVAE docstring: tames the heavy-tailed detail bands
+    for k, v in TOY_WORLD.items():  # the world the demo distils and evaluates in (one definition)
+        setattr(c.data.toy, k, v)
     c.data.num_threads = 2
     c.data.prefetch = 4
 
     c.mesh.ici = ""
-    c.train.steps = 4000
+    c.train.steps = 8000
     c.train.log_every = 10
     c.train.checkpoint_every = 250
     c.train.keep = 2

@@ -126,6 +126,9 @@ class Runtime:
     remat: str = "none"  # see vdot_jax.models.wan.REMAT_POLICIES
     extra: dict = field(default_factory=dict)
 
+    def __hash__(self) -> int:  # part of the model's static graph: graphdefs are hashed as jit/cache keys
+        return hash((self.dtype, self.attention, self.remat, tuple(sorted(self.extra.items()))))
+
     def update(self, **changes) -> None:
         """Set options by name; unknown names and remat policies are refused."""
         from vdot_jax.models.wan import REMAT_POLICIES
