@@ -11,6 +11,7 @@ setup(
     version="0.1.0",
     description="VDOT distillation of Wan2.1-VACE into a 4-step unified video generator, in JAX/Flax.",
     packages=find_packages(include=["vdot_jax", "vdot_jax.*"]),
+    package_data={"vdot_jax": ["assets/toy_teacher/*"]},  # the demo's shipped teacher (diffusers format, ~2 MB)
     python_requires=">=3.11",
     install_requires=_requirements(),
     extras_require={
@@ -23,6 +24,7 @@ setup(
             "tokenizers>=0.21",
             "sentencepiece>=0.2",
             "accelerate>=1.0",
+            "peft>=0.17",  # diffusers' load_lora_weights (LoRA export tests)
             "ftfy>=6.0",
             "scipy>=1.11",
             "pytest>=8.0",

@@ -1,0 +1,494 @@
+"""UVCBench-style benchmarks: generate every row of a JSONL index, save the videos, score them, write a table.
+
+An index line is a JSON object with ``subtask, sample_id, en_prompt, src_video, src_mask, src_ref_images`` (the
+VACE-Benchmark / UVCBench format; paths relative to ``root``; ``src_ref_images`` a list or one comma-separated
+string; absent inputs ``null`` or ""). The inputs are already in the VACE release's file conventions (grey 127
+marks missing content, white in the mask means generate), so every row becomes a VCU with
+``vdot_jax.conditions.read_task_inputs``; the subtask name routes the row to its task family, which says which
+inputs it must have and which metrics apply:
+
+===========  =====================================================================  ==========================
+family       subtasks (case-insensitive; ``-``/spaces = ``_``; prefixes as noted)    needs
+===========  =====================================================================  ==========================
+text         t2v                                                                     --
+reference    r2v, reference, face, object, subject (and ``image_reference``...)     src_ref_images
+control      depth*, pose*, flow*, scribble*, gray*, layout* (V2V)                  src_video
+repaint      inpainting, outpainting, inpaint, outpaint, mv2v, repaint (MV2V)        src_video, src_mask
+extension    extension, firstframe, lastframe, firstlastframe, firstclip,           src_video, src_mask
+             lastclip, firstlastclip, i2v, frameref, clipref (+ ``first_frame``...)
+composite    animate_anything (R2V + pose), swap_anything (R2V + inpainting),       as listed
+             expand_anything (R2V + frames + outpainting), move_anything (frame
+             R2V + layout), reference_anything (face + object R2V)
+===========  =====================================================================  ==========================
+
+A subtask not in the table is routed by its files (the release's rule: no video = text/reference, a video alone =
+control, a video with a mask = masked editing) and flagged in the table.
+
+Output (``out``)::
+
+    videos/<subtask>/<sample_id>.mp4      the generated videos (what resuming looks for)
+    vbench/<subtask>/<prompt>-<k>.mp4     the same videos in VBench's layout (custom-input mode reads the prompt
+                                          from the file name; k counts repeated prompts), one folder per subtask
+    vbench/<subtask>/index.json           file name -> sample_id and the full prompt (names are truncated)
+    results.jsonl                         one record per row: status, paths, metrics, timings
+    table.md, table.json                  per-subtask table (means), skipped rows and metrics with reasons
+
+Resuming: a row whose ``videos/...mp4`` exists, is readable and has the requested frame count and size is not
+generated again (its metrics are reused when the file is unchanged). A row whose input file is missing is
+reported and skipped; so is a row whose inputs cannot be read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+FIELDS = ("subtask", "sample_id", "en_prompt", "src_video", "src_mask", "src_ref_images")
+FAMILIES = ("text", "reference", "control", "repaint", "extension", "composite")
+_V, _M, _R = "src_video", "src_mask", "src_ref_images"
+
+
+class BenchmarkError(ValueError):
+    """The index or the output folder cannot be used (the message names the file and the line)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    family: str
+    needs: tuple[str, ...]
+    control: str | None = None  # the control signal of control tasks (depth, pose, ...)
+
+
+_EXACT = {
+    "t2v": Route("text", ()),
+    **{k: Route("reference", (_R,)) for k in ("r2v", "reference", "face", "object", "subject", "image_reference",
+                                              "image_face", "image_object", "image_subject", "ref2v")},
+    **{k: Route("repaint", (_V, _M)) for k in ("inpainting", "outpainting", "inpaint", "outpaint", "mv2v",
+                                               "repaint", "video_inpainting", "video_outpainting",
+                                               "outpainting_inner")},
+    **{k: Route("extension", (_V, _M)) for k in ("extension", "firstframe", "lastframe", "firstlastframe",
+                                                 "firstclip", "lastclip", "firstlastclip", "first_frame",
+                                                 "last_frame", "first_last_frame", "first_clip", "last_clip",
+                                                 "first_last_clip", "i2v", "frameref", "clipref", "framerefext")},
+    "animate_anything": Route("composite", (_V, _R), "pose"),
+    "swap_anything": Route("composite", (_V, _M, _R)),
+    "expand_anything": Route("composite", (_V, _M, _R)),
+    "move_anything": Route("composite", (_V,), "layout"),
+    "reference_anything": Route("composite", (_R,)),
+}
+CONTROL_PREFIXES = ("depth", "pose", "flow", "scribble", "gray", "layout")
+
+
+def normalize(subtask: str) -> str:
+    return re.sub(r"[\s\-]+", "_", str(subtask).strip().lower())
+
+
+def route(subtask: str) -> Route | None:
+    """The task family of a subtask name, or None when the name is unknown (then the files decide)."""
+    name = normalize(subtask)
+    if name in _EXACT:
+        return _EXACT[name]
+    for kind in CONTROL_PREFIXES:
+        if name.startswith(kind) or name == f"v2v_{kind}":
+            return Route("control", (_V,), kind)
+    return None
+
+
+def _by_files(video, mask, refs) -> Route:
+    if video is None:
+        return Route("reference", (_R,)) if refs else Route("text", ())
+    return Route("repaint", (_V, _M)) if mask is not None else Route("control", (_V,))
+
+
+@dataclasses.dataclass
+class Row:
+    line: int
+    subtask: str
+    sample_id: str
+    prompt: str
+    src_video: Path | None
+    src_mask: Path | None
+    refs: list[Path]
+    route: Route
+    routed_by_files: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.subtask}/{self.sample_id}"
+
+    def inputs(self) -> list[Path]:
+        return [p for p in (self.src_video, self.src_mask, *self.refs) if p is not None]
+
+
+def _path(value, root: Path) -> Path | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    p = Path(os.path.expanduser(str(value).strip()))
+    return p if p.is_absolute() else root / p
+
+
+def _refs(value, root: Path) -> list[Path]:
+    if value is None or value == "":
+        return []
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return [p for p in (_path(v, root) for v in items) if p is not None]
+
+
+def read_index(index: str | os.PathLike, root: str | os.PathLike) -> tuple[list[Row], list[dict]]:
+    """(rows, problems): every well-formed line as a Row; malformed lines as {"line", "sample", "reason"}."""
+    index, root = Path(index), Path(root)
+    if not index.is_file():
+        raise BenchmarkError(f"benchmark index {index} does not exist (expected a JSONL file, one row per line)")
+    rows, problems, seen = [], [], set()
+    for n, text in enumerate(index.read_text().splitlines(), 1):
+        if not text.strip():
+            continue
+        try:
+            d = json.loads(text)
+        except ValueError as e:
+            problems.append({"line": n, "sample": None, "reason": f"not valid JSON ({e})"})
+            continue
+        if not isinstance(d, dict):
+            problems.append({"line": n, "sample": None, "reason": "not a JSON object"})
+            continue
+        missing = [f for f in ("subtask", "sample_id", "en_prompt") if d.get(f) in (None, "")]
+        if missing:
+            problems.append({"line": n, "sample": d.get("sample_id"), "reason": f"no {', '.join(missing)}"})
+            continue
+        subtask, sample_id = str(d["subtask"]).strip(), str(d["sample_id"]).strip()
+        if (subtask, sample_id) in seen:
+            problems.append({"line": n, "sample": f"{subtask}/{sample_id}",
+                             "reason": "duplicate subtask/sample_id (the first one is used)"})
+            continue
+        seen.add((subtask, sample_id))
+        video, mask, refs = _path(d.get(_V), root), _path(d.get(_M), root), _refs(d.get(_R), root)
+        r = route(subtask)
+        rows.append(Row(n, subtask, sample_id, str(d["en_prompt"]), video, mask, refs,
+                        r or _by_files(video, mask, refs), r is None))
+    if not rows and not problems:
+        raise BenchmarkError(f"benchmark index {index} has no rows")
+    return rows, problems
+
+
+def check_row(row: Row) -> str | None:
+    """Why the row cannot run (a missing field or file), or None."""
+    have = {_V: row.src_video is not None, _M: row.src_mask is not None, _R: bool(row.refs)}
+    lacking = [f for f in row.route.needs if not have[f]]
+    if lacking:
+        return f"subtask {row.subtask} ({row.route.family}) needs {' and '.join(lacking)}"
+    if row.src_mask is not None and row.src_video is None:
+        return "src_mask without src_video"
+    absent = [str(p) for p in row.inputs() if not p.exists()]
+    if absent:
+        return f"missing input file{'s' if len(absent) > 1 else ''}: {', '.join(absent)}"
+    return None
+
+
+# ----------------------------------------------------------------------------- output layout
+
+
+def _safe(name: str, limit: int = 180) -> str:
+    s = re.sub(r"[/\\\x00-\x1f]", "_", name).strip() or "_"
+    return s[:limit]
+
+
+def video_path(out: Path, row: Row) -> Path:
+    return out / "videos" / _safe(row.subtask) / f"{_safe(row.sample_id)}.mp4"
+
+
+def vbench_names(rows: Sequence[Row]) -> dict[str, str]:
+    """row key -> VBench file name ``<prompt>-<k>.mp4``, k counting a prompt's rows within its subtask in index
+    order (stable while the index does not change)."""
+    counts: dict[tuple[str, str], int] = {}
+    names = {}
+    for r in rows:
+        stem = _safe(r.prompt, 180).rstrip(".")
+        k = counts.get((r.subtask, stem), 0)
+        counts[(r.subtask, stem)] = k + 1
+        names[r.key] = f"{stem}-{k}.mp4"
+    return names
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def finished(path: Path, frames: int, height: int, width: int) -> bool:
+    """Whether a generated video is there, readable and of the requested size."""
+    from vdot_jax.data import video_io
+
+    if not path.exists():
+        return False
+    try:
+        info = video_io.probe_video(path)
+        return (info.num_frames, info.height, info.width) == (frames, height, width)
+    except ValueError:
+        return False
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclasses.dataclass
+class Settings:
+    frames: int = 81
+    height: int = 480
+    width: int = 832
+    steps: int = 4
+    guide_scale: float = 1.0
+    shift: float = 16.0
+    solver: str = "unipc"
+    seed: int = 0
+    negative_prompt: str = ""
+    fps: float = 16.0
+    reference_order: str = "release"
+
+
+def _vcu(row: Row, s: Settings):
+    from vdot_jax import conditions as C
+
+    return C.read_task_inputs(row.src_video, row.src_mask, [str(p) for p in row.refs] or None,
+                              num_frames=s.frames, height=s.height, width=s.width, task=row.subtask)
+
+
+def _sample(row: Row, path: Path, vcu):
+    from vdot_jax import conditions as C
+    from vdot_jax.data import video_io
+    from vdot_jax.eval.video_metrics import Sample
+
+    frames = np.clip(np.rint(video_io.read_video(path, normalize=False)), 0, 255).astype(np.uint8)
+    source = mask = None
+    if row.src_video is not None:
+        source = C.frames_from_video(vcu.frames[0])
+        mask = np.asarray(vcu.masks[0, 0], np.float32)
+    return Sample(frames, source, mask, row.route.family)
+
+
+def _finite(v):
+    return v if v is None or math.isfinite(v) else None
+
+
+def run_benchmark(index, root, out, *, load_pipeline: Callable[[], object], settings: Settings | None = None,
+                  metrics: Sequence[str] | None = None, subtasks: Sequence[str] | None = None,
+                  limit: int | None = None, log: Callable[[str], None] = print) -> dict:
+    """Generate, save and score every row; returns the table (also written as table.json / table.md).
+
+    ``load_pipeline`` is called once, and only if some row needs generating. ``metrics`` names registry entries
+    (default: all); ``subtasks`` keeps only those rows; ``limit`` caps the rows per subtask.
+    """
+    from vdot_jax.eval.video_metrics import REGISTRY
+
+    s = settings or Settings()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, problems = read_index(index, root)
+    if subtasks:
+        wanted = {normalize(t) for t in subtasks}
+        rows = [r for r in rows if normalize(r.subtask) in wanted]
+    if limit:
+        per: dict[str, int] = {}
+        kept = []
+        for r in rows:
+            per[r.subtask] = per.get(r.subtask, 0) + 1
+            if per[r.subtask] <= limit:
+                kept.append(r)
+        rows = kept
+    names = vbench_names(rows)
+    chosen = list(REGISTRY) if metrics is None else list(metrics)
+    unknown = [m for m in chosen if m not in REGISTRY]
+    if unknown:
+        raise BenchmarkError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(REGISTRY)}")
+    skipped_metrics = {m: REGISTRY[m].available() for m in chosen if REGISTRY[m].available()}
+    per_video = [m for m in chosen if m not in skipped_metrics and REGISTRY[m].compute is not None]
+    batch = [m for m in chosen if m not in skipped_metrics and REGISTRY[m].compute_batch is not None]
+
+    previous = {}
+    results_file = out / "results.jsonl"
+    if results_file.exists():
+        for line in results_file.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+                previous[rec["key"]] = rec
+            except (ValueError, KeyError):
+                continue
+
+    pipe = None
+    records = []
+    t_start = time.perf_counter()
+    for i, row in enumerate(rows, 1):
+        rec = {"key": row.key, "line": row.line, "subtask": row.subtask, "sample_id": row.sample_id,
+               "family": row.route.family, "routed_by_files": row.routed_by_files, "prompt": row.prompt}
+        reason = check_row(row)
+        if reason is not None:
+            rec.update(status="skipped", reason=reason)
+            log(f"[{i}/{len(rows)}] {row.key}: skipped ({reason})")
+            records.append(rec)
+            continue
+        path = video_path(out, row)
+        rec["video"] = str(path.relative_to(out))
+        try:
+            vcu = _vcu(row, s)
+        except ValueError as e:
+            rec.update(status="failed", reason=f"inputs unreadable: {e}")
+            log(f"[{i}/{len(rows)}] {row.key}: failed ({rec['reason']})")
+            records.append(rec)
+            continue
+        if finished(path, s.frames, s.height, s.width):
+            rec["status"] = "reused"
+        else:
+            if pipe is None:
+                log("loading the model")
+                pipe = load_pipeline()
+            t0 = time.perf_counter()
+            try:
+                result = pipe.generate(row.prompt, negative_prompt=s.negative_prompt, vcu=vcu, steps=s.steps,
+                                       guide_scale=s.guide_scale, shift=s.shift, solver=s.solver, seed=s.seed,
+                                       reference_order=s.reference_order, progress=False)
+            except ValueError as e:
+                rec.update(status="failed", reason=str(e))
+                log(f"[{i}/{len(rows)}] {row.key}: failed ({e})")
+                records.append(rec)
+                continue
+            from vdot_jax.data.video_io import write_video
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.stem}.partial.mp4")
+            write_video(tmp, result.frames(0), fps=s.fps)
+            os.replace(tmp, path)
+            rec.update(status="generated", seconds=time.perf_counter() - t0,
+                       denoise_seconds=result.timings.get("denoise"), compile_seconds=result.timings.get("compile"))
+        _link(path, out / "vbench" / _safe(row.subtask) / names[row.key])
+        rec["vbench_video"] = str(Path("vbench") / _safe(row.subtask) / names[row.key])
+        st = path.stat()
+        stamp = [st.st_size, st.st_mtime_ns]
+        old = previous.get(row.key, {})
+        cached = old.get("metrics", {}) if old.get("stamp") == stamp else {}
+        values = {m: cached[m] for m in per_video if m in cached}
+        if len(values) < len(per_video):
+            sample = _sample(row, path, vcu)
+            for m in per_video:
+                if m not in values:
+                    values[m] = _finite(REGISTRY[m].compute(sample))
+        for m in batch:  # batch metrics from an earlier run are kept while the file is unchanged
+            if m in cached:
+                values[m] = cached[m]
+        rec.update(stamp=stamp, metrics=values)
+        log(f"[{i}/{len(rows)}] {row.key}: {rec['status']}" + (f" in {rec['seconds']:.1f} s" if "seconds" in rec
+                                                               else ""))
+        records.append(rec)
+
+    # Batch metrics (VBench dimensions): one call per subtask folder, for the videos still lacking the value.
+    for m in batch:
+        by_subtask: dict[str, list[dict]] = {}
+        for rec in records:
+            if "metrics" in rec and rec["metrics"].get(m) is None:
+                by_subtask.setdefault(rec["subtask"], []).append(rec)
+        for subtask, recs in by_subtask.items():
+            folder = out / "vbench" / _safe(subtask)
+            try:
+                got = REGISTRY[m].compute_batch(folder, [out / r["vbench_video"] for r in recs])
+            except Exception as e:  # noqa: BLE001 - an external scorer failing must not lose the run
+                skipped_metrics[m] = f"failed on {subtask}: {e}"
+                log(f"metric {m} failed on {subtask}: {e}")
+                continue
+            for r in recs:
+                r["metrics"][m] = got.get(Path(r["vbench_video"]).name)
+
+    for subtask in {r["subtask"] for r in records}:  # file name -> sample, for the VBench folders
+        listed = {Path(r["vbench_video"]).name: {"sample_id": r["sample_id"], "prompt": r["prompt"]}
+                  for r in records if r["subtask"] == subtask and "vbench_video" in r}
+        if listed:
+            (out / "vbench" / _safe(subtask) / "index.json").write_text(
+                json.dumps(listed, indent=2, ensure_ascii=False))
+    tmp = out / ".results.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    os.replace(tmp, results_file)
+    table = make_table(records, per_video + batch, skipped_metrics, problems, s)
+    table["seconds"] = time.perf_counter() - t_start
+    (out / "table.json").write_text(json.dumps(table, indent=2, ensure_ascii=False))
+    (out / "table.md").write_text(table_markdown(table))
+    return table
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+def make_table(records: list[dict], metrics: Sequence[str], skipped_metrics: dict, problems: list[dict],
+               settings: Settings) -> dict:
+    rows: dict[str, dict] = {}
+    for group in sorted({r["subtask"] for r in records}) + ["all"]:
+        recs = [r for r in records if group == "all" or r["subtask"] == group]
+        scored = [r for r in recs if "metrics" in r]
+        entry = {
+            "family": recs[0]["family"] if group != "all" else "",
+            "rows": len(recs),
+            "videos": len(scored),
+            "generated": sum(r["status"] == "generated" for r in recs),
+            "reused": sum(r["status"] == "reused" for r in recs),
+            "skipped": sum(r["status"] == "skipped" for r in recs),
+            "failed": sum(r["status"] == "failed" for r in recs),
+        }
+        secs = [r["seconds"] for r in recs if "seconds" in r]
+        entry["seconds_per_video"] = float(np.mean(secs)) if secs else None
+        for m in metrics:
+            vals = [r["metrics"][m] for r in scored if r["metrics"].get(m) is not None]
+            entry[m] = float(np.mean(vals)) if vals else None
+        rows[group] = entry
+    unrouted = sorted({r["subtask"] for r in records if r.get("routed_by_files")})
+    return {
+        "settings": dataclasses.asdict(settings),
+        "metrics": list(metrics),
+        "skipped_metrics": skipped_metrics,
+        "subtasks": rows,
+        "skipped_rows": [{"key": r["key"], "line": r["line"], "status": r["status"], "reason": r["reason"]}
+                         for r in records if r["status"] in ("skipped", "failed")],
+        "index_problems": problems,
+        "routed_by_files": unrouted,
+    }
+
+
+def table_markdown(table: dict) -> str:
+    from vdot_jax.eval.report import markdown_table
+    from vdot_jax.eval.video_metrics import REGISTRY
+
+    s = table["settings"]
+    cols = [("family", "family", "s"), ("videos", "videos", "d"), ("generated", "generated", "d"),
+            ("reused", "reused", "d"), ("skipped", "skipped", "d"), ("failed", "failed", "d"),
+            ("seconds_per_video", "s/video", ".2f")]
+    for m in table["metrics"]:
+        arrow = "" if REGISTRY.get(m) is None else (" ↑" if REGISTRY[m].higher_is_better else " ↓")
+        cols.append((m, m + arrow, ".4f"))
+    body = {k: {c: ("" if c == "family" and v[c] is None else v[c]) for c in v} for k, v in table["subtasks"].items()}
+    lines = [f"# Benchmark: {s['frames']} frames at {s['height']}x{s['width']}, {s['steps']} {s['solver']} steps, "
+             f"shift {s['shift']:g}, guide scale {s['guide_scale']:g}, seed {s['seed']}", "",
+             markdown_table(body, cols), ""]
+    if table["skipped_metrics"]:
+        lines += ["## Metrics not computed", ""] + [f"- {m}: {why}" for m, why in table["skipped_metrics"].items()]
+        lines.append("")
+    if table["skipped_rows"]:
+        lines += ["## Rows not generated", ""] + [f"- line {r['line']} {r['key']}: {r['status']}, {r['reason']}"
+                                                  for r in table["skipped_rows"]]
+        lines.append("")
+    if table["index_problems"]:
+        lines += ["## Index lines not read", ""] + [f"- line {p['line']}: {p['reason']}"
+                                                    for p in table["index_problems"]]
+        lines.append("")
+    if table["routed_by_files"]:
+        lines += ["## Subtasks routed by their files (unknown names)", "",
+                  ", ".join(table["routed_by_files"]), ""]
+    return "\n".join(lines)
