@@ -161,33 +161,6 @@ def distill(plan: DemoPlan, teacher, log: Callable[[str], None] = _log):
 # ----------------------------------------------------------------------------- evaluation
 
 
-_SAMPLERS: dict = {}
-
-
-def sampler(graphdef, *, steps: int, shift: float, guidance: float):
-    """A jitted ``(params, noise, text, neg_text, context) -> latents`` (compiled once per setting and shape)."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from vdot_jax.sampling import classifier_free_guidance, sample
-
-    key = (graphdef, steps, shift, guidance)
-    if key not in _SAMPLERS:
-
-        def run(params, noise, text, neg_text, context):
-            model = nnx.merge(graphdef, params)
-            if guidance == 1.0:
-                fn = lambda x, t: model(x, t, text, context)  # noqa: E731
-            else:
-                both = (jnp.concatenate([text, neg_text]), jnp.concatenate([context, context]))
-                fn = classifier_free_guidance(lambda x, t: model(x, t, *both), guidance)
-            return sample(fn, noise, num_steps=steps, shift=shift)
-
-        _SAMPLERS[key] = jax.jit(run)
-    return _SAMPLERS[key]
-
-
 @dataclass
 class EvalSet:
     """The fixed evaluation clips: the world's ground truth and the encoded model inputs, grouped by the
@@ -250,7 +223,9 @@ def generate_eval(graphdef, params, ev: EvalSet, *, steps: int, shift: float, gu
     from vdot_jax.models.toy_vae import ToyVAE
 
     vae = ToyVAE(toy_vae_config(data_config(DemoPlan())))
-    fn = sampler(graphdef, steps=steps, shift=shift, guidance=guidance)
+    from vdot_jax.sampling.model_sampler import model_sampler
+
+    fn = model_sampler(graphdef, steps=steps, shift=shift, guidance=guidance)
     clips = [None] * len(ev.batch.task)
     seconds = 0.0
     for g, (idx, a) in enumerate(ev.groups):

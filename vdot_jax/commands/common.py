@@ -12,3 +12,13 @@ def progress(desc: str, unit: str = "it"):
     from tqdm import tqdm
 
     return lambda it: tqdm(it, desc=desc, unit=unit, leave=False, mininterval=1.0, disable=None)
+
+
+def add_model_arguments(parser) -> None:
+    """--model and the per-component overrides, shared by generate and eval."""
+    m = parser.add_argument_group("model")
+    m.add_argument("--model", default=None, help="converted model directory (or a diffusers WanVACEPipeline folder)")
+    m.add_argument("--transformer", default=None, help="transformer path (overrides the model directory's)")
+    m.add_argument("--vae", default=None, help="VAE path (overrides the model directory's)")
+    m.add_argument("--text-encoder", default=None, help="umT5 text encoder path (overrides the model directory's)")
+    m.add_argument("--tokenizer", default=None, help="umT5 tokenizer folder (default: found beside the text encoder)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from vdot_jax.commands.common import add_model_arguments
+
 
 def run(args) -> None:
     from vdot_jax.commands.common import UserError
@@ -75,12 +77,7 @@ def register(sub) -> None:
     d.add_argument("--limit", type=int, default=None, help="at most this many rows per subtask")
     d.add_argument("--metrics", default=None, help="comma-separated metric names (default: all; see --list-metrics)")
     d.add_argument("--list-metrics", action="store_true", help="list the metrics and whether they can run here")
-    m = p.add_argument_group("model")
-    m.add_argument("--model", default=None, help="converted model directory (or a diffusers WanVACEPipeline folder)")
-    m.add_argument("--transformer", default=None, help="transformer path (overrides the model directory's)")
-    m.add_argument("--vae", default=None, help="VAE path (overrides the model directory's)")
-    m.add_argument("--text-encoder", default=None, help="umT5 path (overrides the model directory's)")
-    m.add_argument("--tokenizer", default=None, help="umT5 tokenizer folder")
+    add_model_arguments(p)
     s = p.add_argument_group("sampling (defaults: the released 4-step student)")
     s.add_argument("--steps", type=int, default=4, help="default 4; teacher: 50")
     s.add_argument("--guide-scale", type=float, default=1.0, help="default 1 (no CFG); teacher: 5")

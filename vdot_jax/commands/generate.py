@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from vdot_jax.commands.common import add_model_arguments
+
 
 def run(args) -> None:
     from vdot_jax.commands.common import UserError
@@ -53,12 +55,7 @@ def register(sub) -> None:
             "image or a video whose first/last --clip-frames frames are kept)."
         ),
     )
-    m = p.add_argument_group("model")
-    m.add_argument("--model", default=None, help="converted model directory (or a diffusers WanVACEPipeline folder)")
-    m.add_argument("--transformer", default=None, help="transformer path (overrides the model directory's)")
-    m.add_argument("--vae", default=None, help="VAE path (overrides the model directory's)")
-    m.add_argument("--text-encoder", default=None, help="umT5 text encoder path (overrides the model directory's)")
-    m.add_argument("--tokenizer", default=None, help="umT5 tokenizer folder (default: found beside the text encoder)")
+    add_model_arguments(p)
     t = p.add_argument_group("task")
     t.add_argument("--prompt", required=True)
     t.add_argument("--negative-prompt", default="", help="used with classifier-free guidance (default: empty)")

@@ -19,7 +19,9 @@ _initialized = False
 def _auto_cluster() -> str | None:
     if os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         return "slurm"
-    if os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
+    # Multi-host TPU slices: the runtime's own variables (a single-host VM has one worker and needs nothing).
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    if "," in hosts or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
         return "tpu"
     return None
 

@@ -19,7 +19,6 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 
 @dataclass
@@ -47,24 +46,11 @@ def model_params(ctx: SampleContext):
 
 def generate_latents(graphdef, params, noise, text, neg_text, context, *, solver: str, steps: int, shift: float,
                      guidance: float):
-    """Jitted sampling of latents from ``noise`` with the model ``merge(graphdef, params)``."""
-    from vdot_jax.sampling.solvers import sample
+    """Sampled latents from ``noise`` with the model ``merge(graphdef, params)`` (compiled once per setting)."""
+    from vdot_jax.sampling.model_sampler import model_sampler
 
-    def run(params, noise, text, neg_text, context):
-        model = nnx.merge(graphdef, params)
-        if guidance == 1.0:
-            fn = lambda x, t: model(x, t, text, context)  # noqa: E731
-        else:
-            both_text = jnp.concatenate([text, neg_text])
-            both_ctx = None if context is None else jnp.concatenate([context, context])
-
-            def fn(x, t):
-                v = model(jnp.concatenate([x, x]), jnp.concatenate([t, t]), both_text, both_ctx).astype(jnp.float32)
-                cond, uncond = jnp.split(v, 2)
-                return uncond + guidance * (cond - uncond)
-        return sample(fn, noise, num_steps=steps, shift=shift, solver=solver)
-
-    return jax.jit(run)(params, noise, text, neg_text, context)
+    fn = model_sampler(graphdef, steps=steps, shift=shift, guidance=guidance, solver=solver)
+    return fn(params, noise, text, neg_text, context)
 
 
 class DefaultSampler:
