@@ -52,13 +52,13 @@ def get_config():
     c.data.prefetch = 4
 
     c.mesh.ici = ""
-    c.train.steps = 8000
+    c.train.steps = 4000
     c.train.log_every = 10
     c.train.checkpoint_every = 250
     c.train.keep = 2
     c.train.plot_every = 250
 
-    c.sample.every = 500
+    c.sample.every = 1000
     c.sample.num = 4
     c.sample.solver = "unipc"
     c.sample.steps = 20
