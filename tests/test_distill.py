@@ -12,7 +12,7 @@ from vdot_jax.distill.config import distill_config
 from vdot_jax.distill.critic import critic_from_teacher
 from vdot_jax.distill.steps import PHASES, Distiller, phases_for
 from vdot_jax.distill.timesteps import (RolloutSchedule, add_noise, consistent_schedule, release_schedule, rollout,
-                                        sample_gan_timesteps, sample_loss_timesteps)
+                                        sample_gan_timesteps, sample_loss_timesteps, student_schedule)
 from vdot_jax.models.config import WanConfig
 from vdot_jax.models.discriminator import GanHead, default_taps
 from vdot_jax.models.wan import WanModel
@@ -55,6 +55,12 @@ def test_schedules():
     con = consistent_schedule()
     np.testing.assert_allclose(con.told, [999, 979, 941, 842])
     np.testing.assert_allclose(con.sigmas, rel.sigmas)
+    # the config's student_shift moves the consistent schedule (the demo's 5x32x32 clips use shift 3)
+    low = student_schedule("consistent", 3.0)
+    assert low.told[0] == 999 and low.told[-1] < 600 and low.sigmas[1] < con.sigmas[1]
+    assert student_schedule("release", 3.0) == rel
+    with pytest.raises(ValueError, match="unknown rollout schedule 'fast'"):
+        student_schedule("fast", 16.0)
 
 
 def test_timestep_draws_follow_the_release_formula():

@@ -14,6 +14,7 @@ def distill_config() -> ml_collections.ConfigDict:
     # Generator rollout: "release" tells the generator [1000,960,888.9,727.3] (shift-8 warp) but re-noises to
     # the shift-16 UniPC table; "consistent" trains on the inference schedule itself.
     c.schedule = "release"
+    c.student_shift = 16.0  # release: the 4-step UniPC shift at inference; the "consistent" schedule trains on it
     c.ttur = 5  # release: the generator updates on every 5th step, the critic on every step
 
     c.loss = ml_collections.ConfigDict()

@@ -31,8 +31,8 @@ from vdot_jax.distill import losses
 from vdot_jax.distill.config import ot_config
 from vdot_jax.distill.critic import Critic
 from vdot_jax.distill.ot import ot_direction, ot_loss
-from vdot_jax.distill.timesteps import (SCHEDULES, add_noise, rollout, sample_gan_timesteps,
-                                        sample_loss_timesteps, x0_from_velocity)
+from vdot_jax.distill.timesteps import (add_noise, rollout, sample_gan_timesteps,
+                                        sample_loss_timesteps, student_schedule, x0_from_velocity)
 from vdot_jax.models.wan import WanModel
 
 PHASES = ("critic_flow", "critic_gan", "generator_dmd_ot", "generator_gan")
@@ -76,7 +76,7 @@ class Distiller:
         self.gen_def, _ = nnx.split(generator)
         self.critic_def, _ = nnx.split(critic)
         self.teacher_def, _ = nnx.split(teacher)
-        self.schedule = SCHEDULES[config.schedule]()
+        self.schedule = student_schedule(config.schedule, config.student_shift)
         self.ot = ot_config(config)
         o = config.optim
         self.gen_tx = self._optimizer(o.generator_lr)

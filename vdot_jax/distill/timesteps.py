@@ -78,7 +78,13 @@ def consistent_schedule(num_steps: int = 4, shift: float = 16.0) -> RolloutSched
     return RolloutSchedule(tuple(float(t) for t in ts), (1.0, *(float(s) for s in sig[1:num_steps])))
 
 
-SCHEDULES = {"release": release_schedule, "consistent": consistent_schedule}
+def student_schedule(name: str, shift: float) -> RolloutSchedule:
+    """The rollout schedule named by the config: "release" (fixed, shift 16) or "consistent" at ``shift``."""
+    if name == "release":
+        return release_schedule()
+    if name == "consistent":
+        return consistent_schedule(4, shift)
+    raise ValueError(f"unknown rollout schedule {name!r}; use 'release' or 'consistent'")
 
 
 def rollout(gen_apply, params, noise: jax.Array, exit_index: jax.Array, schedule: RolloutSchedule, key) -> jax.Array:
