@@ -4,7 +4,7 @@ import json
 import re
 
 from vdot_jax.cli import main as vdot
-from vdot_jax.demo import SUMMARY, VARIANTS, DemoPlan
+from vdot_jax.demo import START, SUMMARY, VARIANTS, DemoPlan
 from vdot_jax.data.toy_world import TASKS
 
 
@@ -13,7 +13,7 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
     assert vdot(["demo", "--quick", "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
     plan = DemoPlan.quick()
-    rows = [f"teacher {plan.teacher_steps} steps + CFG", f"teacher {plan.student_steps} steps + CFG", *VARIANTS,
+    rows = [f"teacher {plan.teacher_steps} steps + CFG", f"teacher {plan.student_steps} steps + CFG", START, *VARIANTS,
             "real clips (reference)"]
     summary = text.split("## Summary")[1].split("\n\n")[1]
     header = summary.splitlines()[0]
@@ -23,6 +23,7 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
         line = next(line for line in summary.splitlines() if line.startswith(f"| {row} |"))
         assert len(line.strip("|").split("|")) == len(SUMMARY) + 1
     assert re.search(r"Against the teacher at 4 steps .*: better on .*; worse on", text)
+    assert re.search(r"Against its own starting point .*: better on .*; worse on", text)
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == set(rows)
     assert metrics["student VDOT"]["nfe"] == 4 and metrics[rows[0]]["nfe"] == 2 * plan.teacher_steps
