@@ -9,10 +9,11 @@ text from ToyTextEncoder (width 32), every task of the world. Captions are dropp
 classifier-free guidance. The shipped weights are the EMA at step 4,000 of exactly this config (1.9 MB, float32).
 
 Measured on the shared 2-core CPU (jax 0.10.2, batch 8): 0.4 s per step, 4,000 steps in 32 minutes; the flow
-loss falls from 1.7 to ~0.33. The result is a weak teacher: it follows colours, the given frames and the
-control maps in part (per-task figures in the README's demo table), but unconditional shapes are often
-fragmented. A longer run improves it (the loss was still falling slowly at 6,000 steps); this size was chosen
-to be reproducible in half an hour on 2 cores. Not a release config.
+loss falls from 1.7 to 0.25 (mean over steps 3,000-4,000). The result is a weak teacher: it follows colours,
+the given frames and the control maps in part (per-task figures in the README's demo table), but shapes
+sampled from noise are often fragmented. A longer run should help (a continuation's mean loss was 0.238 over
+steps 5,000-6,000; its samples were not evaluated); this length keeps the shipped weights reproducible in half
+an hour on 2 cores. Not a release config.
 """
 
 from vdot_jax.demo import TOY_WORLD
