@@ -190,6 +190,11 @@ def test_eval_refusals(bench, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert _eval(bench, tmp_path / "o", "--metrics", "flicker,sharpness") == 2
     assert "unknown metric(s) sharpness" in capsys.readouterr().err
+    assert _eval(bench, tmp_path / "o", "--steps", "0") == 2
+    assert "--steps must be a positive integer, got 0" in capsys.readouterr().err
+    assert vdot(["eval", "--transformer", str(model), "--index", str(index), "--root", str(root),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "give --model DIR" in capsys.readouterr().err
     assert vdot(["eval", "--list-metrics"]) == 0
     assert "kept_psnr" in capsys.readouterr().out
 

@@ -22,3 +22,13 @@ def add_model_arguments(parser) -> None:
     m.add_argument("--vae", default=None, help="VAE path (overrides the model directory's)")
     m.add_argument("--text-encoder", default=None, help="umT5 text encoder path (overrides the model directory's)")
     m.add_argument("--tokenizer", default=None, help="umT5 tokenizer folder (default: found beside the text encoder)")
+
+
+def check_model_arguments(args) -> None:
+    """The checks that go with ``add_model_arguments`` and the shared sampling sizes, for generate and eval."""
+    if args.model is None and not (args.transformer and args.vae and args.text_encoder):
+        raise UserError("give --model DIR (a converted model directory or a diffusers pipeline folder) or all of "
+                        "--transformer, --vae and --text-encoder")
+    for name in ("steps", "frames", "height", "width"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be a positive integer, got {getattr(args, name)}")

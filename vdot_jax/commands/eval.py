@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from vdot_jax.commands.common import add_model_arguments
+from vdot_jax.commands.common import add_model_arguments, check_model_arguments
 
 
 def run(args) -> None:
@@ -20,12 +20,7 @@ def run(args) -> None:
     for flag in ("index", "root", "out"):
         if getattr(args, flag) is None:
             raise UserError(f"--{flag} is required")
-    if args.model is None and not (args.transformer and args.vae and args.text_encoder):
-        raise UserError("give --model DIR (a converted model directory or a diffusers pipeline folder) or all of "
-                        "--transformer, --vae and --text-encoder")
-    for name in ("steps", "frames", "height", "width"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    check_model_arguments(args)
     metrics = None if args.metrics is None else [m.strip() for m in args.metrics.split(",") if m.strip()]
     subtasks = None if args.subtasks is None else [t.strip() for t in args.subtasks.split(",") if t.strip()]
 

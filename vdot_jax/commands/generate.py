@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from vdot_jax.commands.common import add_model_arguments
+from vdot_jax.commands.common import add_model_arguments, check_model_arguments
 
 
 def run(args) -> None:
     from vdot_jax.commands.common import UserError
     from vdot_jax.sampling import pipeline as P
 
-    if args.model is None and not (args.transformer and args.vae and args.text_encoder):
-        raise UserError("give --model DIR (a converted model directory or a diffusers pipeline folder) or all of "
-                        "--transformer, --vae and --text-encoder")
-    for name in ("steps", "frames", "height", "width"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    check_model_arguments(args)
     if args.fps <= 0:
         raise UserError(f"--fps must be positive, got {args.fps}")
 
