@@ -10,9 +10,10 @@ from flax import nnx
 from vdot_jax.distill import losses
 from vdot_jax.distill.config import distill_config
 from vdot_jax.distill.critic import critic_from_teacher
-from vdot_jax.distill.steps import PHASES, Distiller, phases_for
+from vdot_jax.distill.steps import PHASES, Distiller, TrainState, exit_index, phases_for
 from vdot_jax.distill.timesteps import (RolloutSchedule, add_noise, consistent_schedule, release_schedule, rollout,
-                                        sample_gan_timesteps, sample_loss_timesteps, student_schedule)
+                                        sample_gan_timesteps, sample_loss_timesteps, student_schedule,
+                                        wan_unipc_timesteps, x0_from_velocity)
 from vdot_jax.models.config import WanConfig
 from vdot_jax.models.discriminator import GanHead, default_taps
 from vdot_jax.models.wan import WanModel
@@ -51,10 +52,12 @@ def test_gan_losses_are_relativistic_softplus():
 def test_schedules():
     rel = release_schedule()
     np.testing.assert_allclose(rel.told, [1000.0, 960.0, 888.889, 727.273], atol=1e-3)
-    np.testing.assert_allclose(rel.sigmas, [1.0, 0.97962, 0.94129, 0.84264], atol=1e-4)
-    con = consistent_schedule()
+    # re-noised to Wan's integer shift-16 table [979, 941, 841] (sigma_max .999, truncated)
+    np.testing.assert_allclose(rel.sigmas, [1.0, 0.979, 0.941, 0.841], atol=1e-7)
+    np.testing.assert_array_equal(wan_unipc_timesteps(4, 16.0), [999, 979, 941, 841])
+    con = consistent_schedule()  # vdot-jax's inference table: diffusers' UniPC (sigma_max 1)
     np.testing.assert_allclose(con.told, [999, 979, 941, 842])
-    np.testing.assert_allclose(con.sigmas, rel.sigmas)
+    np.testing.assert_allclose(con.sigmas, [1.0, 0.97962, 0.94129, 0.84264], atol=1e-4)
     # the config's student_shift moves the consistent schedule (the demo's 5x32x32 clips use shift 3)
     low = student_schedule("consistent", 3.0)
     np.testing.assert_allclose(low.told, [999, 900, 750, 500])  # t = 3s / (1 + 2s), s = 1, .75, .5, .25
@@ -65,12 +68,22 @@ def test_schedules():
 
 
 def test_timestep_draws_follow_the_release_formula():
+    """Integer draws (the release's torch.randint), then the shift and the clamp, in closed form."""
     key = jax.random.key(3)
-    u = np.asarray(jax.random.uniform(key, (4096,), jnp.float32, 20.0, 980.0), np.float64) / 1000
+    u = np.asarray(jax.random.randint(key, (4096,), 20, 980), np.float64) / 1000
     expected = np.clip(1000 * 5 * u / (1 + 4 * u), 20, 980)
-    np.testing.assert_allclose(sample_loss_timesteps(key, 4096), expected, rtol=1e-5)
+    np.testing.assert_allclose(sample_loss_timesteps(key, 4096), expected, rtol=1e-6)
+
+
+def test_gan_timestep_draws_are_the_shift_12_closed_form():
+    key = jax.random.key(4)
+    u = np.asarray(jax.random.randint(key, (4096,), 0, 1000), np.float64) / 1000
+    expected = np.clip(1000 * 12 * u / (1 + 11 * u), 20, 980)
     g = np.asarray(sample_gan_timesteps(key, 4096))
-    assert g.min() >= 20 and g.max() <= 980 and np.median(g) > 900  # shift 12 pushes mass to high noise
+    np.testing.assert_allclose(g, expected, rtol=1e-6)
+    assert (g == 20).any() and (g == 980).any()  # both clamps bite (u = 0, 1 and u >= 803)
+    # a shift of 12 (not 5, not a float draw): the median of 12u/(1+11u) over u ~ U{0..999} is ~923
+    assert 915 < np.median(g) < 930
 
 
 def test_rollout_runs_no_grad_steps_then_the_exit_step_with_gradient():
@@ -96,11 +109,19 @@ def test_rollout_runs_no_grad_steps_then_the_exit_step_with_gradient():
 
 
 def test_phase_alternation():
+    """The generator phase runs first (release order); GAN on odd generator updates and odd critic steps."""
     seq = [phases_for(s, ttur=5) for s in range(12)]
-    assert seq[0] == ("critic_flow", "generator_dmd_ot") and seq[1] == ("critic_gan",)
-    assert seq[5] == ("critic_gan", "generator_gan") and seq[10] == ("critic_flow", "generator_dmd_ot")
-    assert all(p == ("critic_flow",) or p == ("critic_flow", "generator_dmd_ot") for p in
+    assert seq[0] == ("generator_dmd_ot", "critic_flow") and seq[1] == ("critic_gan",)
+    assert seq[5] == ("generator_gan", "critic_gan") and seq[10] == ("generator_dmd_ot", "critic_flow")
+    assert all(p == ("critic_flow",) or p == ("generator_dmd_ot", "critic_flow") for p in
                (phases_for(s, 5, use_gan=False) for s in range(12)))
+
+
+def test_exit_index_depends_on_step_only():
+    rng = jax.random.key_data(jax.random.key(0))
+    draws = [int(exit_index(rng, jnp.int32(s), 4)) for s in range(64)]
+    assert set(draws) == {0, 1, 2, 3}
+    assert draws == [int(exit_index(rng, jnp.int32(s), 4)) for s in range(64)]
 
 
 def test_default_taps():
@@ -108,63 +129,100 @@ def test_default_taps():
     assert default_taps(4) == (1, 2, 3)
 
 
-class TorchGanTap(torch.nn.Module):
-    """An independent PyTorch transcription of the head described in METHOD.md section 4."""
+def _torch_mlp_proj(din, dout):
+    """LN, Linear(din, din), exact GELU, Linear(din, dout), LN (torch default eps 1e-5)."""
+    return torch.nn.Sequential(torch.nn.LayerNorm(din), torch.nn.Linear(din, din), torch.nn.GELU(),
+                               torch.nn.Linear(din, dout), torch.nn.LayerNorm(dout))
 
-    def __init__(self, dim, tok, heads):
+
+class TorchGanBlock(torch.nn.Module):
+    """One tap of the release's GAN head, written here from its architecture (training/wan/modules/model.py):
+    the register token queries the down-projected video tokens; FFN with tanh-GELU after an affine-free LN."""
+
+    def __init__(self, dim, tok=512, heads=8, ffn=13824):
         super().__init__()
-        self.norm_in = torch.nn.LayerNorm(dim, eps=1e-6)
-        self.lin1, self.lin2 = torch.nn.Linear(dim, tok), torch.nn.Linear(tok, tok)
-        self.norm_video = torch.nn.LayerNorm(tok, eps=1e-6)
-        self.token = torch.nn.Parameter(torch.randn(1, 1, tok))
-        self.norm_token = torch.nn.RMSNorm(tok, eps=1e-6)
+        self.down, self.up = _torch_mlp_proj(dim, tok), _torch_mlp_proj(tok, dim)
         self.q, self.k, self.v, self.o = (torch.nn.Linear(tok, tok) for _ in range(4))
-        self.norm_q, self.norm_k, self.norm_ffn = (torch.nn.RMSNorm(tok, eps=1e-6) for _ in range(3))
-        self.f1, self.f2 = torch.nn.Linear(tok, 4 * tok), torch.nn.Linear(4 * tok, tok)
-        self.out = torch.nn.Linear(tok, dim)
-        self.heads = heads
+        self.norm_q, self.norm_k = torch.nn.RMSNorm(tok, eps=1e-6), torch.nn.RMSNorm(tok, eps=1e-6)
+        self.ffn = torch.nn.Sequential(torch.nn.Linear(tok, ffn), torch.nn.GELU(approximate="tanh"),
+                                       torch.nn.Linear(ffn, tok))
+        self.heads, self.tok = heads, tok
 
-    def forward(self, x):
-        b, n, _ = x.shape
-        video = self.norm_video(self.lin2(torch.nn.functional.gelu(self.lin1(self.norm_in(x)))))
-        tok = self.token.expand(b, 1, -1)
+    def forward(self, x, register):
+        video = self.down(x)
         split = lambda a: a.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731
-        q = split(self.norm_q(self.q(self.norm_token(tok))))
+        q = split(self.norm_q(self.q(register)))
         k, v = split(self.norm_k(self.k(video))), split(self.v(video))
         att = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
-        r = tok + self.o(att)
-        r = r + self.f2(torch.nn.functional.gelu(self.f1(self.norm_ffn(r))))
-        return self.out(r[:, 0])
+        token = register + self.o(att)
+        y = self.ffn(torch.nn.functional.layer_norm(token, (self.tok,), eps=1e-6)) + token
+        return self.up(y)
 
 
-def test_gan_head_matches_an_independent_torch_transcription():
+class TorchGanHead(torch.nn.Module):
+    def __init__(self, dim, n=3, tok=512, heads=8, ffn=13824):
+        super().__init__()
+        self.registers = torch.nn.Parameter(0.02 * torch.randn(n, tok))
+        self.register_norm = torch.nn.RMSNorm(tok, eps=1e-6)
+        self.blocks = torch.nn.ModuleList([TorchGanBlock(dim, tok, heads, ffn) for _ in range(n)])
+        self.cls = torch.nn.Sequential(torch.nn.LayerNorm((n + 1) * dim), torch.nn.Linear((n + 1) * dim, dim),
+                                       torch.nn.SiLU(), torch.nn.Linear(dim, 1))
+
+    def forward(self, features, temb):
+        regs = self.register_norm(self.registers)
+        b = temb.shape[0]
+        outs = [blk(f, regs[i].expand(b, 1, -1)) for i, (blk, f) in enumerate(zip(self.blocks, features))]
+        return self.cls(torch.cat(outs + [10 * temb[:, None]], 1).view(b, -1))[:, 0]
+
+
+def _n_params(flat):
+    return sum(int(np.prod(v.shape)) for v in flat.values())
+
+
+@pytest.mark.parametrize("dim,expected", [(1536, 19_428_352), (5120, 46_974_976)])
+def test_gan_head_parameter_count_per_tap_is_the_release_one(dim, expected):
+    from vdot_jax.models.discriminator import GanBlock
+    from vdot_jax.weights.params import flat_state
+
+    with torch.device("meta"):
+        ref = sum(p.numel() for p in TorchGanBlock(dim).parameters())
+    assert ref == expected  # 47.0 M per tap at 14B (dim 5120), 19.4 M at 1.3B
+    ours = nnx.eval_shape(lambda: GanBlock(dim, 512, 8, 13824, rngs=nnx.Rngs(0)))
+    assert _n_params(flat_state(ours)) == expected
+    head = nnx.eval_shape(lambda: GanHead(dim, (0, 1, 2), rngs=nnx.Rngs(0)))  # release widths are the defaults
+    width = 4 * dim
+    assert _n_params(flat_state(head)) == 3 * expected + 3 * 512 + 512 + 2 * width + width * dim + dim + dim + 1
+
+
+def test_gan_head_matches_an_independent_torch_module():
     torch.manual_seed(0)
-    dim, tok, heads, taps = 24, 16, 2, (0, 2)
-    taps_t = [TorchGanTap(dim, tok, heads) for _ in taps]
-    norm, l1, l2 = torch.nn.LayerNorm(3 * dim, eps=1e-6), torch.nn.Linear(3 * dim, dim), torch.nn.Linear(dim, 1)
-    for m in [*taps_t, norm]:
-        for p in m.parameters():
-            p.data.add_(0.1 * torch.randn_like(p))
-    head = GanHead(dim, taps, token_dim=tok, num_heads=heads, rngs=nnx.Rngs(0))
+    dim, tok, heads, ffn, taps = 24, 16, 2, 40, (0, 2, 3)
+    ref = TorchGanHead(dim, len(taps), tok, heads, ffn).eval()
+    with torch.no_grad():
+        for p in ref.parameters():  # no LayerNorm left at identity
+            p.add_(0.1 * torch.randn_like(p))
+    head = GanHead(dim, taps, token_dim=tok, num_heads=heads, ffn_dim=ffn, rngs=nnx.Rngs(0))
     lin = lambda m: {"kernel": m.weight.detach().numpy().T, "bias": m.bias.detach().numpy()}  # noqa: E731
     ln = lambda m: {"scale": m.weight.detach().numpy(), "bias": m.bias.detach().numpy()}  # noqa: E731
     rms = lambda m: {"scale": m.weight.detach().numpy()}  # noqa: E731
-    for ours, t in zip(head.tap_heads, taps_t):
+    proj = lambda s: {"norm_in": ln(s[0]), "linear_1": lin(s[1]), "linear_2": lin(s[3]), "norm_out": ln(s[4])}  # noqa
+    for ours, t in zip(head.gan_blocks, ref.blocks):
         nnx.update(ours, nnx.State({
-            "norm_in": ln(t.norm_in), "linear_in_1": lin(t.lin1), "linear_in_2": lin(t.lin2),
-            "norm_video": ln(t.norm_video), "token": t.token.detach().numpy(), "norm_token": rms(t.norm_token),
-            "to_q": lin(t.q), "to_k": lin(t.k), "to_v": lin(t.v), "to_out": lin(t.o), "norm_q": rms(t.norm_q),
-            "norm_k": rms(t.norm_k), "norm_ffn": rms(t.norm_ffn), "ffn_1": lin(t.f1), "ffn_2": lin(t.f2),
-            "proj_out": lin(t.out)}))
-    nnx.update(head, nnx.State({"norm": ln(norm), "linear_1": lin(l1), "linear_2": lin(l2)}))
+            "proj_in": proj(t.down), "proj_out": proj(t.up),
+            "attn": {"to_q": lin(t.q), "to_k": lin(t.k), "to_v": lin(t.v), "to_out": {0: lin(t.o)},
+                     "norm_q": rms(t.norm_q), "norm_k": rms(t.norm_k)},
+            "ffn": {"net": {0: {"proj": lin(t.ffn[0])}, 2: lin(t.ffn[2])}}}))
+    nnx.update(head, nnx.State({"register_tokens": ref.registers.detach().numpy(),
+                                "register_norm": rms(ref.register_norm), "norm": ln(ref.cls[0]),
+                                "linear_1": lin(ref.cls[1]), "linear_2": lin(ref.cls[3])}))
     r = np.random.default_rng(0)
     feats = [r.normal(size=(3, 10, dim)).astype(np.float32) for _ in taps]
     temb = r.normal(size=(3, dim)).astype(np.float32)
     with torch.no_grad():
-        h = torch.cat([t(torch.tensor(f)) for t, f in zip(taps_t, feats)] + [10 * torch.tensor(temb)], -1)
-        expected = l2(torch.nn.functional.silu(l1(norm(h))))[:, 0].numpy()
-    np.testing.assert_allclose(np.asarray(head([jnp.asarray(f) for f in feats], jnp.asarray(temb))), expected,
-                               atol=1e-5)
+        expected = ref([torch.tensor(f) for f in feats], torch.tensor(temb)).numpy()
+    got = np.asarray(head([jnp.asarray(f) for f in feats], jnp.asarray(temb)))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert np.ptp(expected) > 0.1  # the examples are told apart
 
 
 TINY = WanConfig(dim=16, ffn_dim=32, num_heads=2, num_layers=2, in_channels=4, out_channels=4, text_dim=8,
@@ -175,7 +233,7 @@ TINY = WanConfig(dim=16, ffn_dim=32, num_heads=2, num_layers=2, in_channels=4, o
 def tiny_run():
     teacher = WanModel(TINY, rngs=nnx.Rngs(0))
     generator = WanModel(TINY, rngs=nnx.Rngs(0))
-    critic = critic_from_teacher(teacher, rngs=nnx.Rngs(1), token_dim=8, num_heads=2)
+    critic = critic_from_teacher(teacher, rngs=nnx.Rngs(1), token_dim=8, num_heads=2, ffn_dim=16)
     c = distill_config()
     c.optim.accumulation = 2
     c.optim.critic_lr, c.optim.generator_lr = 1e-2, 1e-4
@@ -231,7 +289,7 @@ def test_ablations_share_the_compiled_phases(tiny_run):
     """DMD-only / OT-only differ from the recipe only in state-held weights: no new compilation."""
     d, _, batch, _, _ = tiny_run
     teacher = WanModel(TINY, rngs=nnx.Rngs(0))
-    critic = critic_from_teacher(teacher, rngs=nnx.Rngs(1), token_dim=8, num_heads=2)
+    critic = critic_from_teacher(teacher, rngs=nnx.Rngs(1), token_dim=8, num_heads=2, ffn_dim=16)
     dmd_only = d.init_state(WanModel(TINY, rngs=nnx.Rngs(0)), critic, teacher, loss_weights={"ot": 0.0})
     for _ in range(6):
         dmd_only, m = d.train_step(dmd_only, batch, use_gan=False)

@@ -98,6 +98,7 @@ def distill_settings(plan: DemoPlan, num_layers: int):
     c.student_shift = plan.student_shift
     c.gan.token_dim = 32  # release 512 for width 1536/5120; the toy model is 64 wide
     c.gan.num_heads = 2
+    c.gan.ffn_dim = 128  # release 13824 whatever the width; 4 x the toy token width keeps the toy head small
     return c
 
 
@@ -142,7 +143,7 @@ def distill(plan: DemoPlan, teacher, log: Callable[[str], None] = _log):
 
     config = distill_settings(plan, teacher.cfg.num_layers)
     critic = critic_from_teacher(teacher, rngs=nnx.Rngs(plan.seed + 1), token_dim=config.gan.token_dim,
-                                 num_heads=config.gan.num_heads)
+                                 num_heads=config.gan.num_heads, ffn_dim=config.gan.ffn_dim)
     # The generator starts as the teacher (init_state copies, so the teacher itself is never donated).
     distiller = Distiller(teacher, critic, teacher, config)
     students, histories = {}, {}

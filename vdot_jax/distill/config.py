@@ -1,4 +1,5 @@
-"""Default VDOT distillation settings. Every number is the release's unless its comment says otherwise."""
+"""Default VDOT distillation settings. Every number is the release's unless its comment says otherwise;
+docs/release_parity.md lists each with the release file it comes from (a test keeps the two in step)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,15 @@ import ml_collections
 
 from vdot_jax.distill.ot import OTConfig
 
+# Wan2.1's standard negative prompt (release: configs/self_forcing_bi_gan.yaml ``negative_prompt``,
+# trainer/distillation_vace.py ``sample_neg_prompt``; Wan's shared_config ``sample_neg_prompt``): the text of the
+# teacher's unconditional branch in DMD/OT. diffusers' Wan examples pass an English translation of it.
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，"
+    "残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，"
+    "三条腿，背景人很多，倒着走"
+)
+
 
 def distill_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -16,6 +26,11 @@ def distill_config() -> ml_collections.ConfigDict:
     c.schedule = "release"
     c.student_shift = 16.0  # release: the 4-step UniPC shift at inference; the "consistent" schedule trains on it
     c.ttur = 5  # release: the generator updates on every 5th step, the critic on every step
+    # Reference-image samples: "vace" (default, deviation) keeps noise and latents over the reference frames plus
+    # the video, as VACE inference does; "release" noises ``video_frames`` latent frames, cuts the context to
+    # them and drops the reference frames from the real latents (docs/method.md "Reference images").
+    c.r2v_layout = "vace"
+    c.video_frames = 21  # release: 81 frames -> 21 latent frames (used by r2v_layout="release" only)
 
     c.loss = ml_collections.ConfigDict()
     c.loss.dmd_weight = 0.2  # release
@@ -36,6 +51,7 @@ def distill_config() -> ml_collections.ConfigDict:
     c.gan.taps = ()  # () = release taps for 30/40-layer models (13,21,29 / 23,31,39), same depths otherwise
     c.gan.token_dim = 512  # release
     c.gan.num_heads = 8  # release
+    c.gan.ffn_dim = 13824  # release: GanAttentionBlock's default FFN width, for both model sizes
 
     c.optim = ml_collections.ConfigDict()
     c.optim.generator_lr = 2e-6  # release
@@ -48,7 +64,7 @@ def distill_config() -> ml_collections.ConfigDict:
 
     c.ema = ml_collections.ConfigDict()
     c.ema.decay = 0.0  # release: off; Self-Forcing used 0.99
-    c.ema.start = 200  # Self-Forcing: EMA starts at generator step 200
+    c.ema.start = 200  # release (ema_start_step): the EMA starts at training step 200 (when ema.decay > 0)
 
     c.teacher_dtype = "bfloat16"  # the frozen teacher needs no fp32 master copy
     return c

@@ -13,10 +13,11 @@ from vdot_jax.weights.params import assign, flat_state
 
 class Critic(nnx.Module):
     def __init__(self, cfg: WanConfig, *, rngs: nnx.Rngs, taps: tuple[int, ...] | None = None,
-                 token_dim: int = 512, num_heads: int = 8, runtime: Runtime | None = None):
+                 token_dim: int = 512, num_heads: int = 8, ffn_dim: int = 13824, runtime: Runtime | None = None):
+        """Head widths default to the release's (token 512, 8 heads, FFN 13824; docs/release_parity.md)."""
         self.model = WanModel(cfg, rngs=rngs, runtime=runtime)
         self.head = GanHead(cfg.dim, taps or default_taps(cfg.num_layers), token_dim=token_dim,
-                            num_heads=num_heads, eps=cfg.eps, rngs=rngs)
+                            num_heads=num_heads, ffn_dim=ffn_dim, rngs=rngs)
 
     def __call__(self, latents, timestep, text_embeds, vace_context=None):
         """Flow prediction (the fake score)."""

@@ -1,4 +1,4 @@
-"""VDOT's optimal-transport (OT) term (METHOD.md sec. 4), on ott-jax.
+"""VDOT's optimal-transport (OT) term (docs/method.md, "OT term"), on ott-jax.
 
 What is computed
 ----------------
@@ -10,7 +10,8 @@ weights, an entropic OT plan P is computed by log-domain Sinkhorn (ott-jax ``Poi
 iterations from zero potentials. The scalar is the transport cost ``sum(P * C)`` (no entropy
 term). The direction is ``g = d(sum over frames of that cost)/d(fake_x0)``, taken through the
 pooling, then normalised to unit L2 norm per (b, frame) over (C, H, W) (``/(||g|| + 1e-8)``).
-The generator loss is ``L_OT = 0.5 * sum((x_hat - sg(x_hat - 0.1 g))^2)`` (:func:`ot_loss`).
+The generator loss is ``L_OT = 0.5 * sum((x_hat - sg(x_hat - 0.1 g))^2)`` summed per sample and averaged
+over the batch (:func:`ot_loss`).
 
 Gradient modes (``OTConfig.grad_mode``)
 ---------------------------------------
@@ -118,10 +119,12 @@ self-term became sqrt(C) inside ``jax.grad`` (finite-difference mismatch > 100%)
 
 Precision
 ---------
-Everything runs in ``compute_dtype`` (float32, release) whatever the input dtype, and under
+Everything runs in ``compute_dtype`` (float32 by default) whatever the input dtype, and under
 ``jax.default_matmul_precision("highest")``: the sqeuclidean cost is ``|x|^2 + |y|^2 - 2 x.y``
 and a TF32 matmul (a GPU default) would perturb ``C/eps`` by an estimated ~0.1 (2^-11 of
-``x.y`` ~ 16, over eps = 0.1).
+``x.y`` ~ 16, over eps = 0.1). The release (by reading trainer/model code, not measured) runs the
+pooling, cost and Sinkhorn in the dtype of its x0 predictions, which come out of bf16 FSDP models:
+bf16. float32 here is a deliberate deviation (bf16 ``C/eps`` carries errors of order 1 at eps 0.1).
 """
 
 from __future__ import annotations
@@ -157,7 +160,7 @@ COMPUTE_DTYPES = ("float32", "float64")
 
 @dataclasses.dataclass(frozen=True)
 class OTConfig:
-    """Configuration of the OT term; defaults are the release's (METHOD.md sec. 4)."""
+    """Configuration of the OT term; defaults are the release's (docs/method.md, docs/release_parity.md)."""
 
     epsilon: float = 0.1  # release: absolute entropic regularisation (no cost rescaling)
     iterations: int = 60  # release: fixed count, no convergence threshold
@@ -175,9 +178,10 @@ class OTConfig:
     normalize: bool = True  # release: unit L2 norm of g per (b, frame) over C,H,W
     norm_eps: float = 1e-8  # release: g / (||g|| + 1e-8)
     factor: float = 0.1  # release: step of L_OT = 0.5 * sum((x - sg(x - factor * g))^2)
-    reduction: str = "sum"  # release: "sum"; "mean" divides by numel
+    reduction: str = "sum"  # release: per-sample sum, batch mean (ot_loss); "mean" divides by numel
     update_order: str = "fake_first"  # release-style loop order; "real_first" = ott's orientation
-    compute_dtype: str = "float32"  # release: float32; "float64" needs jax x64 (implicit does)
+    # release: bf16 x0 (by reading; see Precision above); float32 is a deliberate deviation. "float64" needs x64.
+    compute_dtype: str = "float32"
     remat: bool = True  # unrolled: store only potentials per iteration, recompute in backward
     # Extra keyword arguments for ott's lineax solve in implicit mode, as (key, value) pairs
     # (hashable), e.g. (("ridge_identity", 1e-8),).
@@ -403,7 +407,7 @@ def ot_direction(
     return_cost: bool = False,
     **overrides,
 ):
-    """VDOT's OT direction ``g`` for the generator (METHOD.md sec. 4).
+    """VDOT's OT direction ``g`` for the generator (docs/method.md).
 
     ``g = d(sum over frames of sum(P * C)) / d(fake_x0)``: per (b, frame), both frames are
     ``pool x pool`` average-pooled into point clouds in R^C, entropic OT (``epsilon``,
@@ -450,13 +454,19 @@ def _direction(fake, real, cfg: OTConfig):
 
 
 def ot_loss(x_hat: jax.Array, direction: jax.Array, factor: float = 0.1, reduction: str = "sum") -> jax.Array:
-    """The release's OT surrogate ``0.5 * reduce((x_hat - sg(x_hat - factor * direction))^2)``.
+    """The OT surrogate ``0.5 * reduce((x_hat - sg(x_hat - factor * direction))^2)`` with the release's batch
+    semantics (docs/method.md, "Batch semantics").
 
-    Release: ``factor=0.1``, ``reduction="sum"`` ("mean" divides by ``x_hat.size``). Its
-    gradient w.r.t. ``x_hat`` is ``factor * direction`` (``/ x_hat.size`` for "mean").
+    ``reduction="sum"`` (release): summed over each sample's elements, then **averaged over the batch** (axis
+    0). The release sums over its single sample per GPU and FSDP averages gradients over ranks, so a batch of
+    B copies of one sample gives that sample's loss, whatever the batch size or mesh (the sum is over the
+    global array under ``jit``). ``"mean"`` divides by ``x_hat.size`` instead. The gradient w.r.t. ``x_hat``
+    is ``factor * direction / B`` ("sum") or ``factor * direction / x_hat.size`` ("mean").
 
-    Evaluated by ``vdot_jax.distill.losses.surrogate_loss`` in a form whose gradient is exact
-    (the literal one loses it to rounding). Computed in float32 (or wider).
+    Evaluated by ``vdot_jax.distill.losses.surrogate_loss`` in a form whose gradient is exact (the literal one
+    loses it to rounding). Computed in float32 (or wider).
     """
     direction = direction.astype(jnp.promote_types(direction.dtype, jnp.float32))  # scale after widening
+    if reduction == "sum":
+        return surrogate_loss(x_hat, factor * direction, "sum") / x_hat.shape[0]
     return surrogate_loss(x_hat, factor * direction, reduction)

@@ -1,11 +1,13 @@
-"""VDOT training steps: four jitted phases over a pure ``TrainState``.
+"""VDOT training steps: four jitted phases over a pure ``TrainState`` (docs/method.md).
 
-    critic_flow       critic, flow matching on detached generator samples       (even steps)
-    critic_gan        critic trunk + head, relativistic discriminator loss      (odd steps)
     generator_dmd_ot  generator, 0.2 DMD + 0.8 OT                               (even generator updates)
     generator_gan     generator, relativistic generator loss                    (odd generator updates)
+    critic_flow       critic, flow matching on detached generator samples       (even steps)
+    critic_gan        critic trunk + head, relativistic discriminator loss      (odd steps)
 
-Every step runs one critic phase; every ``ttur``-th step also one generator phase (``phases_for``).
+Every step runs one critic phase; every ``ttur``-th step first one generator phase (``phases_for``; the
+release's order). One rollout exit index is drawn per step from the replicated key and shared by both phases,
+every micro-batch and every host.
 Each phase is one compiled program: gradient accumulation is a ``lax.scan`` over the micro-batch axis,
 updates go through optax (clip, AdamW), a non-finite loss or gradient leaves parameters and optimizer
 state untouched and is counted, and the state buffer is donated.
@@ -36,6 +38,8 @@ from vdot_jax.distill.timesteps import (add_noise, rollout, sample_gan_timesteps
 from vdot_jax.models.wan import WanModel
 
 PHASES = ("critic_flow", "critic_gan", "generator_dmd_ot", "generator_gan")
+R2V_LAYOUTS = ("vace", "release")
+_EXIT_TAG = len(PHASES)  # fold_in tag of the per-step exit index (after the phases' own tags)
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -52,16 +56,29 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def phases_for(step: int, ttur: int, use_gan: bool = True) -> tuple[str, ...]:
-    """The phases that training step ``step`` (0-based) runs, in order."""
+    """The phases that training step ``step`` (0-based) runs, in order: the generator's first (release:
+    trainer/distillation_vace.py), so the critic of the same step sees the updated generator."""
     critic = "critic_gan" if use_gan and step % 2 else "critic_flow"
     if step % ttur:
         return (critic,)
     gen = "generator_gan" if use_gan and (step // ttur) % 2 else "generator_dmd_ot"
-    return (critic, gen)
+    return (gen, critic)
+
+
+def exit_index(rng: jax.Array, step: jax.Array, num_steps: int) -> jax.Array:
+    """The rollout exit index of training step ``step``: a function of the replicated key and the step only,
+    so both phases, every micro-batch and every host use the same one (release: one broadcast draw per step)."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(rng), step), _EXIT_TAG)
+    return jax.random.randint(key, (), 0, num_steps)
 
 
 def _tree_where(pred, a, b):
     return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+def _per_sample_norm(x: jax.Array) -> jax.Array:
+    """Batch mean of each sample's L2 norm."""
+    return jnp.mean(jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)).reshape(x.shape[0], -1), axis=1)))
 
 
 def _all_finite(tree) -> jax.Array:
@@ -78,6 +95,10 @@ class Distiller:
         self.teacher_def, _ = nnx.split(teacher)
         self.schedule = student_schedule(config.schedule, config.student_shift)
         self.ot = ot_config(config)
+        self.r2v_layout = config.get("r2v_layout", "vace")  # configs saved before the option existed: "vace"
+        self.video_frames = int(config.get("video_frames", 21))
+        if self.r2v_layout not in R2V_LAYOUTS:
+            raise ValueError(f"config.r2v_layout must be one of {R2V_LAYOUTS}, got {self.r2v_layout!r}")
         o = config.optim
         self.gen_tx = self._optimizer(o.generator_lr)
         self.critic_tx = self._optimizer(o.critic_lr)
@@ -137,24 +158,39 @@ class Distiller:
         double = lambda a: None if a is None else jnp.concatenate([a, a])  # noqa: E731
         return critic.discriminate(x, jnp.concatenate([t, t]), double(batch["text"]), double(batch.get("context")))
 
+    def _teacher_apply(self, params, x, t, text, context):
+        return nnx.merge(self.teacher_def, params)(x, t, text, context)
+
     def _teacher_v(self, params, x, t, batch):
-        """Teacher velocity with classifier-free guidance; cond and uncond as one batch."""
-        teacher = nnx.merge(self.teacher_def, params)
+        """Teacher velocity with classifier-free guidance on ``neg_text``; cond and uncond as one batch."""
         ctx = batch.get("context")
         w = self.config.loss.teacher_guidance
         if w == 1.0:
-            return teacher(x, t, batch["text"], ctx)
-        v = teacher(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
-                    jnp.concatenate([batch["text"], batch["neg_text"]]),
-                    None if ctx is None else jnp.concatenate([ctx, ctx]))
+            return self._teacher_apply(params, x, t, batch["text"], ctx).astype(jnp.float32)
+        v = self._teacher_apply(params, jnp.concatenate([x, x]), jnp.concatenate([t, t]),
+                                jnp.concatenate([batch["text"], batch["neg_text"]]),
+                                None if ctx is None else jnp.concatenate([ctx, ctx]))
         v_c, v_u = jnp.split(v.astype(jnp.float32), 2)
         return losses.cfg_velocity(v_c, v_u, w)
 
-    def _sample(self, gen_params, batch, key):
-        """x^ from the backward simulation with a random exit step (gradient flows at the exit)."""
-        k_noise, k_exit, k_roll = jax.random.split(key, 3)
+    def _layout(self, batch):
+        """The frames the networks see. "vace" (default): noise and latents cover the reference frames plus the
+        video, as VACE's inference does. "release": the noise covers ``video_frames`` latent frames, the context
+        is cut to its first ``video_frames`` frames (the release's 32,760-token cut) and the real latents drop
+        the prepended reference frames (docs/method.md, "Reference images")."""
+        n = self.video_frames
+        extra = batch["latents"].shape[-3] - n
+        if self.r2v_layout == "vace" or extra <= 0:
+            return batch
+        out = dict(batch, latents=batch["latents"][..., extra:, :, :])
+        if batch.get("context") is not None:
+            out["context"] = batch["context"][..., :n, :, :]
+        return out
+
+    def _sample(self, gen_params, batch, key, exit_index):
+        """x^ from the backward simulation, leaving at step ``exit_index`` (gradient flows at the exit)."""
+        k_noise, k_roll = jax.random.split(key)
         noise = jax.random.normal(k_noise, batch["latents"].shape, jnp.float32)
-        exit_index = jax.random.randint(k_exit, (), 0, self.schedule.steps)
         return rollout(lambda p, x, t: self._gen(p, x, t, batch), gen_params, noise, exit_index,
                        self.schedule, k_roll)
 
@@ -177,34 +213,41 @@ class Distiller:
 
     # ---------------------------------------------------------------- phase losses: (loss, metrics)
 
-    def _loss_critic_flow(self, params, state, batch, key):
+    def _loss_critic_flow(self, params, state, batch, key, exit_index):
         k_s, k_t, k_e = jax.random.split(key, 3)
-        x_hat = jax.lax.stop_gradient(self._sample(state.generator, batch, k_s))
+        x_hat = jax.lax.stop_gradient(self._sample(state.generator, batch, k_s, exit_index))
         t = sample_loss_timesteps(k_t, x_hat.shape[0], self.config.loss.timestep_shift)
         noise = jax.random.normal(k_e, x_hat.shape)
         v = self._critic_v(params, add_noise(x_hat, noise, t), t, batch)
         loss = losses.flow_loss(v, noise, x_hat)
         return loss, {"critic_flow_loss": loss}
 
-    def _gan_pair(self, critic_params, x_hat, batch, key):
+    def _gan_pair(self, critic_params, x_hat, batch, key, shared_noise: bool):
+        """Logits (d_fake, d_real) at one GAN timestep; ``shared_noise``: real and fake get the same epsilon
+        (the release's critic step) rather than two draws (its generator step)."""
         k_t, k_f, k_r = jax.random.split(key, 3)
         t = sample_gan_timesteps(k_t, x_hat.shape[0], self.config.loss.gan_timestep_shift)
-        fake = add_noise(x_hat, jax.random.normal(k_f, x_hat.shape), t)
-        real = add_noise(batch["latents"].astype(jnp.float32), jax.random.normal(k_r, x_hat.shape), t)
+        e_fake = jax.random.normal(k_f, x_hat.shape)
+        e_real = e_fake if shared_noise else jax.random.normal(k_r, x_hat.shape)
+        fake = add_noise(x_hat, e_fake, t)
+        real = add_noise(batch["latents"].astype(jnp.float32), e_real, t)
         d = self._critic_d(critic_params, jnp.concatenate([fake, real]), t, batch)
         return jnp.split(d, 2)  # d_fake, d_real
 
-    def _loss_critic_gan(self, params, state, batch, key):
+    def _loss_critic_gan(self, params, state, batch, key, exit_index):
         k_s, k_d = jax.random.split(key)
-        x_hat = jax.lax.stop_gradient(self._sample(state.generator, batch, k_s))
-        d_fake, d_real = self._gan_pair(params, x_hat, batch, k_d)
+        x_hat = jax.lax.stop_gradient(self._sample(state.generator, batch, k_s, exit_index))
+        d_fake, d_real = self._gan_pair(params, x_hat, batch, k_d, shared_noise=True)
         loss = losses.gan_discriminator_loss(d_real, d_fake, self.config.loss.gan_discriminator_weight)
         return loss, {"critic_gan_loss": loss, "d_real": jnp.mean(d_real), "d_fake": jnp.mean(d_fake)}
 
-    def _loss_generator_dmd_ot(self, params, state, batch, key):
+    def _loss_generator_dmd_ot(self, params, state, batch, key, exit_index):
+        """0.2 L_DMD + 0.8 L_OT. The surrogate values are logged under ``surrogate/*`` (constant-ish by
+        construction, kept out of the ``*_loss`` progress line); what moves is logged beside them: the Sinkhorn
+        cost <P,C> per frame, the DMD direction before its t/1000 scaling, the critic/teacher x0 gap."""
         k_s, k_dmd, k_ot = jax.random.split(key, 3)
         c = self.config.loss
-        x_hat = self._sample(params, batch, k_s)
+        x_hat = self._sample(params, batch, k_s, exit_index)
         metrics = {}
         loss = jnp.zeros((), jnp.float32)
         # DMD and OT use independent timesteps and noise (two draws), predicted in one pass.
@@ -216,22 +259,25 @@ class Distiller:
             g = losses.dmd_direction(x0_fake, x0_real, jax.lax.stop_gradient(x_hat), t, c.dmd_normalization)
             l_dmd = losses.surrogate_loss(x_hat, g, c.dmd_reduction)
             loss += state.loss_weights["dmd"] * l_dmd
-            metrics["dmd_loss"] = l_dmd
+            metrics["surrogate/dmd"] = l_dmd
+            metrics["dmd_direction_norm"] = _per_sample_norm(x0_fake - x0_real)
         if "ot" in draws:
             x0_fake, x0_real, _ = draws["ot"]
-            g = ot_direction(x0_fake, x0_real, self.ot)
+            g, cost = ot_direction(x0_fake, x0_real, self.ot, return_cost=True)
             l_ot = ot_loss(x_hat, g, factor=self.ot.factor, reduction=self.ot.reduction)
             loss += state.loss_weights["ot"] * l_ot
-            metrics["ot_loss"] = l_ot
-        metrics["generator_loss"] = loss
+            metrics["surrogate/ot"] = l_ot
+            metrics["ot_cost"] = jnp.mean(cost)  # <P,C> per (sample, frame), fake vs real x0, averaged
+            metrics["x0_gap_rms"] = jnp.sqrt(jnp.mean(jnp.square(x0_fake - x0_real)))
+        metrics["surrogate/generator"] = loss
         return loss, metrics
 
-    def _loss_generator_gan(self, params, state, batch, key):
+    def _loss_generator_gan(self, params, state, batch, key, exit_index):
         k_s, k_d = jax.random.split(key)
-        x_hat = self._sample(params, batch, k_s)
-        d_fake, d_real = self._gan_pair(jax.lax.stop_gradient(state.critic), x_hat, batch, k_d)
+        x_hat = self._sample(params, batch, k_s, exit_index)
+        d_fake, d_real = self._gan_pair(jax.lax.stop_gradient(state.critic), x_hat, batch, k_d, shared_noise=False)
         loss = losses.gan_generator_loss(d_fake, d_real, self.config.loss.gan_generator_weight)
-        return loss, {"generator_gan_loss": loss}
+        return loss, {"generator_gan_loss": loss, "g_d_real": jnp.mean(d_real), "g_d_fake": jnp.mean(d_fake)}
 
     # ---------------------------------------------------------------- the phases
 
@@ -246,9 +292,11 @@ class Distiller:
             opt_state = state.generator_opt if is_gen else state.critic_opt
             key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
             key = jax.random.fold_in(key, PHASES.index(name))
+            exit_i = exit_index(state.rng, state.step, self.schedule.steps)
+            batch = self._layout(batch)
             accum = jax.tree.leaves(batch)[0].shape[0]
             keys = jax.random.split(key, accum)
-            grad_fn = jax.value_and_grad(lambda p, b, k: loss_fn(p, state, b, k), has_aux=True)
+            grad_fn = jax.value_and_grad(lambda p, b, k: loss_fn(p, state, b, k, exit_i), has_aux=True)
 
             def micro(carry, xs):
                 b, k = xs
@@ -265,13 +313,14 @@ class Distiller:
             finite = jnp.isfinite(loss) & _all_finite(grads)
             new_params = _tree_where(finite, new_params, params)
             new_opt = _tree_where(finite, new_opt, opt_state)
-            metrics = {**metrics, "grad_norm": optax.global_norm(grads), "finite": finite.astype(jnp.float32)}
+            metrics = {**metrics, "grad_norm": optax.global_norm(grads), "finite": finite.astype(jnp.float32),
+                       "exit_index": exit_i.astype(jnp.float32)}
             skipped = state.skipped + (~finite).astype(jnp.int32)
             if is_gen:
                 ema = state.ema
                 if ema is not None:
-                    gen_step = state.step // self.config.ttur
-                    d = jnp.where(gen_step >= self.config.ema.start, self.config.ema.decay, 0.0)
+                    # Before ema.start (counted in training steps, as the release) the EMA tracks the generator.
+                    d = jnp.where(state.step >= self.config.ema.start, self.config.ema.decay, 0.0)
                     ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, new_params)
                 return state.replace(generator=new_params, generator_opt=new_opt, ema=ema, skipped=skipped), metrics
             return state.replace(critic=new_params, critic_opt=new_opt, skipped=skipped), metrics
@@ -287,15 +336,20 @@ class Distiller:
             self._jitted[name] = jax.jit(self._phase(name), donate_argnums=0, **kw)
         return self._jitted[name]
 
-    def train_step(self, state: TrainState, batch: dict, use_gan: bool | None = None) -> tuple[TrainState, dict]:
-        """One training step: its critic phase, then its generator phase if any; advances ``step``.
-        ``use_gan`` overrides ``config.loss.use_gan`` (which phases run is decided here, in Python)."""
+    def train_step(self, state: TrainState, batch: dict, use_gan: bool | None = None,
+                   generator_batch: dict | None = None) -> tuple[TrainState, dict]:
+        """One training step: its generator phase if any, then its critic phase; advances ``step``.
+        ``use_gan`` overrides ``config.loss.use_gan`` (which phases run is decided here, in Python).
+        ``generator_batch``: the generator phase's own micro-batches (the release draws them separately from the
+        critic's); None shares ``batch`` between the phases."""
         step = int(state.step)
         metrics = {}
         use_gan = self.config.loss.use_gan if use_gan is None else use_gan
         for name in phases_for(step, self.config.ttur, use_gan):
-            state, m = self.phase(name)(state, batch)
-            metrics.update(m)
+            b = generator_batch if name.startswith("generator") and generator_batch is not None else batch
+            state, m = self.phase(name)(state, b)
+            metrics.update({f"{name}/{k}" if k in ("grad_norm", "finite", "exit_index") else k: v
+                            for k, v in m.items()})
         return state.replace(step=state.step + 1), metrics
 
     def generator(self, state: TrainState, ema: bool = False) -> WanModel:

@@ -9,25 +9,27 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vdot_jax.sampling.schedules import shift_sigma, unipc_flow_schedule, warp_timesteps
 
 
-def sample_shifted(key, batch: int, *, low: float, high: float, shift: float, clamp=(20.0, 980.0)) -> jax.Array:
-    """t ~ U[low, high), shifted as a sigma by ``shift``, clamped: one timestep per example, float32."""
-    u = jax.random.uniform(key, (batch,), jnp.float32, low, high)
+def sample_shifted(key, batch: int, *, low: int, high: int, shift: float, clamp=(20.0, 980.0)) -> jax.Array:
+    """t = integer u ~ U{low, ..., high-1} (the release's ``torch.randint``), shifted as a sigma by ``shift``,
+    clamped: one float32 timestep per example (continuous after the shift, as in the release)."""
+    u = jax.random.randint(key, (batch,), int(low), int(high)).astype(jnp.float32)
     t = 1000.0 * shift_sigma(u / 1000.0, shift)
     return jnp.clip(t, *clamp)
 
 
 def sample_loss_timesteps(key, batch: int, shift: float = 5.0) -> jax.Array:
-    """DMD, OT and critic flow loss: U[20, 980), shift 5, clamp [20, 980] (release)."""
-    return sample_shifted(key, batch, low=20.0, high=980.0, shift=shift)
+    """DMD, OT and critic flow loss: integer U[20, 980), shift 5, clamp [20, 980] (release: model/bi_dmd_gan.py)."""
+    return sample_shifted(key, batch, low=20, high=980, shift=shift)
 
 
 def sample_gan_timesteps(key, batch: int, shift: float = 12.0) -> jax.Array:
-    """GAN terms: U[0, 1000), shift 12, clamp [20, 980] (release)."""
-    return sample_shifted(key, batch, low=0.0, high=1000.0, shift=shift)
+    """GAN terms: integer U[0, 1000), shift 12, clamp [20, 980] (release: model/bi_dmd_gan.py)."""
+    return sample_shifted(key, batch, low=0, high=1000, shift=shift)
 
 
 def add_noise(x0: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:
@@ -60,16 +62,26 @@ class RolloutSchedule:
         return len(self.told)
 
 
+def wan_unipc_timesteps(num_steps: int, shift: float) -> np.ndarray:
+    """Wan's own ``FlowUniPCMultistepScheduler`` table (sigma_max 0.999, integer timesteps, truncated):
+    ``int(1000 * shift_sigma(0.999 * (1 - i / num_steps)))``. 4 steps at shift 16: [999, 979, 941, 841]
+    (diffusers' UniPC, which starts at sigma 1, gives 842 for the last one)."""
+    sigmas = np.linspace(0.999, 0.0, num_steps + 1)[:-1]
+    return (1000.0 * shift_sigma(sigmas, float(shift))).astype(np.int64)
+
+
 def release_schedule() -> RolloutSchedule:
     """The release's (inconsistent) schedule, reproduced on purpose.
 
-    The generator is told [1000, 750, 500, 250] warped with shift 8 = [1000, 960, 888.9, 727.3], but
-    the inputs of steps 1..3 are re-noised to the sigmas of the shift-16 4-step UniPC table that
-    inference uses ([.980, .941, .843]); at inference the model is told [999, 979, 941, 842].
+    The generator is told [1000, 750, 500, 250] warped with shift 8 = [1000, 960, 888.9, 727.3]
+    (release: pipeline/bi_training_vace.py), but the inputs of steps 1..3 are re-noised to entries
+    [250, 500, 750] of Wan's 1000-step shift-16 table (model/base.py ``warp_denoising_step``), i.e. the
+    integer timesteps [979, 941, 841] (sigmas .979, .941, .841), which are also the 4-step inference table.
     """
-    sig, _ = unipc_flow_schedule(4, 16.0)
+    table = wan_unipc_timesteps(1000, 16.0)
+    renoise = table[[1000 - t for t in (750, 500, 250)]]
     return RolloutSchedule(tuple(float(t) for t in warp_timesteps((1000, 750, 500, 250), 8.0)),
-                           (1.0, *(float(s) for s in sig[1:4])))
+                           (1.0, *(float(t) / 1000.0 for t in renoise)))
 
 
 def consistent_schedule(num_steps: int = 4, shift: float = 16.0) -> RolloutSchedule:

@@ -1,10 +1,22 @@
-"""The GAN head that VDOT puts on the critic (fake score): register-token cross-attention taps.
+"""The GAN head that VDOT puts on the critic (fake score), as in the release (docs/method.md, "GAN term").
 
-At each tapped main block of the critic's trunk, a learned register token (RMSNorm) cross-attends to
-the video tokens projected down to ``token_dim`` (LayerNorm, Linear, GELU, Linear, LayerNorm) with
-q/k RMSNorm, then passes an FFN, and is projected back to the model width. The tap outputs and 10x the
-critic's time embedding are concatenated, LayerNorm'ed, and an MLP (Linear, SiLU, Linear) gives one
-logit per example. Defaults follow the VDOT release (token dim 512, 8 heads).
+Release: training/wan/modules/model.py (``GanAttentionBlock``, ``MLPProj``, ``RegisterTokens``,
+``WanGanCrossAttention``), training/utils/wan_wrapper_2.py (``adding_cls_branch``) and
+training/wan/modules/vace_gan_model.py (the taps and the classifier input).
+
+* Register tokens: one learned ``[n_taps, token_dim]`` array, init N(0, 0.02^2), RMSNorm'ed (eps 1e-6);
+  token i goes to tap i.
+* Per tap, one block: the video tokens are projected down by an MLP (LayerNorm, Linear(dim, dim), GELU,
+  Linear(dim, token_dim), LayerNorm; torch's default LayerNorm eps 1e-5, exact GELU); the register token is the
+  single *query* of a cross-attention over them (q/k RMSNorm over all heads, eps 1e-6); token = register +
+  attention output; y = FFN(LayerNorm without affine (eps 1e-6)(token)) + token, FFN = Linear(token_dim,
+  ffn_dim), tanh-GELU, Linear(ffn_dim, token_dim); out = the up-projection MLP (LayerNorm, Linear(token_dim,
+  token_dim), GELU, Linear(token_dim, dim), LayerNorm) of y.
+* Classifier: the tap outputs and 10x the critic's time embedding, concatenated ([B, (n_taps + 1) dim]),
+  LayerNorm (eps 1e-5), Linear(., dim), SiLU, Linear(dim, 1).
+
+Parameter count per tap: 46,974,976 at dim 5120 (14B), 19,428,352 at dim 1536 (1.3B), with token_dim 512 and
+ffn_dim 13824 (tested). Parameter names follow diffusers' conventions (``attn.to_q``, ``ffn.net.0.proj``).
 """
 
 from __future__ import annotations
@@ -14,11 +26,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vdot_jax.models.attention import attention, local_impl
-from vdot_jax.models.wan import F32, Dense, LayerNorm, RMSNorm
+from vdot_jax.models.wan import F32, Dense, FeedForward, LayerNorm, RMSNorm, layer_norm
 
 # Blocks tapped by the release's head: 13/21/29 of 30 (1.3B) and 23/31/39 of 40 (14B).
 RELEASE_TAPS = {30: (13, 21, 29), 40: (23, 31, 39)}
-TIME_EMBED_SCALE = 10.0  # release: the time embedding enters the final MLP multiplied by 10
+TIME_EMBED_SCALE = 10.0  # release: the time embedding enters the classifier multiplied by 10
+TORCH_LN_EPS = 1e-5  # release: torch.nn.LayerNorm's default, in the MLP projections and the classifier
+EPS = 1e-6  # release: register/q/k RMSNorm and the FFN's affine-free LayerNorm
 
 
 def default_taps(num_layers: int) -> tuple[int, ...]:
@@ -28,55 +42,80 @@ def default_taps(num_layers: int) -> tuple[int, ...]:
     return tuple(sorted({min(num_layers - 1, max(0, round(f * num_layers) - 1)) for f in (0.47, 0.73, 1.0)}))
 
 
-class GanTap(nnx.Module):
-    def __init__(self, dim: int, token_dim: int, num_heads: int, ffn_mult: int, eps: float, *, rngs: nnx.Rngs):
-        self.norm_in = LayerNorm(dim, eps)
-        self.linear_in_1 = Dense(dim, token_dim, rngs=rngs)
-        self.linear_in_2 = Dense(token_dim, token_dim, rngs=rngs)
-        self.norm_video = LayerNorm(token_dim, eps)
-        self.token = nnx.Param(jax.random.normal(rngs.params(), (1, 1, token_dim), F32) / token_dim**0.5)
-        self.norm_token = RMSNorm(token_dim, eps)
-        self.to_q = Dense(token_dim, token_dim, rngs=rngs)
-        self.to_k = Dense(token_dim, token_dim, rngs=rngs)
-        self.to_v = Dense(token_dim, token_dim, rngs=rngs)
-        self.norm_q = RMSNorm(token_dim, eps)
-        self.norm_k = RMSNorm(token_dim, eps)
-        self.to_out = Dense(token_dim, token_dim, rngs=rngs)
-        self.norm_ffn = RMSNorm(token_dim, eps)
-        self.ffn_1 = Dense(token_dim, ffn_mult * token_dim, rngs=rngs)
-        self.ffn_2 = Dense(ffn_mult * token_dim, token_dim, rngs=rngs)
-        self.proj_out = Dense(token_dim, dim, rngs=rngs)
+class MLPProj(nnx.Module):
+    """LayerNorm, Linear(din, din), GELU (exact), Linear(din, dout), LayerNorm (the release's ``MLPProj``)."""
+
+    def __init__(self, din: int, dout: int, *, rngs: nnx.Rngs):
+        self.norm_in = LayerNorm(din, TORCH_LN_EPS)
+        self.linear_1 = Dense(din, din, rngs=rngs)
+        self.linear_2 = Dense(din, dout, rngs=rngs)
+        self.norm_out = LayerNorm(dout, TORCH_LN_EPS)
+
+    def __call__(self, x, dtype=F32):
+        h = jax.nn.gelu(self.linear_1(self.norm_in(x), dtype), approximate=False)
+        return self.norm_out(self.linear_2(h, dtype))
+
+
+class GanAttention(nnx.Module):
+    """Cross-attention whose query is the register token and whose keys/values are the video tokens."""
+
+    def __init__(self, dim: int, num_heads: int, *, rngs: nnx.Rngs):
+        self.to_q = Dense(dim, dim, rngs=rngs)
+        self.to_k = Dense(dim, dim, rngs=rngs)
+        self.to_v = Dense(dim, dim, rngs=rngs)
+        self.to_out = nnx.List([Dense(dim, dim, rngs=rngs)])
+        self.norm_q = RMSNorm(dim, EPS)
+        self.norm_k = RMSNorm(dim, EPS)
         self.num_heads = num_heads
 
-    def __call__(self, x, *, dtype=F32, impl="xla"):
-        """x [B, N, dim] token states -> [B, dim] float32."""
-        b, n, _ = x.shape
-        v_in = jax.nn.gelu(self.linear_in_1(self.norm_in(x), dtype), approximate=False)
-        video = self.norm_video(self.linear_in_2(v_in, dtype)).astype(dtype)
-        tok = jnp.broadcast_to(self.token[...], (b, 1, self.token.shape[-1]))
-        heads = (self.num_heads, tok.shape[-1] // self.num_heads)
-        q = self.norm_q(self.to_q(self.norm_token(tok), dtype)).reshape(b, 1, *heads)
+    def __call__(self, token, video, *, dtype=F32, impl="xla"):
+        """token [B, 1, d], video [B, N, d] -> [B, 1, d]."""
+        b, n, d = video.shape
+        heads = (self.num_heads, d // self.num_heads)
+        q = self.norm_q(self.to_q(token, dtype)).reshape(b, 1, *heads)
         k = self.norm_k(self.to_k(video, dtype)).reshape(b, n, *heads)
         v = self.to_v(video, dtype).reshape(b, n, *heads)
-        att = attention(q, k, v, local_impl(impl)).reshape(b, 1, -1)
-        r = tok + self.to_out(att, dtype).astype(F32)
-        r = r + self.ffn_2(jax.nn.gelu(self.ffn_1(self.norm_ffn(r), dtype), approximate=False), dtype).astype(F32)
-        return self.proj_out(r[:, 0], dtype).astype(F32)
+        # One query token: no sequence parallelism, every device reads all the video tokens it is given.
+        out = attention(q, k, v, local_impl(impl)).reshape(b, 1, d)
+        return self.to_out[0](out, dtype)
+
+
+class GanBlock(nnx.Module):
+    """One tap: the release's ``GanAttentionBlock``."""
+
+    def __init__(self, dim: int, token_dim: int, num_heads: int, ffn_dim: int, *, rngs: nnx.Rngs):
+        self.proj_in = MLPProj(dim, token_dim, rngs=rngs)
+        self.attn = GanAttention(token_dim, num_heads, rngs=rngs)
+        self.ffn = FeedForward(token_dim, ffn_dim, rngs=rngs)  # Linear, tanh-GELU, Linear
+        self.proj_out = MLPProj(token_dim, dim, rngs=rngs)
+
+    def __call__(self, x, token, *, dtype=F32, impl="xla"):
+        """x [B, N, dim] video token states, token [B, 1, token_dim] -> [B, dim] float32."""
+        video = self.proj_in(x, dtype).astype(dtype)
+        tok = token + self.attn(token, video, dtype=dtype, impl=impl).astype(F32)
+        y = self.ffn(layer_norm(tok, EPS), dtype).astype(F32) + tok  # the release's norm2: no affine
+        return self.proj_out(y[:, 0], dtype).astype(F32)
 
 
 class GanHead(nnx.Module):
     def __init__(self, dim: int, taps: tuple[int, ...], *, token_dim: int = 512, num_heads: int = 8,
-                 ffn_mult: int = 4, eps: float = 1e-6, rngs: nnx.Rngs):
+                 ffn_dim: int = 13824, rngs: nnx.Rngs):
         self.taps = tuple(taps)
-        self.tap_heads = nnx.List([GanTap(dim, token_dim, num_heads, ffn_mult, eps, rngs=rngs) for _ in self.taps])
+        self.register_tokens = nnx.Param(0.02 * jax.random.normal(rngs.params(), (len(self.taps), token_dim), F32))
+        self.register_norm = RMSNorm(token_dim, EPS)
+        # Not "blocks": that name marks stacked (scanned) layers for the sharding rules.
+        self.gan_blocks = nnx.List([GanBlock(dim, token_dim, num_heads, ffn_dim, rngs=rngs) for _ in self.taps])
         width = dim * (len(self.taps) + 1)
-        self.norm = LayerNorm(width, eps)
+        self.norm = LayerNorm(width, TORCH_LN_EPS)
         self.linear_1 = Dense(width, dim, rngs=rngs)
         self.linear_2 = Dense(dim, 1, rngs=rngs)
 
     def __call__(self, features, temb, *, dtype=F32, impl="xla"):
         """features: one [B, N, dim] array per tap; temb [B, dim] -> logits [B] float32."""
-        outs = [head(f, dtype=dtype, impl=impl) for head, f in zip(self.tap_heads, features)]
+        b = temb.shape[0]
+        registers = self.register_norm(self.register_tokens[...])
+        outs = [blk(f, jnp.broadcast_to(registers[i], (b, 1, registers.shape[-1])), dtype=dtype, impl=impl)
+                for i, (blk, f) in enumerate(zip(self.gan_blocks, features))]
         h = jnp.concatenate([*outs, TIME_EMBED_SCALE * temb.astype(F32)], axis=-1)
         h = jax.nn.silu(self.linear_1(self.norm(h), dtype))
         return self.linear_2(h, dtype).astype(F32)[:, 0]

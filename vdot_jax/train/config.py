@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 
 import ml_collections
 
-from vdot_jax.distill.config import distill_config
+from vdot_jax.distill.config import WAN_NEGATIVE_PROMPT, distill_config
 
 MODES = ("vdot", "flow")
 SOURCES = ("toy", "manifest", "precomputed")
@@ -91,7 +91,9 @@ def base_config() -> ml_collections.ConfigDict:
     d.fps = 16.0  # release: 16 fps (videos are re-timed to this rate before frames are sampled; 0 = as stored)
     d.sampling = "uniform"  # uniform | first (vdot_jax.data.video_io)
     d.text_len = 512  # umT5 tokens (Wan)
-    d.negative_prompt = ""  # encoded once; the teacher's unconditional branch and the flow text dropout
+    # Encoded once; the teacher's unconditional branch and the flow text dropout. "" here (the toy teacher was
+    # trained with it as its unconditional text); release_config() sets Wan's negative prompt, as the release.
+    d.negative_prompt = ""
     d.shuffle = True
     d.num_threads = 2  # grain read threads (they load the samples of a step in parallel)
     d.prefetch = 4  # steps loaded ahead
@@ -143,7 +145,8 @@ def base_config() -> ml_collections.ConfigDict:
 def release_config(*, teacher: str, generator: str, manifest: str, precomputed: str, steps: int,
                    mesh: str) -> ml_collections.ConfigDict:
     """The settings every release-scale config (configs/wan*_stage*.py) shares. Numbers marked "release" are the
-    VDOT release's (METHOD.md section 4); losses, optimiser and schedule are the distillation defaults already."""
+    VDOT release's (docs/method.md, docs/release_parity.md); losses, optimiser and schedule are the distillation
+    defaults already."""
     c = base_config()
     c.mode = "vdot"
     c.seed = 0
@@ -163,7 +166,7 @@ def release_config(*, teacher: str, generator: str, manifest: str, precomputed: 
     c.data.height = 480  # release: 832x480
     c.data.width = 832
     c.data.fps = 16.0  # release
-    c.data.negative_prompt = ""  # the teacher's unconditional branch; Wan's own negative prompt may go here
+    c.data.negative_prompt = WAN_NEGATIVE_PROMPT  # release: the teacher's unconditional text in DMD/OT (CFG 3)
     c.data.source = "precomputed"  # `vdot precompute --config THIS --out DIR` first; "manifest" decodes on the fly
     c.data.manifest = manifest
     c.data.precomputed = precomputed

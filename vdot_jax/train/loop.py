@@ -231,7 +231,7 @@ def build(config, mesh=None) -> Run:
         taps = tuple(g.taps) or None
         teacher = nnx.eval_shape(lambda: WanModel(arch, rngs=nnx.Rngs(0), runtime=rt))
         critic = nnx.eval_shape(lambda: Critic(arch, rngs=nnx.Rngs(0), taps=taps, token_dim=g.token_dim,
-                                               num_heads=g.num_heads, runtime=rt))
+                                               num_heads=g.num_heads, ffn_dim=g.get("ffn_dim", 13824), runtime=rt))
         models = {"generator": teacher, "critic": critic, "teacher": teacher}
         trainer = Distiller(teacher, critic, teacher, config)
         gdef, gs = nnx.split(teacher)
@@ -310,7 +310,8 @@ def init_state(run: Run):
     assign(generator, gen_flat)
     g = c.gan
     critic = init_sharded(lambda: Critic(arch, rngs=nnx.Rngs(int(m.init_seed) + 1), taps=tuple(g.taps) or None,
-                                         token_dim=g.token_dim, num_heads=g.num_heads, runtime=rt), mesh, rules)
+                                         token_dim=g.token_dim, num_heads=g.num_heads,
+                                         ffn_dim=g.get("ffn_dim", 13824), runtime=rt), mesh, rules)
     assign(critic.model, copy(t_flat))
     state = run.trainer.init_state(generator, critic, teacher, seed=int(c.seed), consume=True)
     return jax.device_put(state, run.state_sharding)
