@@ -5,9 +5,9 @@
     vdot train --config configs/wan1_3b_stage1_t2v.py --workdir runs/wan1_3b_stage1
 
 Release values: 1,500 steps on text-to-video data, 832x480, 81 frames, 16 fps, batch 1 per GPU, gradient
-accumulation 3; the losses, TTUR, optimiser and schedule are the distillation defaults (release). METHOD.md does
-not list different loss terms for this stage, so the generator loss is the release's 0.2 DMD + 0.8 OT with the
-GAN alternation; DMD only is `--config.loss.ot_weight=0 --config.loss.use_gan=false`.
+accumulation 3; the losses, TTUR, optimiser and schedule are the distillation defaults (release). The release
+does not use different loss terms for this stage (docs/release_parity.md), so the generator loss is the release's
+0.2 DMD + 0.8 OT with the GAN alternation; DMD only is `--config.loss.ot_weight=0 --config.loss.use_gan=false`.
 The manifest needs `caption` and `video` per row (the ground truth is the GAN term's real data).
 """
 

@@ -229,6 +229,142 @@ TINY = WanConfig(dim=16, ffn_dim=32, num_heads=2, num_layers=2, in_channels=4, o
                  freq_dim=16, vace_layers=(0,), vace_in_channels=12)
 
 
+# ----------------------------------------------------------------------------- the generator loss, analytically
+# Networks replaced by closed forms (critic v = a x + c, teacher v = a x + b mean(text), discriminator
+# D(x) = <x, w>), the generator by its sample x^ itself: the phase losses and updates can then be written out.
+
+
+class AnalyticDistiller(Distiller):
+    def _sample(self, gen_params, batch, key, exit_index):
+        return gen_params["x"]
+
+    def _critic_v(self, params, x, t, batch):
+        return params["a"] * x + params["c"]
+
+    def _teacher_apply(self, params, x, t, text, context):
+        return params["a"] * x + params["b"] * jnp.mean(text, axis=(1, 2))[:, None, None, None, None]
+
+    def _critic_d(self, params, x, t, batch):
+        return jnp.sum(x * params["w"], axis=(1, 2, 3, 4))
+
+
+B, SHAPE = 2, (4, 2, 4, 4)  # two samples of [C, F, H, W]
+
+
+def analytic(config_edit=None):
+    c = distill_config()
+    c.ot.pool = 1
+    c.ema.decay, c.ema.start = 0.9, 3
+    if config_edit:
+        config_edit(c)
+    m = WanModel(TINY, rngs=nnx.Rngs(0))
+    d = AnalyticDistiller(m, critic_from_teacher(m, rngs=nnx.Rngs(1), token_dim=8, num_heads=2, ffn_dim=16), m, c)
+    r = np.random.default_rng(7)
+    x_hat = jnp.asarray(r.normal(size=(B, *SHAPE)), jnp.float32)
+    gen = {"x": x_hat}
+    critic = {"a": jnp.float32(0.7), "c": jnp.float32(-0.2), "w": jnp.asarray(r.normal(size=SHAPE), jnp.float32)}
+    teacher = {"a": jnp.float32(0.4), "b": jnp.float32(1.5)}
+    state = TrainState(step=jnp.int32(0), generator=gen, critic=critic, teacher=teacher,
+                       generator_opt=d.gen_tx.init(gen), critic_opt=d.critic_tx.init(critic),
+                       ema=jax.tree.map(lambda a: a + 1.0, gen), rng=jax.random.key_data(jax.random.key(0)),
+                       skipped=jnp.int32(0), loss_weights=d._loss_weights(None))
+    micro = {"latents": r.normal(size=(B, *SHAPE)).astype(np.float32),
+             "text": (1.0 + r.normal(size=(B, 3, 8))).astype(np.float32),
+             "neg_text": r.normal(size=(B, 3, 8)).astype(np.float32)}
+    return d, state, micro
+
+
+def _x0s(x_hat, micro, key, critic, teacher, guidance=3.0):
+    """The DMD or OT draw written out: integer-shifted t, fresh noise, critic x0 and CFG-3 teacher x0."""
+    k_t, k_e = jax.random.split(key)
+    t = sample_loss_timesteps(k_t, B)
+    x_t = add_noise(x_hat, jax.random.normal(k_e, x_hat.shape), t)
+    text = lambda z: jnp.mean(z, axis=(1, 2))[:, None, None, None, None]  # noqa: E731
+    v_c = teacher["a"] * x_t + teacher["b"] * text(micro["text"])
+    v_u = teacher["a"] * x_t + teacher["b"] * text(micro["neg_text"])
+    fake = x0_from_velocity(x_t, critic["a"] * x_t + critic["c"], t)
+    real = x0_from_velocity(x_t, v_u + guidance * (v_c - v_u), t)
+    return fake, real, t
+
+
+def test_generator_loss_gradient_is_weighted_dmd_plus_ot_directions():
+    """d(phase loss)/d x^ = 0.2 g_DMD / numel + 0.8 * 0.1 g_OT / B: DMD is an element mean, OT a per-sample sum
+    averaged over the batch; g_DMD = (x0_fake - x0_real) t/1000 with the teacher's CFG 3 on neg_text."""
+    from vdot_jax.distill.ot import ot_direction
+
+    d, state, micro = analytic()
+    key = jax.random.key(11)
+    loss_fn = lambda g: d._loss_generator_dmd_ot(g, state, micro, key, jnp.int32(0))[0]  # noqa: E731
+    grad = jax.grad(loss_fn)(state.generator)["x"]
+    _, k_dmd, k_ot = jax.random.split(key, 3)
+    x_hat = state.generator["x"]
+    fake, real, t = _x0s(x_hat, micro, k_dmd, state.critic, state.teacher)
+    g_dmd = (fake - real) * (t / 1000.0)[:, None, None, None, None]
+    fake_ot, real_ot, _ = _x0s(x_hat, micro, k_ot, state.critic, state.teacher)
+    g_ot = ot_direction(fake_ot, real_ot, d.ot)  # pool 1 (tiny frames); the direction itself: tests/test_ot.py
+    expected = 0.2 * g_dmd / x_hat.size + 0.8 * 0.1 * g_ot / B
+    np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-9)
+    # both terms matter at this scale, and the teacher's CFG does (cond and neg text differ)
+    assert float(jnp.abs(0.2 * g_dmd / x_hat.size).max()) > 1e-2 * float(jnp.abs(expected).max())
+    _, real_nocfg, _ = _x0s(x_hat, micro, k_dmd, state.critic, state.teacher, guidance=1.0)
+    assert float(jnp.abs(real_nocfg - real).max()) > 0.1
+
+
+def test_gan_phase_losses_with_known_logits():
+    """Generator: 0.1 softplus(-(D(fake) - D(real))) with two noise draws, gradient through the fake's
+    (1 - s) x^; critic: the same epsilon for real and fake, so D(real) - D(fake) = (1 - s) <real - x^, w>."""
+    d, state, micro = analytic()
+    key = jax.random.key(12)
+    x_hat, w = state.generator["x"], state.critic["w"]
+    real = jnp.asarray(micro["latents"])
+    grad = jax.grad(lambda g: d._loss_generator_gan(g, state, micro, key, jnp.int32(0))[0])(state.generator)["x"]
+    _, k_d = jax.random.split(key)
+    k_t, k_f, k_r = jax.random.split(k_d, 3)
+    t = sample_gan_timesteps(k_t, B)
+    s = (t / 1000.0)[:, None, None, None, None]
+    d_fake = jnp.sum(((1 - s) * x_hat + s * jax.random.normal(k_f, x_hat.shape)) * w, axis=(1, 2, 3, 4))
+    d_real = jnp.sum(((1 - s) * real + s * jax.random.normal(k_r, x_hat.shape)) * w, axis=(1, 2, 3, 4))
+    coef = -0.1 / B * jax.nn.sigmoid(-(d_fake - d_real))
+    np.testing.assert_allclose(grad, coef[:, None, None, None, None] * (1 - s) * w, rtol=1e-5, atol=1e-9)
+
+    loss, m = d._loss_critic_gan(state.critic, state, micro, key, jnp.int32(0))
+    t = sample_gan_timesteps(k_t, B)
+    margin = (1 - t / 1000.0) * jnp.sum((real - x_hat) * w, axis=(1, 2, 3, 4))
+    np.testing.assert_allclose(float(loss), float(0.1 * jnp.mean(jax.nn.softplus(-margin))), rtol=1e-5)
+    np.testing.assert_allclose(float(m["d_real"] - m["d_fake"]), float(jnp.mean(margin)), rtol=1e-4)
+
+
+def _generator_update(d, state, micro):
+    batch = jax.tree.map(lambda a: jnp.asarray(a)[None], micro)  # one micro-batch
+    return d.phase("generator_dmd_ot")(jax.tree.map(jnp.copy, state), batch)
+
+
+def test_ot_weight_zero_is_the_dmd_only_update_and_differs_from_the_recipe():
+    lr = lambda c: setattr(c.optim, "generator_lr", 0.1)  # noqa: E731
+    d, state, micro = analytic(lr)
+    zero = state.replace(loss_weights=d._loss_weights({"ot": 0.0}))
+    by_weight, m_w = _generator_update(d, zero, micro)
+    recipe, m_r = _generator_update(d, state, micro)
+    d_only, state_only, _ = analytic(lambda c: (lr(c), setattr(c.loss, "ot_weight", 0.0)))  # OT never traced
+    dmd_only, m_d = _generator_update(d_only, state_only, micro)
+    assert "surrogate/ot" not in m_d and "surrogate/ot" in m_w
+    np.testing.assert_allclose(float(m_w["grad_norm"]), float(m_d["grad_norm"]), rtol=1e-6)
+    np.testing.assert_allclose(by_weight.generator["x"], dmd_only.generator["x"], rtol=1e-6, atol=1e-9)
+    # OT dominates the recipe's gradient. (Its update differs little here: Adam's first step is ~lr * sign(g),
+    # and in this analytic world both directions point from the fake x0 towards the real one.)
+    assert float(m_r["grad_norm"]) > 2 * float(m_d["grad_norm"])
+    assert float(jnp.abs(recipe.generator["x"] - dmd_only.generator["x"]).max()) > 1e-5
+
+
+def test_ema_update_closed_form_and_start_gating():
+    d, state, micro = analytic()  # ema.decay 0.9 from training step 3; state.ema = params + 1
+    for step, decay in ((5, 0.9), (3, 0.9), (2, 0.0)):
+        new, _ = _generator_update(d, state.replace(step=jnp.int32(step)), micro)
+        expected = decay * state.ema["x"] + (1 - decay) * new.generator["x"]
+        np.testing.assert_allclose(new.ema["x"], expected, rtol=1e-6, atol=1e-7, err_msg=f"step {step}")
+    assert d.trace_counts["generator_dmd_ot"] == 1
+
+
 @pytest.fixture(scope="module")
 def tiny_run():
     teacher = WanModel(TINY, rngs=nnx.Rngs(0))
@@ -249,9 +385,11 @@ def tiny_run():
              "context": r.normal(size=(2, 2, 12, 3, 4, 4)).astype(np.float32)}
     gen0 = jax.tree.map(np.asarray, state.generator)
     critic0 = jax.tree.map(np.asarray, state.critic)
+    exits = []
     for _ in range(60):
         state, m = d.train_step(state, batch)
-    return d, state, batch, gen0, critic0
+        exits.append({k: float(v) for k, v in m.items() if k.endswith("exit_index")})
+    return d, state, batch, gen0, critic0, exits
 
 
 def critic_flow_loss(d, state, critic, batch, draws=16):
@@ -262,7 +400,7 @@ def critic_flow_loss(d, state, critic, batch, draws=16):
     @jax.vmap
     def one(key):
         k_s, k_t, k_e = jax.random.split(key, 3)
-        x_hat = d._sample(state.generator, micro, k_s)
+        x_hat = d._sample(state.generator, micro, k_s, jax.random.randint(k_s, (), 0, 4))
         t = sample_loss_timesteps(k_t, x_hat.shape[0])
         noise = jax.random.normal(k_e, x_hat.shape)
         return losses.flow_loss(d._critic_v(critic, add_noise(x_hat, noise, t), t, micro), noise, x_hat)
@@ -271,7 +409,7 @@ def critic_flow_loss(d, state, critic, batch, draws=16):
 
 
 def test_tiny_run_of_all_phases_learns_and_compiles_each_phase_once(tiny_run):
-    d, state, batch, gen0, critic0 = tiny_run
+    d, state, batch, gen0, critic0, exits = tiny_run
     assert int(state.step) == 60
     assert dict(d.trace_counts) == {p: 1 for p in PHASES}
     before, after = critic_flow_loss(d, state, critic0, batch), critic_flow_loss(d, state, state.critic, batch)
@@ -283,17 +421,24 @@ def test_tiny_run_of_all_phases_learns_and_compiles_each_phase_once(tiny_run):
     ema_gap = max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in
                   zip(jax.tree.leaves(state.ema), jax.tree.leaves(state.generator)))
     assert 0 < ema_gap  # the EMA lags the generator
+    # one exit index per step, shared by the generator and critic phases (and drawn from the step alone)
+    both = [e for e in exits if len(e) == 2]
+    assert len(both) == 12 and all(len(set(e.values())) == 1 for e in both)
+    assert [e["critic_flow/exit_index"] if "critic_flow/exit_index" in e else e["critic_gan/exit_index"]
+            for e in exits] == [int(exit_index(state.rng, jnp.int32(s), 4)) for s in range(60)]
 
 
 def test_ablations_share_the_compiled_phases(tiny_run):
-    """DMD-only / OT-only differ from the recipe only in state-held weights: no new compilation."""
-    d, _, batch, _, _ = tiny_run
+    """DMD-only / OT-only differ from the recipe only in state-held weights: no new compilation (that the
+    {"ot": 0} update is the DMD-only one: test_ot_weight_zero_is_the_dmd_only_update_and_differs_from_the_recipe)."""
+    d, _, batch, _, _, _ = tiny_run
     teacher = WanModel(TINY, rngs=nnx.Rngs(0))
     critic = critic_from_teacher(teacher, rngs=nnx.Rngs(1), token_dim=8, num_heads=2, ffn_dim=16)
     dmd_only = d.init_state(WanModel(TINY, rngs=nnx.Rngs(0)), critic, teacher, loss_weights={"ot": 0.0})
     for _ in range(6):
         dmd_only, m = d.train_step(dmd_only, batch, use_gan=False)
-    assert "ot_loss" in m or "critic_flow_loss" in m
+        assert "critic_flow_loss" in m
+    assert "surrogate/ot" in m and "surrogate/dmd" in m  # step 5: the generator phase ran (both terms traced)
     assert float(dmd_only.loss_weights["ot"]) == 0.0
     assert dict(d.trace_counts) == {p: 1 for p in PHASES}
     with pytest.raises(ValueError, match="unknown loss weight"):
@@ -301,7 +446,7 @@ def test_ablations_share_the_compiled_phases(tiny_run):
 
 
 def test_non_finite_loss_skips_the_update_and_is_counted(tiny_run):
-    d, state, batch, _, _ = tiny_run
+    d, state, batch, _, _, _ = tiny_run
     bad = dict(batch, latents=np.full_like(batch["latents"], np.nan))  # the GAN's real data
     step = int(state.step)
     while "critic_gan" not in phases_for(step, d.config.ttur):
@@ -310,7 +455,53 @@ def test_non_finite_loss_skips_the_update_and_is_counted(tiny_run):
     before = jax.tree.map(np.asarray, state.critic)
     skipped = int(state.skipped)
     state, m = d.train_step(state, bad)
-    assert float(m["finite"]) == 0.0 and int(state.skipped) == skipped + 1
+    assert float(m["critic_gan/finite"]) == 0.0 and int(state.skipped) == skipped + 1
     for a, b in zip(jax.tree.leaves(state.critic), jax.tree.leaves(before)):
         np.testing.assert_array_equal(np.asarray(a), b)
     assert dict(d.trace_counts) == {p: 1 for p in PHASES}
+
+
+# ----------------------------------------------------------------------------- docs/release_parity.md
+
+
+def _parity_rows():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "release_parity.md").read_text()
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and re.fullmatch(r"`[\w.]+`", cells[0]):
+            rows[cells[0].strip("`")] = cells[1:]
+    return rows
+
+
+def _literal(cell: str):
+    import ast
+    import re
+
+    from vdot_jax.distill.config import WAN_NEGATIVE_PROMPT
+
+    m = re.search(r"`([^`]*)`", cell)
+    assert m, f"no `literal` in {cell!r}"
+    return WAN_NEGATIVE_PROMPT if m.group(1) == "WAN_NEGATIVE_PROMPT" else ast.literal_eval(m.group(1))
+
+
+def test_release_parity_table_matches_release_config():
+    from vdot_jax.train.config import release_config
+
+    c = release_config(teacher="t", generator="", manifest="", precomputed="p", steps=1500, mesh="")
+    rows = _parity_rows()
+    flat = lambda d, p="": [k for n, v in d.items() for k in (flat(v, f"{p}{n}.") if isinstance(v, dict)  # noqa
+                                                            else [f"{p}{n}"])]
+    missing = set(flat(distill_config().to_dict())) - set(rows)
+    assert not missing, f"recipe settings without a row in docs/release_parity.md: {sorted(missing)}"
+    for key, (release, ours, deviation) in rows.items():
+        value = c
+        for part in key.split("."):
+            value = value[part]
+        value = tuple(value) if isinstance(value, list) else value
+        assert _literal(ours) == value, f"{key}: the table says {ours!r}, release_config() has {value!r}"
+        if deviation.startswith("none"):
+            assert _literal(release) == value, f"{key}: no deviation listed but the release has {release!r}"

@@ -1,6 +1,6 @@
 """The Video Condition Unit (VCU): task inputs -> the VACE context. One module for training and generation.
 
-A VCU is ``[text; frames F; masks M; reference images]`` (METHOD.md section 2). This module builds VCUs
+A VCU is ``[text; frames F; masks M; reference images]`` (docs/method.md, "Conditions"). This module builds VCUs
 for every task, reads them from the release's file conventions, and packs them into the context the
 VACE blocks consume. Public API::
 

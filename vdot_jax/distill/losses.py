@@ -1,4 +1,4 @@
-"""DMD, GAN and flow-matching losses of VDOT (METHOD.md section 4), as small pure functions.
+"""DMD, GAN and flow-matching losses of VDOT (docs/method.md, "Training"), as small pure functions.
 
 Surrogate losses of the form 0.5 * reduce((x - sg(x - g))^2) have gradient g (times 1/numel for a mean)
 with respect to x: they are how a direction computed without autodiff is pushed into the generator.

@@ -141,7 +141,7 @@ class Runtime:
             raise ValueError(f"unknown remat policy {self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
 
 
-# Real sizes (METHOD.md section 1). Head dim 128 in all of them.
+# Real sizes (docs/method.md, "Networks"). Head dim 128 in all of them.
 WAN_1_3B = WanConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30)
 WAN_14B = WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
 PRESETS: dict[str, WanConfig] = {

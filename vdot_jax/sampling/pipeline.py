@@ -27,7 +27,7 @@ A model is a converted model directory (``vdot convert``: transformer, vae, text
    the model's constraints, and ``context > 1`` switches self-attention to Ulysses.
 4. **decode**: reference frames dropped, latents denormalised, the chunked VAE decode.
 
-Defaults are the released student's (METHOD.md section 3): UniPC, 4 steps, shift 16, guide scale 1 (no
+Defaults are the released student's (docs/method.md, "Sampling"): UniPC, 4 steps, shift 16, guide scale 1 (no
 CFG). The teacher: ``steps=50, guide_scale=5``. The default negative prompt is empty, as in diffusers' Wan
 pipelines (the Wan release ships its own, which may be passed as ``negative_prompt``).
 
@@ -56,7 +56,7 @@ from flax import nnx
 from vdot_jax import conditions as C
 from vdot_jax.sampling.solvers import classifier_free_guidance, guidance_context, sample
 
-# The released 4-step student (METHOD.md section 3) and the 50-step CFG teacher.
+# The released 4-step student (docs/method.md, "Sampling") and the 50-step CFG teacher.
 STUDENT = dict(steps=4, shift=16.0, guide_scale=1.0)
 TEACHER = dict(steps=50, shift=16.0, guide_scale=5.0)
 SOLVERS = ("unipc", "euler")

@@ -1,6 +1,6 @@
 """Rectified-flow noise schedules (sigma and timestep tables), computed in numpy.
 
-Convention (METHOD.md section 3): x_t = (1 - s) x0 + s noise with s = t / 1000, and the
+Convention (docs/method.md, "Sampling"): x_t = (1 - s) x0 + s noise with s = t / 1000, and the
 network is told the timestep t in the 0..1000 scale. A schedule of ``n`` steps is a pair
 ``(sigmas, timesteps)``: ``sigmas`` has n + 1 float32 entries ending in 0 (the sigma each
 step starts from, plus the terminal clean sample) and ``timesteps`` has n float32 entries,
@@ -28,7 +28,7 @@ import numpy as np
 
 NUM_TRAIN_TIMESTEPS = 1000
 
-# The released 4-step student (METHOD.md section 3): UniPC, 4 steps, shift 16, no CFG.
+# The released 4-step student (docs/method.md, "Sampling"): UniPC, 4 steps, shift 16, no CFG.
 STUDENT_NUM_STEPS = 4
 STUDENT_SHIFT = 16.0
 
@@ -100,7 +100,9 @@ def student_schedule():
     Exact values (checked against diffusers in tests):
       timesteps = [999, 979, 941, 842]
       sigmas    = [0.999999, 0.9796185, 0.9412871, 0.8426359, 0]  (float32, rounded here)
-    The last timestep is 842 rather than the 841 sometimes quoted: the unshifted grid is
-    linspace(1, 0.001, 5) = [1, .75025, .5005, .25075], and shift 16 of .25075 is .84264.
+    diffusers' grid starts at sigma 1: linspace(1, 0.001, 5) = [1, .75025, .5005, .25075], and shift 16 of
+    .25075 is .84264, so the last timestep is 842. The release samples with Wan's own scheduler, whose grid starts
+    at sigma_max 0.999 and whose timesteps are truncated to integers: [999, 979, 941, 841]
+    (``vdot_jax.distill.timesteps.wan_unipc_timesteps``). Both are right for their scheduler.
     """
     return unipc_flow_schedule(STUDENT_NUM_STEPS, STUDENT_SHIFT)
