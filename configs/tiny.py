@@ -21,6 +21,7 @@ def get_config(mode: str = "vdot"):
                         text_dim=8, freq_dim=16, vace_layers=(0,), vace_in_channels=28)
     c.gan.token_dim = 8
     c.gan.num_heads = 2
+    c.gan.ffn_dim = 16  # release 13824: far too wide for this toy
     c.teacher_dtype = "float32"
 
     c.ttur = 2

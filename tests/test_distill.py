@@ -505,3 +505,19 @@ def test_release_parity_table_matches_release_config():
         assert _literal(ours) == value, f"{key}: the table says {ours!r}, release_config() has {value!r}"
         if deviation.startswith("none"):
             assert _literal(release) == value, f"{key}: no deviation listed but the release has {release!r}"
+
+
+def test_r2v_release_layout_cuts_noise_context_and_real_to_the_video_frames():
+    """r2v_layout="release": 21 noise frames, the context's first 21 frames (the 32,760-token cut), the real
+    latents without the prepended reference frames; "vace" (default) leaves the batch as it is."""
+    d, _, _ = analytic(lambda c: setattr(c, "r2v_layout", "release"))
+    lat = np.arange(2 * 3 * 23).reshape(2, 1, 3, 23, 1, 1).astype(np.float32)  # [A, B, C, F, H, W]: 2 refs + 21
+    ctx = -np.arange(2 * 2 * 23).reshape(2, 1, 2, 23, 1, 1).astype(np.float32)
+    d.video_frames = 21
+    out = d._layout({"latents": lat, "context": ctx, "text": None})
+    np.testing.assert_array_equal(out["latents"], lat[..., 2:, :, :])
+    np.testing.assert_array_equal(out["context"], ctx[..., :21, :, :])
+    vace, _, _ = analytic()
+    assert vace._layout({"latents": lat, "context": ctx})["latents"] is lat
+    with pytest.raises(ValueError, match="r2v_layout"):
+        analytic(lambda c: setattr(c, "r2v_layout", "other"))
