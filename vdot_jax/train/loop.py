@@ -47,12 +47,13 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from vdot_jax.distill.critic import Critic
+from vdot_jax.models.attention import resolve
 from vdot_jax.models.config import Runtime, WanConfig, preset
 from vdot_jax.models.wan import WanModel
 from vdot_jax.parallel.logical import DEFAULT_RULES, activate, spec_for
 from vdot_jax.parallel.mesh import describe, make_mesh
-from vdot_jax.parallel.sharding import (check_replication, init_sharded, model_shardings, sharding_stats,
-                                        sharding_table)
+from vdot_jax.parallel.sharding import (check_replication, compile_program, init_sharded, model_shardings,
+                                        sharding_stats, sharding_table)
 from vdot_jax.train import checkpoint as ckpt
 from vdot_jax.train.config import ConfigError, validate
 from vdot_jax.weights.params import assign, flat_state
@@ -223,6 +224,7 @@ def build(config, mesh=None) -> Run:
     rules = rules_of(config)
     arch = model_arch(config)
     rt = runtime_of(config)
+    rt.attention = resolve(rt.attention, context=int(mesh.shape.get("context", 1)))  # auto: the backend's choice
     seed = int(config.seed)
     if config.mode == "vdot":
         from vdot_jax.distill.steps import Distiller
@@ -346,16 +348,8 @@ class Phases:
         if fn is None:
             bsh = {k: self.run.batch_sharding(k, v.ndim) for k, v in batch.items()}
             jitted = self.run.trainer.phase(name, self.run.state_sharding, bsh)
-            t0 = time.time()
-            with activate(self.run.mesh, self.run.rules):
-                fn = jitted.lower(state, batch).compile()
-            mem = fn.memory_analysis()
-            msg = f"compiled phase {name} in {time.time() - t0:.1f} s"
-            if mem is not None:
-                gib = lambda v: f"{v / 2**30:.3f} GiB"  # noqa: E731
-                msg += (f"; per device: arguments {gib(mem.argument_size_in_bytes)}, temporaries "
-                        f"{gib(mem.temp_size_in_bytes)}, outputs {gib(mem.output_size_in_bytes)}")
-            self.log(msg)
+            fn, _ = compile_program(jitted, state, batch, name=f"phase {name}", mesh=self.run.mesh,
+                                    rules=self.run.rules, log=self.log)
             self.compiled[key] = fn
         return fn(state, batch)
 
