@@ -32,6 +32,7 @@ sequence parallelism (text cross-attention).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Callable
 
@@ -207,7 +208,10 @@ def _splash(q, k, v, *, interpret: bool, block_q: int | None = None, block_kv: i
     vh = jnp.pad(v, ((0, 0), (0, pkv - skv), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
     # Padded keys get segment 0 and real queries segment 1, so padding is never attended to.
     seg = sk.SegmentIds(q=(jnp.arange(pq) < sq).astype(jnp.int32), kv=(jnp.arange(pkv) < skv).astype(jnp.int32))
-    out = jax.vmap(lambda a, b_, c: kernel_fn(a, b_, c, segment_ids=seg))(qh, kh, vh)
+    # Mosaic cannot run bf16 matmuls at fp32 precision: a "highest" default precision must not reach the kernel
+    bf16 = q.dtype == jnp.bfloat16
+    with jax.default_matmul_precision("default") if bf16 else contextlib.nullcontext():
+        out = jax.vmap(lambda a, b_, c: kernel_fn(a, b_, c, segment_ids=seg))(qh, kh, vh)
     return out.transpose(0, 2, 1, 3)[:, :sq]
 
 

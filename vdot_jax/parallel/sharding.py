@@ -111,6 +111,7 @@ class CompileReport:
     code_bytes: int = 0
     flops: float | None = None
     measured: bool = False  # memory figures present (the backend gave a memory analysis)
+    text: str = ""  # the lowered StableHLO, when asked for
 
     @property
     def peak_bytes(self) -> int:
@@ -139,11 +140,11 @@ def _flops(compiled) -> float | None:
 
 
 def compile_program(jitted, *args, name: str = "program", mesh: Mesh | None = None, rules: Rules | None = None,
-                    log: Callable[[str], None] | None = print, catch: bool = False):
+                    log: Callable[[str], None] | None = print, catch: bool = False, keep_text: bool = False):
     """Ahead-of-time compile ``jitted`` for these (possibly abstract) args under ``mesh`` and logical ``rules``;
     returns (compiled, CompileReport) and logs the report's line. This is the one way programs are compiled:
     the training phases, the sampling pipeline and ``vdot plan``. With ``catch``, a failure is reported
-    (compiled None) instead of raised."""
+    (compiled None) instead of raised; ``keep_text`` keeps the lowered module's text in the report."""
     import contextlib
     import time
 
@@ -153,7 +154,9 @@ def compile_program(jitted, *args, name: str = "program", mesh: Mesh | None = No
     ctx = activate(mesh, rules) if mesh is not None else contextlib.nullcontext()
     try:
         with ctx:
-            compiled = jitted.lower(*args).compile()
+            lowered = jitted.lower(*args)
+            text = lowered.as_text() if keep_text else ""
+            compiled = lowered.compile()
     except Exception as e:  # noqa: BLE001 -- reported with its first line when asked to
         if not catch:
             raise
@@ -162,7 +165,7 @@ def compile_program(jitted, *args, name: str = "program", mesh: Mesh | None = No
         if log:
             log(report.line())
         return None, report
-    report = CompileReport(name, True, time.perf_counter() - t0, flops=_flops(compiled))
+    report = CompileReport(name, True, time.perf_counter() - t0, flops=_flops(compiled), text=text)
     mem = compiled.memory_analysis()
     if mem is not None:
         report.measured = True

@@ -133,7 +133,9 @@ def check(run, frames: int, height: int, width: int, *, hbm_bytes: int | None = 
                 log(report.line().replace("compiled", "lowered for cuda", 1))
         else:
             _, report = compile_program(jitted, *args, name=name, mesh=run.mesh, rules=run.rules, log=log,
-                                        catch=True)
+                                        catch=True, keep_text=keep_text)
+            if keep_text:
+                plan.texts[name] = report.text
         plan.reports.append(report)
     return plan
 
