@@ -342,16 +342,40 @@ class Phases:
         self.run, self.log = run, log
         self.compiled: dict = {}
 
-    def __call__(self, name: str, state, batch: dict):
+    def compile(self, name: str, state, batch: dict):
+        """(compiled, CompileReport or None when cached) of phase ``name`` for this batch's shapes."""
         key = (name, tuple((k, v.shape) for k, v in sorted(batch.items())))
-        fn = self.compiled.get(key)
+        fn, report = self.compiled.get(key), None
         if fn is None:
             bsh = {k: self.run.batch_sharding(k, v.ndim) for k, v in batch.items()}
             jitted = self.run.trainer.phase(name, self.run.state_sharding, bsh)
-            fn, _ = compile_program(jitted, state, batch, name=f"phase {name}", mesh=self.run.mesh,
-                                    rules=self.run.rules, log=self.log)
+            fn, report = compile_program(jitted, state, batch, name=f"phase {name}", mesh=self.run.mesh,
+                                         rules=self.run.rules, log=self.log)
             self.compiled[key] = fn
-        return fn(state, batch)
+        return fn, report
+
+    def __call__(self, name: str, state, batch: dict):
+        return self.compile(name, state, batch)[0](state, batch)
+
+    def check_fit(self, state, batch: dict) -> None:
+        """Before the first step on an accelerator: compile every phase of the run (as ``vdot plan`` does) and
+        refuse to start when one needs more memory per device than the device has. Without a device memory
+        limit (CPU) phases compile when first run."""
+        try:
+            limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+        except Exception:  # noqa: BLE001 -- backends without memory stats
+            limit = None
+        if not limit:
+            return
+        from vdot_jax.train.plan import phase_names
+
+        for name in phase_names(self.run.config):
+            _, report = self.compile(name, state, batch)
+            if report is not None and report.measured and report.peak_bytes > limit:
+                raise TrainingError(
+                    f"phase {name} needs {report.peak_bytes / 2**30:.2f} GiB per device but a device has "
+                    f"{limit / 2**30:.2f} GiB; use more fsdp/context, remat, or a smaller batch (vdot plan shows "
+                    "each program's memory).")
 
 
 # ----------------------------------------------------------------------------- signals
@@ -515,6 +539,9 @@ class _Loop:
         if self.step == self.step0:
             _check_batch(run, arrays)
         batch = run.global_batch(arrays)
+        if self.step == self.step0:
+            with activate(run.mesh, run.rules):
+                self.phases.check_fit(self.state, batch)
         phase_metrics, times = [], {}
         with activate(run.mesh, run.rules):
             for name in run.phases(self.step):

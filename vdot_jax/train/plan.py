@@ -75,8 +75,7 @@ def programs(run, frames: int, height: int, width: int) -> list[tuple[str, Calla
         batch["context"] = (acc, b, a.vace_in_channels, f, h, w)
     abstract_batch = {k: _sd(s, jnp.float32, run.batch_sharding(k, len(s))) for k, s in batch.items()}
     out = []
-    phases = ("flow",) if run.mode == "flow" else _phases(c)
-    for name in phases:
+    for name in phase_names(c):
         jitted = run.trainer.phase(name, run.state_sharding, {k: v.sharding for k, v in abstract_batch.items()})
         out.append((name, jitted, (run.abstract_state, abstract_batch)))
 
@@ -97,7 +96,10 @@ def programs(run, frames: int, height: int, width: int) -> list[tuple[str, Calla
     return out
 
 
-def _phases(config) -> tuple[str, ...]:
+def phase_names(config) -> tuple[str, ...]:
+    """The training programs a run of ``config`` executes."""
+    if config.mode == "flow":
+        return ("flow",)
     from vdot_jax.distill.steps import PHASES
 
     gan = bool(config.loss.use_gan)
