@@ -242,18 +242,15 @@ def _stack(cls, n: int, cfg: WanConfig, rngs: nnx.Rngs):
     return make(rngs)
 
 
-def _scan(stack: nnx.Module, body, carry, xs, remat: str, layers: tuple[int, int] | None = None, dtype=None):
+def _scan(stack: nnx.Module, body, carry, xs, remat: str, layers: tuple[int, int] | None = None):
     """lax.scan ``body(module, carry, x) -> (carry, y)`` over a stacked module (and optional xs);
     ``layers=(start, stop)`` scans only that slice of the stack.
 
     A slice runs over layer indices and reads each layer from the whole stack inside the loop: slicing the
-    stack first would copy the block weights of every segment (the tapped scans of the GAN phases).
-    With ``dtype``, each layer's float weights are cast to it inside the loop *on their shard* (a sharding
-    constraint to the parameter's own spec), so FSDP gathers ``dtype`` weights, not float32 ones."""
+    stack first would copy the block weights of every segment (the tapped scans of the GAN phases)."""
     graphdef, state = nnx.split(stack)
     n = jax.tree.leaves(state)[0].shape[0]
     start, stop = layers if layers is not None else (0, n)
-    cast = _layer_cast(state, dtype)
 
     if (start, stop) == (0, n) or _differentiated(state):
         # a differentiated slice: its cotangent is the slice's alone (indexing would add a whole-stack
@@ -263,14 +260,14 @@ def _scan(stack: nnx.Module, body, carry, xs, remat: str, layers: tuple[int, int
 
         def step(c, inputs):
             layer_state, x = inputs
-            return body(nnx.merge(graphdef, cast(layer_state)), c, x)
+            return body(nnx.merge(graphdef, layer_state), c, x)
 
         scanned = (state, xs)
     else:
         def step(c, inputs):
             i, x = inputs
             layer_state = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), state)
-            return body(nnx.merge(graphdef, cast(layer_state)), c, x)
+            return body(nnx.merge(graphdef, layer_state), c, x)
 
         scanned = (jnp.arange(start, stop), xs)
 
@@ -283,23 +280,6 @@ def _scan(stack: nnx.Module, body, carry, xs, remat: str, layers: tuple[int, int
 def _differentiated(tree) -> bool:
     """Whether any leaf is being differentiated (traced by JAX's forward- or reverse-mode machinery)."""
     return any(type(a).__name__ in ("JVPTracer", "LinearizeTracer") for a in jax.tree.leaves(tree))
-
-
-def _layer_cast(state, dtype):
-    """Per-layer state -> the same with float32 matmul weights (``kernel``) in ``dtype``, kept on their shard."""
-    if dtype is None or jnp.dtype(dtype) == F32:
-        return lambda s: s
-    from vdot_jax.parallel.logical import activation_spec, param_names
-
-    def cast_leaf(path, a):
-        names = tuple(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
-        if names[-1:] != ("kernel",) and names[-2:-1] != ("kernel",) or a.dtype != F32:
-            return a
-        y = a.astype(dtype)
-        spec = activation_spec(a.shape, param_names(tuple(n for n in names if n != "value"))[1:])
-        return y if spec is None else jax.lax.with_sharding_constraint(y, spec)
-
-    return lambda s: jax.tree_util.tree_map_with_path(cast_leaf, s)
 
 
 class WanModel(nnx.Module):
@@ -370,8 +350,7 @@ class WanModel(nnx.Module):
         features, start = [], 0
         for stop in (*[i + 1 for i in taps], cfg.num_layers):
             if stop > start:
-                hs, _ = _scan(self.blocks, main_body, hs, jnp.asarray(hint_index[start:stop]), rt.remat, (start, stop),
-                              dtype=dtype)
+                hs, _ = _scan(self.blocks, main_body, hs, jnp.asarray(hint_index[start:stop]), rt.remat, (start, stop))
             features.append(hs)
             start = stop
         features = features[: len(taps)]
@@ -404,5 +383,5 @@ class WanModel(nnx.Module):
             cs, hint = block(cs, text, mod, rope, **kw)
             return cs, hint * s.astype(hint.dtype)
 
-        _, hints = _scan(self.vace_blocks, body, c, scale, self.runtime.remat, dtype=kw["dtype"])
+        _, hints = _scan(self.vace_blocks, body, c, scale, self.runtime.remat)
         return hints
