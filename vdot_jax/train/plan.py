@@ -9,6 +9,7 @@ first step. Memory figures are XLA's ``memory_analysis`` of the compiled program
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -138,8 +139,20 @@ def check(run, frames: int, height: int, width: int, *, hbm_bytes: int | None = 
                                         catch=True, keep_text=keep_text)
             if keep_text:
                 plan.texts[name] = report.text
-        plan.reports.append(report)
+        plan.reports.append(_out_of_memory(report))
     return plan
+
+
+_OOM = re.compile(r"RESOURCE_EXHAUSTED: Ran out of memory .*?required for HLO temporaries \(([\d.]+)G\)")
+
+
+def _out_of_memory(report: CompileReport) -> CompileReport:
+    """The TPU compiler refuses a program whose temporaries exceed HBM; keep the size it names."""
+    m = _OOM.search(report.error)
+    if m:
+        report.temp_bytes = int(float(m.group(1)) * 2**30)
+        report.error = f"temporaries alone need {float(m.group(1)):.2f} GiB per device, more than the chip's HBM"
+    return report
 
 
 def table(plan: Plan) -> str:
@@ -149,10 +162,14 @@ def table(plan: Plan) -> str:
     lines = [head]
     for r in plan.reports:
         g = lambda v: f"{v / 2**30:8.2f}" if r.measured else f"{'-':>8s}"  # noqa: E731
+        if not r.ok and r.temp_bytes:  # out of memory at compile time: only the temporaries are known
+            lines.append(f"{r.name:22s} {'TOO BIG':10s} {'-':>8s} {'-':>8s} {r.temp_bytes / 2**30:8.2f} {'-':>8s} "
+                         f"{'-':>8s} {'-':>9s} {r.seconds:9.1f}  NO")
+            continue
         fits = ("-" if not (r.ok and r.measured and plan.hbm_bytes) else
                 "yes" if r.peak_bytes <= plan.hbm_bytes else "NO")
         tf = f"{r.flops / 1e12:9.2f}" if r.flops else f"{'-':>9s}"
-        status = "compiled" if r.ok else "FAILED"
+        status = ("compiled" if r.measured else "lowered") if r.ok else "FAILED"
         lines.append(f"{r.name:22s} {status:10s} {g(r.argument_bytes)} {g(r.output_bytes)} {g(r.temp_bytes)} "
                      f"{g(r.alias_bytes)} {g(r.peak_bytes)} {tf} {r.seconds:9.1f}  {fits}")
     return "\n".join(lines)
