@@ -12,7 +12,7 @@ each (so a cut-off run keeps what finished):
 4. ``generator``    one generator phase (generator_dmd_ot) and the OT term's share of it
 
 The GPU image lacks some wheels; ``WHEELS`` lists them (``--wheels`` prints the pip download command). Carry
-them in ``.whl/`` (shared/device/fetch-wheels.sh, plus ftfy and imageio-ffmpeg) and install with
+them in ``.whl/`` (downloaded with the command ``--wheels`` prints) and install with
 ``pip install --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD``.
 """
 
