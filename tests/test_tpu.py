@@ -220,8 +220,9 @@ def test_vace_1_3b_compiles_for_an_8_chip_topology():
 
 def test_tapped_scan_copies_no_weights_and_matches_the_plain_scan():
     """The GAN phases scan the trunk in segments between taps. Forward: no copy of the block weights (compiled
-    temporaries as without taps; slicing the stack added one copy of every block); outputs and gradients equal
-    the plain scan's."""
+    temporaries as without taps; slicing the stack added one copy of every block), outputs equal the plain
+    scan's. (A differentiated stack is still sliced: indexing it made the gradient's temporaries larger; the
+    GAN phases' gradients are checked in tests/test_distill.py.)"""
     from flax import nnx
 
     from vdot_jax.models.config import WanConfig
@@ -243,13 +244,9 @@ def test_tapped_scan_copies_no_weights_and_matches_the_plain_scan():
         return nnx.merge(g, s)(x, t, txt, taps=taps)
 
     block_bytes = sum(a.nbytes for a in jax.tree.leaves(s["blocks"]))
-    temp = lambda f: jax.jit(f).lower(s).compile().memory_analysis().temp_size_in_bytes  # noqa: E731
-    assert temp(tapped) < temp(plain) + block_bytes / 4
-    out, feats, _ = jax.jit(tapped)(s)
-    np.testing.assert_allclose(np.asarray(out), np.asarray(jax.jit(plain)(s)), atol=1e-5)
+    plain_c, tapped_c = (jax.jit(f).lower(s).compile() for f in (plain, tapped))
+    temp = lambda c: c.memory_analysis().temp_size_in_bytes  # noqa: E731
+    assert temp(tapped_c) < temp(plain_c) + block_bytes / 4  # slicing the stack: + block_bytes
+    out, feats, _ = tapped_c(s)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(plain_c(s)), atol=1e-5)
     assert len(feats) == 1
-    loss_plain = lambda s: jnp.sum(plain(s) ** 2)  # noqa: E731
-    loss_tapped = lambda s: jnp.sum(tapped(s)[0] ** 2)  # noqa: E731
-    ga, gb = jax.jit(jax.grad(loss_plain))(s), jax.jit(jax.grad(loss_tapped))(s)
-    for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-4)
