@@ -29,8 +29,11 @@ setup(
             "scipy>=1.11",
             "pytest>=8.0",
             "pytest-xdist>=3.5",
+            "libtpu==0.0.42.*",  # TPU compile tests (tests/test_tpu.py) on a CPU host
         ],
         "torch": ["torch==2.13.0"],
+        # `vdot plan` for TPU topologies on any host (and running on TPU VMs); matches jax 0.10.2
+        "tpu": ["libtpu==0.0.42.*"],
     },
     entry_points={"console_scripts": ["vdot=vdot_jax.cli:main"]},
 )

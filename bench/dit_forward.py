@@ -109,15 +109,16 @@ def main():
     ap.add_argument("--width", type=int, default=832)
     ap.add_argument("--text-len", type=int, default=512)
     ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--attention", default=None, help="default: cudnn on GPU, xla elsewhere")
+    ap.add_argument("--attention", default="auto", help="auto: cudnn on GPU, splash on TPU, xla elsewhere")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     ap.add_argument("--tiny", action="store_true", help="a tiny model at 9x64x64 (CPU smoke test)")
     ap.add_argument("--out", default=None, help="JSON result path")
     args = ap.parse_args()
 
-    gpu = jax.devices()[0].platform == "gpu"
-    attention = args.attention or ("cudnn" if gpu else "xla")
+    from vdot_jax.models.attention import resolve
+
+    attention = resolve(args.attention)
     frames, height, width = (9, 64, 64) if args.tiny else (args.frames, args.height, args.width)
     shape = (1 + (frames - 1) // 4, height // 8, width // 8)
     configs = {"tiny": TINY} if args.tiny else {m: PRESETS[MODELS[m]] for m in args.models.split(",")}

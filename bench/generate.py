@@ -48,7 +48,8 @@ from vdot_jax.models.text_encoder import TextEncoder  # noqa: E402
 from vdot_jax.models.umt5 import UMT5_XXL, UMT5Config, UMT5EncoderModel  # noqa: E402
 from vdot_jax.models.vae import VAEConfig, WanVAE  # noqa: E402
 from vdot_jax.models.wan import WanModel  # noqa: E402
-from vdot_jax.sampling.pipeline import STUDENT, TEACHER, Pipeline, default_attention, model_bytes  # noqa: E402
+from vdot_jax.models.attention import resolve  # noqa: E402
+from vdot_jax.sampling.pipeline import STUDENT, TEACHER, Pipeline, model_bytes  # noqa: E402
 
 PROMPT = ("a corgi in a red raincoat runs along a wet beach at sunset, waves rolling in, the camera tracking "
           "low beside it, warm light, shallow depth of field, cinematic")
@@ -70,7 +71,7 @@ def _args():
                    help="t2v (all-zero conditions) or inpaint (a random video with a box mask: both halves encoded)")
     p.add_argument("--dtype", default="bfloat16", help="DiT and umT5 compute (and DiT parameter) dtype")
     p.add_argument("--vae-dtype", default="float32", help="our VAE compute dtype")
-    p.add_argument("--attention", default=None, help="default: cudnn on GPU, splash on TPU, xla elsewhere")
+    p.add_argument("--attention", default="auto", help="auto: cudnn on GPU, splash on TPU, xla elsewhere")
     p.add_argument("--repeats", type=int, default=3, help="warm student runs")
     p.add_argument("--teacher-repeats", type=int, default=1, help="warm teacher runs")
     p.add_argument("--no-teacher", action="store_true", help="skip the 50-step CFG teacher")
@@ -134,7 +135,7 @@ def _median(runs, key):
 
 def bench_ours(a, dit_cfg, vae_cfg, te_cfg, tok_dir, vcu, settings):
     dtype = jnp.dtype(a.dtype)
-    runtime = Runtime(dtype=a.dtype, attention=a.attention or default_attention())
+    runtime = Runtime(dtype=a.dtype, attention=resolve(a.attention))
     t0 = time.perf_counter()
     dit = _random(lambda: WanModel(dit_cfg, rngs=nnx.Rngs(0), runtime=runtime), dtype)
     vae = _random(lambda: WanVAE(vae_cfg, rngs=nnx.Rngs(1))).set_runtime(dtype=a.vae_dtype)
@@ -266,7 +267,7 @@ def memory_plan(a, dit_cfg, vae_cfg):
     from vdot_jax.models import vae as V
     from vdot_jax.sampling.pipeline import _denoise_fn
 
-    attention = a.attention or default_attention()
+    attention = resolve(a.attention)
     if attention == "xla":  # plain XLA would materialise all scores (72 GB at 32k tokens); cuDNN never does
         attention = "blockwise_memory_plan"
 
@@ -330,7 +331,7 @@ def main():
     result = {"bench": "generate", "task": vcu.task, "video": [a.frames, a.height, a.width],
               "models": "tiny" if a.tiny else "wan2.1-vace-1.3b + umt5-xxl + wan2.1 vae (random weights)",
               "text_encoder": te_cfg is not None, "dtype": a.dtype, "vae_dtype": a.vae_dtype,
-              "attention": a.attention or default_attention(),
+              "attention": resolve(a.attention),
               "settings": {k: {kk: vv for kk, vv in v.items() if kk != "torch_warmup"} for k, v in settings.items()},
               **device_info()}
     torch_device = "cpu" if a.torch_cpu else ("cuda" if torch_cuda_available() else None)

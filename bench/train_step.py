@@ -26,6 +26,7 @@ from flax import nnx  # noqa: E402
 from common import device_info, time_fn, write_json  # noqa: E402
 from dit_forward import TINY, forward_flops  # noqa: E402
 from vdot_jax.distill.config import distill_config, ot_config  # noqa: E402
+from vdot_jax.models.attention import resolve  # noqa: E402
 from vdot_jax.distill.critic import Critic  # noqa: E402
 from vdot_jax.distill.ot import ot_direction  # noqa: E402
 from vdot_jax.distill.steps import PHASES, Distiller  # noqa: E402
@@ -71,7 +72,7 @@ def main():
     f, h, w = 1 + (frames - 1) // 4, height // 8, width // 8
     text_len = 16 if args.tiny else 512
     dtype = "bfloat16" if gpu else "float32"
-    generator, critic, teacher = build(cfg, dtype, "cudnn" if gpu else "xla")
+    generator, critic, teacher = build(cfg, dtype, resolve("auto"))  # cudnn on GPU, splash on TPU, xla on CPU
     c = distill_config()
     c.optim.accumulation = 1
     d = Distiller(generator, critic, teacher, c)

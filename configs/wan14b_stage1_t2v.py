@@ -4,8 +4,8 @@
 
 As configs/wan1_3b_stage1_t2v.py (release: 1,500 steps, 832x480, 81 frames, 16 fps, batch 1 per GPU,
 accumulation 3), with the 14B teacher and GAN taps at blocks 23, 31, 39. Memory: the fp32 generator and critic
-with their AdamW moments need 16+ H100s or fsdp=8 on H200s (docs/scaling.md); add context=2 (Ulysses,
---config.mesh.ici=fsdp=-1,context=2 --config.model.attention=ulysses:cudnn) to halve activations.
+with their AdamW moments need 16+ H100s or fsdp=8 on H200s (docs/scaling.md); add context=2 (Ulysses, which attention "auto" picks
+when context > 1: --config.mesh.ici=fsdp=-1,context=2) to halve activations.
 """
 
 from vdot_jax.train.config import release_config

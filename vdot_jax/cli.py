@@ -7,7 +7,7 @@ import importlib
 import sys
 from typing import Sequence
 
-COMMANDS = ("demo", "convert", "generate", "train", "precompute", "export", "eval")
+COMMANDS = ("demo", "convert", "generate", "train", "precompute", "export", "eval", "plan")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -86,9 +86,10 @@ def register(sub) -> None:
     s.add_argument("--width", type=int, default=832)
     r = p.add_argument_group("runtime")
     r.add_argument("--fps", type=float, default=16)
-    r.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    r.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                   help="auto: bfloat16 on accelerators, float32 on CPU")
     r.add_argument("--vae-dtype", default="float32", choices=("float32", "bfloat16"))
-    r.add_argument("--attention", default=None)
+    r.add_argument("--attention", default="auto", help="auto: cudnn on GPU, splash on TPU, xla elsewhere")
     r.add_argument("--mesh", default=None, help="device mesh for the transformer, e.g. fsdp=4,context=2")
     r.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)

@@ -78,11 +78,12 @@ def register(sub) -> None:
     r = p.add_argument_group("output and runtime")
     r.add_argument("--out", default="out.mp4", help="output mp4 (default out.mp4; a batch adds _<i>)")
     r.add_argument("--fps", type=float, default=16)
-    r.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                   help="compute dtype of the transformer and text encoder (bfloat16 on accelerators)")
+    r.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                   help="compute dtype of the transformer and text encoder (auto: bfloat16 on accelerators, "
+                        "float32 on CPU)")
     r.add_argument("--vae-dtype", default="float32", choices=("float32", "bfloat16"), help="VAE compute dtype")
-    r.add_argument("--attention", default=None,
-                   help="attention implementation (default: cudnn on GPU, splash on TPU, xla elsewhere)")
+    r.add_argument("--attention", default="auto",
+                   help="attention implementation (auto: cudnn on GPU, splash on TPU, xla elsewhere)")
     r.add_argument("--mesh", default=None,
                    help="device mesh for the transformer, e.g. fsdp=4,context=2 (context > 1: Ulysses attention)")
     r.add_argument("--text-encoder-offload", default="free", choices=("none", "host", "free"),

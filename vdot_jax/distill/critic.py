@@ -27,7 +27,7 @@ class Critic(nnx.Module):
         """One logit per example from the trunk's features at the head's taps."""
         _, features, temb = self.model(latents, timestep, text_embeds, vace_context, taps=self.head.taps)
         rt = self.model.runtime
-        return self.head(features, temb, dtype=jnp.dtype(rt.dtype), impl=rt.attention)
+        return self.head(features, temb, dtype=rt.compute_dtype, impl=rt.attention)
 
 
 def critic_from_teacher(teacher: WanModel, *, rngs: nnx.Rngs, **head_kwargs) -> Critic:

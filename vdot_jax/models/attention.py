@@ -3,33 +3,56 @@
 Layout everywhere: q [B, Sq, H, D], k and v [B, Skv, H, D] -> [B, Sq, H, D]; no mask (Wan attends to
 everything, text padding included -- padded text embeddings are zero, as Wan makes them).
 
+Implementations (``impl``, grammar ``[ulysses:]NAME[:OPTIONS]``):
+
+- ``auto``: the backend's choice (``default_attention``): splash on TPU, cuDNN on GPU, xla elsewhere.
 - ``xla``: plain XLA. Runs everywhere; materialises the [B, H, Sq, Skv] scores, so it is for tests and
   small shapes (at 32k video tokens it needs ~72 GB).
 - ``cudnn``: cuDNN flash attention through ``jax.nn.dot_product_attention``; bf16/fp16 only, so fp32
   inputs are cast down and the result cast back.
 - ``splash``: Pallas splash attention for TPU. Sequence lengths are padded to the block size and the
-  padding is masked with segment ids. ``splash_interpret`` runs the same kernel in Pallas interpret mode
+  padding is masked with segment ids. Block sizes follow the per-device shape (the largest of 512/256/128
+  for queries and 1024/512/256/128 for keys that adds no padding) or are set as options:
+  ``splash:block_q=1024,block_kv=512``. ``splash_interpret`` runs the same kernel in Pallas interpret mode
   on any backend, which is how CPU tests check it.
 
-``ulysses:INNER`` (e.g. ``ulysses:cudnn``) is sequence-parallel self-attention over the ``context`` mesh
-axis (``vdot_jax.parallel.ulysses``) running INNER locally; ``local_impl`` gives INNER for attention that
-needs no sequence parallelism (text cross-attention).
+**Kernels run per shard.** Pallas and cuDNN calls cannot be partitioned by XLA, so under an active mesh
+(``jax.set_mesh``) this dispatch -- and nothing else -- wraps them in ``jax.shard_map``: batch split over
+the axes the logical rules give ``batch`` (``data``/``fsdp``), heads over those of ``heads`` (``tensor``), and
+the query sequence over those of ``seq`` (``context``) while keys/values are gathered whole. That covers
+self-attention, text cross-attention (queries sequence-sharded, text replicated) and the GAN head (one
+broadcast query token per example, video keys batch-sharded) alike. The ``xla`` implementation needs no
+wrapping: XLA partitions it.
+
+``ulysses:INNER`` (e.g. ``ulysses:cudnn``) is sequence-parallel self-attention over the ``context`` mesh axis
+(``vdot_jax.parallel.ulysses``): its own shard_map trades the sequence shard for a head shard with
+all-to-alls and runs INNER's kernel on each device; ``local_impl`` gives INNER for attention that needs no
+sequence parallelism (text cross-attention).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
+
+from vdot_jax.parallel.logical import DEFAULT_RULES, active_rules, spec_for
+from vdot_jax.parallel.ulysses import ulysses_attention
 
 AttentionFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
-_REGISTRY: dict[str, AttentionFn] = {}
+_REGISTRY: dict[str, Callable[..., jax.Array]] = {}
+# Implementations that are custom calls XLA cannot partition: they run inside shard_map under a mesh.
+KERNELS = ("splash", "splash_interpret", "cudnn")
+_DEFAULTS = {"tpu": "splash", "gpu": "cudnn", "cuda": "cudnn", "rocm": "cudnn"}
 
 
 def register(name: str):
-    def wrap(fn: AttentionFn) -> AttentionFn:
+    def wrap(fn):
         _REGISTRY[name] = fn
         return fn
 
@@ -37,27 +60,106 @@ def register(name: str):
 
 
 def available() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(_REGISTRY) + ["auto"]
+
+
+def backend() -> str:
+    """The platform programs are built for (patched in tests to show the defaults of other backends)."""
+    return jax.default_backend()
+
+
+def default_attention(platform: str | None = None) -> str:
+    """splash on TPU, cuDNN on GPU, xla elsewhere."""
+    return _DEFAULTS.get(platform or backend(), "xla")
+
+
+def default_dtype(platform: str | None = None) -> str:
+    """Compute dtype for ``"auto"``: bfloat16 on accelerators, float32 on CPU."""
+    return "bfloat16" if (platform or backend()) in _DEFAULTS else "float32"
+
+
+def resolve(impl: str, platform: str | None = None, context: int = 1) -> str:
+    """``impl`` with ``auto`` replaced by the backend's choice (``ulysses:auto`` -> ``ulysses:splash`` on TPU);
+    a plain ``auto`` on a mesh with ``context`` > 1 becomes Ulysses (sequence-parallel self-attention)."""
+    outer, inner = _split_ulysses(impl)
+    name, sep, opts = inner.partition(":")
+    if name == "auto":
+        inner = default_attention(platform) + sep + opts
+        outer = outer or ("ulysses" if context > 1 else "")
+    return f"{outer}:{inner}" if outer else inner
+
+
+def _split_ulysses(impl: str) -> tuple[str, str]:
+    if impl == "ulysses" or impl.startswith("ulysses:"):
+        return "ulysses", impl.partition(":")[2] or "xla"
+    return "", impl
 
 
 def local_impl(impl: str) -> str:
     """The implementation that runs on each device (``ulysses:cudnn`` -> ``cudnn``)."""
-    return impl.partition(":")[2] or "xla" if impl.startswith("ulysses") else impl
+    return _split_ulysses(impl)[1]
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = "xla") -> jax.Array:
-    """Softmax attention with scale 1/sqrt(head_dim), dispatched by ``impl``."""
-    if impl.startswith("ulysses"):
-        from vdot_jax.parallel.ulysses import ulysses_attention
+def _options(name: str, opts: str) -> dict[str, int]:
+    out = {}
+    for part in filter(None, opts.split(",")):
+        key, sep, val = part.partition("=")
+        if not sep or key not in ("block_q", "block_kv") or not val.isdigit() or int(val) % 128:
+            raise ValueError(f"attention option {part!r} of {name!r} is not block_q=N or block_kv=N with N a "
+                             "multiple of 128")
+        out[key] = int(val)
+    if out and not name.startswith("splash"):
+        raise ValueError(f"attention options ({opts}) are only for splash, not {name!r}")
+    return out
 
-        return ulysses_attention(q, k, v, local_impl(impl))
+
+def kernel(impl: str) -> AttentionFn:
+    """The per-device function of a (non-ulysses) implementation, options bound; nothing wraps it."""
+    name, _, opts = resolve(impl).partition(":")
     try:
-        fn = _REGISTRY[impl]
+        fn = _REGISTRY[name]
     except KeyError:
         raise ValueError(
             f"unknown attention implementation {impl!r}; choose one of {available()} or ulysses:<one of them>"
         ) from None
-    return fn(q, k, v)
+    kw = _options(name, opts)
+    return functools.partial(fn, **kw) if kw else fn
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = "xla") -> jax.Array:
+    """Softmax attention with scale 1/sqrt(head_dim), dispatched by ``impl`` (module docstring)."""
+    outer, inner = _split_ulysses(resolve(impl))
+    fn = kernel(inner)
+    local = functools.partial(per_shard, fn) if inner.partition(":")[0] in KERNELS else fn
+    if outer:
+        return ulysses_attention(q, k, v, fn, fallback=local)
+    return local(q, k, v)
+
+
+def shard_specs(q_shape, kv_shape) -> tuple[P, P] | None:
+    """(q/out spec, k/v spec) of the shard_map around a kernel under the current mesh; None without one.
+
+    The rules are the active logical rules (``vdot_jax.parallel.logical``), or the defaults when only a mesh
+    is set. Dimensions that do not divide stay whole (e.g. the GAN head's single query token)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty or mesh.size == 1:
+        return None
+    if any(t == AxisType.Manual for t in mesh.axis_types):
+        return None  # already per device (inside a shard_map)
+    rules = active_rules() or DEFAULT_RULES
+    shape = dict(mesh.shape)
+    qb, qs, qh, _ = spec_for(q_shape, ("batch", "seq", "heads", None), rules, shape)
+    # k/v share the query's batch and head split; their sequence is whole on every device
+    return P(qb, qs, qh, None), P(qb, None, qh, None)
+
+
+def per_shard(fn: AttentionFn, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """``fn`` on per-device shards under the current mesh (module docstring); ``fn`` itself without one."""
+    specs = shard_specs(q.shape, k.shape)
+    if specs is None:
+        return fn(q, k, v)
+    q_spec, kv_spec = specs
+    return jax.shard_map(fn, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec, check_vma=False)(q, k, v)
 
 
 @register("xla")
@@ -77,27 +179,39 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def _splash(q, k, v, *, interpret: bool, block: int = 128):
+def splash_block(n: int, candidates: tuple[int, ...]) -> int:
+    """The largest candidate block that pads ``n`` no further than 128 would."""
+    least = _round_up(n, 128)
+    return next(b for b in candidates if _round_up(n, b) == least)
+
+
+def _splash(q, k, v, *, interpret: bool, block_q: int | None = None, block_kv: int | None = None):
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
     b, sq, h, d = q.shape
     skv = k.shape[1]
-    pq, pkv = _round_up(sq, block), _round_up(skv, block)
+    bq = block_q or splash_block(sq, (512, 256, 128))
+    bkv = block_kv or splash_block(skv, (1024, 512, 256, 128))
+    bkv_compute = min(bkv, 512)
+    pq, pkv = _round_up(sq, bq), _round_up(skv, bkv)
     mask = sm.MultiHeadMask([sm.FullMask((pq, pkv)) for _ in range(h)])
     sizes = sk.BlockSizes(
-        block_q=block, block_kv_compute=block, block_kv=block,
-        block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
-        block_q_dq=block, block_kv_dq=block,
+        block_q=bq, block_kv_compute=bkv_compute, block_kv=bkv,
+        block_q_dkv=bq, block_kv_dkv=bkv, block_kv_dkv_compute=bkv_compute,
+        block_q_dq=bq, block_kv_dq=bkv,
     )
-    kernel = sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+    kernel_fn = sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
     # Splash takes [H, S, D] per example and does not scale q itself.
     qh = jnp.pad(q * (d**-0.5), ((0, 0), (0, pq - sq), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
     kh = jnp.pad(k, ((0, 0), (0, pkv - skv), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
     vh = jnp.pad(v, ((0, 0), (0, pkv - skv), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
     # Padded keys get segment 0 and real queries segment 1, so padding is never attended to.
     seg = sk.SegmentIds(q=(jnp.arange(pq) < sq).astype(jnp.int32), kv=(jnp.arange(pkv) < skv).astype(jnp.int32))
-    out = jax.vmap(lambda a, b_, c: kernel(a, b_, c, segment_ids=seg))(qh, kh, vh)
+    # Mosaic cannot run bf16 matmuls at fp32 precision: a "highest" default precision must not reach the kernel
+    bf16 = q.dtype == jnp.bfloat16
+    with jax.default_matmul_precision("default") if bf16 else contextlib.nullcontext():
+        out = jax.vmap(lambda a, b_, c: kernel_fn(a, b_, c, segment_ids=seg))(qh, kh, vh)
     return out.transpose(0, 2, 1, 3)[:, :sq]
 
 

@@ -121,13 +121,31 @@ class WanConfig:
 class Runtime:
     """How the model runs (not what its weights are)."""
 
-    dtype: str = "float32"  # compute dtype of matmuls and attention; norms/modulation stay float32
-    attention: str = "xla"  # see vdot_jax.models.attention.available()
+    # compute dtype of matmuls and attention ("auto": bfloat16 on accelerators, float32 on CPU); norms and
+    # modulation stay float32
+    dtype: str = "auto"
+    attention: str = "auto"  # see vdot_jax.models.attention (auto: splash on TPU, cudnn on GPU, xla on CPU)
     remat: str = "none"  # see vdot_jax.models.wan.REMAT_POLICIES
     extra: dict = field(default_factory=dict)
 
     def __hash__(self) -> int:  # part of the model's static graph: graphdefs are hashed as jit/cache keys
         return hash((self.dtype, self.attention, self.remat, tuple(sorted(self.extra.items()))))
+
+    @property
+    def compute_dtype(self):
+        """The jnp dtype of matmuls and attention, ``auto`` resolved for the backend."""
+        import jax.numpy as jnp
+
+        from vdot_jax.models.attention import default_dtype
+
+        return jnp.dtype(default_dtype() if self.dtype == "auto" else self.dtype)
+
+    def resolved(self, platform: str | None = None) -> "Runtime":
+        """A copy with ``auto`` dtype and attention replaced by the choices for ``platform`` (default: backend)."""
+        from vdot_jax.models.attention import default_dtype, resolve
+
+        return Runtime(dtype=default_dtype(platform) if self.dtype == "auto" else self.dtype,
+                       attention=resolve(self.attention, platform), remat=self.remat, extra=dict(self.extra))
 
     def update(self, **changes) -> None:
         """Set options by name; unknown names and remat policies are refused."""

@@ -251,7 +251,7 @@ class UMT5EncoderModel(nnx.Module):
 
     def __call__(self, input_ids, attention_mask=None) -> jax.Array:
         cfg, rt = self.cfg, self.runtime
-        dtype = jnp.dtype(rt.dtype)
+        dtype = rt.compute_dtype
         ids = jnp.asarray(input_ids)
         if ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {ids.shape}")

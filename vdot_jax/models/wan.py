@@ -244,19 +244,42 @@ def _stack(cls, n: int, cfg: WanConfig, rngs: nnx.Rngs):
 
 def _scan(stack: nnx.Module, body, carry, xs, remat: str, layers: tuple[int, int] | None = None):
     """lax.scan ``body(module, carry, x) -> (carry, y)`` over a stacked module (and optional xs);
-    ``layers=(start, stop)`` scans only that slice of the stack."""
-    graphdef, state = nnx.split(stack)
-    if layers is not None:
-        state = jax.tree.map(lambda a: a[layers[0] : layers[1]], state)
+    ``layers=(start, stop)`` scans only that slice of the stack.
 
-    def step(c, inputs):
-        layer_state, x = inputs
-        return body(nnx.merge(graphdef, layer_state), c, x)
+    A slice runs over layer indices and reads each layer from the whole stack inside the loop: slicing the
+    stack first would copy the block weights of every segment (the tapped scans of the GAN phases)."""
+    graphdef, state = nnx.split(stack)
+    n = jax.tree.leaves(state)[0].shape[0]
+    start, stop = layers if layers is not None else (0, n)
+
+    if (start, stop) == (0, n) or _differentiated(state):
+        # a differentiated slice: its cotangent is the slice's alone (indexing would add a whole-stack
+        # cotangent every layer); the sliced copy is the price
+        if (start, stop) != (0, n):
+            state = jax.tree.map(lambda a: a[start:stop], state)
+
+        def step(c, inputs):
+            layer_state, x = inputs
+            return body(nnx.merge(graphdef, layer_state), c, x)
+
+        scanned = (state, xs)
+    else:
+        def step(c, inputs):
+            i, x = inputs
+            layer_state = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), state)
+            return body(nnx.merge(graphdef, layer_state), c, x)
+
+        scanned = (jnp.arange(start, stop), xs)
 
     policy = REMAT_POLICIES[remat]
     if remat != "none":
         step = jax.checkpoint(step, policy=policy, prevent_cse=False)
-    return jax.lax.scan(step, carry, (state, xs))
+    return jax.lax.scan(step, carry, scanned)
+
+
+def _differentiated(tree) -> bool:
+    """Whether any leaf is being differentiated (traced by JAX's forward- or reverse-mode machinery)."""
+    return any(type(a).__name__ in ("JVPTracer", "LinearizeTracer") for a in jax.tree.leaves(tree))
 
 
 class WanModel(nnx.Module):
@@ -288,7 +311,7 @@ class WanModel(nnx.Module):
         GAN head of the critic reads. Main blocks are then scanned in segments between taps.
         """
         cfg, rt = self.cfg, self.runtime
-        dtype = jnp.dtype(rt.dtype)
+        dtype = rt.compute_dtype
         x = jnp.asarray(latents)
         b, c, f, h, w = x.shape
         pt, ph, pw = cfg.patch_size

@@ -83,3 +83,36 @@ def make_mesh(
 
 def describe(mesh: Mesh) -> str:
     return ", ".join(f"{a}={s}" for a, s in mesh.shape.items()) + f" ({np.prod(list(mesh.shape.values()))} devices)"
+
+
+# HBM per chip, by the device kind libtpu reports (public TPU specs).
+TPU_HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5e": 16, "TPU v5": 95, "TPU v5p": 95, "TPU v6 lite": 32,
+               "TPU v6e": 32}
+
+
+def topology_devices(name: str) -> list:
+    """The devices of a TPU topology (e.g. ``v5e:2x2``, ``v5p:4x4x4``) for ahead-of-time compilation on a host
+    without TPUs (needs libtpu: ``pip install .[tpu]``; run with ``JAX_PLATFORMS=cpu``)."""
+    import os
+
+    # compiling needs no TPU, so several processes on one host may load libtpu at once
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    try:
+        import libtpu  # noqa: F401
+    except ImportError:
+        raise ValueError(f"compiling for TPU topology {name!r} needs libtpu: pip install 'vdot-jax[tpu]'") from None
+    from jax.experimental import topologies
+
+    try:
+        return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
+    except Exception as e:  # noqa: BLE001 -- libtpu's message names the problem
+        raise ValueError(f"unknown TPU topology {name!r} (expected e.g. v5e:2x2, v5p:4x4x4, v6e:8x8): "
+                         f"{str(e).splitlines()[0][:200]}") from None
+
+
+def hbm_bytes(device) -> int | None:
+    """HBM of one TPU chip, or None when unknown."""
+    kind = getattr(device, "device_kind", "")
+    gib = TPU_HBM_GIB.get(kind)
+    return None if gib is None else gib * 2**30

@@ -95,13 +95,85 @@ def check_replication(stats: ShardingStats, max_fraction: float) -> None:
         )
 
 
-def compile_with_report(fn, *args, log: Callable[[str], None] = print, **kwargs):
-    """Ahead-of-time compile a jitted function for these (possibly abstract) args; log its memory use."""
-    compiled = fn.lower(*args, **kwargs).compile()
+@dataclass
+class CompileReport:
+    """What ahead-of-time compilation of one program found: per-device bytes (XLA's memory_analysis), FLOPs
+    (cost_analysis; per device for a partitioned program), seconds, or the error that stopped it."""
+
+    name: str
+    ok: bool
+    seconds: float = 0.0
+    error: str = ""
+    argument_bytes: int = 0
+    output_bytes: int = 0
+    temp_bytes: int = 0
+    alias_bytes: int = 0
+    code_bytes: int = 0
+    flops: float | None = None
+    measured: bool = False  # memory figures present (the backend gave a memory analysis)
+    text: str = ""  # the lowered StableHLO, when asked for
+
+    @property
+    def peak_bytes(self) -> int:
+        """Arguments, outputs and temporaries live at once; donated (aliased) outputs reuse argument buffers."""
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
+
+    def line(self) -> str:
+        if not self.ok:
+            return f"{self.name}: did not compile: {self.error}"
+        gib = lambda v: f"{v / 2**30:.3f}"  # noqa: E731
+        mem = (f"per device GiB: arguments {gib(self.argument_bytes)}, outputs {gib(self.output_bytes)}, "
+               f"temporaries {gib(self.temp_bytes)}, aliased {gib(self.alias_bytes)}, peak {gib(self.peak_bytes)}"
+               if self.measured else "memory not measured on this backend")
+        flops = f", {self.flops / 1e12:.2f} TFLOP" if self.flops else ""
+        return f"{self.name}: compiled in {self.seconds:.1f} s; {mem}{flops}"
+
+
+def _flops(compiled) -> float | None:
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # some backends have no cost model
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def compile_program(jitted, *args, name: str = "program", mesh: Mesh | None = None, rules: Rules | None = None,
+                    log: Callable[[str], None] | None = print, catch: bool = False, keep_text: bool = False):
+    """Ahead-of-time compile ``jitted`` for these (possibly abstract) args under ``mesh`` and logical ``rules``;
+    returns (compiled, CompileReport) and logs the report's line. This is the one way programs are compiled:
+    the training phases, the sampling pipeline and ``vdot plan``. With ``catch``, a failure is reported
+    (compiled None) instead of raised; ``keep_text`` keeps the lowered module's text in the report."""
+    import contextlib
+    import time
+
+    from vdot_jax.parallel.logical import activate
+
+    t0 = time.perf_counter()
+    ctx = activate(mesh, rules) if mesh is not None else contextlib.nullcontext()
+    try:
+        with ctx:
+            lowered = jitted.lower(*args)
+            text = lowered.as_text() if keep_text else ""
+            compiled = lowered.compile()
+    except Exception as e:  # noqa: BLE001 -- reported with its first line when asked to
+        if not catch:
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        report = CompileReport(name, False, time.perf_counter() - t0, error=f"{type(e).__name__}: {first[:300]}")
+        if log:
+            log(report.line())
+        return None, report
+    report = CompileReport(name, True, time.perf_counter() - t0, flops=_flops(compiled), text=text)
     mem = compiled.memory_analysis()
     if mem is not None:
-        fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes",
-                  "generated_code_size_in_bytes")
-        parts = [f"{f.replace('_size_in_bytes', '')} {getattr(mem, f, 0) / 2**30:.3f} GiB" for f in fields]
-        log("compiled memory per device: " + ", ".join(parts))
-    return compiled
+        report.measured = True
+        report.argument_bytes = int(mem.argument_size_in_bytes)
+        report.output_bytes = int(mem.output_size_in_bytes)
+        report.temp_bytes = int(mem.temp_size_in_bytes)
+        report.alias_bytes = int(mem.alias_size_in_bytes)
+        report.code_bytes = int(getattr(mem, "generated_code_size_in_bytes", 0) or 0)
+    if log:
+        log(report.line())
+    return compiled, report

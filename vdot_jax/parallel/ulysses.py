@@ -9,21 +9,26 @@ tensor-parallel split of heads). Cross-attention on text needs none of this and 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 from jax.sharding import PartitionSpec as P
 
 from vdot_jax.parallel.logical import activation_spec, current_mesh_shape
 
 AXIS = "context"
+AttentionFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
-def ulysses_attention(q: jax.Array, k: jax.Array, v: jax.Array, inner: str = "xla") -> jax.Array:
-    from vdot_jax.models.attention import attention
-
+def ulysses_attention(q: jax.Array, k: jax.Array, v: jax.Array, inner: AttentionFn,
+                      fallback: AttentionFn | None = None) -> jax.Array:
+    """``inner(q, k, v)`` is the attention each device runs on its [b, S, h/c, d] slice, inside this shard_map
+    (a kernel is fine). Without sequence parallelism (no mesh or rules, or ``context`` 1) ``fallback`` runs
+    instead (default ``inner``); the caller makes it safe under a mesh."""
     c = current_mesh_shape().get(AXIS, 1)
     spec = activation_spec(q.shape, ("batch", "seq", "heads", None))
     if c == 1 or spec is None:
-        return attention(q, k, v, inner)
+        return (fallback or inner)(q, k, v)
     b_axes, seq_axes, head_axes, _ = (tuple(spec) + (None,) * 4)[:4]
     if seq_axes != AXIS:
         raise ValueError(
@@ -41,7 +46,7 @@ def ulysses_attention(q: jax.Array, k: jax.Array, v: jax.Array, inner: str = "xl
     def local(q, k, v):
         # [b, S/c, h, d] -> [b, S, h/c, d]
         q, k, v = (jax.lax.all_to_all(a, AXIS, split_axis=2, concat_axis=1, tiled=True) for a in (q, k, v))
-        out = attention(q, k, v, inner)
+        out = inner(q, k, v)
         return jax.lax.all_to_all(out, AXIS, split_axis=1, concat_axis=2, tiled=True)
 
     return jax.shard_map(local, in_specs=(qkv_spec,) * 3, out_specs=qkv_spec, check_vma=False)(q, k, v)

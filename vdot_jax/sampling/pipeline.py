@@ -54,6 +54,8 @@ import numpy as np
 from flax import nnx
 
 from vdot_jax import conditions as C
+from vdot_jax.parallel.sharding import compile_program
+from vdot_jax.models.attention import default_attention, resolve  # noqa: F401 -- default_attention for benches
 from vdot_jax.sampling.solvers import classifier_free_guidance, guidance_context, sample
 
 # The released 4-step student (docs/method.md, "Sampling") and the 50-step CFG teacher.
@@ -237,8 +239,6 @@ class _StepProgress:
 # ----------------------------------------------------------------------------- the pipeline
 
 
-def default_attention() -> str:
-    return {"gpu": "cudnn", "tpu": "splash"}.get(jax.default_backend(), "xla")
 
 
 def _as_mesh(mesh):
@@ -288,13 +288,13 @@ class Pipeline:
 
     @classmethod
     def load(cls, model=None, *, transformer=None, vae=None, text_encoder=None, tokenizer=None,
-             dtype: str = "float32", vae_dtype: str = "float32", attention: str | None = None, mesh=None,
+             dtype: str = "auto", vae_dtype: str = "float32", attention: str | None = None, mesh=None,
              text_encoder_offload: str = "none", text_len: int | None = None, remat: str = "none",
              log: Callable[[str], None] | None = None) -> "Pipeline":
         """Load from a model directory (or diffusers pipeline folder) ``model``; ``transformer``, ``vae`` and
         ``text_encoder`` paths override its components (or replace it). ``dtype`` is the compute dtype of the
-        DiT and umT5 (parameters stay as stored), ``vae_dtype`` the VAE's; ``attention`` defaults to cuDNN
-        on GPUs, splash on TPUs and XLA elsewhere; ``mesh`` ("fsdp=4,context=2" or a Mesh) shards the DiT."""
+        DiT and umT5 (parameters stay as stored; "auto": bfloat16 on accelerators, float32 on CPU), ``vae_dtype``
+        the VAE's; ``attention`` ("auto" when None) is cuDNN on GPUs, splash on TPUs and XLA elsewhere; ``mesh`` ("fsdp=4,context=2" or a Mesh) shards the DiT."""
         from vdot_jax.models.config import Runtime
         from vdot_jax.models.text_encoder import TEXT_LEN, load_text_encoder
         from vdot_jax.models.vae import load_vae
@@ -319,10 +319,10 @@ class Pipeline:
         mesh = _as_mesh(mesh)
         log = log or (lambda msg: None)
         context = dict(mesh.shape).get("context", 1) if mesh is not None else 1
-        inner = attention or default_attention()
+        inner = resolve(attention or "auto")
         if context > 1 and not inner.startswith("ulysses"):
             inner = f"ulysses:{inner}"
-        runtime = Runtime(dtype=dtype, attention=inner, remat=remat)
+        runtime = Runtime(dtype=dtype, attention=inner, remat=remat).resolved()
 
         t0 = time.perf_counter()
         dit = load_transformer(t_path, runtime=runtime, shardings=_transformer_shardings(t_path, mesh))
@@ -337,7 +337,7 @@ class Pipeline:
             log(f"transformer sharded over {_describe(mesh)}: {stats.per_device_bytes / 2**30:.2f} GiB per device, "
                 f"{100 * stats.replicated_fraction:.1f}% of bytes replicated")
         vae_model = load_vae(v_path, dtype=vae_dtype)
-        te_kw = dict(tokenizer=tokenizer, text_len=text_len or TEXT_LEN, runtime=Runtime(dtype=dtype))
+        te_kw = dict(tokenizer=tokenizer, text_len=text_len or TEXT_LEN, runtime=Runtime(dtype=runtime.dtype))
 
         def load_te():
             return load_text_encoder(e_path, **te_kw)
@@ -423,14 +423,8 @@ class Pipeline:
             if compiled is None:
                 fn = jax.jit(_denoise_fn(graphdef, int(steps), float(shift), solver, float(guide_scale),
                                          float(context_scale), bool(progress)))
-                t0 = time.perf_counter()
-                compiled = fn.lower(*args).compile()
-                compile_s = time.perf_counter() - t0
-                mem = compiled.memory_analysis()
-                if mem is not None:
-                    self.log("denoising program: " + ", ".join(
-                        f"{f} {getattr(mem, f + '_size_in_bytes', 0) / 2**30:.2f} GiB"
-                        for f in ("argument", "output", "temp")) + " per device")
+                compiled, report = compile_program(fn, *args, name="denoising program", log=self.log)
+                compile_s = report.seconds
                 while len(_COMPILED) >= _COMPILED_MAX:
                     _COMPILED.pop(next(iter(_COMPILED)))
                 _COMPILED[key] = compiled
@@ -592,7 +586,7 @@ def generate(model=None, prompt: str | Sequence[str] = "", *, negative_prompt: s
              steps: int = STUDENT["steps"], guide_scale: float = STUDENT["guide_scale"],
              shift: float = STUDENT["shift"], solver: str = "unipc", seed: int = 0, latents=None,
              context_scale: float = 1.0, reference_order: str = "release", out=None, fps: float = 16,
-             transformer=None, vae=None, text_encoder=None, tokenizer=None, dtype: str = "float32",
+             transformer=None, vae=None, text_encoder=None, tokenizer=None, dtype: str = "auto",
              vae_dtype: str = "float32", attention: str | None = None, mesh=None,
              text_encoder_offload: str = "free", progress: bool = True,
              log: Callable[[str], None] | None = None) -> GenerationResult:

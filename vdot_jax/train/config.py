@@ -58,8 +58,11 @@ def base_config() -> ml_collections.ConfigDict:
     # Random init only: VACE zero-initialises the context input and hint projections (it fine-tunes a pretrained
     # T2V model); from scratch that leaves the context unused for a long time, so a random run may draw them.
     m.vace_zero_init = True
-    m.dtype = "float32"  # compute dtype of matmuls/attention (bfloat16 on accelerators); master weights stay fp32
-    m.attention = "xla"  # vdot_jax.models.attention: xla | cudnn | splash | ulysses:<inner>
+    # compute dtype of matmuls/attention: auto = bfloat16 on accelerators, float32 on CPU; master weights stay fp32
+    m.dtype = "auto"
+    # vdot_jax.models.attention: auto (splash on TPU, cudnn on GPU, xla on CPU; Ulysses when mesh context > 1)
+    # | xla | cudnn | splash[:block_q=N,block_kv=N] | ulysses:<inner>
+    m.attention = "auto"
     m.remat = "none"  # none | full | dots | dots_no_batch
     m.vae = ""  # model directory (or VAE checkpoint) for encoder "wan" and sample decoding
     m.text_encoder = ""  # model directory (or umT5 checkpoint) for encoder "wan"
@@ -153,8 +156,8 @@ def release_config(*, teacher: str, generator: str, manifest: str, precomputed: 
 
     c.model.teacher = teacher
     c.model.generator = generator
-    c.model.dtype = "bfloat16"  # bf16 compute, fp32 master weights (release casts weights to bf16: not copied)
-    c.model.attention = "cudnn"  # GPUs; "splash" on TPU, "ulysses:cudnn" with mesh context > 1
+    c.model.dtype = "auto"  # bf16 compute on accelerators, fp32 master weights (release casts weights to bf16: not copied)
+    c.model.attention = "auto"  # splash on TPU, cudnn on GPU; Ulysses with mesh context > 1
     c.model.remat = "full"
     c.model.vae = teacher  # converted model directory with transformer, vae and text_encoder
     c.model.text_encoder = teacher

@@ -47,12 +47,13 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from vdot_jax.distill.critic import Critic
+from vdot_jax.models.attention import resolve
 from vdot_jax.models.config import Runtime, WanConfig, preset
 from vdot_jax.models.wan import WanModel
 from vdot_jax.parallel.logical import DEFAULT_RULES, activate, spec_for
 from vdot_jax.parallel.mesh import describe, make_mesh
-from vdot_jax.parallel.sharding import (check_replication, init_sharded, model_shardings, sharding_stats,
-                                        sharding_table)
+from vdot_jax.parallel.sharding import (check_replication, compile_program, init_sharded, model_shardings,
+                                        sharding_stats, sharding_table)
 from vdot_jax.train import checkpoint as ckpt
 from vdot_jax.train.config import ConfigError, validate
 from vdot_jax.weights.params import assign, flat_state
@@ -223,6 +224,7 @@ def build(config, mesh=None) -> Run:
     rules = rules_of(config)
     arch = model_arch(config)
     rt = runtime_of(config)
+    rt.attention = resolve(rt.attention, context=int(mesh.shape.get("context", 1)))  # auto: the backend's choice
     seed = int(config.seed)
     if config.mode == "vdot":
         from vdot_jax.distill.steps import Distiller
@@ -341,24 +343,40 @@ class Phases:
         self.run, self.log = run, log
         self.compiled: dict = {}
 
-    def __call__(self, name: str, state, batch: dict):
+    def compile(self, name: str, state, batch: dict):
+        """(compiled, CompileReport or None when cached) of phase ``name`` for this batch's shapes."""
         key = (name, tuple((k, v.shape) for k, v in sorted(batch.items())))
-        fn = self.compiled.get(key)
+        fn, report = self.compiled.get(key), None
         if fn is None:
             bsh = {k: self.run.batch_sharding(k, v.ndim) for k, v in batch.items()}
             jitted = self.run.trainer.phase(name, self.run.state_sharding, bsh)
-            t0 = time.time()
-            with activate(self.run.mesh, self.run.rules):
-                fn = jitted.lower(state, batch).compile()
-            mem = fn.memory_analysis()
-            msg = f"compiled phase {name} in {time.time() - t0:.1f} s"
-            if mem is not None:
-                gib = lambda v: f"{v / 2**30:.3f} GiB"  # noqa: E731
-                msg += (f"; per device: arguments {gib(mem.argument_size_in_bytes)}, temporaries "
-                        f"{gib(mem.temp_size_in_bytes)}, outputs {gib(mem.output_size_in_bytes)}")
-            self.log(msg)
+            fn, report = compile_program(jitted, state, batch, name=f"phase {name}", mesh=self.run.mesh,
+                                         rules=self.run.rules, log=self.log)
             self.compiled[key] = fn
-        return fn(state, batch)
+        return fn, report
+
+    def __call__(self, name: str, state, batch: dict):
+        return self.compile(name, state, batch)[0](state, batch)
+
+    def check_fit(self, state, batch: dict) -> None:
+        """Before the first step on an accelerator: compile every phase of the run (as ``vdot plan`` does) and
+        refuse to start when one needs more memory per device than the device has. Without a device memory
+        limit (CPU) phases compile when first run."""
+        try:
+            limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+        except Exception:  # noqa: BLE001 -- backends without memory stats
+            limit = None
+        if not limit:
+            return
+        from vdot_jax.train.plan import phase_names
+
+        for name in phase_names(self.run.config):
+            _, report = self.compile(name, state, batch)
+            if report is not None and report.measured and report.peak_bytes > limit:
+                raise TrainingError(
+                    f"phase {name} needs {report.peak_bytes / 2**30:.2f} GiB per device but a device has "
+                    f"{limit / 2**30:.2f} GiB; use more fsdp/context, remat, or a smaller batch (vdot plan shows "
+                    "each program's memory).")
 
 
 # ----------------------------------------------------------------------------- signals
@@ -522,6 +540,9 @@ class _Loop:
         if self.step == self.step0:
             _check_batch(run, arrays)
         batch = run.global_batch(arrays)
+        if self.step == self.step0:
+            with activate(run.mesh, run.rules):
+                self.phases.check_fit(self.state, batch)
         phase_metrics, times = [], {}
         with activate(run.mesh, run.rules):
             for name in run.phases(self.step):

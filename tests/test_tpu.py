@@ -1,0 +1,252 @@
+"""Kernels per shard and backend defaults: splash (interpret mode) inside shard_map on 8 fake CPU devices,
+programs compiled for a real TPU topology with libtpu (no TPU needed), cuDNN lowered for cuda, and the
+defaults of each backend shown by patching the backend query."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vdot_jax.models import attention as A
+from vdot_jax.models.config import Runtime
+from vdot_jax.parallel.aot import cuda_lowering, kernel_calls, kernels_outside_shard_map
+from vdot_jax.parallel.logical import activate
+from vdot_jax.parallel.mesh import make_mesh
+
+libtpu = pytest.importorskip("libtpu", reason="TPU compile tests need libtpu (pip install '.[tpu]')")
+
+
+def _xla(q, k, v):
+    return np.asarray(jax.jit(lambda q, k, v: A.attention(q, k, v, "xla"))(q, k, v))
+
+
+def _qkv(b, sq, skv, h=4, d=128, seed=0):
+    r = np.random.default_rng(seed)
+    return [r.normal(size=s).astype(np.float32) for s in ((b, sq, h, d), (b, skv, h, d), (b, skv, h, d))]
+
+
+# (mesh, attention, sq, skv): self-attention with padding, cross-attention (q sequence-sharded over context,
+# text whole), Ulysses, and the GAN head's pattern (one query token per example, video keys batch-sharded)
+SPLASH_CASES = [
+    ("data=2,tensor=4", "splash_interpret", 200, 200),
+    ("fsdp=4,context=2", "splash_interpret", 200, 24),
+    ("data=2,context=2,tensor=2", "ulysses:splash_interpret", 200, 200),
+    ("fsdp=8", "splash_interpret", 1, 200),
+]
+
+
+@pytest.mark.parametrize("mesh_spec,impl,sq,skv", SPLASH_CASES)
+def test_splash_in_shard_map_equals_one_device(mesh_spec, impl, sq, skv):
+    q, k, v = _qkv(8, sq, skv)
+    ref = _xla(q, k, v)
+    one = np.asarray(jax.jit(lambda q, k, v: A.attention(q, k, v, impl))(q, k, v))
+    np.testing.assert_allclose(one, ref, atol=2e-5, rtol=2e-5)
+    mesh = make_mesh(mesh_spec)
+    with activate(mesh):
+        fn = jax.jit(lambda q, k, v: A.attention(q, k, v, impl))
+        text = fn.lower(q, k, v).as_text()
+        out = np.asarray(fn(q, k, v))
+    assert "sdy.manual_computation" in text  # it really ran per shard
+    np.testing.assert_allclose(out, ref, atol=2e-5, rtol=2e-5)
+
+
+def test_splash_blocks_follow_the_shape_and_options():
+    assert A.splash_block(32760, (512, 256, 128)) == 512  # 81x480x832: 32,760 tokens pad to 32,768 either way
+    assert A.splash_block(200, (512, 256, 128)) == 256  # 512 would pad 200 tokens to 512
+    assert A.splash_block(512, (1024, 512, 256, 128)) == 512
+    fn = A.kernel("splash_interpret:block_q=256,block_kv=256")
+    assert fn.keywords == {"interpret": True, "block_q": 256, "block_kv": 256}
+    q, k, v = _qkv(1, 130, 130, h=2)
+    np.testing.assert_allclose(np.asarray(jax.jit(fn)(q, k, v)), _xla(q, k, v), atol=2e-5)
+    with pytest.raises(ValueError, match="block_q=N or block_kv=N"):
+        A.kernel("splash:block_q=100")
+    with pytest.raises(ValueError, match="only for splash"):
+        A.kernel("cudnn:block_q=256")
+
+
+@pytest.mark.parametrize("platform,attention,dtype", [("tpu", "splash", "bfloat16"), ("gpu", "cudnn", "bfloat16"),
+                                                      ("cpu", "xla", "float32")])
+def test_defaults_follow_the_backend(monkeypatch, platform, attention, dtype):
+    monkeypatch.setattr(A, "backend", lambda: platform)
+    rt = Runtime()
+    assert (rt.dtype, rt.attention) == ("auto", "auto")
+    assert rt.compute_dtype == jnp.dtype(dtype)
+    assert rt.resolved() == Runtime(dtype=dtype, attention=attention)
+    assert A.resolve("auto", context=2) == f"ulysses:{attention}"
+    assert A.resolve("ulysses:auto") == f"ulysses:{attention}"
+    assert A.resolve("xla", context=2) == "xla"  # an explicit choice is kept
+    from vdot_jax.commands.generate import register as gen_register
+    from vdot_jax.train.config import base_config, release_config
+
+    for c in (base_config(), release_config(teacher="t", generator="", manifest="m", precomputed="p", steps=1,
+                                            mesh="fsdp=-1")):
+        assert (c.model.attention, c.model.dtype) == ("auto", "auto")
+    import argparse
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    gen_register(sub)
+    args = sub.choices["generate"].parse_args(["--prompt", "x"])
+    assert (args.attention, args.dtype) == ("auto", "auto")
+
+
+def test_kernel_check_finds_a_bare_kernel():
+    """A bare Pallas call under a sharded jit is refused by JAX; the checker flags one outside any shard_map and
+    passes the dispatch's, which the real TPU compiler accepts."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from vdot_jax.parallel.mesh import topology_devices
+
+    devices = topology_devices("v5e:2x2")
+    mesh = make_mesh("data=2,tensor=2", devices=devices)
+    sd = jax.ShapeDtypeStruct((4, 256, 4, 128), jnp.bfloat16)
+    sh = NamedSharding(mesh, P("data", None, "tensor", None))
+    with pytest.raises(NotImplementedError, match="cannot be automatically partitioned"):
+        jax.jit(A.kernel("splash"), in_shardings=(sh,) * 3, out_shardings=sh).lower(sd, sd, sd)
+    one = NamedSharding(make_mesh("data=1", devices=devices[:1]), P())
+    single = jax.jit(A.kernel("splash"), in_shardings=(one,) * 3).lower(sd, sd, sd).as_text()
+    assert [k.inside_shard_map for k in kernel_calls(single)] == [False]
+    with activate(mesh):
+        wrapped = jax.jit(lambda q, k, v: A.attention(q, k, v, "splash")).lower(sd, sd, sd)
+    assert [k.inside_shard_map for k in kernel_calls(wrapped.as_text())] == [True]
+    wrapped.compile()
+
+
+def test_cudnn_lowers_for_cuda_inside_shard_map():
+    """cuDNN flash attention lowers for cuda on this host, per shard, with the per-device shapes."""
+    q = jax.ShapeDtypeStruct((8, 256, 4, 128), jnp.float32)
+    kv = jax.ShapeDtypeStruct((8, 64, 4, 128), jnp.float32)
+    for spec, local in [("data=2,context=2,tensor=2", "4x128x2x128"), ("fsdp=8", "1x256x4x128")]:
+        with activate(make_mesh(spec)), cuda_lowering():
+            text = jax.jit(lambda q, k, v: A.attention(q, k, v, "cudnn")).trace(q, kv, kv).lower(
+                lowering_platforms=("cuda",)).as_text()
+        calls = kernel_calls(text)
+        assert calls and not kernels_outside_shard_map(text), calls
+        assert all(c.target.startswith("__cudnn$") for c in calls)
+        assert f"tensor<{local}xbf16>" in text  # queries as each GPU sees them, cast to bf16 for cuDNN
+    with activate(make_mesh("data=2,context=2,tensor=2")), cuda_lowering():
+        bare = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
+            q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), implementation="cudnn"))
+        text = bare.trace(q, kv, kv).lower(lowering_platforms=("cuda",)).as_text()
+    assert kernels_outside_shard_map(text)  # without the dispatch the check fails
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="runs cuDNN attention; needs a GPU")
+def test_cudnn_on_gpu_equals_xla():
+    q, k, v = _qkv(2, 300, 77)
+    out = np.asarray(jax.jit(lambda q, k, v: A.attention(q, k, v, "cudnn"))(q, k, v))
+    np.testing.assert_allclose(out, _xla(q, k, v), atol=2e-2)
+
+
+# ----------------------------------------------------------------------------- whole programs for TPU
+
+
+def _tiny_config(**model):
+    from vdot_jax.train.config import load_config
+
+    c = load_config("configs/tiny.py")
+    c.model.attention = "splash"
+    c.model.arch.update(num_heads=4, dim=32, **model)  # 4 heads: tensor=2 x context=2 splits them
+    c.data.batch_size = 4
+    return c
+
+
+TPU_MESHES = ["data=2,tensor=2", "fsdp=2,context=2"]
+
+
+def _denoise_compiles(topology, mesh_spec, only):
+    run, plan = _plan(_tiny_config(), topology, mesh_spec, only=only)
+    assert [r.name for r in plan.reports] == list(only)
+    assert not plan.failures(), plan.failures()
+    assert all(r.ok and r.measured and r.peak_bytes > 0 for r in plan.reports)
+    for name, text in plan.texts.items():
+        calls = kernel_calls(text)
+        assert calls and not [c for c in calls if not c.inside_shard_map], (name, calls)
+
+
+@pytest.mark.slow  # ~55 s on 2 busy cores
+def test_tiny_student_denoise_compiles_for_tpu():
+    """The 4-step student denoise of a tiny VACE model compiles for v5e:2x4 with splash on a mesh with fsdp,
+    context (Ulysses self-attention, sequence-sharded cross-attention) and tensor > 1, every kernel inside a
+    shard_map."""
+    _denoise_compiles("v5e:2x4", "fsdp=2,context=2,tensor=2", ("student_denoise_4",))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh_spec", TPU_MESHES)
+def test_tiny_denoise_compiles_for_tpu(mesh_spec):
+    """Student and CFG teacher denoise on v5e:2x2 meshes with data and tensor, or fsdp and context, > 1."""
+    _denoise_compiles("v5e:2x2", mesh_spec, ("student_denoise_4", "teacher_denoise_cfg"))
+
+
+def _plan(config, topology, mesh_spec, only=None, frames=5, height=32, width=32, model=None):
+    from vdot_jax.commands import plan as P
+    from vdot_jax.train import plan as TP
+
+    keep = TP.programs
+    if only is not None:
+        TP.programs = lambda *a, **k: [p for p in keep(*a, **k) if p[0] in only]
+    try:
+        return P.plan_config(config, topology, mesh_spec, frames=frames, height=height, width=width, log=None,
+                             keep_text=True, model=model)
+    finally:
+        TP.programs = keep
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh_spec", TPU_MESHES)
+def test_tiny_phases_compile_for_tpu(mesh_spec):
+    """All four distillation phases and both denoise programs of a tiny model compile for v5e:2x2 (minutes)."""
+    run, plan = _plan(_tiny_config(), "v5e:2x2", mesh_spec)
+    assert [r.name for r in plan.reports] == ["critic_flow", "critic_gan", "generator_dmd_ot", "generator_gan",
+                                               "student_denoise_4", "teacher_denoise_cfg"]
+    assert not plan.failures(), plan.failures()
+
+
+@pytest.mark.slow
+def test_vace_1_3b_compiles_for_an_8_chip_topology():
+    """Real-size VACE-1.3B, every program, at 17x128x128 on v5e:2x4 (fsdp=4, context=2)."""
+    from vdot_jax.train.config import load_config
+
+    c = load_config("configs/wan1_3b_stage2_vace.py")
+    # the config's teacher directory does not exist here: plan the architecture (vdot plan --model)
+    run, plan = _plan(c, "v5e:2x4", "fsdp=4,context=2", frames=17, height=128, width=128,
+                      model="wan2.1-vace-1.3b")
+    assert not plan.failures(), plan.failures()
+    assert run.arch.dim == 1536 and run.arch.num_layers == 30
+
+
+def test_tapped_scan_copies_no_weights_and_matches_the_plain_scan():
+    """The GAN phases scan the trunk in segments between taps. Forward: no copy of the block weights (compiled
+    temporaries as without taps; slicing the stack added one copy of every block), outputs equal the plain
+    scan's. (A differentiated stack is still sliced: indexing it made the gradient's temporaries larger; the
+    GAN phases' gradients are checked in tests/test_distill.py.)"""
+    from flax import nnx
+
+    from vdot_jax.models.config import WanConfig
+    from vdot_jax.models.wan import WanModel
+
+    cfg = WanConfig(dim=64, ffn_dim=64, num_heads=2, num_layers=4, text_dim=16, freq_dim=16)
+    model = WanModel(cfg, rngs=nnx.Rngs(0))
+    g, s = nnx.split(model)
+    r = np.random.default_rng(0)
+    x = r.normal(size=(1, 16, 1, 4, 4)).astype(np.float32)
+    t = np.array([500.0], np.float32)
+    txt = r.normal(size=(1, 4, 16)).astype(np.float32)
+    taps = (1,)
+
+    def plain(s):
+        return nnx.merge(g, s)(x, t, txt)
+
+    def tapped(s):
+        return nnx.merge(g, s)(x, t, txt, taps=taps)
+
+    block_bytes = sum(a.nbytes for a in jax.tree.leaves(s["blocks"]))
+    plain_c, tapped_c = (jax.jit(f).lower(s).compile() for f in (plain, tapped))
+    temp = lambda c: c.memory_analysis().temp_size_in_bytes  # noqa: E731
+    assert temp(tapped_c) < temp(plain_c) + block_bytes / 4  # slicing the stack: + block_bytes
+    out, feats, _ = tapped_c(s)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(plain_c(s)), atol=1e-5)
+    assert len(feats) == 1

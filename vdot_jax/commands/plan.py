@@ -1,0 +1,137 @@
+"""``vdot plan``: compile every program of a training config for a real TPU topology on this (CPU) host, and
+say per program whether it compiles and fits the chip's memory. GPU meshes are lowered for ``cuda`` instead.
+
+    JAX_PLATFORMS=cpu vdot plan --config configs/wan14b_stage2_vace.py --topology v5p:4x4x4 --mesh fsdp=16,context=4
+    vdot plan --config configs/wan1_3b_stage2_vace.py --topology gpu:8 --mesh fsdp=8
+
+Needs libtpu for TPU topologies (``pip install '.[tpu]'``). Architecture only: the teacher's weights need not
+exist (with no model directory at ``config.model.teacher``, ``--model PRESET`` names the architecture).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+
+GPU_TOPOLOGY = re.compile(r"^(gpu|cuda|h100|h200|a100|b200):(\d+)$")
+
+
+def target(topology: str) -> tuple[str, int | None]:
+    """("tpu", None) for a TPU topology name, ("cuda", n) for ``gpu:N`` (or h100:N, h200:N, a100:N, b200:N)."""
+    m = GPU_TOPOLOGY.match(topology.lower())
+    return ("cuda", int(m.group(2))) if m else ("tpu", None)
+
+
+def plan_config(config, topology: str, mesh: str | None, *, frames: int, height: int, width: int,
+                model: str | None = None, log=print, keep_text: bool = False):
+    """Build the run of ``config`` on ``topology`` with ``mesh`` and compile (or lower) all its programs.
+    Returns (run, Plan)."""
+    import jax
+
+    from vdot_jax.models.attention import default_dtype, resolve
+    from vdot_jax.parallel.mesh import describe, hbm_bytes, make_mesh, topology_devices
+    from vdot_jax.train.config import ConfigError
+    from vdot_jax.train.loop import build
+    from vdot_jax.train.plan import check
+
+    platform, n = target(topology)
+    if platform == "tpu":
+        devices = topology_devices(topology)
+    else:
+        devices = jax.devices("cpu")
+        if len(devices) < n:
+            raise ValueError(f"lowering for {n} GPUs needs {n} host devices; run with "
+                             f"XLA_FLAGS=--xla_force_host_platform_device_count={n} (vdot plan sets it itself)")
+        devices = devices[:n]
+    m = config.model
+    if model:
+        m.teacher, m.generator, m.preset = "", "", model
+    elif m.teacher and not os.path.exists(m.teacher):
+        raise ConfigError(f"config.model.teacher {m.teacher} does not exist here; give --model PRESET (e.g. "
+                          "wan2.1-vace-1.3b) to plan with that architecture")
+    # defaults follow the target, not this host
+    gpu = "gpu" if platform == "cuda" else platform
+    mesh_spec = mesh if mesh is not None else (config.mesh.ici or None)
+    try:
+        device_mesh = make_mesh(mesh_spec, config.mesh.dcn or None, devices)
+    except ValueError as e:
+        raise ValueError(f"--mesh {mesh_spec}: {e}") from None
+    m.attention = resolve(m.attention, gpu, device_mesh.shape["context"])
+    if m.dtype == "auto":
+        m.dtype = default_dtype(gpu)
+    run = build(config, device_mesh)
+    hbm = hbm_bytes(devices[0]) if platform == "tpu" else None
+    if log:
+        log(f"{run.arch.describe()}; {topology} ({len(devices)} devices, "
+            f"{'%d GiB HBM each' % (hbm // 2**30) if hbm else 'memory measured only on a GPU'}); mesh "
+            f"{describe(device_mesh)}; attention {m.attention}, compute {m.dtype}, remat {m.remat}; global batch "
+            f"{run.batch_size} x {config.optim.accumulation} micro-batches; video {frames}x{height}x{width}")
+    plan = check(run, frames, height, width, hbm_bytes=hbm, platform="cuda" if platform == "cuda" else None,
+                 log=log, keep_text=keep_text)
+    return run, plan
+
+
+def run(args) -> None:
+    from vdot_jax.commands.common import UserError
+    from vdot_jax.train.config import ConfigError, apply_overrides, load_config, parse_override_args
+    from vdot_jax.train.plan import table
+
+    platform, n = target(args.topology)
+    if platform == "cuda" and "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        # host devices to stand in for the GPUs must exist before JAX starts: run again with them
+        env = dict(os.environ, JAX_PLATFORMS="cpu",
+                   XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip())
+        os.execve(sys.executable, [sys.executable, "-m", "vdot_jax.cli", *sys.argv[1:]], env)
+    for name in ("frames", "height", "width"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    try:
+        config = load_config(args.config)
+        apply_overrides(config, parse_override_args(args.extra))
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    t0 = time.time()
+    try:
+        _, plan = plan_config(config, args.topology, args.mesh, frames=args.frames, height=args.height,
+                              width=args.width, model=args.model, log=print)
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    print(table(plan))
+    if platform == "cuda":
+        print("GPU memory is only measured on a GPU: these programs were lowered for cuda (shapes and cuDNN "
+              "placement checked), not compiled.")
+    print(f"planned {len(plan.reports)} programs in {time.time() - t0:.0f} s")
+    bad = plan.failures()
+    if bad:
+        print(f"vdot plan: error: {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""),
+              file=sys.stderr)
+        sys.exit(1)
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="plan: compile every program of a training config for a TPU topology (or lower for GPUs) and check "
+             "that each fits",
+        description=(
+            "Compile ahead of time, on this host, every program a run of CONFIG executes (the distillation phases "
+            "or the flow-matching step, the 4-step student denoise, the teacher's CFG denoise) for a real TPU "
+            "topology, and print per-device memory (arguments, outputs, temporaries, aliased, peak), FLOPs and "
+            "whether each fits the chip's HBM. Exit 1 when one does not compile or does not fit. --topology "
+            "gpu:N lowers for cuda instead (shapes and cuDNN placement; GPU memory is measured only on a GPU). "
+            "Config overrides (--config.KEY=VALUE) apply as in vdot train."
+        ),
+    )
+    p.add_argument("--config", required=True, help="training config file, e.g. configs/wan14b_stage2_vace.py")
+    p.add_argument("--topology", required=True,
+                   help="TPU topology (v4:2x2x2, v5e:4x4, v5p:4x4x4, v6e:8x8 ...) or gpu:N (h100:N, h200:N)")
+    p.add_argument("--mesh", default=None, help="mesh over the topology's devices, e.g. fsdp=16,context=4 "
+                                                "(default: the config's mesh.ici)")
+    p.add_argument("--frames", type=int, default=81, help="video frames (default 81)")
+    p.add_argument("--height", type=int, default=480, help="video height (default 480)")
+    p.add_argument("--width", type=int, default=832, help="video width (default 832)")
+    p.add_argument("--model", default=None,
+                   help="architecture preset to plan with instead of the config's teacher (e.g. wan2.1-vace-14b)")
+    p.set_defaults(func=run, accepts_extra=True)

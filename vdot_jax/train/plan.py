@@ -1,0 +1,175 @@
+"""Every program a run executes, compiled ahead of time from abstract arguments (nothing is allocated).
+
+``programs(run)`` lists them: the four distillation phases (or the flow-matching step), the 4-step student
+denoise and the teacher's CFG denoise, each as (name, jitted, abstract args). ``check(run)`` compiles them all
+with ``vdot_jax.parallel.sharding.compile_program`` and compares each per-device peak with the device memory;
+``vdot plan`` runs it for a TPU topology on a CPU host (or lowers for ``cuda``), and ``vdot train`` before its
+first step. Memory figures are XLA's ``memory_analysis`` of the compiled program, per device.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from vdot_jax.parallel.sharding import CompileReport, compile_program
+
+STUDENT = dict(steps=4, shift=16.0, guidance=1.0)  # the released student (docs/method.md)
+TEACHER = dict(steps=50, shift=16.0, guidance=5.0)  # the VACE teacher
+
+
+@dataclass
+class Plan:
+    reports: list[CompileReport] = field(default_factory=list)
+    hbm_bytes: int | None = None
+    texts: dict = field(default_factory=dict)  # name -> lowered StableHLO (when asked for)
+
+    def failures(self) -> list[str]:
+        """One sentence per program that did not compile or does not fit."""
+        out = []
+        for r in self.reports:
+            if not r.ok:
+                out.append(f"program {r.name} did not compile ({r.error})")
+            elif self.hbm_bytes and r.measured and r.peak_bytes > self.hbm_bytes:
+                out.append(f"program {r.name} needs {r.peak_bytes / 2**30:.2f} GiB per device but a device has "
+                           f"{self.hbm_bytes / 2**30:.0f} GiB")
+        return out
+
+
+def latent_grid(config, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """(channels, F, H, W) of the latents of a ``frames``x``height``x``width`` video under the run's encoder."""
+    from vdot_jax.conditions import latent_frames
+    from vdot_jax.models.toy_vae import ToyVAE
+
+    if config.data.encoder == "wan":
+        st, sh, sw = 4, 8, 8
+        f = latent_frames(frames)
+    else:
+        st, sh, sw = ToyVAE().stride
+        f = 1 + (frames - 1) // st
+    if height % sh or width % sw:
+        raise ValueError(f"video size {height}x{width} is not divisible by the VAE's spatial stride {sh}x{sw}")
+    return f, height // sh, width // sw
+
+
+def _sd(shape, dtype, sharding):
+    return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype), sharding=sharding)
+
+
+def programs(run, frames: int, height: int, width: int) -> list[tuple[str, Callable, tuple]]:
+    """(name, jitted, abstract args) of every program of ``run`` at this video size."""
+    from vdot_jax.sampling.model_sampler import model_sampler
+
+    c, a, mesh = run.config, run.arch, run.mesh
+    f, h, w = latent_grid(c, frames, height, width)
+    text_len = int(c.data.toy.text_len) if c.data.encoder == "toy" else int(c.data.text_len)
+    acc, b = int(c.optim.accumulation), run.batch_size
+    batch = {"latents": (acc, b, a.in_channels, f, h, w), "text": (acc, b, text_len, a.text_dim),
+             "neg_text": (acc, b, text_len, a.text_dim)}
+    if a.is_vace:
+        batch["context"] = (acc, b, a.vace_in_channels, f, h, w)
+    abstract_batch = {k: _sd(s, jnp.float32, run.batch_sharding(k, len(s))) for k, s in batch.items()}
+    out = []
+    for name in phase_names(c):
+        jitted = run.trainer.phase(name, run.state_sharding, {k: v.sharding for k, v in abstract_batch.items()})
+        out.append((name, jitted, (run.abstract_state, abstract_batch)))
+
+    rep = NamedSharding(mesh, P())
+    noise = _sd((1, a.in_channels, f, h, w), jnp.float32, rep)
+    text = _sd((1, text_len, a.text_dim), jnp.float32, rep)
+    ctx = _sd((1, a.vace_in_channels, f, h, w), jnp.float32, rep) if a.is_vace else None
+    if run.mode == "flow":
+        gdef, params = run.trainer.model_def, run.abstract_state.params
+        tdef, tparams = gdef, params
+    else:
+        gdef, params = run.trainer.gen_def, run.abstract_state.generator
+        tdef, tparams = run.trainer.teacher_def, run.abstract_state.teacher
+    student = model_sampler(gdef, steps=STUDENT["steps"], shift=STUDENT["shift"], guidance=STUDENT["guidance"])
+    out.append(("student_denoise_4", student, (params, noise, text, None, ctx)))
+    teacher = model_sampler(tdef, steps=TEACHER["steps"], shift=TEACHER["shift"], guidance=TEACHER["guidance"])
+    out.append(("teacher_denoise_cfg", teacher, (tparams, noise, text, text, ctx)))
+    return out
+
+
+def phase_names(config) -> tuple[str, ...]:
+    """The training programs a run of ``config`` executes."""
+    if config.mode == "flow":
+        return ("flow",)
+    from vdot_jax.distill.steps import PHASES
+
+    gan = bool(config.loss.use_gan)
+    return tuple(p for p in PHASES if gan or "gan" not in p)
+
+
+def check(run, frames: int, height: int, width: int, *, hbm_bytes: int | None = None, platform: str | None = None,
+          log: Callable[[str], None] | None = print, keep_text: bool = False) -> Plan:
+    """Compile (TPU, CPU) or lower (``platform="cuda"``, on a host without GPUs) every program of ``run``."""
+    import time
+
+    from vdot_jax.parallel.logical import activate
+
+    plan = Plan(hbm_bytes=hbm_bytes)
+    for name, jitted, args in programs(run, frames, height, width):
+        if platform == "cuda":
+            from vdot_jax.parallel.aot import cuda_lowering, kernels_outside_shard_map
+
+            t0 = time.perf_counter()
+            try:
+                with activate(run.mesh, run.rules), cuda_lowering():
+                    text = jitted.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+            except Exception as e:  # noqa: BLE001 -- reported as one line
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                report = CompileReport(name, False, time.perf_counter() - t0, error=f"{type(e).__name__}: {first}")
+            else:
+                bare = kernels_outside_shard_map(text)
+                report = CompileReport(name, not bare, time.perf_counter() - t0,
+                                       error=f"{len(bare)} cuDNN calls outside a shard_map" if bare else "")
+                if keep_text:
+                    plan.texts[name] = text
+            if log:
+                log(report.line().replace("compiled", "lowered for cuda", 1))
+        else:
+            _, report = compile_program(jitted, *args, name=name, mesh=run.mesh, rules=run.rules, log=log,
+                                        catch=True, keep_text=keep_text)
+            if keep_text:
+                plan.texts[name] = report.text
+        plan.reports.append(_out_of_memory(report))
+    return plan
+
+
+_OOM = re.compile(r"RESOURCE_EXHAUSTED: Ran out of memory .*?required for HLO temporaries \(([\d.]+)G\)")
+
+
+def _out_of_memory(report: CompileReport) -> CompileReport:
+    """The TPU compiler refuses a program whose temporaries exceed HBM; keep the size it names."""
+    m = _OOM.search(report.error)
+    if m:
+        report.temp_bytes = int(float(m.group(1)) * 2**30)
+        report.error = f"temporaries alone need {float(m.group(1)):.2f} GiB per device, more than the chip's HBM"
+    return report
+
+
+def table(plan: Plan) -> str:
+    """The per-program table ``vdot plan`` prints (GiB per device)."""
+    head = (f"{'program':22s} {'status':10s} {'args':>8s} {'outputs':>8s} {'temps':>8s} {'aliased':>8s} "
+            f"{'peak':>8s} {'TFLOP':>9s} {'compile s':>9s}  fits")
+    lines = [head]
+    for r in plan.reports:
+        g = lambda v: f"{v / 2**30:8.2f}" if r.measured else f"{'-':>8s}"  # noqa: E731
+        if not r.ok and r.temp_bytes:  # out of memory at compile time: only the temporaries are known
+            lines.append(f"{r.name:22s} {'TOO BIG':10s} {'-':>8s} {'-':>8s} {r.temp_bytes / 2**30:8.2f} {'-':>8s} "
+                         f"{'-':>8s} {'-':>9s} {r.seconds:9.1f}  NO")
+            continue
+        fits = ("-" if not (r.ok and r.measured and plan.hbm_bytes) else
+                "yes" if r.peak_bytes <= plan.hbm_bytes else "NO")
+        tf = f"{r.flops / 1e12:9.2f}" if r.flops else f"{'-':>9s}"
+        status = ("compiled" if r.measured else "lowered") if r.ok else "FAILED"
+        lines.append(f"{r.name:22s} {status:10s} {g(r.argument_bytes)} {g(r.output_bytes)} {g(r.temp_bytes)} "
+                     f"{g(r.alias_bytes)} {g(r.peak_bytes)} {tf} {r.seconds:9.1f}  {fits}")
+    return "\n".join(lines)
