@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from vdot_jax.errors import VdotError
 
-class UserError(Exception):
+
+class UserError(VdotError):
     """An error the user can fix; ``vdot`` prints it as one sentence without a traceback."""
 
 

@@ -52,12 +52,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from vdot_jax.errors import VdotError
+
 FIELDS = ("subtask", "sample_id", "en_prompt", "src_video", "src_mask", "src_ref_images")
 FAMILIES = ("text", "reference", "control", "repaint", "extension", "composite")
 _V, _M, _R = "src_video", "src_mask", "src_ref_images"
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(VdotError, ValueError):
     """The index or the output folder cannot be used (the message names the file and the line)."""
 
 

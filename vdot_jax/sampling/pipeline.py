@@ -54,6 +54,7 @@ import numpy as np
 from flax import nnx
 
 from vdot_jax import conditions as C
+from vdot_jax.errors import VdotError
 from vdot_jax.sampling.solvers import classifier_free_guidance, guidance_context, sample
 
 # The released 4-step student (METHOD.md section 3) and the 50-step CFG teacher.
@@ -65,7 +66,7 @@ EXTENSION_TASKS = C.EXTENSION_MODES
 TASKS = ("t2v", "r2v", *C.CONTROL_KINDS, "v2v", "mv2v", "inpaint", "outpaint", *EXTENSION_TASKS)
 
 
-class GenerateError(ValueError):
+class GenerateError(VdotError, ValueError):
     """Inputs to ``generate`` that do not fit together or do not fit the model (one sentence)."""
 
 

@@ -32,10 +32,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from vdot_jax.errors import VdotError
+
 FORMAT = "vdot-train-v1"
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(VdotError, ValueError):
     """A workdir whose checkpoints were written by an incompatible config."""
 
 

@@ -27,13 +27,14 @@ from typing import Iterable, Sequence
 import ml_collections
 
 from vdot_jax.distill.config import distill_config
+from vdot_jax.errors import VdotError
 
 MODES = ("vdot", "flow")
 SOURCES = ("toy", "manifest", "precomputed")
 ENCODERS = ("toy", "wan")
 
 
-class ConfigError(ValueError):
+class ConfigError(VdotError, ValueError):
     """A config file or override that cannot be used (the message names the key and what was expected)."""
 
 

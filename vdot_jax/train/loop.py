@@ -47,6 +47,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from vdot_jax.distill.critic import Critic
+from vdot_jax.errors import VdotError
 from vdot_jax.models.config import Runtime, WanConfig, preset
 from vdot_jax.models.wan import WanModel
 from vdot_jax.parallel.logical import DEFAULT_RULES, activate, spec_for
@@ -57,7 +58,7 @@ from vdot_jax.train import checkpoint as ckpt
 from vdot_jax.train.config import ConfigError, validate
 from vdot_jax.weights.params import assign, flat_state
 
-class TrainingError(RuntimeError):
+class TrainingError(VdotError, RuntimeError):
     """Training cannot go on (the message says why); the last checkpoint is intact."""
 
 

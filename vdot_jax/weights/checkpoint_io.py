@@ -22,8 +22,10 @@ from typing import Callable, Iterator
 import ml_dtypes
 import numpy as np
 
+from vdot_jax.errors import VdotError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(VdotError, ValueError):
     """A checkpoint cannot be read or does not fit; the message is one sentence for the user."""
 
 

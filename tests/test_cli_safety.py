@@ -1,0 +1,84 @@
+"""Nothing a user owns is destroyed: convert never writes over a source or a non-empty folder without
+--overwrite, and an interrupted convert leaves the old directory; train refuses a folder that is not its own."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from oracles import TINY_VACE, diffusers_transformer
+from safety_helpers import checksums, refused
+from vdot_jax.cli import main as vdot
+
+
+@pytest.fixture(scope="module")
+def diffusers_dir(tmp_path_factory):
+    """A tiny diffusers transformer folder (config.json + safetensors), as a user downloads one."""
+    d = tmp_path_factory.mktemp("src") / "transformer"
+    diffusers_transformer(TINY_VACE).save_pretrained(d, safe_serialization=True)
+    (d / "NOTES.txt").write_text("the user's own file")
+    return d
+
+
+def test_convert_onto_its_source_is_refused_and_the_source_survives(diffusers_dir, capsys):
+    before = checksums(diffusers_dir)
+    refused(capsys, ["convert", "--src", diffusers_dir, "--dst", diffusers_dir], "source")
+    # --overwrite does not make a source writable either
+    refused(capsys, ["convert", "--src", diffusers_dir, "--dst", diffusers_dir.parent, "--overwrite"], "source")
+    assert checksums(diffusers_dir) == before
+
+
+def test_convert_refuses_a_non_empty_folder_without_overwrite(diffusers_dir, tmp_path, capsys):
+    dst = tmp_path / "mine"
+    dst.mkdir()
+    (dst / "transformer").mkdir()
+    (dst / "transformer" / "keep.txt").write_text("precious")
+    before = checksums(dst)
+    refused(capsys, ["convert", "--src", diffusers_dir, "--dst", dst], "not empty", "--overwrite")
+    assert checksums(dst) == before
+    assert vdot(["convert", "--src", str(diffusers_dir), "--dst", str(dst), "--overwrite"]) == 0
+    capsys.readouterr()
+    assert json.loads((dst / "vdot_model.json").read_text())["components"] == {"transformer": "transformer"}
+    assert not (dst / "transformer" / "keep.txt").exists()  # the named component was replaced, as asked
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left
+
+
+def test_convert_into_a_model_directory_adds_but_does_not_replace(diffusers_dir, tmp_path, capsys):
+    dst = tmp_path / "model"
+    assert vdot(["convert", "--src", str(diffusers_dir), "--dst", str(dst)]) == 0
+    capsys.readouterr()
+    before = checksums(dst)
+    refused(capsys, ["convert", "--src", diffusers_dir, "--dst", dst], "already holds transformer", "--overwrite")
+    assert checksums(dst) == before
+
+
+def test_interrupted_convert_leaves_the_old_directory(diffusers_dir, tmp_path, capsys, monkeypatch):
+    dst = tmp_path / "model"
+    assert vdot(["convert", "--src", str(diffusers_dir), "--dst", str(dst)]) == 0
+    capsys.readouterr()
+    before = checksums(dst)
+    import vdot_jax.weights.convert as C
+
+    real = C.convert_transformer
+
+    def dies_after_writing(src, out, **kw):
+        real(src, out, **kw)
+        raise KeyboardInterrupt  # the user pressed Ctrl-C just before the new transformer was moved into place
+
+    monkeypatch.setattr(C, "convert_transformer", dies_after_writing)
+    with pytest.raises(KeyboardInterrupt):
+        vdot(["convert", "--src", str(diffusers_dir), "--dst", str(dst), "--overwrite"])
+    assert checksums(dst) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+    with pytest.raises(KeyboardInterrupt):
+        vdot(["convert", "--src", str(diffusers_dir), "--dst", str(tmp_path / "new")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # a new --dst appears whole or not at all
+
+
+def test_convert_dst_that_is_a_file(diffusers_dir, tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    refused(capsys, ["convert", "--src", diffusers_dir, "--dst", tmp_path / "f"], "is a file")
+    assert (tmp_path / "f").read_text() == "x"
