@@ -92,16 +92,17 @@ def run(args) -> None:
             raise UserError(f"{what} path {p} does not exist")
     if src is not None and not src.exists():
         raise UserError(f"checkpoint path {src} does not exist")
+    config = _config_arg(args.config)
     dst = Path(args.dst)
     writes = [c for c, on in zip(COMPONENTS, (src is not None, vae_src is not None, te_src is not None)) if on]
     sources = [Path(p) for p in (src, vae_src, te_src, args.tokenizer) if p is not None]
     check_destination(dst, writes, sources, args.overwrite)
     # Everything is written into a hidden sibling and moved into place at the end (see ``commit``).
-    dst.absolute().parent.mkdir(parents=True, exist_ok=True)
-    staging = dst.absolute().parent / f".{dst.name}.converting-{os.getpid()}"
+    dst.resolve().parent.mkdir(parents=True, exist_ok=True)
+    staging = dst.resolve().parent / f".{dst.resolve().name}.converting-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        _convert(args, src, vae_src, te_src, staging)
+        _convert(args, src, vae_src, te_src, staging, config)
         commit(staging, dst)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -112,16 +113,31 @@ def run(args) -> None:
     print(f"model directory {args.dst} holds {', '.join(have)}{note}")
 
 
-def _convert(args, src, vae_src, te_src, out_root: Path) -> None:
+def _config_arg(value: str | None):
+    """--config: a preset name, or a diffusers / original Wan / vdot-jax config.json (checked before any work)."""
+    if value is None:
+        return None
+    from vdot_jax.models.config import PRESETS
+    from vdot_jax.weights.wan_transformer import config_from_json
+
+    if value in PRESETS:
+        return PRESETS[value]
+    p = Path(value)
+    if not p.is_file():
+        raise UserError(f"--config {value} is neither a file nor a preset name ({', '.join(sorted(PRESETS))})")
+    try:
+        d = json.loads(p.read_text())
+    except ValueError as e:
+        raise UserError(f"--config {value} is not valid JSON ({e})") from None
+    return config_from_json(d, f"--config {value}")
+
+
+def _convert(args, src, vae_src, te_src, out_root: Path, config) -> None:
     t0 = time.time()
     if src is not None:
-        from vdot_jax.models.config import WanConfig, preset
+        from vdot_jax.models.config import WanConfig
         from vdot_jax.weights.convert import convert_transformer
 
-        config = None
-        if args.config:
-            p = Path(args.config)
-            config = WanConfig.from_dict(json.loads(p.read_text())) if p.suffix == ".json" else preset(args.config)
         out = convert_transformer(src, out_root, dtype=args.dtype, config=config, key=args.key,
                                   progress=lambda it: progress("converting", "tensor")(list(it)))
         cfg = WanConfig.from_dict(json.loads((out / "config.json").read_text())["config"])
@@ -157,7 +173,9 @@ def register(sub) -> None:
             "original files (Wan2.1_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth with --tokenizer google/umt5-xxl) "
             "or diffusers/transformers folders, to a new or an existing DST. Pickles are read with "
             "weights_only=True; one that would run code is refused. The transformer's architecture is read from "
-            "a diffusers config.json or inferred from the tensor shapes unless --config is given."
+            "the config.json beside the weights (diffusers or original Wan), else --config, else the released model "
+            "(1.3B/14B, T2V/VACE) whose tensor shapes match exactly; anything else is refused, naming what the "
+            "tensors leave open."
         ),
     )
     p.add_argument("--src", default=None, help="transformer checkpoint file or folder, or a diffusers pipeline folder")
@@ -171,7 +189,9 @@ def register(sub) -> None:
     p.add_argument("--key", default=None,
                    help="which state dict of a .pt holding several, e.g. 'generator' or 'generator_ema'")
     p.add_argument("--config", default=None,
-                   help="architecture: a preset name (wan2.1-vace-14b, ...) or a JSON file of WanConfig fields")
+                   help="architecture of a bare checkpoint: a config.json (diffusers or original Wan) or a preset name "
+                        "(wan2.1-vace-14b, ...); default: the config.json beside the weights, else the released model "
+                        "the tensor shapes match")
     p.add_argument("--vae", default=None, help="VAE checkpoint (Wan2.1_VAE.pth or a diffusers AutoencoderKLWan folder)")
     p.add_argument("--vae-dtype", default="float32", choices=("float32", "bfloat16"),
                    help="stored VAE parameter dtype (default float32)")

@@ -23,6 +23,7 @@ the differences, and nothing in it is touched.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Mapping
@@ -180,6 +181,35 @@ def latest_meta(workdir) -> tuple[int, dict] | None:
             return None
         restored = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return step, dict(restored["meta"])
+
+
+# What a training run writes at the top of its workdir (train/loop.py, train/logging.py).
+WORKDIR_ENTRIES = frozenset({"checkpoints", "config.json", "metrics.jsonl", "metrics.jsonl.tmp", "train.log", "tb",
+                             "plots", "samples"})
+
+
+def check_workdir(workdir) -> None:
+    """Refuse (CheckpointMismatch) a --workdir that is neither new, empty, nor a vdot training workdir -- e.g. a
+    model folder, whose config.json a run would overwrite. Nothing is written."""
+    path = Path(workdir)
+    if path.exists() and not path.is_dir():
+        raise CheckpointMismatch(f"--workdir {workdir} is a file; give a new or empty folder, or a training workdir.")
+    if not path.is_dir():
+        return
+    entries = sorted(p.name for p in path.iterdir())
+    foreign = [e for e in entries if e not in WORKDIR_ENTRIES]
+    config = path / "config.json"
+    if not foreign and config.is_file():
+        try:
+            d = json.loads(config.read_text())
+        except (OSError, ValueError):
+            d = None
+        if not (isinstance(d, dict) and "mode" in d and "train" in d):  # a training config, not a model's
+            foreign = ["config.json (not a training config)"]
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+        raise CheckpointMismatch(f"--workdir {workdir} is not empty and is not a vdot training workdir (it holds "
+                                 f"{shown}); give a new or empty folder. Nothing in it was changed.")
 
 
 def check_compatible(workdir, meta: Mapping, current_signature: Mapping, mode: str) -> None:

@@ -365,7 +365,8 @@ class Phases:
 
 
 class _StopFlag:
-    """SIGTERM (and SIGINT when asked) -> a flag the loop checks after each step."""
+    """SIGTERM (and SIGINT when asked) -> a flag the loop checks after each step. A second SIGINT aborts at once
+    (KeyboardInterrupt), for a user who does not want to wait for the step and the save."""
 
     def __init__(self, catch_int: bool = False):
         self.set = False
@@ -378,12 +379,16 @@ class _StopFlag:
             self._old[s] = signal.signal(s, self._handle)
 
     def _handle(self, signum, frame):
+        if self.set and signum == signal.SIGINT:
+            self.restore()
+            raise KeyboardInterrupt
         self.set = True
         self.signal = signal.Signals(signum).name
 
     def restore(self):
         for s, h in self._old.items():
             signal.signal(s, h)
+        self._old = {}
 
 
 def _host_sum(values: np.ndarray) -> np.ndarray:
@@ -429,6 +434,7 @@ def train(config: ml_collections.ConfigDict, workdir, *, stop_after: int | None 
     primary = jax.process_index() == 0
 
     # an existing workdir is checked before anything in it is written
+    ckpt.check_workdir(workdir)
     found = ckpt.latest_meta(workdir)
     if found is not None:
         ckpt.check_compatible(workdir, found[1], run.signature(), config.mode)

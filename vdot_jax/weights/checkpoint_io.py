@@ -228,6 +228,8 @@ def open_tensors(path: str | os.PathLike, key: str | None = None, stem: str | No
     if not path.exists():
         raise CheckpointError(f"checkpoint path {path} does not exist")
     files = weight_files(path, stem) if path.is_dir() else [path]
+    if not files and stem and path.is_dir():
+        files = weight_files(path)  # a folder holding e.g. only vdot_14b.pt or model.safetensors
     if not files:
         raise CheckpointError(
             f"{path} contains no checkpoint (expected *.safetensors, *.safetensors.index.json or a .pt/.pth file)"
