@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import os
+import shutil
+import signal
 
 import pytest
 
@@ -82,3 +84,57 @@ def test_convert_dst_that_is_a_file(diffusers_dir, tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     refused(capsys, ["convert", "--src", diffusers_dir, "--dst", tmp_path / "f"], "is a file")
     assert (tmp_path / "f").read_text() == "x"
+
+
+def test_train_refuses_a_model_folder_untouched(diffusers_dir, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(diffusers_dir, model)
+    before = checksums(model)
+    refused(capsys, ["train", "--config", "configs/tiny.py", "--workdir", model],
+            "not a vdot training workdir", "config.json")
+    assert checksums(model) == before
+
+
+def test_check_workdir_accepts_new_empty_and_its_own(tmp_path):
+    from vdot_jax.train.checkpoint import CheckpointMismatch, check_workdir
+
+    check_workdir(tmp_path / "new")
+    check_workdir(tmp_path)
+    # a run stopped before its first checkpoint left its logs and its training config
+    (tmp_path / "train.log").write_text("started\n")
+    (tmp_path / "config.json").write_text(json.dumps({"mode": "vdot", "train": {}}))
+    check_workdir(tmp_path)
+    (tmp_path / "notes.md").write_text("mine")
+    with pytest.raises(CheckpointMismatch, match="notes.md"):
+        check_workdir(tmp_path)
+    with pytest.raises(CheckpointMismatch, match="is a file"):
+        check_workdir(tmp_path / "notes.md")
+
+
+def test_ctrl_c_stops_like_sigterm_and_a_second_aborts():
+    from vdot_jax.train.loop import _StopFlag
+
+    flag = _StopFlag(catch_int=True)
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert flag.set and flag.signal == "SIGINT"  # first Ctrl-C: a flag, the loop saves and stops
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # second: at once
+    finally:
+        flag.restore()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_train_cli_reports_ctrl_c_in_one_line(tmp_path, capsys, monkeypatch):
+    import vdot_jax.train.loop as L
+
+    seen = {}
+
+    def fake_train(config, workdir, **kw):
+        seen.update(kw)
+        return {"stopped": "SIGINT", "checkpoint_step": 7, "workdir": str(workdir)}
+
+    monkeypatch.setattr(L, "train", fake_train)
+    line = refused(capsys, ["train", "--config", "configs/tiny.py", "--workdir", tmp_path / "w"], "interrupted",
+                   "saved step 7", "resume", code=130)
+    assert seen["catch_sigint"] is True and "error" not in line

@@ -199,13 +199,13 @@ def check_workdir(workdir) -> None:
     entries = sorted(p.name for p in path.iterdir())
     foreign = [e for e in entries if e not in WORKDIR_ENTRIES]
     config = path / "config.json"
-    if not foreign and config.is_file():
+    if config.is_file():
         try:
             d = json.loads(config.read_text())
         except (OSError, ValueError):
             d = None
-        if not (isinstance(d, dict) and "mode" in d and "train" in d):  # a training config, not a model's
-            foreign = ["config.json (not a training config)"]
+        if not (isinstance(d, dict) and "mode" in d and "train" in d):  # a model's config, which a run would replace
+            foreign.insert(0, "a config.json that is not a training config")
     if foreign:
         shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
         raise CheckpointMismatch(f"--workdir {workdir} is not empty and is not a vdot training workdir (it holds "

@@ -426,6 +426,7 @@ def train(config: ml_collections.ConfigDict, workdir, *, stop_after: int | None 
     ``SampleContext``. ``catch_sigint``: treat Ctrl-C like SIGTERM (save and return)."""
     t_start = time.time()
     workdir = Path(workdir).absolute()
+    ckpt.check_workdir(workdir)  # before any work: a folder that is not a training workdir is refused untouched
     config = ml_collections.ConfigDict(config.to_dict())
     if config.train.compile_cache:
         jax.config.update("jax_compilation_cache_dir", str(config.train.compile_cache))
@@ -434,7 +435,6 @@ def train(config: ml_collections.ConfigDict, workdir, *, stop_after: int | None 
     primary = jax.process_index() == 0
 
     # an existing workdir is checked before anything in it is written
-    ckpt.check_workdir(workdir)
     found = ckpt.latest_meta(workdir)
     if found is not None:
         ckpt.check_compatible(workdir, found[1], run.signature(), config.mode)
