@@ -7,6 +7,9 @@ import sys
 
 
 def run(args) -> int | None:
+    from vdot_jax.commands.common import check_numbers
+
+    check_numbers(args, nonnegative=("stop_after",))
     from absl import flags
 
     flags.FLAGS.mark_as_parsed()  # grain reads absl flags; the vdot CLI is argparse

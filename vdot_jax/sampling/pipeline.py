@@ -523,6 +523,10 @@ class Pipeline:
             settings=dict(steps=int(steps), shift=float(shift), guide_scale=float(guide_scale), solver=solver,
                           seed=int(seed), context_scale=float(context_scale)),
         )
+        bad = ~np.isfinite(result.video)
+        if bad.any():  # e.g. overflow in bfloat16 or a broken checkpoint: never a silent black video
+            raise GenerateError(f"the generated video has {int(bad.sum())} non-finite values (NaN or inf) with these "
+                                f"settings ({result.settings}); nothing was written")
         if out is not None:
             result.write(out, fps=fps)
         return result
