@@ -25,6 +25,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -169,23 +172,51 @@ def checkpoint_dir(workdir) -> Path:
     return Path(workdir).absolute() / "checkpoints"
 
 
-def latest_meta(workdir) -> tuple[int, dict] | None:
-    """(step, meta) of the newest complete checkpoint in ``workdir``, read without writing anything; None if
-    there is none."""
+def _short(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:200] + ("..." if len(text) > 200 else "")
+
+
+def _warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
+def step_problem(root: Path, step: int) -> str | None:
+    """Why checkpoint ``step`` under ``root`` is visibly incomplete (an item or the state's index missing), or None.
+    Damage inside the state's data files shows only when it is restored (``Checkpointer.restore_intact``)."""
+    d = root / str(step)
+    for item in ITEMS:
+        if not (d / item).is_dir():
+            return f"its {item}/ is missing"
+    if not (d / "state" / "_METADATA").is_file():
+        return "its state/ has no _METADATA"
+    return None
+
+
+def latest_meta(workdir, warn=_warn) -> tuple[int, dict] | None:
+    """(step, meta) of the newest intact checkpoint in ``workdir``, read without writing anything; None if there
+    is none. A newer checkpoint that is incomplete or unreadable is named in a warning and skipped (never
+    deleted)."""
     root = checkpoint_dir(workdir)
     if not root.is_dir():
         return None
     with ocp.CheckpointManager(root, item_names=ITEMS, options=_options(1, False, read_only=True)) as mngr:
-        step = mngr.latest_step()
-        if step is None:
-            return None
-        restored = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return step, dict(restored["meta"])
+        for step in sorted(mngr.all_steps(), reverse=True):
+            problem = step_problem(root, step)
+            if problem is None:
+                try:
+                    restored = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+                    return step, dict(restored["meta"])
+                except Exception as e:  # noqa: BLE001 - any failure to read it means this step is damaged
+                    problem = f"its meta cannot be read: {_short(e)}"
+            warn(f"checkpoint step {step} in {root} is incomplete or unreadable ({problem}); using an older step. "
+                 "It was left in place.")
+    return None
 
 
 # What a training run writes at the top of its workdir (train/loop.py, train/logging.py).
 WORKDIR_ENTRIES = frozenset({"checkpoints", "config.json", "metrics.jsonl", "metrics.jsonl.tmp", "train.log", "tb",
-                             "plots", "samples"})
+                             "plots", "samples", "unreadable_checkpoints"})
 
 
 def check_workdir(workdir) -> None:
@@ -241,8 +272,12 @@ def restore_subtree(workdir, step: int, targets: Mapping[tuple, jax.ShapeDtypeSt
                                                                dtype=s.dtype), nested)
     item = checkpoint_dir(workdir) / str(step) / "state"
     with ocp.PyTreeCheckpointer() as ck:
-        restored = ck.restore(item, args=ocp.args.PyTreeRestore(nested, restore_args=restore_args,
-                                                                partial_restore=True))
+        try:
+            restored = ck.restore(item, args=ocp.args.PyTreeRestore(nested, restore_args=restore_args,
+                                                                    partial_restore=True))
+        except Exception as e:  # noqa: BLE001 - damaged data files surface as many orbax/tensorstore errors
+            raise CheckpointMismatch(f"checkpoint step {step} in {item.parent.parent} cannot be read "
+                                     f"({_short(e)}); move it away to use the step before it") from None
     out = {}
     for path in targets:
         node = restored
@@ -257,6 +292,7 @@ class Checkpointer:
 
     def __init__(self, workdir, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
         self.root = checkpoint_dir(workdir)
+        self.read_only = read_only
         self.manager = ocp.CheckpointManager(self.root, item_names=ITEMS,
                                              options=_options(keep, async_save and not read_only, read_only))
         self.last_saved: int | None = self.manager.latest_step()
@@ -274,6 +310,32 @@ class Checkpointer:
         self.manager.save(step, args=args, force=True)
         self.last_saved = step
         return True
+
+    def restore_intact(self, abstract_state, warn=_warn) -> tuple[int, Any, dict, dict]:
+        """(step, state, data state, meta) of the newest checkpoint that restores. Each newer one that does not is
+        named in a warning; a writing checkpointer moves it to WORKDIR/unreadable_checkpoints/ (so new saves of
+        those steps do not collide with it, and it is never deleted), a read-only one leaves it in place."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            problem = step_problem(self.root, step)
+            if problem is None:
+                try:
+                    return (step, *self.restore(step, abstract_state))
+                except Exception as e:  # noqa: BLE001 - any failure to read it means this step is damaged
+                    problem = f"it cannot be restored: {_short(e)}"
+            where = "It was left in place."
+            if not self.read_only:
+                aside = self.root.parent / "unreadable_checkpoints" / str(step)
+                aside.parent.mkdir(exist_ok=True)
+                if aside.exists():
+                    aside = aside.with_name(f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+                os.replace(self.root / str(step), aside)
+                self.manager.reload()
+                self.last_saved = self.manager.latest_step()
+                where = f"It was moved to {aside}."
+            warn(f"checkpoint step {step} in {self.root} is incomplete or unreadable ({problem}); resuming from an "
+                 f"older step. {where}")
+        raise CheckpointMismatch(f"{self.root} holds no checkpoint that can be restored; use another --workdir or "
+                                 "move the checkpoints away to start over. Nothing in it was deleted.")
 
     def restore(self, step: int, abstract_state) -> tuple[Any, dict, dict]:
         """(state in the shardings ``abstract_state`` carries, data state, meta) of checkpoint ``step``."""

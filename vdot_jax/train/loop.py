@@ -445,8 +445,7 @@ def train(config: ml_collections.ConfigDict, workdir, *, stop_after: int | None 
         stack.callback(checkpointer.close)
         data_state, bad_rows = None, {}
         if found is not None:
-            step0 = found[0]
-            state, data_state, _ = checkpointer.restore(step0, run.abstract_state)
+            step0, state, data_state, _ = checkpointer.restore_intact(run.abstract_state)
             bad_rows = {int(k): v for k, v in data_state.pop("bad_rows", {}).items()}
         else:
             step0 = 0
@@ -670,7 +669,10 @@ def restore_state(workdir, *, step: int | None = None, mesh=None):
     run = build(config, mesh)
     checkpointer = ckpt.Checkpointer(workdir, read_only=True)
     try:
-        state, _, _ = checkpointer.restore(step if step is not None else found[0], run.abstract_state)
+        if step is None:
+            _, state, _, _ = checkpointer.restore_intact(run.abstract_state)
+        else:
+            state, _, _ = checkpointer.restore(step, run.abstract_state)
     finally:
         checkpointer.close()
     return run, state
