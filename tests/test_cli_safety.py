@@ -138,3 +138,9 @@ def test_train_cli_reports_ctrl_c_in_one_line(tmp_path, capsys, monkeypatch):
     line = refused(capsys, ["train", "--config", "configs/tiny.py", "--workdir", tmp_path / "w"], "interrupted",
                    "saved step 7", "resume", code=130)
     assert seen["catch_sigint"] is True and "error" not in line
+
+
+def test_a_bad_task_mix_is_refused_before_the_workdir_is_made(tmp_path, capsys):
+    refused(capsys, ["train", "--config", "configs/tiny.py", "--workdir", tmp_path / "w",
+                     "--config.data.toy.task_mix.juggling=1"], "task_mix", "juggling")
+    assert not (tmp_path / "w").exists()

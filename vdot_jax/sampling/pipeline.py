@@ -167,6 +167,27 @@ def task_inputs(task: str | None = None, *, src_video=None, src_mask=None, ref_i
     return C.VCU(base.frames, base.masks, refs, task=task_name, kind=base.kind)
 
 
+def _transformer_only(model: Path, vae, text_encoder) -> None:
+    """Refuse, naming it, a --model folder that holds a transformer alone (e.g. the demo's toy teacher) when the
+    VAE or text encoder would have to come from it."""
+    import json
+
+    cfg = model / "config.json"
+    if vae is not None and text_encoder is not None or not cfg.is_file() or (model / "vae").exists():
+        return
+    try:
+        cls = json.loads(cfg.read_text()).get("_class_name", "")
+    except (OSError, ValueError, AttributeError):
+        return
+    if cls not in ("WanTransformer3DModel", "WanVACETransformer3DModel"):
+        return
+    toy = (Path(__file__).resolve().parent.parent / "assets" / "toy_teacher") == model.resolve()
+    what = ("the demo's toy teacher, a transformer that works with the toy world's own VAE and text encoder in "
+            "vdot demo" if toy else f"a {cls} folder: a transformer without a VAE or text encoder")
+    raise GenerateError(f"--model {model} is {what}; give a converted model directory (vdot convert) or add --vae "
+                        "and --text-encoder")
+
+
 # ----------------------------------------------------------------------------- results
 
 
@@ -310,6 +331,7 @@ class Pipeline:
             model = _exists(model, "model directory")
             from vdot_jax.weights import store
 
+            _transformer_only(model, vae, text_encoder)
             if store.is_model_dir(model):  # fail before reading gigabytes: every needed component is there
                 for name, override in (("transformer", transformer), ("vae", vae), ("text_encoder", text_encoder)):
                     if override is None:

@@ -386,6 +386,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("config.train.checkpoint_every must be >= 1.")
     if config.train.keep < 1:
         raise ConfigError("config.train.keep must be >= 1.")
+    if d.source == "toy":  # checked here, before a workdir is touched, not when the data pipeline is built
+        from vdot_jax.data.toy_world import TASKS
+
+        unknown = sorted(set(d.toy.task_mix) - set(TASKS))
+        if unknown:
+            raise ConfigError(f"config.data.toy.task_mix has unknown task(s) {unknown}; tasks are {list(TASKS)}.")
+        weights = [float(v) for v in d.toy.task_mix.values()]
+        if any(w < 0 for w in weights) or not any(w > 0 for w in weights):
+            raise ConfigError("config.data.toy.task_mix needs non-negative weights with at least one positive.")
     if config.mode == "vdot" and not config.model.teacher and not (config.model.preset or len(config.model.arch)):
         raise ConfigError("config.model.teacher is empty and no architecture is given (config.model.preset or "
                           "config.model.arch) to initialise one at random.")
