@@ -36,6 +36,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from vdot_jax.train.paths import workdir_path
+
 from vdot_jax.errors import VdotError
 
 FORMAT = "vdot-train-v1"
@@ -168,8 +170,9 @@ def _options(keep: int, async_: bool, read_only: bool = False) -> ocp.Checkpoint
 ITEMS = ("state", "data", "meta")
 
 
-def checkpoint_dir(workdir) -> Path:
-    return Path(workdir).absolute() / "checkpoints"
+def checkpoint_dir(workdir):
+    """WORKDIR/checkpoints as an ``epath.Path`` (local, or on a gs:// bucket)."""
+    return workdir_path(workdir) / "checkpoints"
 
 
 def _short(e: BaseException) -> str:
@@ -181,7 +184,7 @@ def _warn(text: str) -> None:
     print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
-def step_problem(root: Path, step: int) -> str | None:
+def step_problem(root, step: int) -> str | None:
     """Why checkpoint ``step`` under ``root`` is visibly incomplete (an item or the state's index missing), or None.
     Damage inside the state's data files shows only when it is restored (``Checkpointer.restore_intact``)."""
     d = root / str(step)
@@ -222,7 +225,7 @@ WORKDIR_ENTRIES = frozenset({"checkpoints", "config.json", "metrics.jsonl", "met
 def check_workdir(workdir) -> None:
     """Refuse (CheckpointMismatch) a --workdir that is neither new, empty, nor a vdot training workdir -- e.g. a
     model folder, whose config.json a run would overwrite. Nothing is written."""
-    path = Path(workdir)
+    path = workdir_path(workdir)
     if path.exists() and not path.is_dir():
         raise CheckpointMismatch(f"--workdir {workdir} is a file; give a new or empty folder, or a training workdir.")
     if not path.is_dir():
@@ -328,7 +331,7 @@ class Checkpointer:
                 aside.parent.mkdir(exist_ok=True)
                 if aside.exists():
                     aside = aside.with_name(f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-                os.replace(self.root / str(step), aside)
+                (self.root / str(step)).rename(aside)
                 self.manager.reload()
                 self.last_saved = self.manager.latest_step()
                 where = f"It was moved to {aside}."

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -56,6 +57,7 @@ from vdot_jax.parallel.sharding import (check_replication, init_sharded, model_s
                                         sharding_table)
 from vdot_jax.train import checkpoint as ckpt
 from vdot_jax.train.config import ConfigError, validate
+from vdot_jax.train.paths import local_dir, workdir_path
 from vdot_jax.weights.params import assign, flat_state
 
 class TrainingError(VdotError, RuntimeError):
@@ -66,7 +68,7 @@ class TrainingError(VdotError, RuntimeError):
 
 
 def is_workdir(path) -> bool:
-    return (Path(path) / "checkpoints").is_dir()
+    return (epath.Path(path) / "checkpoints").is_dir()
 
 
 def _workdir_model(path, ema: bool) -> tuple[WanConfig, str]:
@@ -425,7 +427,7 @@ def train(config: ml_collections.ConfigDict, workdir, *, stop_after: int | None 
     (``vdot_jax.train.samples.DefaultSampler`` when ``sample.every > 0``), None, or a callable taking a
     ``SampleContext``. ``catch_sigint``: treat Ctrl-C like SIGTERM (save and return)."""
     t_start = time.time()
-    workdir = Path(workdir).absolute()
+    workdir = workdir_path(workdir)  # local, or gs:// (never a local folder named "gs:")
     ckpt.check_workdir(workdir)  # before any work: a folder that is not a training workdir is refused untouched
     config = ml_collections.ConfigDict(config.to_dict())
     if config.train.compile_cache:
@@ -615,10 +617,10 @@ def _samples(sampler, run: Run, step: int, state, arrays, info, workdir: Path, l
     from vdot_jax.train.samples import SampleContext
 
     outdir = workdir / "samples" / f"step_{step:06d}"
-    ctx = SampleContext(step=step, state=state, trainer=run.trainer, mode=run.mode, config=run.config,
-                        arrays=arrays, info=info, outdir=outdir)
     t0 = time.time()
-    with activate(run.mesh, run.rules):
+    with local_dir(outdir) as local, activate(run.mesh, run.rules):  # video writers need a local folder
+        ctx = SampleContext(step=step, state=state, trainer=run.trainer, mode=run.mode, config=run.config,
+                            arrays=arrays, info=info, outdir=local)
         sampler(ctx)
     log(f"samples for step {step} written to {outdir} ({time.time() - t0:.1f} s)")
 
