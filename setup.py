@@ -31,6 +31,7 @@ setup(
             "pytest-xdist>=3.5",
         ],
         "torch": ["torch==2.13.0"],
+        "gcs": ["gcsfs>=2024.2"],  # gs:// training workdirs (etils.epath reads and writes them through fsspec)
     },
     entry_points={"console_scripts": ["vdot=vdot_jax.cli:main"]},
 )
