@@ -78,3 +78,12 @@ def test_no_intact_checkpoint_is_one_sentence(workdir):
     with pytest.raises(ckpt.CheckpointMismatch, match="no checkpoint that can be restored"):
         reader.restore_intact(_abstract(), warn=lambda m: None)
     reader.close()
+
+
+def test_partial_restore_falls_back_too(workdir):
+    damaged = _damage_data(workdir)
+    warnings = []
+    got = ckpt.restore_subtree_intact(workdir, {("w",): jax.ShapeDtypeStruct((4, 4), jnp.float32)},
+                                      warn=warnings.append)
+    assert float(got[("w",)][0, 0]) == 1.0 and "step 2" in warnings[0]
+    assert checksums(workdir / "checkpoints" / "2") == damaged

@@ -290,6 +290,25 @@ def restore_subtree(workdir, step: int, targets: Mapping[tuple, jax.ShapeDtypeSt
     return out
 
 
+def restore_subtree_intact(workdir, targets: Mapping[tuple, jax.ShapeDtypeStruct], warn=_warn) -> dict:
+    """``restore_subtree`` of the newest checkpoint that restores; each newer one that does not is named in a
+    warning and left in place."""
+    found = latest_meta(workdir, warn=warn)
+    if found is None:
+        raise CheckpointMismatch(f"{checkpoint_dir(workdir)} holds no checkpoint that can be restored.")
+    root = checkpoint_dir(workdir)
+    steps = sorted((int(p.name) for p in root.iterdir() if p.name.isdigit() and int(p.name) <= found[0]),
+                   reverse=True)
+    for step in steps:
+        if step_problem(root, step) is not None:
+            continue
+        try:
+            return restore_subtree(workdir, step, targets)
+        except CheckpointMismatch as e:
+            warn(f"{e}; using an older step. It was left in place.")
+    raise CheckpointMismatch(f"{root} holds no checkpoint that can be restored.")
+
+
 class Checkpointer:
     """Saves and restores (state, data state, meta) under WORKDIR/checkpoints (module docstring)."""
 

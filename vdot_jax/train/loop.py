@@ -105,13 +105,12 @@ def load_source(path, shardings: dict, runtime: Runtime, *, ema: bool = False) -
 
         return load_transformer(path, "float32", runtime=runtime, shardings=shardings)
     cfg, fld = _workdir_model(path, ema)
-    step, _ = ckpt.latest_meta(path)
     model = nnx.eval_shape(lambda: WanModel(cfg, rngs=nnx.Rngs(0), runtime=runtime))
     flat = flat_state(model)
     keys = {k: tuple(str(p) for p in k) + ("value",) for k in flat}  # nnx Variables store their array as .value
     target = {(fld, *keys[k]): jax.ShapeDtypeStruct(v.shape, jnp.float32, sharding=shardings.get(k))
               for k, v in flat.items()}
-    restored = ckpt.restore_subtree(path, step, target)
+    restored = ckpt.restore_subtree_intact(path, target)
     values = {k: restored[(fld, *keys[k])] for k in flat}
     return assign(model, values)
 
