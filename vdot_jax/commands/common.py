@@ -81,6 +81,13 @@ def check_model_arguments(args) -> None:
                   nonnegative=("guide_scale",), seed=("seed",))
     check_video_memory(args.frames, args.height, args.width)
     check_attention(getattr(args, "attention", None))
+    if getattr(args, "mesh", None):
+        from vdot_jax.parallel.mesh import parse_axes
+
+        try:
+            parse_axes(args.mesh)
+        except ValueError as e:
+            raise UserError(f"--mesh {args.mesh}: {e}") from None
 
 
 def check_attention(impl: str | None) -> None:

@@ -268,7 +268,10 @@ def _as_mesh(mesh):
         return mesh
     from vdot_jax.parallel.mesh import make_mesh
 
-    return make_mesh(mesh)
+    try:
+        return make_mesh(mesh)
+    except ValueError as e:  # e.g. sizes that do not divide the devices: the option's fault
+        raise GenerateError(f"mesh {mesh}: {e}") from None
 
 
 def _exists(path, what: str) -> Path:

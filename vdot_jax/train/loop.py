@@ -119,12 +119,14 @@ def model_arch(config) -> WanConfig:
     m = config.model
     if m.teacher:
         return source_arch(m.teacher)
-    base = preset(m.preset) if m.preset else WanConfig()
     fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in m.arch.to_dict().items()}
     try:
+        base = preset(m.preset) if m.preset else WanConfig()
         return dataclasses.replace(base, **fields)
     except TypeError as e:
         raise ConfigError(f"config.model.arch has a field WanConfig does not know ({e}).") from None
+    except ValueError as e:  # an unknown preset or an inconsistent architecture: the config's fault
+        raise ConfigError(f"config.model: {e}.") from None
 
 
 def runtime_of(config) -> Runtime:
