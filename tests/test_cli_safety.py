@@ -144,3 +144,50 @@ def test_a_bad_task_mix_is_refused_before_the_workdir_is_made(tmp_path, capsys):
     refused(capsys, ["train", "--config", "configs/tiny.py", "--workdir", tmp_path / "w",
                      "--config.data.toy.task_mix.juggling=1"], "task_mix", "juggling")
     assert not (tmp_path / "w").exists()
+
+
+def test_generate_out_is_checked_before_anything_loads(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    base = ["generate", "--model", tmp_path / "missing", "--prompt", "a", "--frames", "5", "--height", "32",
+            "--width", "32"]
+    refused(capsys, [*base, "--out", tmp_path], "--out", "is a folder")
+    refused(capsys, [*base, "--out", tmp_path / "file" / "o.mp4"], "--out", "is a file, not a folder")
+    refused(capsys, [*base, "--out", tmp_path / "o.png"], "--out", "must end in .mp4")
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_read_only_file_system_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import vdot_jax.commands.convert as C
+
+    def ro(args):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "dst"))
+
+    monkeypatch.setattr(C, "run", ro)
+    refused(capsys, ["convert", "--src", tmp_path, "--dst", tmp_path / "dst"], "read-only", str(tmp_path / "dst"))
+
+
+def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    """Only VdotError (and file-system errors of given paths) become one line: a ValueError is a bug."""
+    import vdot_jax.commands.convert as C
+
+    def bug(args):
+        raise ValueError("internal")
+
+    monkeypatch.setattr(C, "run", bug)
+    with pytest.raises(ValueError, match="internal"):
+        vdot(["convert", "--src", str(tmp_path), "--dst", str(tmp_path / "d")])
+
+
+def test_non_finite_video_is_an_error():
+    import numpy as np
+
+    from vdot_jax.errors import VdotError
+    from vdot_jax.sampling.pipeline import check_finite_video
+
+    video = np.zeros((1, 3, 5, 8, 8), np.float32)
+    check_finite_video(video, {})
+    video[0, 1, 2, 3, 4] = np.nan
+    with pytest.raises(VdotError, match="1 non-finite values"):
+        check_finite_video(video, {"guide_scale": float("nan")})

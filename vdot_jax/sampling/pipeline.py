@@ -167,6 +167,14 @@ def task_inputs(task: str | None = None, *, src_video=None, src_mask=None, ref_i
     return C.VCU(base.frames, base.masks, refs, task=task_name, kind=base.kind)
 
 
+def check_finite_video(video: np.ndarray, settings: dict) -> None:
+    """A video with NaN or inf (overflow in bfloat16, a broken checkpoint) is an error, never a silent black file."""
+    bad = ~np.isfinite(video)
+    if bad.any():
+        raise GenerateError(f"the generated video has {int(bad.sum())} non-finite values (NaN or inf) with these "
+                            f"settings ({settings}); nothing was written")
+
+
 def _transformer_only(model: Path, vae, text_encoder) -> None:
     """Refuse, naming it, a --model folder that holds a transformer alone (e.g. the demo's toy teacher) when the
     VAE or text encoder would have to come from it."""
@@ -548,10 +556,7 @@ class Pipeline:
             settings=dict(steps=int(steps), shift=float(shift), guide_scale=float(guide_scale), solver=solver,
                           seed=int(seed), context_scale=float(context_scale)),
         )
-        bad = ~np.isfinite(result.video)
-        if bad.any():  # e.g. overflow in bfloat16 or a broken checkpoint: never a silent black video
-            raise GenerateError(f"the generated video has {int(bad.sum())} non-finite values (NaN or inf) with these "
-                                f"settings ({result.settings}); nothing was written")
+        check_finite_video(result.video, result.settings)
         if out is not None:
             result.write(out, fps=fps)
         return result
