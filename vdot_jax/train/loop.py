@@ -504,7 +504,7 @@ def train(config: ml_collections.ConfigDict, workdir, *, stop_after: int | None 
 class _Loop:
     """The mutable part of a run: state, step counters, bad samples; one ``run_step`` per training step."""
 
-    def __init__(self, run: Run, config, state, pipeline, checkpointer, logger, sampler, workdir: Path,
+    def __init__(self, run: Run, config, state, pipeline, checkpointer, logger, sampler, workdir: epath.Path,
                  bad_rows: dict, step0: int):
         self.run, self.config, self.state, self.pipeline = run, config, state, pipeline
         self.checkpointer, self.logger, self.sampler, self.workdir = checkpointer, logger, sampler, workdir
@@ -614,7 +614,7 @@ def _save(checkpointer, run: Run, step: int, state, pipeline, bad_rows: dict, co
     checkpointer.save(step, state, data_state, meta)
 
 
-def _samples(sampler, run: Run, step: int, state, arrays, info, workdir: Path, log) -> None:
+def _samples(sampler, run: Run, step: int, state, arrays, info, workdir: epath.Path, log) -> None:
     from vdot_jax.train.samples import SampleContext
 
     outdir = workdir / "samples" / f"step_{step:06d}"
