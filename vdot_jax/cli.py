@@ -55,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_errors() as e:
         print(f"vdot {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a command's own cleanup (finally blocks) has run; train saves on the first Ctrl-C
+        print(f"vdot {args.command}: interrupted", file=sys.stderr)
+        return 130
     except OSError as e:
         if e.errno not in _ENV_ERRNOS:
             raise
