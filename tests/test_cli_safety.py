@@ -189,3 +189,9 @@ def test_non_finite_video_is_an_error():
     video[0, 1, 2, 3, 4] = np.nan
     with pytest.raises(VdotError, match="1 non-finite values"):
         check_finite_video(video, {"guide_scale": float("nan")})
+
+
+def test_a_bad_attention_is_refused_before_anything_loads(tmp_path, capsys):
+    refused(capsys, ["train", "--config", "configs/tiny.py", "--workdir", tmp_path / "w",
+                     "--config.model.attention=bogus"], "config.model.attention", "bogus")
+    assert not (tmp_path / "w").exists()

@@ -386,6 +386,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("config.train.checkpoint_every must be >= 1.")
     if config.train.keep < 1:
         raise ConfigError("config.train.keep must be >= 1.")
+    impl = config.model.get("attention") or ""
+    if impl:  # before any model is loaded (a bad name used to fail only after the teacher was read)
+        from vdot_jax.models import attention
+
+        known = set(attention.available()) | {"auto"}
+        if (impl.partition(":")[2] if impl.startswith("ulysses") else impl) not in known | {""}:
+            raise ConfigError(f"config.model.attention {impl!r} is not an attention implementation; choose one of "
+                              f"{sorted(known)} or ulysses:<one of them>.")
     if d.source == "toy":  # checked here, before a workdir is touched, not when the data pipeline is built
         from vdot_jax.data.toy_world import TASKS
 
