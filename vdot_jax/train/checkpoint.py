@@ -235,8 +235,8 @@ def check_workdir(workdir) -> None:
     if config.is_file():
         try:
             d = json.loads(config.read_text())
-        except (OSError, ValueError):
-            d = None
+        except (OSError, ValueError):  # being written by another process of this run: not a model's
+            d = {"mode": None, "train": None}
         if not (isinstance(d, dict) and "mode" in d and "train" in d):  # a model's config, which a run would replace
             foreign.insert(0, "a config.json that is not a training config")
     if foreign:
