@@ -34,6 +34,7 @@ setup(
         "torch": ["torch==2.13.0"],
         # `vdot plan` for TPU topologies on any host (and running on TPU VMs); matches jax 0.10.2
         "tpu": ["libtpu==0.0.42.*"],
+        "gcs": ["gcsfs>=2024.2"],  # gs:// training workdirs (etils.epath reads and writes them through fsspec)
     },
     entry_points={"console_scripts": ["vdot=vdot_jax.cli:main"]},
 )

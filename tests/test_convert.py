@@ -19,7 +19,7 @@ from vdot_jax.weights.keymap import convert_tensors
 from vdot_jax.weights.params import flat_state
 from vdot_jax.weights.wan_transformer import WAN_TO_DIFFUSERS, infer_config, transformer_keymap
 
-# head_dim 128 like every real Wan, so the architecture can be inferred from shapes alone.
+# head_dim 128 like every real Wan, yet matching no release: its head count and VACE positions are ambiguous.
 INFERABLE = WanConfig(dim=256, ffn_dim=48, num_heads=2, num_layers=4, in_channels=4, out_channels=4,
                       text_dim=24, freq_dim=32, vace_layers=(0, 2), vace_in_channels=12)
 
@@ -96,11 +96,15 @@ def test_diffusers_sharded_folder_and_config(tmp_path):
         np.testing.assert_array_equal(flat[p], direct[p])
 
 
-def test_config_inferred_from_shapes(tmp_path):
+def test_config_not_inferred_from_shapes_when_they_are_ambiguous(tmp_path):
+    """Head count and VACE positions are not in the tensors: a model matching no release needs its config."""
     sd = state_numpy(diffusers_transformer(INFERABLE))
-    assert infer_config(source_of(sd)) == INFERABLE
+    with pytest.raises(CheckpointError, match="head count .* and the VACE layer positions .*--config"):
+        infer_config(source_of(sd))
     save_safetensors(tmp_path / "orig.safetensors", to_original(sd))
-    cfg, _ = read_transformer_checkpoint(tmp_path / "orig.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "WanVACETransformer3DModel",
+                                                      **INFERABLE.to_diffusers()}))
+    cfg, _ = read_transformer_checkpoint(tmp_path / "orig.safetensors")  # the config.json beside it
     assert cfg == INFERABLE
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from typing import Sequence
@@ -28,10 +29,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors():
-    from vdot_jax.commands.common import UserError
-    from vdot_jax.weights.checkpoint_io import CheckpointError
+    """What ``vdot`` reports as one line: ``VdotError`` (every error a user can cause; the message names the file or
+    option) and the file-system errors of the paths the user gave. Anything else is a bug and keeps its traceback."""
+    from vdot_jax.errors import VdotError
 
-    return (UserError, CheckpointError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+    return (VdotError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
+
+
+_ENV_ERRNOS = {errno.EROFS: "the file system is read-only", errno.ENOSPC: "no space left on the device",
+               errno.EDQUOT: "disk quota exceeded"}
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,11 +51,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     try:
-        args.func(args)
+        code = args.func(args)
     except _user_errors() as e:
-        print(f"vdot {args.command}: error: {e}", file=sys.stderr)
+        print(f"vdot {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    return 0
+    except KeyboardInterrupt:  # a command's own cleanup (finally blocks) has run; train saves on the first Ctrl-C
+        print(f"vdot {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        if e.errno not in _ENV_ERRNOS:
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"vdot {args.command}: error: {_ENV_ERRNOS[e.errno]}{where}; nothing more was written", file=sys.stderr)
+        return 2
+    return int(code or 0)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vdot_jax.data import video_io
+from vdot_jax.errors import VdotError
 
 CONTROL_KINDS = ("depth", "pose", "scribble", "flow", "gray", "layout")
 EXTENSION_MODES = ("first_frame", "last_frame", "first_clip", "last_clip", "first_last_frame", "first_last_clip")
@@ -91,7 +92,7 @@ WAN_STRIDE = (4, 8, 8)
 WAN_PATCH = (1, 2, 2)
 
 
-class ConditionError(ValueError):
+class ConditionError(VdotError, ValueError):
     """Task inputs that do not fit together (the message says what was expected)."""
 
 

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import os
+from pathlib import Path
 
-class UserError(Exception):
+from vdot_jax.errors import VdotError
+
+
+class UserError(VdotError):
     """An error the user can fix; ``vdot`` prints it as one sentence without a traceback."""
 
 
@@ -24,11 +30,105 @@ def add_model_arguments(parser) -> None:
     m.add_argument("--tokenizer", default=None, help="umT5 tokenizer folder (default: found beside the text encoder)")
 
 
+SEED_MAX = 2**32 - 1
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_finite(args) -> None:
+    """Every float option of ``args`` is a finite number (argparse's ``float`` accepts nan and inf)."""
+    for name, v in sorted(vars(args).items()):
+        if isinstance(v, float) and not math.isfinite(v):
+            raise UserError(f"{_flag(name)} must be a finite number, got {v}")
+
+
+def check_numbers(args, *, positive=(), nonnegative=(), seed=()) -> None:
+    """Count and size options: ``positive`` > 0, ``nonnegative`` >= 0 (None, an unset optional, passes), and
+    ``seed`` options within 0..2**32-1. Run before any heavy work."""
+    check_finite(args)
+    for names, ok, what in ((positive, lambda v: v > 0, "a positive number"),
+                            (nonnegative, lambda v: v >= 0, "a number >= 0"),
+                            (seed, lambda v: 0 <= v <= SEED_MAX, f"an integer in 0..{SEED_MAX}")):
+        for name in names:
+            v = getattr(args, name, None)
+            if v is not None and not ok(v):
+                kind = "a positive integer" if isinstance(v, int) and what == "a positive number" else what
+                raise UserError(f"{_flag(name)} must be {kind}, got {v}")
+
+
+def check_video_memory(frames: int, height: int, width: int) -> None:
+    """Refuse a video size whose decoded frames alone (float32 RGB, twice: decoder output and its copy) would not
+    fit in this machine's memory -- the model needs far more, so such a size can only end in an out-of-memory."""
+    need = 2 * 4 * 3 * frames * height * width
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have:
+        raise UserError(f"--frames {frames} --height {height} --width {width} needs at least {need / 2**30:.1f} GiB "
+                        f"for the decoded video alone, more than this machine's {have / 2**30:.1f} GiB; lower "
+                        "--height, --width or --frames")
+
+
 def check_model_arguments(args) -> None:
-    """The checks that go with ``add_model_arguments`` and the shared sampling sizes, for generate and eval."""
+    """The checks that go with ``add_model_arguments`` and the shared sampling options, for generate and eval."""
     if args.model is None and not (args.transformer and args.vae and args.text_encoder):
         raise UserError("give --model DIR (a converted model directory or a diffusers pipeline folder) or all of "
                         "--transformer, --vae and --text-encoder")
-    for name in ("steps", "frames", "height", "width"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    check_numbers(args, positive=("steps", "frames", "height", "width", "shift", "fps", "limit", "clip_frames"),
+                  nonnegative=("guide_scale",), seed=("seed",))
+    check_video_memory(args.frames, args.height, args.width)
+    check_attention(getattr(args, "attention", None))
+    if getattr(args, "mesh", None):
+        from vdot_jax.parallel.mesh import parse_axes
+
+        try:
+            parse_axes(args.mesh)
+        except ValueError as e:
+            raise UserError(f"--mesh {args.mesh}: {e}") from None
+
+
+def check_attention(impl: str | None) -> None:
+    """--attention names a registered implementation (or ulysses:<one>), checked before any model is loaded."""
+    if impl is None:
+        return
+    from vdot_jax.models import attention
+
+    try:
+        attention.check(impl)
+    except attention.AttentionSpecError as e:
+        raise UserError(f"--attention {impl}: {e}") from None
+
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi")  # containers ffmpeg writes H.264 into
+
+
+def _writable_folder(path: Path, flag: str, given: str) -> None:
+    """The nearest existing folder at or above ``path`` is a writable folder (not a file, not read-only)."""
+    q = path.absolute()
+    while not q.exists():
+        q = q.parent
+    if not q.is_dir():
+        raise UserError(f"{flag} {given}: {q} is a file, not a folder")
+    if not os.access(q, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {given}: {q} is not writable (read-only file system or no permission)")
+
+
+def check_output_folder(path: str, flag: str = "--out") -> None:
+    """An output folder: new or a folder, somewhere writable."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{flag} {path} is a file; give a folder")
+    _writable_folder(p, flag, path)
+
+
+def check_output_video(path: str, flag: str = "--out") -> None:
+    """An output video file: not a folder, a suffix ffmpeg can write H.264 into, in a writable place."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a video file name such as {p / 'out.mp4'}")
+    if p.suffix.lower() not in VIDEO_SUFFIXES:
+        raise UserError(f"{flag} {path} must end in {', '.join(VIDEO_SUFFIXES)} (an H.264 video)")
+    _writable_folder(p.parent, flag, path)

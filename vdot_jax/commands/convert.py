@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
-from vdot_jax.commands.common import progress
+from vdot_jax.commands.common import UserError, progress
+
+COMPONENTS = ("transformer", "vae", "text_encoder")
+INDEX = "vdot_model.json"  # vdot_jax.weights.store.INDEX (not imported: store pulls in jax and orbax)
 
 
 def _is_pipeline_folder(path: Path) -> bool:
@@ -15,9 +20,63 @@ def _is_pipeline_folder(path: Path) -> bool:
         (path / "transformer").is_dir() and not list(path.glob("*.safetensors*"))))
 
 
-def run(args) -> None:
-    from vdot_jax.commands.common import UserError
+def _within(a: Path, b: Path) -> bool:
+    """Whether ``a`` is ``b`` or lies inside it (both resolved)."""
+    return a == b or b in a.parents
 
+
+def check_destination(dst: Path, writes: list[str], sources: list[Path], overwrite: bool) -> None:
+    """Refuse, before any work, a --dst whose writing could destroy something the user owns: a source (or a
+    folder holding one), a non-empty folder that is not a vdot-jax model directory, or a component it already
+    holds -- the last two unless --overwrite."""
+    if dst.exists() and not dst.is_dir():
+        raise UserError(f"--dst {dst} is a file; give a new or empty folder")
+    d = dst.resolve()
+    for s in sources:
+        s = s.resolve()
+        hit = [t.name for t in [d / c for c in writes] + [d / INDEX] if _within(s, t)]
+        if d == s or hit:
+            what = f"would replace {hit[0]}, which holds the source {s}" if hit else "is the source"
+            raise UserError(f"--dst {dst} {what}; choose another --dst (a source is never modified)")
+    if not dst.is_dir():
+        return
+    entries = sorted(p.name for p in dst.iterdir())
+    if not entries or overwrite:
+        return
+    if INDEX not in entries:
+        shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+        raise UserError(f"--dst {dst} is not empty and not a vdot-jax model directory (it holds {shown}); choose a "
+                        "new folder, or pass --overwrite to write the converted components into it")
+    held = [c for c in writes if (dst / c).exists()]
+    if held:
+        raise UserError(f"--dst {dst} already holds {', '.join(held)}; pass --overwrite to replace "
+                        f"{'it' if len(held) == 1 else 'them'}")
+
+
+def commit(staging: Path, dst: Path) -> None:
+    """Move the components written in ``staging`` into ``dst``: a new ``dst`` appears whole by one rename; in an
+    existing one each component is swapped by renames, so an interrupted convert leaves the old or the new one."""
+    if not dst.exists():
+        os.replace(staging, dst)
+        return
+    index = json.loads((staging / INDEX).read_text())
+    old_index = json.loads((dst / INDEX).read_text()) if (dst / INDEX).exists() else {"format": index["format"],
+                                                                                      "components": {}}
+    for name in index["components"]:
+        final, old = dst / name, dst / f".{name}.old-{os.getpid()}"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(staging / name, final)
+        if old.exists():
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        old_index["components"][name] = name
+    tmp = dst / f".{INDEX}.tmp"
+    tmp.write_text(json.dumps(old_index, indent=2))
+    os.replace(tmp, dst / INDEX)
+    shutil.rmtree(staging)
+
+
+def run(args) -> None:
     if args.src is None and args.vae is None and args.text_encoder is None:
         raise UserError("nothing to convert: give --src and/or --vae / --text-encoder")
     if args.tokenizer is not None and args.text_encoder is None:
@@ -31,40 +90,73 @@ def run(args) -> None:
     for what, p in (("VAE", args.vae), ("text encoder", args.text_encoder), ("tokenizer", args.tokenizer)):
         if p is not None and not Path(p).exists():
             raise UserError(f"{what} path {p} does not exist")
+    if src is not None and not src.exists():
+        raise UserError(f"checkpoint path {src} does not exist")
+    config = _config_arg(args.config)
+    dst = Path(args.dst)
+    writes = [c for c, on in zip(COMPONENTS, (src is not None, vae_src is not None, te_src is not None)) if on]
+    sources = [Path(p) for p in (src, vae_src, te_src, args.tokenizer) if p is not None]
+    check_destination(dst, writes, sources, args.overwrite)
+    # Everything is written into a hidden sibling and moved into place at the end (see ``commit``).
+    dst.resolve().parent.mkdir(parents=True, exist_ok=True)
+    staging = dst.resolve().parent / f".{dst.resolve().name}.converting-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        _convert(args, src, vae_src, te_src, staging, config)
+        commit(staging, dst)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    index = dst / INDEX
+    have = sorted(json.loads(index.read_text())["components"]) if index.exists() else []
+    missing = [c for c in COMPONENTS if c not in have]
+    note = f"; add {', '.join(missing)} for vdot generate" if missing else "; ready for vdot generate"
+    print(f"model directory {args.dst} holds {', '.join(have)}{note}")
 
+
+def _config_arg(value: str | None):
+    """--config: a preset name, or a diffusers / original Wan / vdot-jax config.json (checked before any work)."""
+    if value is None:
+        return None
+    from vdot_jax.models.config import PRESETS
+    from vdot_jax.weights.wan_transformer import config_from_json
+
+    if value in PRESETS:
+        return PRESETS[value]
+    p = Path(value)
+    if not p.is_file():
+        raise UserError(f"--config {value} is neither a file nor a preset name ({', '.join(sorted(PRESETS))})")
+    try:
+        d = json.loads(p.read_text())
+    except ValueError as e:
+        raise UserError(f"--config {value} is not valid JSON ({e})") from None
+    return config_from_json(d, f"--config {value}")
+
+
+def _convert(args, src, vae_src, te_src, out_root: Path, config) -> None:
     t0 = time.time()
     if src is not None:
-        from vdot_jax.models.config import WanConfig, preset
+        from vdot_jax.models.config import WanConfig
         from vdot_jax.weights.convert import convert_transformer
 
-        config = None
-        if args.config:
-            p = Path(args.config)
-            config = WanConfig.from_dict(json.loads(p.read_text())) if p.suffix == ".json" else preset(args.config)
-        out = convert_transformer(src, args.dst, dtype=args.dtype, config=config, key=args.key,
+        out = convert_transformer(src, out_root, dtype=args.dtype, config=config, key=args.key,
                                   progress=lambda it: progress("converting", "tensor")(list(it)))
         cfg = WanConfig.from_dict(json.loads((out / "config.json").read_text())["config"])
-        print(f"converted a {cfg.describe()} to {out} as {args.dtype} in {time.time() - t0:.1f} s")
+        print(f"converted a {cfg.describe()} to {args.dst}/transformer as {args.dtype} in {time.time() - t0:.1f} s")
     if vae_src is not None:
         from vdot_jax.weights.wan_vae import convert_vae
 
         t1 = time.time()
-        out = convert_vae(vae_src, args.dst, dtype=args.vae_dtype,
+        out = convert_vae(vae_src, out_root, dtype=args.vae_dtype,
                           progress=lambda it: progress("converting the VAE", "tensor")(list(it)))
-        print(f"converted the Wan VAE from {vae_src} to {out} as {args.vae_dtype} in {time.time() - t1:.1f} s")
+        print(f"converted the Wan VAE from {vae_src} to {args.dst}/vae as {args.vae_dtype} in {time.time() - t1:.1f} s")
     if te_src is not None:
         from vdot_jax.models.text_encoder import convert_text_encoder
 
         t1 = time.time()
-        out = convert_text_encoder(te_src, args.dst, dtype=args.text_encoder_dtype, tokenizer=args.tokenizer,
+        out = convert_text_encoder(te_src, out_root, dtype=args.text_encoder_dtype, tokenizer=args.tokenizer,
                                    progress=lambda it: progress("converting the text encoder", "tensor")(list(it)))
-        print(f"converted the umT5 text encoder (with its tokenizer) from {te_src} to {out} as "
+        print(f"converted the umT5 text encoder (with its tokenizer) from {te_src} to {args.dst}/text_encoder as "
               f"{args.text_encoder_dtype} in {time.time() - t1:.1f} s")
-    index = Path(args.dst) / "vdot_model.json"
-    have = sorted(json.loads(index.read_text())["components"]) if index.exists() else []
-    missing = [c for c in ("transformer", "vae", "text_encoder") if c not in have]
-    note = f"; add {', '.join(missing)} for vdot generate" if missing else "; ready for vdot generate"
-    print(f"model directory {args.dst} holds {', '.join(have)}{note}")
 
 
 def register(sub) -> None:
@@ -81,17 +173,25 @@ def register(sub) -> None:
             "original files (Wan2.1_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth with --tokenizer google/umt5-xxl) "
             "or diffusers/transformers folders, to a new or an existing DST. Pickles are read with "
             "weights_only=True; one that would run code is refused. The transformer's architecture is read from "
-            "a diffusers config.json or inferred from the tensor shapes unless --config is given."
+            "the config.json beside the weights (diffusers or original Wan), else --config, else the released model "
+            "(1.3B/14B, T2V/VACE) whose tensor shapes match exactly; anything else is refused, naming what the "
+            "tensors leave open."
         ),
     )
     p.add_argument("--src", default=None, help="transformer checkpoint file or folder, or a diffusers pipeline folder")
-    p.add_argument("--dst", required=True, help="output model directory")
+    p.add_argument("--dst", required=True,
+                   help="output model directory: new, empty, or a vdot-jax model directory to add components to")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --dst and replace the components it holds (sources are never "
+                        "written, with or without it)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="stored transformer parameter dtype")
     p.add_argument("--key", default=None,
                    help="which state dict of a .pt holding several, e.g. 'generator' or 'generator_ema'")
     p.add_argument("--config", default=None,
-                   help="architecture: a preset name (wan2.1-vace-14b, ...) or a JSON file of WanConfig fields")
+                   help="architecture of a bare checkpoint: a config.json (diffusers or original Wan) or a preset name "
+                        "(wan2.1-vace-14b, ...); default: the config.json beside the weights, else the released model "
+                        "the tensor shapes match")
     p.add_argument("--vae", default=None, help="VAE checkpoint (Wan2.1_VAE.pth or a diffusers AutoencoderKLWan folder)")
     p.add_argument("--vae-dtype", default="float32", choices=("float32", "bfloat16"),
                    help="stored VAE parameter dtype (default float32)")

@@ -6,6 +6,10 @@ import os
 
 
 def run(args) -> None:
+    from vdot_jax.commands.common import check_numbers, check_output_folder
+
+    check_numbers(args, positive=("steps", "seeds"))
+    check_output_folder(args.out)
     # CPU: backend optimisation level 1 compiles the four training phases in about 40% of the default's time
     # (measured on 2 cores: ~45 s vs ~105 s per phase) and runs these tiny models as fast (set before jax
     # starts; an explicit XLA_FLAGS wins).

@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from vdot_jax.commands.common import add_model_arguments, check_model_arguments
+from vdot_jax.commands.common import add_model_arguments, check_model_arguments, check_output_folder
+
+
+def model_identity(args) -> str:
+    """The model paths given and their modification times: a video generated with another (or a re-converted)
+    model is not reused."""
+    parts = []
+    for flag in ("model", "transformer", "vae", "text_encoder"):
+        value = getattr(args, flag, None)
+        if value:
+            p = Path(value).resolve()
+            stamps = [str(q.stat().st_mtime_ns) for q in (p, p / "transformer") if q.exists()]
+            parts.append(f"{flag}={p}@{'/'.join(stamps)}")
+    return ";".join(parts)
 
 
 def run(args) -> None:
@@ -21,6 +35,7 @@ def run(args) -> None:
         if getattr(args, flag) is None:
             raise UserError(f"--{flag} is required")
     check_model_arguments(args)
+    check_output_folder(args.out)
     metrics = None if args.metrics is None else [m.strip() for m in args.metrics.split(",") if m.strip()]
     subtasks = None if args.subtasks is None else [t.strip() for t in args.subtasks.split(",") if t.strip()]
 
@@ -37,7 +52,8 @@ def run(args) -> None:
 
     settings = B.Settings(frames=args.frames, height=args.height, width=args.width, steps=args.steps,
                           guide_scale=args.guide_scale, shift=args.shift, solver=args.solver, seed=args.seed,
-                          negative_prompt=args.negative_prompt, fps=args.fps, reference_order=args.reference_order)
+                          negative_prompt=args.negative_prompt, fps=args.fps, reference_order=args.reference_order,
+                          model=model_identity(args))
     try:
         table = B.run_benchmark(args.index, args.root, args.out, load_pipeline=load, settings=settings,
                                 metrics=metrics, subtasks=subtasks, limit=args.limit, log=log)

@@ -240,10 +240,15 @@ def _export_lora(args, model, out: Path, ckpt: Path, log) -> str:
 
 
 def run(args) -> None:
-    from vdot_jax.commands.common import UserError
+    from vdot_jax.commands.common import UserError, check_numbers, check_output_folder
 
     t0 = time.time()
     ckpt, out = Path(args.ckpt), Path(args.out)
+    check_numbers(args, positive=("shift",), nonnegative=("step",))
+    check_output_folder(args.out)
+    o, c = out.resolve(), ckpt.resolve()
+    if o == c or o in c.parents or c in o.parents:
+        raise UserError(f"--out {out} overlaps --ckpt {ckpt}; export to a separate folder (a source is never modified)")
     if args.format == "lora":
         args.rank = _rank(args.rank if args.rank is not None else "")
     elif args.rank is not None or args.teacher is not None:

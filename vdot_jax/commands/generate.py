@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from vdot_jax.commands.common import add_model_arguments, check_model_arguments
+from vdot_jax.commands.common import add_model_arguments, check_model_arguments, check_output_video
 
 
 def run(args) -> None:
-    from vdot_jax.commands.common import UserError
+    check_model_arguments(args)  # every option, before anything heavy is imported or loaded
+    check_output_video(args.out)
     from vdot_jax.sampling import pipeline as P
-
-    check_model_arguments(args)
-    if args.fps <= 0:
-        raise UserError(f"--fps must be positive, got {args.fps}")
 
     def log(msg: str) -> None:
         if not args.quiet:

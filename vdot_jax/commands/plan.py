@@ -30,8 +30,9 @@ def plan_config(config, topology: str, mesh: str | None, *, frames: int, height:
     Returns (run, Plan)."""
     import jax
 
+    from vdot_jax.commands.common import UserError
     from vdot_jax.models.attention import default_dtype, resolve
-    from vdot_jax.parallel.mesh import describe, hbm_bytes, make_mesh, topology_devices
+    from vdot_jax.parallel.mesh import MeshError, describe, hbm_bytes, make_mesh, topology_devices
     from vdot_jax.train.config import ConfigError
     from vdot_jax.train.loop import build
     from vdot_jax.train.plan import check
@@ -42,7 +43,7 @@ def plan_config(config, topology: str, mesh: str | None, *, frames: int, height:
     else:
         devices = jax.devices("cpu")
         if len(devices) < n:
-            raise ValueError(f"lowering for {n} GPUs needs {n} host devices; run with "
+            raise UserError(f"lowering for {n} GPUs needs {n} host devices; run with "
                              f"XLA_FLAGS=--xla_force_host_platform_device_count={n} (vdot plan sets it itself)")
         devices = devices[:n]
     m = config.model
@@ -56,8 +57,8 @@ def plan_config(config, topology: str, mesh: str | None, *, frames: int, height:
     mesh_spec = mesh if mesh is not None else (config.mesh.ici or None)
     try:
         device_mesh = make_mesh(mesh_spec, config.mesh.dcn or None, devices)
-    except ValueError as e:
-        raise ValueError(f"--mesh {mesh_spec}: {e}") from None
+    except MeshError as e:
+        raise UserError(f"--mesh {mesh_spec}: {e}") from None
     m.attention = resolve(m.attention, gpu, device_mesh.shape["context"])
     if m.dtype == "auto":
         m.dtype = default_dtype(gpu)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 
 def run(args) -> None:
+    from vdot_jax.commands.common import check_numbers, check_output_folder
+
+    check_numbers(args, positive=("rows_per_shard",))
+    check_output_folder(args.out)
     from absl import flags
 
     flags.FLAGS.mark_as_parsed()

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 
 
-def run(args) -> None:
+def run(args) -> int | None:
+    from vdot_jax.commands.common import check_numbers
+
+    check_numbers(args, nonnegative=("stop_after",))
     from absl import flags
 
     flags.FLAGS.mark_as_parsed()  # grain reads absl flags; the vdot CLI is argparse
@@ -13,7 +17,7 @@ def run(args) -> None:
     from vdot_jax.commands.common import UserError
     from vdot_jax.parallel.distributed import initialize
     from vdot_jax.train.config import ConfigError, apply_overrides, load_config, parse_override_args
-    from vdot_jax.train.loop import TrainingError, train
+    from vdot_jax.train.loop import train
 
     initialize()  # multi-host: TPU pods and SLURM are detected; VDOT_COORDINATOR etc. for custom launchers
     try:
@@ -21,12 +25,14 @@ def run(args) -> None:
         apply_overrides(config, parse_override_args(args.extra))
     except ConfigError as e:
         raise UserError(str(e)) from None
-    try:
-        summary = train(config, args.workdir, stop_after=args.stop_after)
-    except TrainingError as e:
-        raise UserError(str(e)) from None
+    # Ctrl-C is handled like SIGTERM: finish the step, save, stop (a second Ctrl-C aborts at once).
+    summary = train(config, args.workdir, stop_after=args.stop_after, catch_sigint=True)
     if args.summary:
         print(json.dumps({k: v for k, v in summary.items() if k != "last_metrics"}, default=str))
+    if summary.get("stopped") == "SIGINT":
+        print(f"vdot train: interrupted: saved step {summary['checkpoint_step']} in {summary['workdir']}; run the "
+              "same command to resume", file=sys.stderr)
+        return 130
 
 
 def register(sub) -> None:
@@ -37,8 +43,9 @@ def register(sub) -> None:
             "Train from a config file (Python, get_config() returning an ml_collections ConfigDict; see configs/). "
             "Any config field can be overridden with --config.KEY=VALUE (typed by the field, e.g. "
             "--config.optim.critic_lr=1e-6 --config.mesh.ici=fsdp=4). If WORKDIR already holds checkpoints the "
-            "run resumes from the latest; a workdir written by an incompatible config is refused. SIGTERM saves "
-            "a checkpoint and exits 0."
+            "run resumes from the latest; a workdir written by an incompatible config, or a non-empty folder that "
+            "is not a training workdir, is refused untouched. SIGTERM saves a checkpoint and exits 0; Ctrl-C "
+            "saves and exits 130 (a second Ctrl-C aborts without saving)."
         ),
     )
     p.add_argument("--config", required=True, help="config file, e.g. configs/tiny.py (FILE.py:ARG passes ARG)")

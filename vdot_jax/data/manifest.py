@@ -26,12 +26,14 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from vdot_jax.errors import VdotError
+
 COLUMNS = ("task", "src_video", "src_mask", "src_ref_images", "caption", "video")
 ALIASES = {"subtask": "task", "prompt": "caption", "en_prompt": "caption", "gt_video": "video",
            "target_video": "video"}
 
 
-class ManifestError(ValueError):
+class ManifestError(VdotError, ValueError):
     """A manifest that cannot be used (the message names the file and the row)."""
 
 

@@ -51,13 +51,14 @@ import numpy as np
 from vdot_jax import conditions as C
 from vdot_jax.data import video_io
 from vdot_jax.data.manifest import ManifestError, ManifestRow, read_manifest
+from vdot_jax.errors import VdotError
 
 ARRAY_KEYS = ("latents", "context", "text")
 INFO_KEYS = ("task", "caption", "bad", "row")
 _HUGE = 2**50  # "endless": sample indices are step * samples_per_step + slot
 
 
-class DataError(ValueError):
+class DataError(VdotError, ValueError):
     """Training data that cannot be used at all (the message says why)."""
 
 

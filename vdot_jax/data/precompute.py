@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from vdot_jax.data.manifest import read_manifest
-from vdot_jax.data.pipeline import (PRECOMPUTED_FORMAT, PRECOMPUTED_INDEX, ManifestSource, SampleError, data_spec,
-                                    encode_record, make_encoder)
+from vdot_jax.data.pipeline import (PRECOMPUTED_FORMAT, PRECOMPUTED_INDEX, DataError, ManifestSource, SampleError,
+                                    data_spec, encode_record, make_encoder)
 
 
 def _shard_name(s: int, n: int) -> str:
@@ -59,15 +59,16 @@ def precompute(config, out, *, rows_per_shard: int = 256, progress: bool = True,
     rows = read_manifest(config.data.manifest)
     if with_context is None:
         with_context = _model_is_vace(config)
-    encoder = make_encoder(config, with_context=with_context)
-    source = ManifestSource(config, encoder, rows)
     n_shards = max(1, math.ceil(len(rows) / rows_per_shard))
     spec = data_spec(config, with_context)
     spec_file = out / "spec.json"
+    # before the encoders are loaded: data made with other settings is refused, never mixed or overwritten
     if spec_file.exists() and json.loads(spec_file.read_text()) != {**spec, "rows": len(rows),
                                                                      "rows_per_shard": rows_per_shard}:
-        raise ValueError(f"{out} holds precomputed data made with other settings ({spec_file}); use another "
-                         "output directory or remove it.")
+        raise DataError(f"{out} holds precomputed data made with other settings ({spec_file}); use another "
+                        "output directory or remove it.")
+    encoder = make_encoder(config, with_context=with_context)
+    source = ManifestSource(config, encoder, rows)
     pid, nproc = jax.process_index(), jax.process_count()
     if pid == 0:
         spec_file.write_text(json.dumps({**spec, "rows": len(rows), "rows_per_shard": rows_per_shard}, indent=2))

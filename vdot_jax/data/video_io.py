@@ -41,11 +41,13 @@ from pathlib import Path
 
 import numpy as np
 
+from vdot_jax.errors import VdotError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 SAMPLING_MODES = ("first", "uniform")
 
 
-class VideoError(ValueError):
+class VideoError(VdotError, ValueError):
     """A video or image file that cannot be used as asked (the message names the file)."""
 
 

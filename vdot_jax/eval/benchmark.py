@@ -33,14 +33,18 @@ Output (``out``)::
     results.jsonl                         one record per row: status, paths, metrics, timings
     table.md, table.json                  per-subtask table (means), skipped rows and metrics with reasons
 
-Resuming: a row whose ``videos/...mp4`` exists, is readable and has the requested frame count and size is not
-generated again (its metrics are reused when the file is unchanged). A row whose input file is missing is
+Resuming: a row whose ``videos/...mp4`` exists, is readable, has the requested frame count and size, and whose
+sidecar ``videos/...mp4.json`` records the same generation settings (model, steps, guidance, shift, solver, seed,
+negative prompt, size, reference order) is not generated again (its metrics are reused when the file is
+unchanged); any other video there is generated again. An index with no usable row, or a run in which no row
+could be generated or reused, is an error. A row whose input file is missing is
 reported and skipped; so is a row whose inputs cannot be read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -52,12 +56,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from vdot_jax.errors import VdotError
+
 FIELDS = ("subtask", "sample_id", "en_prompt", "src_video", "src_mask", "src_ref_images")
 FAMILIES = ("text", "reference", "control", "repaint", "extension", "composite")
 _V, _M, _R = "src_video", "src_mask", "src_ref_images"
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(VdotError, ValueError):
     """The index or the output folder cannot be used (the message names the file and the line)."""
 
 
@@ -197,8 +203,15 @@ def check_row(row: Row) -> str | None:
 
 
 def _safe(name: str, limit: int = 180) -> str:
+    """A file-name-safe form of ``name`` of at most ``limit`` UTF-8 bytes (file systems count bytes, and a
+    non-ASCII prompt has up to 4 per character); a shortened name ends in a hash of the full one, so it stays
+    unique."""
     s = re.sub(r"[/\\\x00-\x1f]", "_", name).strip() or "_"
-    return s[:limit]
+    b = s.encode("utf-8")
+    if len(b) <= limit:
+        return s
+    tag = "~" + hashlib.sha1(b).hexdigest()[:10]
+    return b[: limit - len(tag)].decode("utf-8", errors="ignore").rstrip() + tag
 
 
 def video_path(out: Path, row: Row) -> Path:
@@ -257,6 +270,26 @@ class Settings:
     negative_prompt: str = ""
     fps: float = 16.0
     reference_order: str = "release"
+    model: str = ""  # what identifies the model (paths and their modification times); part of the reuse key
+
+    def generation_key(self) -> str:
+        """A digest of everything that determines a generated video: a video is reused only under the same key."""
+        d = dataclasses.asdict(self)
+        d.pop("fps")  # playback speed only
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _settings_file(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def reusable(path: Path, s: Settings) -> bool:
+    """A video generated earlier with the very same settings and model (its sidecar JSON says so), intact."""
+    try:
+        saved = json.loads(_settings_file(path).read_text()).get("generation_key")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return saved == s.generation_key() and finished(path, s.frames, s.height, s.width)
 
 
 def _vcu(row: Row, s: Settings):
@@ -308,6 +341,10 @@ def run_benchmark(index, root, out, *, load_pipeline: Callable[[], object], sett
             if per[r.subtask] <= limit:
                 kept.append(r)
         rows = kept
+    if not rows:
+        first = f" (line {problems[0]['line']}: {problems[0]['reason']})" if problems else ""
+        raise BenchmarkError(f"benchmark index {index} has no usable rows{' for these --subtasks' if subtasks else ''}"
+                             f": {len(problems)} malformed line(s){first}")
     names = vbench_names(rows)
     chosen = list(REGISTRY) if metrics is None else list(metrics)
     unknown = [m for m in chosen if m not in REGISTRY]
@@ -348,7 +385,7 @@ def run_benchmark(index, root, out, *, load_pipeline: Callable[[], object], sett
             log(f"[{i}/{len(rows)}] {row.key}: failed ({rec['reason']})")
             records.append(rec)
             continue
-        if finished(path, s.frames, s.height, s.width):
+        if reusable(path, s):
             rec["status"] = "reused"
         else:
             if pipe is None:
@@ -370,6 +407,8 @@ def run_benchmark(index, root, out, *, load_pipeline: Callable[[], object], sett
             tmp = path.with_name(f".{path.stem}.partial.mp4")
             write_video(tmp, result.frames(0), fps=s.fps)
             os.replace(tmp, path)
+            _settings_file(path).write_text(json.dumps({"generation_key": s.generation_key(),
+                                                        "settings": dataclasses.asdict(s)}, ensure_ascii=False))
             rec.update(status="generated", seconds=time.perf_counter() - t0,
                        denoise_seconds=result.timings.get("denoise"), compile_seconds=result.timings.get("compile"))
         _link(path, out / "vbench" / _safe(row.subtask) / names[row.key])
@@ -422,6 +461,10 @@ def run_benchmark(index, root, out, *, load_pipeline: Callable[[], object], sett
     table["seconds"] = time.perf_counter() - t_start
     (out / "table.json").write_text(json.dumps(table, indent=2, ensure_ascii=False))
     (out / "table.md").write_text(table_markdown(table))
+    if not any(r["status"] in ("generated", "reused") for r in records):
+        bad = next((r for r in records if r.get("reason")), None)
+        raise BenchmarkError(f"no row of {index} could be evaluated ({len(records)} skipped or failed"
+                             + (f"; e.g. {bad['key']}: {bad['reason']}" if bad else "") + f"); see {results_file}")
     return table
 
 

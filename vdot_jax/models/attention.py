@@ -41,6 +41,7 @@ import jax.numpy as jnp
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
+from vdot_jax.errors import VdotError
 from vdot_jax.parallel.logical import DEFAULT_RULES, active_rules, spec_for
 from vdot_jax.parallel.ulysses import ulysses_attention
 
@@ -49,6 +50,10 @@ _REGISTRY: dict[str, Callable[..., jax.Array]] = {}
 # Implementations that are custom calls XLA cannot partition: they run inside shard_map under a mesh.
 KERNELS = ("splash", "splash_interpret", "cudnn")
 _DEFAULTS = {"tpu": "splash", "gpu": "cudnn", "cuda": "cudnn", "rocm": "cudnn"}
+
+
+class AttentionSpecError(VdotError, ValueError):
+    """An ``impl`` string that names no implementation or carries bad options."""
 
 
 def register(name: str):
@@ -105,11 +110,11 @@ def _options(name: str, opts: str) -> dict[str, int]:
     for part in filter(None, opts.split(",")):
         key, sep, val = part.partition("=")
         if not sep or key not in ("block_q", "block_kv") or not val.isdigit() or int(val) % 128:
-            raise ValueError(f"attention option {part!r} of {name!r} is not block_q=N or block_kv=N with N a "
+            raise AttentionSpecError(f"attention option {part!r} of {name!r} is not block_q=N or block_kv=N with N a "
                              "multiple of 128")
         out[key] = int(val)
     if out and not name.startswith("splash"):
-        raise ValueError(f"attention options ({opts}) are only for splash, not {name!r}")
+        raise AttentionSpecError(f"attention options ({opts}) are only for splash, not {name!r}")
     return out
 
 
@@ -119,11 +124,24 @@ def kernel(impl: str) -> AttentionFn:
     try:
         fn = _REGISTRY[name]
     except KeyError:
-        raise ValueError(
+        raise AttentionSpecError(
             f"unknown attention implementation {impl!r}; choose one of {available()} or ulysses:<one of them>"
         ) from None
     kw = _options(name, opts)
     return functools.partial(fn, **kw) if kw else fn
+
+
+def check(impl: str) -> str:
+    """``impl`` if it parses (``[ulysses:]NAME[:OPTIONS]`` with a registered NAME or ``auto``), else
+    ``AttentionSpecError``: the one check behind ``--attention`` and ``config.model.attention``, run before any
+    model is loaded."""
+    name, _, opts = _split_ulysses(impl)[1].partition(":")
+    if name != "auto" and name not in _REGISTRY:
+        raise AttentionSpecError(
+            f"attention {impl!r} is not an attention implementation; choose one of {available()} or "
+            "ulysses:<one of them>")
+    _options("splash" if name == "auto" else name, opts)
+    return impl
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = "xla") -> jax.Array:

@@ -93,6 +93,32 @@ class WanConfig:
             vace_in_channels=d.get("vace_in_channels", 96),
         )
 
+    @classmethod
+    def from_wan(cls, d: dict) -> "WanConfig":
+        """From the ``config.json`` of an original Wan/VACE release (``WanModel`` / ``VaceWanModel`` arguments)."""
+        if d.get("model_type", "t2v") not in ("t2v", "vace"):
+            raise ValueError(f"only text-to-video and VACE Wan models are supported (model_type "
+                             f"{d.get('model_type')!r})")
+        layers = d.get("num_layers", 32)
+        vace = d.get("model_type") == "vace" or "vace_layers" in d
+        vace_layers = d.get("vace_layers") or (tuple(range(0, layers, 2)) if vace else ())  # VaceWanModel's default
+        return cls(
+            dim=d.get("dim", 2048),
+            ffn_dim=d.get("ffn_dim", 8192),
+            num_heads=d.get("num_heads", 16),
+            num_layers=layers,
+            in_channels=d.get("in_dim", 16),
+            out_channels=d.get("out_dim", 16),
+            patch_size=tuple(d.get("patch_size", (1, 2, 2))),
+            text_dim=d.get("text_dim", 4096),
+            freq_dim=d.get("freq_dim", 256),
+            eps=d.get("eps", 1e-6),
+            cross_attn_norm=d.get("cross_attn_norm", True),
+            rope_max_seq_len=d.get("rope_max_seq_len", 1024),
+            vace_layers=tuple(vace_layers),
+            vace_in_channels=d.get("vace_in_dim", 96),
+        )
+
     def to_diffusers(self) -> dict:
         d = dict(
             patch_size=list(self.patch_size),

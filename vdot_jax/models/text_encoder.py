@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -131,6 +132,10 @@ class PromptTokenizer:
     def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Already-cleaned texts -> (ids [B, text_len] int32, mask [B, text_len] int32)."""
         encs = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        if not getattr(self, "_warned", False) and any(e.overflowing for e in encs):
+            self._warned = True  # once per tokenizer: a benchmark of long prompts would repeat it on every row
+            print(f"warning: a prompt is longer than {self.text_len} tokens and was cut to {self.text_len} (the text "
+                  "encoder's limit); the rest of it is ignored", file=sys.stderr, flush=True)
         ids = np.asarray([e.ids for e in encs], np.int32).reshape(len(encs), self.text_len)
         mask = np.asarray([e.attention_mask for e in encs], np.int32).reshape(len(encs), self.text_len)
         return ids, mask

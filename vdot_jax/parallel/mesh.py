@@ -15,7 +15,13 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh
 
+from vdot_jax.errors import VdotError
+
 AXES = ("data", "fsdp", "context", "tensor")
+
+
+class MeshError(VdotError, ValueError):
+    """A mesh or topology the user named that cannot be built (the message says why)."""
 
 
 def parse_axes(spec: str | Mapping[str, int] | None) -> dict[str, int]:
@@ -29,16 +35,16 @@ def parse_axes(spec: str | Mapping[str, int] | None) -> dict[str, int]:
         for part in str(spec).split(","):
             name, sep, size = part.strip().partition("=")
             if not sep:
-                raise ValueError(f"mesh entry {part!r} is not of the form axis=size (e.g. fsdp=4,context=2)")
+                raise MeshError(f"mesh entry {part!r} is not of the form axis=size (e.g. fsdp=4,context=2)")
             try:
                 items[name.strip()] = int(size)
-            except ValueError:
-                raise ValueError(f"mesh size {size!r} for axis {name!r} is not an integer") from None
+            except ValueError:  # int() of the size
+                raise MeshError(f"mesh size {size!r} for axis {name!r} is not an integer") from None
     unknown = sorted(set(items) - set(AXES))
     if unknown:
-        raise ValueError(f"unknown mesh axes {unknown}; the axes are {list(AXES)}")
+        raise MeshError(f"unknown mesh axes {unknown}; the axes are {list(AXES)}")
     if any(v == 0 or v < -1 for v in items.values()):
-        raise ValueError(f"mesh sizes must be positive or -1, got {items}")
+        raise MeshError(f"mesh sizes must be positive or -1, got {items}")
     return items
 
 
@@ -47,16 +53,16 @@ def resolve_shape(spec: Mapping[str, int], n: int, what: str = "devices") -> tup
     sizes = {a: spec.get(a, 1) for a in AXES}
     free = [a for a, v in sizes.items() if v == -1]
     if len(free) > 1:
-        raise ValueError(f"only one mesh axis may be -1, got {free}")
+        raise MeshError(f"only one mesh axis may be -1, got {free}")
     if not free and "data" not in spec:
         sizes["data"], free = -1, ["data"]
     fixed = math.prod(v for v in sizes.values() if v != -1)
     if free:
         if n % fixed:
-            raise ValueError(f"mesh {dict(spec)} does not divide the {n} {what}")
+            raise MeshError(f"mesh {dict(spec)} does not divide the {n} {what}")
         sizes[free[0]] = n // fixed
     elif fixed != n:
-        raise ValueError(f"mesh {dict(spec)} uses {fixed} {what} but there are {n}")
+        raise MeshError(f"mesh {dict(spec)} uses {fixed} {what} but there are {n}")
     return tuple(sizes[a] for a in AXES)
 
 
@@ -101,13 +107,13 @@ def topology_devices(name: str) -> list:
     try:
         import libtpu  # noqa: F401
     except ImportError:
-        raise ValueError(f"compiling for TPU topology {name!r} needs libtpu: pip install 'vdot-jax[tpu]'") from None
+        raise MeshError(f"compiling for TPU topology {name!r} needs libtpu: pip install 'vdot-jax[tpu]'") from None
     from jax.experimental import topologies
 
     try:
         return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
     except Exception as e:  # noqa: BLE001 -- libtpu's message names the problem
-        raise ValueError(f"unknown TPU topology {name!r} (expected e.g. v5e:2x2, v5p:4x4x4, v6e:8x8): "
+        raise MeshError(f"unknown TPU topology {name!r} (expected e.g. v5e:2x2, v5p:4x4x4, v6e:8x8): "
                          f"{str(e).splitlines()[0][:200]}") from None
 
 

@@ -56,6 +56,7 @@ from flax import nnx
 from vdot_jax import conditions as C
 from vdot_jax.parallel.sharding import compile_program
 from vdot_jax.models.attention import default_attention, resolve  # noqa: F401 -- default_attention for benches
+from vdot_jax.errors import VdotError
 from vdot_jax.sampling.solvers import classifier_free_guidance, guidance_context, sample
 
 # The released 4-step student (docs/method.md, "Sampling") and the 50-step CFG teacher.
@@ -67,7 +68,7 @@ EXTENSION_TASKS = C.EXTENSION_MODES
 TASKS = ("t2v", "r2v", *C.CONTROL_KINDS, "v2v", "mv2v", "inpaint", "outpaint", *EXTENSION_TASKS)
 
 
-class GenerateError(ValueError):
+class GenerateError(VdotError, ValueError):
     """Inputs to ``generate`` that do not fit together or do not fit the model (one sentence)."""
 
 
@@ -168,6 +169,35 @@ def task_inputs(task: str | None = None, *, src_video=None, src_mask=None, ref_i
     return C.VCU(base.frames, base.masks, refs, task=task_name, kind=base.kind)
 
 
+def check_finite_video(video: np.ndarray, settings: dict) -> None:
+    """A video with NaN or inf (overflow in bfloat16, a broken checkpoint) is an error, never a silent black file."""
+    bad = ~np.isfinite(video)
+    if bad.any():
+        raise GenerateError(f"the generated video has {int(bad.sum())} non-finite values (NaN or inf) with these "
+                            f"settings ({settings}); nothing was written")
+
+
+def _transformer_only(model: Path, vae, text_encoder) -> None:
+    """Refuse, naming it, a --model folder that holds a transformer alone (e.g. the demo's toy teacher) when the
+    VAE or text encoder would have to come from it."""
+    import json
+
+    cfg = model / "config.json"
+    if vae is not None and text_encoder is not None or not cfg.is_file() or (model / "vae").exists():
+        return
+    try:
+        cls = json.loads(cfg.read_text()).get("_class_name", "")
+    except (OSError, ValueError, AttributeError):
+        return
+    if cls not in ("WanTransformer3DModel", "WanVACETransformer3DModel"):
+        return
+    toy = (Path(__file__).resolve().parent.parent / "assets" / "toy_teacher") == model.resolve()
+    what = ("the demo's toy teacher, a transformer that works with the toy world's own VAE and text encoder in "
+            "vdot demo" if toy else f"a {cls} folder: a transformer without a VAE or text encoder")
+    raise GenerateError(f"--model {model} is {what}; give a converted model directory (vdot convert) or add --vae "
+                        "and --text-encoder")
+
+
 # ----------------------------------------------------------------------------- results
 
 
@@ -246,7 +276,10 @@ def _as_mesh(mesh):
         return mesh
     from vdot_jax.parallel.mesh import make_mesh
 
-    return make_mesh(mesh)
+    try:
+        return make_mesh(mesh)
+    except ValueError as e:  # e.g. sizes that do not divide the devices: the option's fault
+        raise GenerateError(f"mesh {mesh}: {e}") from None
 
 
 def _exists(path, what: str) -> Path:
@@ -309,6 +342,7 @@ class Pipeline:
             model = _exists(model, "model directory")
             from vdot_jax.weights import store
 
+            _transformer_only(model, vae, text_encoder)
             if store.is_model_dir(model):  # fail before reading gigabytes: every needed component is there
                 for name, override in (("transformer", transformer), ("vae", vae), ("text_encoder", text_encoder)):
                     if override is None:
@@ -516,6 +550,7 @@ class Pipeline:
             settings=dict(steps=int(steps), shift=float(shift), guide_scale=float(guide_scale), solver=solver,
                           seed=int(seed), context_scale=float(context_scale)),
         )
+        check_finite_video(result.video, result.settings)
         if out is not None:
             result.write(out, fps=fps)
         return result

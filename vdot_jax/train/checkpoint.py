@@ -23,8 +23,11 @@ the differences, and nothing in it is touched.
 
 from __future__ import annotations
 
+import json
 import math
-from pathlib import Path
+import os
+import sys
+import time
 from typing import Any, Mapping
 
 import jax
@@ -32,10 +35,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from vdot_jax.train.paths import workdir_path
+
+from vdot_jax.errors import VdotError
+
 FORMAT = "vdot-train-v1"
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(VdotError, ValueError):
     """A workdir whose checkpoints were written by an incompatible config."""
 
 
@@ -162,22 +169,80 @@ def _options(keep: int, async_: bool, read_only: bool = False) -> ocp.Checkpoint
 ITEMS = ("state", "data", "meta")
 
 
-def checkpoint_dir(workdir) -> Path:
-    return Path(workdir).absolute() / "checkpoints"
+def checkpoint_dir(workdir):
+    """WORKDIR/checkpoints as an ``epath.Path`` (local, or on a gs:// bucket)."""
+    return workdir_path(workdir) / "checkpoints"
 
 
-def latest_meta(workdir) -> tuple[int, dict] | None:
-    """(step, meta) of the newest complete checkpoint in ``workdir``, read without writing anything; None if
-    there is none."""
+def _short(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:200] + ("..." if len(text) > 200 else "")
+
+
+def _warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
+def step_problem(root, step: int) -> str | None:
+    """Why checkpoint ``step`` under ``root`` is visibly incomplete (an item or the state's index missing), or None.
+    Damage inside the state's data files shows only when it is restored (``Checkpointer.restore_intact``)."""
+    d = root / str(step)
+    for item in ITEMS:
+        if not (d / item).is_dir():
+            return f"its {item}/ is missing"
+    if not (d / "state" / "_METADATA").is_file():
+        return "its state/ has no _METADATA"
+    return None
+
+
+def latest_meta(workdir, warn=_warn) -> tuple[int, dict] | None:
+    """(step, meta) of the newest intact checkpoint in ``workdir``, read without writing anything; None if there
+    is none. A newer checkpoint that is incomplete or unreadable is named in a warning and skipped (never
+    deleted)."""
     root = checkpoint_dir(workdir)
     if not root.is_dir():
         return None
     with ocp.CheckpointManager(root, item_names=ITEMS, options=_options(1, False, read_only=True)) as mngr:
-        step = mngr.latest_step()
-        if step is None:
-            return None
-        restored = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return step, dict(restored["meta"])
+        for step in sorted(mngr.all_steps(), reverse=True):
+            problem = step_problem(root, step)
+            if problem is None:
+                try:
+                    restored = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+                    return step, dict(restored["meta"])
+                except Exception as e:  # noqa: BLE001 - any failure to read it means this step is damaged
+                    problem = f"its meta cannot be read: {_short(e)}"
+            warn(f"checkpoint step {step} in {root} is incomplete or unreadable ({problem}); using an older step. "
+                 "It was left in place.")
+    return None
+
+
+# What a training run writes at the top of its workdir (train/loop.py, train/logging.py).
+WORKDIR_ENTRIES = frozenset({"checkpoints", "config.json", "metrics.jsonl", "metrics.jsonl.tmp", "train.log", "tb",
+                             "plots", "samples", "unreadable_checkpoints"})
+
+
+def check_workdir(workdir) -> None:
+    """Refuse (CheckpointMismatch) a --workdir that is neither new, empty, nor a vdot training workdir -- e.g. a
+    model folder, whose config.json a run would overwrite. Nothing is written."""
+    path = workdir_path(workdir)
+    if path.exists() and not path.is_dir():
+        raise CheckpointMismatch(f"--workdir {workdir} is a file; give a new or empty folder, or a training workdir.")
+    if not path.is_dir():
+        return
+    entries = sorted(p.name for p in path.iterdir())
+    foreign = [e for e in entries if e not in WORKDIR_ENTRIES]
+    config = path / "config.json"
+    if config.is_file():
+        try:
+            d = json.loads(config.read_text())
+        except (OSError, ValueError):  # being written by another process of this run: not a model's
+            d = {"mode": None, "train": None}
+        if not (isinstance(d, dict) and "mode" in d and "train" in d):  # a model's config, which a run would replace
+            foreign.insert(0, "a config.json that is not a training config")
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+        raise CheckpointMismatch(f"--workdir {workdir} is not empty and is not a vdot training workdir (it holds "
+                                 f"{shown}); give a new or empty folder. Nothing in it was changed.")
 
 
 def check_compatible(workdir, meta: Mapping, current_signature: Mapping, mode: str) -> None:
@@ -209,8 +274,12 @@ def restore_subtree(workdir, step: int, targets: Mapping[tuple, jax.ShapeDtypeSt
                                                                dtype=s.dtype), nested)
     item = checkpoint_dir(workdir) / str(step) / "state"
     with ocp.PyTreeCheckpointer() as ck:
-        restored = ck.restore(item, args=ocp.args.PyTreeRestore(nested, restore_args=restore_args,
-                                                                partial_restore=True))
+        try:
+            restored = ck.restore(item, args=ocp.args.PyTreeRestore(nested, restore_args=restore_args,
+                                                                    partial_restore=True))
+        except Exception as e:  # noqa: BLE001 - damaged data files surface as many orbax/tensorstore errors
+            raise CheckpointMismatch(f"checkpoint step {step} in {item.parent.parent} cannot be read "
+                                     f"({_short(e)}); move it away to use the step before it") from None
     out = {}
     for path in targets:
         node = restored
@@ -220,11 +289,31 @@ def restore_subtree(workdir, step: int, targets: Mapping[tuple, jax.ShapeDtypeSt
     return out
 
 
+def restore_subtree_intact(workdir, targets: Mapping[tuple, jax.ShapeDtypeStruct], warn=_warn) -> dict:
+    """``restore_subtree`` of the newest checkpoint that restores; each newer one that does not is named in a
+    warning and left in place."""
+    found = latest_meta(workdir, warn=warn)
+    if found is None:
+        raise CheckpointMismatch(f"{checkpoint_dir(workdir)} holds no checkpoint that can be restored.")
+    root = checkpoint_dir(workdir)
+    steps = sorted((int(p.name) for p in root.iterdir() if p.name.isdigit() and int(p.name) <= found[0]),
+                   reverse=True)
+    for step in steps:
+        if step_problem(root, step) is not None:
+            continue
+        try:
+            return restore_subtree(workdir, step, targets)
+        except CheckpointMismatch as e:
+            warn(f"{e}; using an older step. It was left in place.")
+    raise CheckpointMismatch(f"{root} holds no checkpoint that can be restored.")
+
+
 class Checkpointer:
     """Saves and restores (state, data state, meta) under WORKDIR/checkpoints (module docstring)."""
 
     def __init__(self, workdir, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
         self.root = checkpoint_dir(workdir)
+        self.read_only = read_only
         self.manager = ocp.CheckpointManager(self.root, item_names=ITEMS,
                                              options=_options(keep, async_save and not read_only, read_only))
         self.last_saved: int | None = self.manager.latest_step()
@@ -242,6 +331,32 @@ class Checkpointer:
         self.manager.save(step, args=args, force=True)
         self.last_saved = step
         return True
+
+    def restore_intact(self, abstract_state, warn=_warn) -> tuple[int, Any, dict, dict]:
+        """(step, state, data state, meta) of the newest checkpoint that restores. Each newer one that does not is
+        named in a warning; a writing checkpointer moves it to WORKDIR/unreadable_checkpoints/ (so new saves of
+        those steps do not collide with it, and it is never deleted), a read-only one leaves it in place."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            problem = step_problem(self.root, step)
+            if problem is None:
+                try:
+                    return (step, *self.restore(step, abstract_state))
+                except Exception as e:  # noqa: BLE001 - any failure to read it means this step is damaged
+                    problem = f"it cannot be restored: {_short(e)}"
+            where = "It was left in place."
+            if not self.read_only:
+                aside = self.root.parent / "unreadable_checkpoints" / str(step)
+                aside.parent.mkdir(exist_ok=True)
+                if aside.exists():
+                    aside = aside.with_name(f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+                (self.root / str(step)).rename(aside)
+                self.manager.reload()
+                self.last_saved = self.manager.latest_step()
+                where = f"It was moved to {aside}."
+            warn(f"checkpoint step {step} in {self.root} is incomplete or unreadable ({problem}); resuming from an "
+                 f"older step. {where}")
+        raise CheckpointMismatch(f"{self.root} holds no checkpoint that can be restored; use another --workdir or "
+                                 "move the checkpoints away to start over. Nothing in it was deleted.")
 
     def restore(self, step: int, abstract_state) -> tuple[Any, dict, dict]:
         """(state in the shardings ``abstract_state`` carries, data state, meta) of checkpoint ``step``."""

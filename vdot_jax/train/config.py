@@ -27,13 +27,14 @@ from typing import Iterable, Sequence
 import ml_collections
 
 from vdot_jax.distill.config import WAN_NEGATIVE_PROMPT, distill_config
+from vdot_jax.errors import VdotError
 
 MODES = ("vdot", "flow")
 SOURCES = ("toy", "manifest", "precomputed")
 ENCODERS = ("toy", "wan")
 
 
-class ConfigError(ValueError):
+class ConfigError(VdotError, ValueError):
     """A config file or override that cannot be used (the message names the key and what was expected)."""
 
 
@@ -391,6 +392,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("config.train.checkpoint_every must be >= 1.")
     if config.train.keep < 1:
         raise ConfigError("config.train.keep must be >= 1.")
+    impl = config.model.get("attention") or ""
+    if impl:  # before any model is loaded (a bad name used to fail only after the teacher was read)
+        from vdot_jax.models import attention
+
+        try:
+            attention.check(impl)
+        except attention.AttentionSpecError as e:
+            raise ConfigError(f"config.model.attention: {e}.") from None
+    if d.source == "toy":  # checked here, before a workdir is touched, not when the data pipeline is built
+        from vdot_jax.data.toy_world import TASKS
+
+        unknown = sorted(set(d.toy.task_mix) - set(TASKS))
+        if unknown:
+            raise ConfigError(f"config.data.toy.task_mix has unknown task(s) {unknown}; tasks are {list(TASKS)}.")
+        weights = [float(v) for v in d.toy.task_mix.values()]
+        if any(w < 0 for w in weights) or not any(w > 0 for w in weights):
+            raise ConfigError("config.data.toy.task_mix needs non-negative weights with at least one positive.")
     if config.mode == "vdot" and not config.model.teacher and not (config.model.preset or len(config.model.arch)):
         raise ConfigError("config.model.teacher is empty and no architecture is given (config.model.preset or "
                           "config.model.arch) to initialise one at random.")

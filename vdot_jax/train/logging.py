@@ -26,7 +26,10 @@ import numpy as np
 class MetricLogger:
     def __init__(self, workdir, *, enabled: bool = True, total_steps: int = 0, start_step: int = 0,
                  progress: bool = True, resume_from: int | None = None):
-        self.workdir = Path(workdir)
+        from vdot_jax.train.paths import is_local, workdir_path
+
+        self.local = is_local(workdir)
+        self.workdir = Path(workdir) if self.local else workdir_path(workdir)  # local: exactly as before
         self.enabled = enabled
         self.jsonl = self.workdir / "metrics.jsonl"
         self._tb = None
@@ -36,8 +39,13 @@ class MetricLogger:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if resume_from is not None and self.jsonl.exists():
             self._truncate(resume_from)
-        self._fh = self.jsonl.open("a")
-        self._log = (self.workdir / "train.log").open("a")
+        if self.local:
+            self._fh = self.jsonl.open("a")
+            self._log = (self.workdir / "train.log").open("a")
+        else:  # a bucket has no append: rewritten whole, every 30 s and at close
+            from vdot_jax.train.paths import RemoteAppendFile
+
+            self._fh, self._log = RemoteAppendFile(self.jsonl), RemoteAppendFile(self.workdir / "train.log")
         if progress:
             from tqdm import tqdm
 
@@ -52,12 +60,17 @@ class MetricLogger:
                     keep.append(line)
             except ValueError:
                 continue
+        if not self.local:
+            self.jsonl.write_text("".join(x + "\n" for x in keep))  # one object write: atomic on a bucket
+            return
         tmp = self.jsonl.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(x + "\n" for x in keep))
         os.replace(tmp, self.jsonl)
 
     @property
     def tb(self):
+        if self._tb is None and self.enabled and not self.local:
+            self._tb = False  # TensorBoard event files need a local folder (or TensorFlow's gfile); JSONL is there
         if self._tb is None and self.enabled:
             try:
                 from tensorboardX import SummaryWriter
@@ -103,7 +116,16 @@ class MetricLogger:
     def plot(self) -> Path | None:
         if not self.enabled or not self.jsonl.exists():
             return None
-        return plot_losses(self.jsonl, self.workdir / "plots" / "losses.png")
+        if self.local:
+            return plot_losses(self.jsonl, self.workdir / "plots" / "losses.png")
+        from vdot_jax.train.paths import local_dir
+
+        self._fh.flush(force=True)
+        with local_dir(self.workdir / "plots") as d:
+            (d / "metrics.jsonl").write_text(self.jsonl.read_text())
+            made = plot_losses(d / "metrics.jsonl", d / "losses.png")
+            (d / "metrics.jsonl").unlink()
+        return self.workdir / "plots" / "losses.png" if made else None
 
     def close(self) -> None:
         if not self.enabled:

@@ -43,11 +43,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from vdot_jax.distill.critic import Critic
 from vdot_jax.models.attention import resolve
+from vdot_jax.errors import VdotError
 from vdot_jax.models.config import Runtime, WanConfig, preset
 from vdot_jax.models.wan import WanModel
 from vdot_jax.parallel.logical import DEFAULT_RULES, activate, spec_for
@@ -56,9 +58,10 @@ from vdot_jax.parallel.sharding import (check_replication, compile_program, init
                                         sharding_stats, sharding_table)
 from vdot_jax.train import checkpoint as ckpt
 from vdot_jax.train.config import ConfigError, validate
+from vdot_jax.train.paths import local_dir, workdir_path
 from vdot_jax.weights.params import assign, flat_state
 
-class TrainingError(RuntimeError):
+class TrainingError(VdotError, RuntimeError):
     """Training cannot go on (the message says why); the last checkpoint is intact."""
 
 
@@ -66,7 +69,7 @@ class TrainingError(RuntimeError):
 
 
 def is_workdir(path) -> bool:
-    return (Path(path) / "checkpoints").is_dir()
+    return (epath.Path(path) / "checkpoints").is_dir()
 
 
 def _workdir_model(path, ema: bool) -> tuple[WanConfig, str]:
@@ -103,13 +106,12 @@ def load_source(path, shardings: dict, runtime: Runtime, *, ema: bool = False) -
 
         return load_transformer(path, "float32", runtime=runtime, shardings=shardings)
     cfg, fld = _workdir_model(path, ema)
-    step, _ = ckpt.latest_meta(path)
     model = nnx.eval_shape(lambda: WanModel(cfg, rngs=nnx.Rngs(0), runtime=runtime))
     flat = flat_state(model)
     keys = {k: tuple(str(p) for p in k) + ("value",) for k in flat}  # nnx Variables store their array as .value
     target = {(fld, *keys[k]): jax.ShapeDtypeStruct(v.shape, jnp.float32, sharding=shardings.get(k))
               for k, v in flat.items()}
-    restored = ckpt.restore_subtree(path, step, target)
+    restored = ckpt.restore_subtree_intact(path, target)
     values = {k: restored[(fld, *keys[k])] for k in flat}
     return assign(model, values)
 
@@ -118,12 +120,14 @@ def model_arch(config) -> WanConfig:
     m = config.model
     if m.teacher:
         return source_arch(m.teacher)
-    base = preset(m.preset) if m.preset else WanConfig()
     fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in m.arch.to_dict().items()}
     try:
+        base = preset(m.preset) if m.preset else WanConfig()
         return dataclasses.replace(base, **fields)
     except TypeError as e:
         raise ConfigError(f"config.model.arch has a field WanConfig does not know ({e}).") from None
+    except ValueError as e:  # an unknown preset or an inconsistent architecture: the config's fault
+        raise ConfigError(f"config.model: {e}.") from None
 
 
 def runtime_of(config) -> Runtime:
@@ -383,7 +387,8 @@ class Phases:
 
 
 class _StopFlag:
-    """SIGTERM (and SIGINT when asked) -> a flag the loop checks after each step."""
+    """SIGTERM (and SIGINT when asked) -> a flag the loop checks after each step. A second SIGINT aborts at once
+    (KeyboardInterrupt), for a user who does not want to wait for the step and the save."""
 
     def __init__(self, catch_int: bool = False):
         self.set = False
@@ -396,12 +401,16 @@ class _StopFlag:
             self._old[s] = signal.signal(s, self._handle)
 
     def _handle(self, signum, frame):
+        if self.set and signum == signal.SIGINT:
+            self.restore()
+            raise KeyboardInterrupt
         self.set = True
         self.signal = signal.Signals(signum).name
 
     def restore(self):
         for s, h in self._old.items():
             signal.signal(s, h)
+        self._old = {}
 
 
 def _host_sum(values: np.ndarray) -> np.ndarray:
@@ -438,7 +447,8 @@ def train(config: ml_collections.ConfigDict, workdir, *, stop_after: int | None 
     (``vdot_jax.train.samples.DefaultSampler`` when ``sample.every > 0``), None, or a callable taking a
     ``SampleContext``. ``catch_sigint``: treat Ctrl-C like SIGTERM (save and return)."""
     t_start = time.time()
-    workdir = Path(workdir).absolute()
+    workdir = workdir_path(workdir)  # local, or gs:// (never a local folder named "gs:")
+    ckpt.check_workdir(workdir)  # before any work: a folder that is not a training workdir is refused untouched
     config = ml_collections.ConfigDict(config.to_dict())
     if config.train.compile_cache:
         jax.config.update("jax_compilation_cache_dir", str(config.train.compile_cache))
@@ -457,8 +467,7 @@ def train(config: ml_collections.ConfigDict, workdir, *, stop_after: int | None 
         stack.callback(checkpointer.close)
         data_state, bad_rows = None, {}
         if found is not None:
-            step0 = found[0]
-            state, data_state, _ = checkpointer.restore(step0, run.abstract_state)
+            step0, state, data_state, _ = checkpointer.restore_intact(run.abstract_state)
             bad_rows = {int(k): v for k, v in data_state.pop("bad_rows", {}).items()}
         else:
             step0 = 0
@@ -514,7 +523,7 @@ def train(config: ml_collections.ConfigDict, workdir, *, stop_after: int | None 
 class _Loop:
     """The mutable part of a run: state, step counters, bad samples; one ``run_step`` per training step."""
 
-    def __init__(self, run: Run, config, state, pipeline, checkpointer, logger, sampler, workdir: Path,
+    def __init__(self, run: Run, config, state, pipeline, checkpointer, logger, sampler, workdir: epath.Path,
                  bad_rows: dict, step0: int):
         self.run, self.config, self.state, self.pipeline = run, config, state, pipeline
         self.checkpointer, self.logger, self.sampler, self.workdir = checkpointer, logger, sampler, workdir
@@ -627,14 +636,14 @@ def _save(checkpointer, run: Run, step: int, state, pipeline, bad_rows: dict, co
     checkpointer.save(step, state, data_state, meta)
 
 
-def _samples(sampler, run: Run, step: int, state, arrays, info, workdir: Path, log) -> None:
+def _samples(sampler, run: Run, step: int, state, arrays, info, workdir: epath.Path, log) -> None:
     from vdot_jax.train.samples import SampleContext
 
     outdir = workdir / "samples" / f"step_{step:06d}"
-    ctx = SampleContext(step=step, state=state, trainer=run.trainer, mode=run.mode, config=run.config,
-                        arrays=arrays, info=info, outdir=outdir)
     t0 = time.time()
-    with activate(run.mesh, run.rules):
+    with local_dir(outdir) as local, activate(run.mesh, run.rules):  # video writers need a local folder
+        ctx = SampleContext(step=step, state=state, trainer=run.trainer, mode=run.mode, config=run.config,
+                            arrays=arrays, info=info, outdir=local)
         sampler(ctx)
     log(f"samples for step {step} written to {outdir} ({time.time() - t0:.1f} s)")
 
@@ -685,7 +694,10 @@ def restore_state(workdir, *, step: int | None = None, mesh=None):
     run = build(config, mesh)
     checkpointer = ckpt.Checkpointer(workdir, read_only=True)
     try:
-        state, _, _ = checkpointer.restore(step if step is not None else found[0], run.abstract_state)
+        if step is None:
+            _, state, _, _ = checkpointer.restore_intact(run.abstract_state)
+        else:
+            state, _, _ = checkpointer.restore(step, run.abstract_state)
     finally:
         checkpointer.close()
     return run, state

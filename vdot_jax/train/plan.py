@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from vdot_jax.errors import VdotError
 from vdot_jax.parallel.sharding import CompileReport, compile_program
 
 STUDENT = dict(steps=4, shift=16.0, guidance=1.0)  # the released student (docs/method.md)
@@ -54,7 +55,7 @@ def latent_grid(config, frames: int, height: int, width: int) -> tuple[int, int,
         st, sh, sw = ToyVAE().stride
         f = 1 + (frames - 1) // st
     if height % sh or width % sw:
-        raise ValueError(f"video size {height}x{width} is not divisible by the VAE's spatial stride {sh}x{sw}")
+        raise VdotError(f"video size {height}x{width} is not divisible by the VAE's spatial stride {sh}x{sw}")
     return f, height // sh, width // sw
 
 

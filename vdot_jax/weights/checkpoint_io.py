@@ -22,8 +22,10 @@ from typing import Callable, Iterator
 import ml_dtypes
 import numpy as np
 
+from vdot_jax.errors import VdotError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(VdotError, ValueError):
     """A checkpoint cannot be read or does not fit; the message is one sentence for the user."""
 
 
@@ -43,7 +45,17 @@ def _read_safetensors_header(path: Path) -> tuple[dict, int]:
             header = json.loads(f.read(n))
     except (OSError, ValueError, struct.error) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is not a readable safetensors file (its header is not a JSON object)")
     header.pop("__metadata__", None)
+    for name, info in header.items():
+        ok = (isinstance(info, dict) and isinstance(info.get("dtype"), str) and isinstance(info.get("shape"), list)
+              and all(isinstance(d, int) and d >= 0 for d in info["shape"])
+              and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2
+              and all(isinstance(o, int) and o >= 0 for o in info["data_offsets"]))
+        if not ok:
+            raise CheckpointError(f"{path} is not a readable safetensors file (header entry {name!r} is not "
+                                  "{dtype, shape, data_offsets})")
     return header, 8 + n
 
 
@@ -172,13 +184,17 @@ def _torch_entries(path: Path, key: str | None) -> tuple[dict, dict]:
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f" (it names {found.group(1)})" if found else ""
         raise CheckpointError(
-            f"refusing to load {path}: it is not a plain tensor state dict and unpickling it would run code "
-            f"({first[:200]})"
+            f"refusing to load {path}: loading it would run code stored in the file{what}, not just read tensors; "
+            "if you trust it, load it yourself with torch.load(..., weights_only=False), save its state dict with "
+            "safetensors.torch.save_file, and convert that file"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({str(e).splitlines()[0][:200]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError) as e:
+        lines = str(e).strip().splitlines()
+        why = lines[0][:200] if lines else ("the file is empty" if path.stat().st_size == 0 else type(e).__name__)
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({why})") from None
     sd = _find_state_dict(obj, path, key)
     loaders = {k: (lambda t=t: _torch_to_numpy(t)) for k, t in sd.items()}
     shapes = {k: tuple(t.shape) for k, t in sd.items()}
@@ -226,6 +242,8 @@ def open_tensors(path: str | os.PathLike, key: str | None = None, stem: str | No
     if not path.exists():
         raise CheckpointError(f"checkpoint path {path} does not exist")
     files = weight_files(path, stem) if path.is_dir() else [path]
+    if not files and stem and path.is_dir():
+        files = weight_files(path)  # a folder holding e.g. only vdot_14b.pt or model.safetensors
     if not files:
         raise CheckpointError(
             f"{path} contains no checkpoint (expected *.safetensors, *.safetensors.index.json or a .pt/.pth file)"

@@ -17,24 +17,23 @@ from vdot_jax.weights import store
 from vdot_jax.weights.checkpoint_io import CheckpointError, open_tensors
 from vdot_jax.weights.keymap import STORED_DTYPES, check_dtype, convert_tensors
 from vdot_jax.weights.params import abstract_model, assign, flat_state
-from vdot_jax.weights.wan_transformer import infer_config, to_diffusers_names, transformer_keymap
+from vdot_jax.weights.wan_transformer import config_from_json, infer_config, to_diffusers_names, transformer_keymap
 
 DTYPES = STORED_DTYPES
-_DIFFUSERS_CLASSES = ("WanTransformer3DModel", "WanVACETransformer3DModel")
 
 
 
-def _diffusers_config(path: Path) -> WanConfig | None:
-    cfg_file = path / "config.json" if path.is_dir() else None
-    if cfg_file is None or not cfg_file.exists():
+def config_beside(path: Path) -> WanConfig | None:
+    """The architecture in the config.json of a checkpoint folder, or beside a checkpoint file; None when there is
+    none or it belongs to something else (then the tensors decide, see ``infer_config``)."""
+    cfg_file = (path if path.is_dir() else path.parent) / "config.json"
+    if not cfg_file.is_file():
         return None
     try:
         d = json.loads(cfg_file.read_text())
     except ValueError as e:
         raise CheckpointError(f"{cfg_file} is not valid JSON ({e})") from None
-    if d.get("_class_name") in _DIFFUSERS_CLASSES:
-        return WanConfig.from_diffusers(d)
-    return None
+    return config_from_json(d, str(cfg_file), strict=False)
 
 
 def read_transformer_checkpoint(
@@ -46,7 +45,7 @@ def read_transformer_checkpoint(
     if src.is_dir() and (src / "transformer").is_dir() and not list(src.glob("*.safetensors*")):
         src = src / "transformer"  # a diffusers pipeline folder
     source = to_diffusers_names(open_tensors(src, key=key, stem="diffusion_pytorch_model" if src.is_dir() else None))
-    cfg = config or _diffusers_config(src) or infer_config(source)
+    cfg = config or config_beside(src) or infer_config(source)
     keymap, shapes = transformer_keymap(cfg)
     flat = convert_tensors(source, keymap, shapes, dtype=check_dtype(dtype), what=cfg.describe(),
                            progress=progress)

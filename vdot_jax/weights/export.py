@@ -74,6 +74,8 @@ def wan_config(cfg: WanConfig) -> dict:
     }
     if cfg.is_vace:
         d.update(vace_layers=list(cfg.vace_layers), vace_in_dim=cfg.vace_in_channels)
+    if cfg.rope_max_seq_len != 1024:  # Wan fixes it at 1024; kept (and ignored by Wan's loader) to round-trip
+        d["rope_max_seq_len"] = cfg.rope_max_seq_len
     return d
 
 

@@ -49,6 +49,7 @@ from typing import Mapping
 
 import numpy as np
 
+from vdot_jax.errors import VdotError
 from vdot_jax.models.config import WanConfig
 from vdot_jax.weights.keymap import Entry, np_dtype
 from vdot_jax.weights.wan_transformer import WAN_TO_DIFFUSERS, transformer_keymap
@@ -62,7 +63,7 @@ _RANDOMIZED_MIN_DIM = 256
 PROBE_AUTO_MAX_PARAMS = 3_000_000_000  # the probe holds three copies of the transformer
 
 
-class LoraError(ValueError):
+class LoraError(VdotError, ValueError):
     """The two models cannot be compared (different architectures) or the request makes no sense."""
 
 

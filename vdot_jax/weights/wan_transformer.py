@@ -95,37 +95,93 @@ def to_diffusers_names(source: TensorSource) -> TensorSource:
     return src
 
 
+DIFFUSERS_CLASSES = ("WanTransformer3DModel", "WanVACETransformer3DModel")
+WAN_CLASSES = ("WanModel", "VaceWanModel")
+
+
+def config_from_json(d, origin: str, *, strict: bool = True) -> WanConfig | None:
+    """The architecture in a config.json: diffusers' (``WanVACETransformer3DModel``...), an original Wan/VACE
+    release's (``VaceWanModel``...), a vdot-jax component's, or a dict of ``WanConfig`` fields. ``strict=False``
+    returns None for a file that is none of these (a config.json that belongs to something else)."""
+    cls = d.get("_class_name") if isinstance(d, dict) else None
+    try:
+        if cls in DIFFUSERS_CLASSES:
+            return WanConfig.from_diffusers(d)
+        if cls in WAN_CLASSES or (isinstance(d, dict) and "in_dim" in d and "num_heads" in d):
+            return WanConfig.from_wan(d)
+        if not strict:
+            return None
+        if isinstance(d, dict) and d.get("component") == "transformer" and "config" in d:
+            return WanConfig.from_dict(d["config"])
+        if isinstance(d, dict):
+            return WanConfig.from_dict(d)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{origin} is not a usable Wan transformer config ({e})") from None
+    raise CheckpointError(f"{origin} is not a Wan transformer config (expected a diffusers or Wan config.json)")
+
+
+def _indices(keys, root: str) -> list[int]:
+    return sorted({int(k.split(".")[1]) for k in keys if k.startswith(root + ".") and k.split(".")[1].isdigit()})
+
+
+def _valid_head_counts(dim: int) -> list[int]:
+    return [h for h in range(1, dim + 1) if dim % h == 0 and (dim // h) % 2 == 0]
+
+
 def infer_config(source: TensorSource) -> WanConfig:
-    """The architecture from tensor shapes of a diffusers-named source (head dim 128, as in all Wan2.1)."""
+    """The architecture of a diffusers-named source with no config: what the tensor shapes determine, completed by
+    the released model (``PRESETS``) that matches them exactly. The head count and the VACE layer positions are not
+    in the tensors, so anything that matches no release is refused (``CheckpointError`` naming what is ambiguous
+    and asking for ``--config``), as is a checkpoint with block indices missing."""
+    from vdot_jax.models.config import PRESETS
 
     def shape(key):
         if key not in source:
             raise CheckpointError(f"{source.origin} has no {key}, so its architecture cannot be inferred")
         return source.shape(key)
 
-    d, cin, *patch = shape("patch_embedding.weight")
     keys = source.keys()
-    num_layers = 1 + max(int(k.split(".")[1]) for k in keys if k.startswith("blocks."))
-    n_vace = 1 + max((int(k.split(".")[1]) for k in keys if k.startswith("vace_blocks.")), default=-1)
-    vace_layers = ()
-    if n_vace > 0:
-        step = num_layers // n_vace  # VACE releases space their hint layers evenly from 0
-        vace_layers = tuple(range(0, step * n_vace, step))
-    head_dim = 128 if d % 128 == 0 else d  # all Wan2.1 models use 128-wide heads
-    return WanConfig(
-        dim=d,
-        ffn_dim=shape("blocks.0.ffn.net.0.proj.weight")[0],
-        num_heads=d // head_dim,
-        num_layers=num_layers,
-        in_channels=cin,
-        out_channels=shape("proj_out.weight")[0] // (patch[0] * patch[1] * patch[2]),
-        patch_size=tuple(patch),
+    blocks, vace = _indices(keys, "blocks"), _indices(keys, "vace_blocks")
+    for name, idx in (("blocks", blocks), ("vace_blocks", vace)):
+        gaps = sorted(set(range(idx[-1] + 1)) - set(idx)) if idx else []
+        if gaps:
+            raise CheckpointError(f"{source.origin} has no {name} {', '.join(map(str, gaps[:8]))} (its {name} go up "
+                                  f"to {idx[-1]}): the checkpoint is incomplete")
+    if not blocks:
+        raise CheckpointError(f"{source.origin} has no transformer blocks (blocks.N.*)")
+    d, cin, *patch = shape("patch_embedding.weight")
+    determined = dict(
+        dim=d, ffn_dim=shape("blocks.0.ffn.net.0.proj.weight")[0], num_layers=len(blocks), in_channels=cin,
+        out_channels=shape("proj_out.weight")[0] // max(1, patch[0] * patch[1] * patch[2]), patch_size=tuple(patch),
         text_dim=shape("condition_embedder.text_embedder.linear_1.weight")[1],
         freq_dim=shape("condition_embedder.time_embedder.linear_1.weight")[1],
         cross_attn_norm="blocks.0.norm2.weight" in source,
-        vace_layers=vace_layers,
-        vace_in_channels=shape("vace_patch_embedding.weight")[1] if n_vace else 96,
-    )
+        vace_in_channels=shape("vace_patch_embedding.weight")[1] if vace else 96)
+
+    def fits(cfg: WanConfig) -> bool:
+        return len(cfg.vace_layers) == len(vace) and all(getattr(cfg, k) == v for k, v in determined.items())
+
+    for cfg in PRESETS.values():
+        if fits(cfg):
+            return cfg
+    heads = _valid_head_counts(d)
+    n = len(vace)
+    positions = () if n == 0 else tuple(range(n)) if n in (1, len(blocks)) else None
+    ambiguous = []
+    if len(heads) != 1:
+        ambiguous.append(f"the head count (dim {d} splits into {', '.join(map(str, heads[:6]))}"
+                         f"{', ...' if len(heads) > 6 else ''} heads)")
+    if positions is None:
+        ambiguous.append(f"the VACE layer positions ({n} VACE blocks among {len(blocks)} layers)")
+    if not ambiguous:
+        return WanConfig(**determined, num_heads=heads[0], vace_layers=positions)
+    near = [name for name, cfg in PRESETS.items() if len(cfg.vace_layers) == n and
+            all(getattr(cfg, k) == v for k, v in determined.items() if k != "num_layers")]
+    hint = (f"; it matches the released {near[0]} except for its {len(blocks)} layers (that has "
+            f"{PRESETS[near[0]].num_layers}: is a block missing?)" if near else "")
+    raise CheckpointError(f"{source.origin} has no config.json and matches no released model, so "
+                          f"{' and '.join(ambiguous)} cannot be told from its tensors{hint}; pass --config FILE (the "
+                          "model's diffusers or Wan config.json)")
 
 
 def to_external(flat: dict, cfg: WanConfig, layout: str = "diffusers"):

@@ -101,7 +101,7 @@ def vae_keymap(cfg: VAEConfig) -> tuple[KeyMap, dict]:
     return KeyMap.from_abstract(shapes, stacked={}, path_to_key=_diffusers_key, layout_of=_layout), shapes
 
 
-def detect_layout(keys) -> str:
+def detect_layout(keys, origin: str = "this") -> str:
     """'diffusers' or 'wan' from the tensor names (prefixes already removed)."""
     keys = list(keys)
     if any(k.startswith(("encoder.conv_in.", "encoder.down_blocks.", "quant_conv.")) for k in keys):
@@ -109,7 +109,7 @@ def detect_layout(keys) -> str:
     if any(k.startswith(("encoder.conv1.", "encoder.downsamples.", "decoder.upsamples.")) for k in keys):
         return "wan"
     raise CheckpointError(
-        "this is not a Wan VAE checkpoint (found neither diffusers' encoder.conv_in/encoder.down_blocks nor the "
+        f"{origin} is not a Wan VAE checkpoint (found neither diffusers' encoder.conv_in/encoder.down_blocks nor the "
         f"original encoder.conv1/encoder.downsamples keys; first keys: {keys[:3]})"
     )
 
@@ -169,7 +169,7 @@ def to_diffusers_names(source: TensorSource, cfg: VAEConfig | None = None) -> tu
     """Strip prefixes, rename an original-layout source to diffusers names; also return the config
     (``cfg`` if given, else inferred from the shapes). Unknown keys are kept as they are."""
     src = strip_prefixes(source, DIFFUSERS_ROOTS + WAN_ROOTS)
-    if detect_layout(src.keys()) == "wan":
+    if detect_layout(src.keys(), src.origin) == "wan":
         cfg = cfg or infer_config(src.renamed(lambda k: _COMMON.forward(k) or k))
         table = original_rename_table(cfg)
         src = src.renamed(lambda k: table.forward(k) or k)
