@@ -242,7 +242,11 @@ def test_diffusers_folder_roundtrip(ref, ref_dir, ours, tmp_path):
     # an in-memory model saved and restored, in bfloat16 parameters
     save_vae(ours, tmp_path / "bf16", dtype="bfloat16")
     restored = load_vae(tmp_path / "bf16")
-    assert all(v.dtype == jnp.bfloat16 for v in flat_state(restored).values())
+    saved, before = flat_state(restored), flat_state(ours)
+    assert set(saved) == set(before)
+    for p, v in saved.items():  # the values, rounded to bfloat16 (not only the dtype)
+        assert v.dtype == jnp.bfloat16, p
+        np.testing.assert_array_equal(np.asarray(v), np.asarray(before[p]).astype(jnp.bfloat16), err_msg=str(p))
 
 
 @pytest.mark.parametrize("fault", ["missing", "extra", "misshaped"])
