@@ -47,3 +47,55 @@ def run_diffusers(model, x, t, text, context=None, scale=None) -> np.ndarray:
     with torch.no_grad():
         out = model(torch.tensor(x), torch.tensor(t), torch.tensor(text), return_dict=False, **kw)[0]
     return out.numpy()
+
+
+# umT5 for the tiny pipelines: 2 layers of width 32, 4 heads of 8.
+TINY_UMT5 = dict(vocab_size=64, d_model=32, d_ff=48, num_layers=2, num_heads=4, d_kv=8,
+                 relative_attention_num_buckets=32, relative_attention_max_distance=128)
+
+
+def word_tokenizer(words):
+    """A WordLevel stand-in for the umT5 tokenizer: pad 0, eos 1, unk 2, then ``words``; eos appended."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", 1)])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                                unk_token="<unk>")
+
+
+def tiny_vace_pipeline(root, dit: WanConfig, words, *, latents_mean, latents_std, shift: float = 16.0):
+    """A random diffusers ``WanVACEPipeline`` (``dit``; VAE with z_dim ``dit.in_channels``; ``TINY_UMT5``; a
+    ``word_tokenizer``; flow UniPC at ``shift``), norm scales perturbed, saved to ROOT/pipeline and converted with
+    ``vdot convert`` (fp32 text encoder) to ROOT/model. Returns (pipeline, ROOT/pipeline, ROOT/model)."""
+    import transformers
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACEPipeline
+
+    from vdot_jax.cli import main as vdot
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=dit.in_channels, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                           temperal_downsample=[False, True, True], latents_mean=list(latents_mean),
+                           latents_std=list(latents_std)).eval()
+    with torch.no_grad():
+        for name, p in vae.named_parameters():
+            if name.endswith("gamma"):
+                p.copy_(1.0 + 0.3 * torch.randn_like(p))
+    text_encoder = transformers.UMT5EncoderModel(transformers.UMT5Config(
+        **TINY_UMT5, dropout_rate=0.0, feed_forward_proj="gated-gelu")).eval()
+    with torch.no_grad():
+        for name, p in text_encoder.named_parameters():
+            if "layer_norm" in name:
+                p.uniform_(0.5, 1.5)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift)
+    pipe = WanVACEPipeline(tokenizer=word_tokenizer(words), text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                           transformer=diffusers_transformer(dit, seed=1))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(root / "pipeline")
+    assert vdot(["convert", "--src", str(root / "pipeline"), "--dst", str(root / "model"),
+                 "--text-encoder-dtype", "float32"]) == 0
+    return pipe, root / "pipeline", root / "model"

@@ -381,14 +381,11 @@ def test_file_errors_name_the_file(files):
         C.read_task_inputs(paths["video"], num_frames=17, height=40, width=48)
 
 
-# ----------------------------------------------------------------------------- the Flax VAE (optional)
+# ----------------------------------------------------------------------------- the Flax VAE
 
 
 def test_flax_vae_gives_the_same_context(tmp_path, torch_vae, vae):
-    try:
-        from vdot_jax.models.vae import load_vae
-    except (ImportError, AttributeError) as e:
-        pytest.skip(f"the Flax Wan VAE (vdot_jax.models.vae.load_vae) is not available yet: {e}")
+    from vdot_jax.models.vae import load_vae
     torch_vae.save_pretrained(tmp_path / "vae")
     flax_vae = load_vae(tmp_path / "vae")
     assert C.vae_geometry(flax_vae) == (Z, (4, 8, 8))

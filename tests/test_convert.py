@@ -64,11 +64,18 @@ def test_release_style_pt_with_nesting_and_prefixes(ref_sd, tmp_path):
 
 
 def test_several_state_dicts_need_a_key(ref_sd, tmp_path):
-    sd = {k: torch.tensor(v) for k, v in ref_sd.items()}
-    torch.save({"generator": sd, "generator_ema": sd, "step": 3}, tmp_path / "two.pt")
+    ema = {k: v + 1.0 for k, v in ref_sd.items()}  # two different dicts: the key must pick the right one
+    torch.save({"generator": {k: torch.tensor(v) for k, v in ref_sd.items()},
+                "generator_ema": {k: torch.tensor(v) for k, v in ema.items()}, "step": 3}, tmp_path / "two.pt")
     with pytest.raises(CheckpointError, match="several state dicts .*--key"):
         read_transformer_checkpoint(tmp_path / "two.pt", config=TINY_VACE)
-    read_transformer_checkpoint(tmp_path / "two.pt", config=TINY_VACE, key="generator_ema")
+    km, shapes = transformer_keymap(TINY_VACE)
+    for key, sd in (("generator_ema", ema), ("generator", ref_sd)):
+        _, flat = read_transformer_checkpoint(tmp_path / "two.pt", config=TINY_VACE, key=key)
+        want = convert_tensors(source_of(sd), km, shapes)
+        assert set(flat) == set(want)
+        for p in want:
+            np.testing.assert_array_equal(flat[p], want[p], err_msg=f"{key}: {p}")
 
 
 class _Evil:

@@ -224,5 +224,8 @@ def test_offline_metrics():
     assert kept_psnr(Sample(gen, src, mask)) == float("inf") and kept_mae(Sample(gen, src, mask)) == 0.0
     gen[:, 4:] = 110
     assert kept_mae(Sample(gen, src, mask)) == pytest.approx(10.0, abs=1e-3)
+    # a uniform error of 10 grey levels: 20 log10(255 / 10) = 28.13 dB (a known value, not just a sign)
+    assert kept_psnr(Sample(gen, src, mask)) == pytest.approx(20 * np.log10(255 / 10), abs=1e-3)
+    assert 20 * np.log10(255 / 10) == pytest.approx(28.13, abs=5e-3)
     assert kept_psnr(Sample(gen, src, np.ones_like(mask))) is None  # nothing kept
     assert kept_psnr(Sample(gen)) is None  # no source

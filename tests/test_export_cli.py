@@ -18,7 +18,7 @@ diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
 
-from oracles import diffusers_transformer, run_diffusers, state_numpy  # noqa: E402
+from oracles import run_diffusers, state_numpy, tiny_vace_pipeline  # noqa: E402
 from vdot_jax.cli import main as vdot  # noqa: E402
 from vdot_jax.models.config import WanConfig  # noqa: E402
 from vdot_jax.weights.checkpoint_io import open_tensors  # noqa: E402
@@ -38,41 +38,11 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
-                                                unk_token="<unk>")
-
-
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    """(diffusers WanVACEPipeline, its folder, our converted model directory)."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACEPipeline
-
-    torch.manual_seed(0)
-    vae = AutoencoderKLWan(base_dim=8, z_dim=Z, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
-                           temperal_downsample=[False, True, True], latents_mean=[0.1, -0.2, 0.3, 0.0],
-                           latents_std=[0.5, 1.0, 1.5, 2.0]).eval()
-    with torch.no_grad():
-        for name, p in vae.named_parameters():
-            if name.endswith("gamma"):
-                p.copy_(1.0 + 0.3 * torch.randn_like(p))
-    te = transformers.UMT5EncoderModel(transformers.UMT5Config(
-        vocab_size=16, d_model=32, d_ff=48, num_layers=2, num_heads=4, d_kv=8, relative_attention_num_buckets=32,
-        dropout_rate=0.0, feed_forward_proj="gated-gelu")).eval()
-    pipe = WanVACEPipeline(tokenizer=_tokenizer(), text_encoder=te, vae=vae, transformer=diffusers_transformer(DIT, 1),
-                           scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-                                                             flow_shift=3.0))
-    root = tmp_path_factory.mktemp("export_cli")
-    pipe.save_pretrained(root / "pipeline")
-    assert vdot(["convert", "--src", str(root / "pipeline"), "--dst", str(root / "model"),
-                 "--text-encoder-dtype", "float32"]) == 0
-    return pipe, root / "pipeline", root / "model"
+    """(diffusers WanVACEPipeline with flow shift 3, its folder, our converted model directory)."""
+    return tiny_vace_pipeline(tmp_path_factory.mktemp("export_cli"), DIT, WORDS, latents_mean=[0.1, -0.2, 0.3, 0.0],
+                              latents_std=[0.5, 1.0, 1.5, 2.0], shift=3.0)
 
 
 def _same_state(a: dict, b: dict, what: str) -> None:

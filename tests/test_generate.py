@@ -22,7 +22,7 @@ transformers = pytest.importorskip("transformers")
 imageio = pytest.importorskip("imageio")
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # imageio-ffmpeg's subprocess, JAX loaded
 
-from oracles import diffusers_transformer  # noqa: E402
+from oracles import tiny_vace_pipeline  # noqa: E402
 from vdot_jax import conditions as C  # noqa: E402
 from vdot_jax.cli import main as vdot  # noqa: E402
 from vdot_jax.data import video_io  # noqa: E402
@@ -36,8 +36,6 @@ MEAN, STD = [0.1, -0.2, 0.3, 0.05], [0.5, 1.0, 1.5, 2.0]
 # 2 heads of 16 (one per device under context=2), VACE hints at layers 0 and 2 of 3.
 DIT = WanConfig(dim=32, ffn_dim=40, num_heads=2, num_layers=3, in_channels=Z, out_channels=Z, text_dim=32,
                 freq_dim=32, rope_max_seq_len=64, vace_layers=(0, 2), vace_in_channels=2 * Z + 64)
-UMT5 = dict(vocab_size=64, d_model=32, d_ff=48, num_layers=2, num_heads=4, d_kv=8,
-            relative_attention_num_buckets=32, relative_attention_max_distance=128)
 WORDS = "a an the cat dog runs on grass in rain video of slowly red blue sky blurry static".split()
 PROMPT, NEGATIVE = "a red cat runs on the grass", "blurry static video"
 # Video values in [0, 1] after decoding; fp32 on both sides, differences are float rounding through the
@@ -54,45 +52,11 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def _tokenizer(folder):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
-                                                       special_tokens=[("</s>", 1)])
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
-                                                unk_token="<unk>")
-
-
 @pytest.fixture(scope="module")
 def oracle(tmp_path_factory):
     """(diffusers WanVACEPipeline, its saved folder, our converted model directory)."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACEPipeline
-
-    torch.manual_seed(0)
-    vae = AutoencoderKLWan(base_dim=8, z_dim=Z, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
-                           temperal_downsample=[False, True, True], latents_mean=MEAN, latents_std=STD).eval()
-    with torch.no_grad():
-        for name, p in vae.named_parameters():
-            if name.endswith("gamma"):
-                p.copy_(1.0 + 0.3 * torch.randn_like(p))
-    text_encoder = transformers.UMT5EncoderModel(transformers.UMT5Config(
-        **UMT5, dropout_rate=0.0, feed_forward_proj="gated-gelu")).eval()
-    with torch.no_grad():
-        for name, p in text_encoder.named_parameters():
-            if "layer_norm" in name:
-                p.uniform_(0.5, 1.5)
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=SHIFT)
-    pipe = WanVACEPipeline(tokenizer=_tokenizer(None), text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-                           transformer=diffusers_transformer(DIT, seed=1))
-    pipe.set_progress_bar_config(disable=True)
-    root = tmp_path_factory.mktemp("generate")
-    pipe.save_pretrained(root / "pipeline")
-    assert vdot(["convert", "--src", str(root / "pipeline"), "--dst", str(root / "model"),
-                 "--text-encoder-dtype", "float32"]) == 0
-    return pipe, root / "pipeline", root / "model"
+    return tiny_vace_pipeline(tmp_path_factory.mktemp("generate"), DIT, WORDS, latents_mean=MEAN, latents_std=STD,
+                              shift=SHIFT)
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +98,11 @@ def _noise(vcu, seed):
                                                        dtype=np.float32)
 
 
-def _diffusers(pipe, noise, guide, **kw):
+def _diffusers(pipe, noise, guide, steps=4, **kw):
     with torch.no_grad():
-        out = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, height=H, width=W, num_frames=T, num_inference_steps=4,
-                   guidance_scale=guide, latents=torch.from_numpy(noise), output_type="np", **kw)
+        out = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, height=H, width=W, num_frames=T,
+                   num_inference_steps=steps, guidance_scale=guide, latents=torch.from_numpy(noise), output_type="np",
+                   **kw)
     return np.asarray(out.frames, np.float32)
 
 
@@ -210,6 +175,29 @@ def test_masked_editing_matches_diffusers(oracle, ours, files):
     assert np.abs(t2v.video - res.video).max() > 1e-3
 
 
+def test_reference_images_with_the_teachers_50_cfg_steps_match_diffusers(oracle, ours):
+    """r2v end to end (the reference frame noised, denoised and dropped before decoding) on the teacher's path:
+    50 UniPC steps at shift 16 with CFG 5, 100 network evaluations."""
+    from PIL import Image
+
+    pipe = oracle[0]
+    # 24x16, letterboxed (bilinear, x4/3) onto the white 32x48 canvas. Sides are multiples of 8: diffusers first
+    # resizes a reference to multiples of the VAE stride (its image processor's default), which the release does not.
+    ref = (np.random.default_rng(5).random((24, 16, 3)) * 255).astype(np.uint8)
+    vcu = C.r2v([ref.astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0], T, H, W)
+    noise = _noise(vcu, 4)
+    theirs = _diffusers(pipe, noise, guide=5.0, steps=50, reference_images=[Image.fromarray(ref)])
+    res = ours.generate(PROMPT, negative_prompt=NEGATIVE, vcu=vcu, latents=noise, steps=50, shift=SHIFT,
+                        guide_scale=5.0, progress=False)
+    assert theirs.shape == (1, T, H, W, 3) and res.latents.shape[2] == 1 + (T - 1) // 4 + 1
+    err = np.abs(_video01(res.video) - theirs).max()
+    assert err < TOL, f"max abs difference {err}"
+    # the reference reaches the model: the same noise without it (its frame dropped) gives another video
+    plain = ours.generate(PROMPT, negative_prompt=NEGATIVE, vcu=C.t2v(T, H, W), latents=noise[:, :, 1:], steps=50,
+                          shift=SHIFT, guide_scale=5.0, progress=False)
+    assert np.abs(plain.video - res.video).max() > 1e-3
+
+
 def test_seed_latents_and_reference_frames(ours):
     vcu = C.r2v([np.linspace(-1, 1, 3 * 16 * 24, dtype=np.float32).reshape(3, 16, 24)], T, H, W)
     a = ours.generate(PROMPT, vcu=vcu, seed=3, progress=False)
@@ -236,7 +224,7 @@ CLI_TASKS = {
     "r2v": lambda f: ["--ref-images", str(f["ref"])],
     "depth": lambda f: ["--task", "depth", "--src-video", str(f["video"])],
     "mv2v": lambda f: ["--src-video", str(f["masked"]), "--src-mask", str(f["mask"])],
-    "inpaint": lambda f: ["--task", "inpaint", "--src-video", str(f["video"]), "--src-mask", str(f["mask"])],
+    # inpaint: test_cli_video_is_pipeline_generate_for_the_same_seed
     "outpaint": lambda f: ["--task", "outpaint", "--src-video", str(f["video"]), "--expand", "0,0,0.25,0.25"],
     "first_frame": lambda f: ["--task", "first_frame", "--src-video", str(f["first"])],
     "last_clip": lambda f: ["--task", "last_clip", "--clip-frames", "3", "--src-video", str(f["video"])],
@@ -254,6 +242,56 @@ def test_cli_writes_a_playable_mp4(oracle, files, tmp_path, capsys, task):
     for stage in ("text", "conditions", "denoise", "decode"):
         assert f"{stage} " in summary[0]
     assert _read_mp4(out) == (T, H, W, 3)
+
+
+def test_task_inputs_grey_the_inpainted_region_expand_in_order_and_keep_clip_frames(files):
+    paths = files[0]
+    size = dict(frames=T, height=H, width=W)
+    plain = P.task_inputs(None, src_video=paths["video"], **size)  # the video as a control: frames as read
+    edit = P.task_inputs(None, src_video=paths["video"], src_mask=paths["mask"], **size)
+    inpaint = P.task_inputs("inpaint", src_video=paths["video"], src_mask=paths["mask"], **size)
+    m = inpaint.masks
+    np.testing.assert_array_equal(m, edit.masks)
+    assert set(np.unique(m)) == {0.0, 1.0} and m[0, 0, :, 8:24, 16:40].all() and m.sum() == T * 16 * 24
+    np.testing.assert_array_equal(inpaint.frames, plain.frames * (1.0 - m))  # grey (0) where generated, kept elsewhere
+    assert np.abs(plain.frames[..., 8:24, 16:40]).mean() > 0.1 and (inpaint.kind, edit.kind) == ("repaint", "repaint")
+
+    # --expand top,bottom,left,right: the canvas is HxW, the video shrunk to H/(1+top+bottom) x W/(1+left+right)
+    for expand, rows, cols in (("0.5,0,0,0", slice(11, 32), slice(0, 48)), ("0,0.5,0,0", slice(0, 21), slice(0, 48)),
+                               ("0,0,0.5,0", slice(0, 32), slice(16, 48)), ("0,0,0,0.5", slice(0, 32), slice(0, 32))):
+        out = P.task_inputs("outpaint", src_video=paths["video"], expand=expand, **size)
+        border = np.ones((H, W), bool)  # generated: mask 1, grey 0
+        border[rows, cols] = False
+        np.testing.assert_array_equal(out.masks[0, 0, 0], border.astype(np.float32), err_msg=expand)
+        assert not out.frames[0, :, 0][:, border].any() and np.abs(out.frames[0, :, 0][:, ~border]).mean() > 0.1
+
+    # --clip-frames: the first / last k frames of the source kept (mask 0), the rest generated
+    for task, k in (("last_clip", 3), ("first_clip", 2)):
+        out = P.task_inputs(task, src_video=paths["video"], clip_frames=k, **size)
+        keep = slice(T - k, T) if task == "last_clip" else slice(0, k)
+        expected = np.ones(T, np.float32)
+        expected[keep] = 0.0
+        np.testing.assert_array_equal(out.masks[0, 0, :, 0, 0], expected)
+        np.testing.assert_array_equal(out.frames[:, :, keep], plain.frames[:, :, keep])
+        assert not np.delete(out.frames, np.arange(T)[keep], axis=2).any()
+
+
+def test_cli_video_is_pipeline_generate_for_the_same_seed(oracle, ours, files, tmp_path, capsys):
+    paths = files[0]
+    cli = tmp_path / "cli.mp4"
+    assert vdot(["generate", "--model", str(oracle[2]), "--prompt", PROMPT, "--frames", str(T), "--height", str(H),
+                 "--width", str(W), "--seed", "5", "--out", str(cli), "--quiet", "--task", "inpaint", "--src-video",
+                 str(paths["video"]), "--src-mask", str(paths["mask"])]) == 0
+    summary = capsys.readouterr().out.strip().splitlines()
+    assert len(summary) == 1 and summary[0].startswith("generated inpaint") and str(cli) in summary[0]
+    vcu = P.task_inputs("inpaint", src_video=paths["video"], src_mask=paths["mask"], frames=T, height=H, width=W)
+    api = ours.generate(PROMPT, vcu=vcu, seed=5, out=tmp_path / "api.mp4", progress=False)
+    read = lambda p: imageio.v3.imread(p, plugin="FFMPEG")  # noqa: E731
+    np.testing.assert_array_equal(read(cli), read(tmp_path / "api.mp4"))  # the same frames, encoded alike
+    # and they are this result's frames (mp4 is lossy: nearer to them than to another seed's by far)
+    other = ours.generate(PROMPT, vcu=vcu, seed=6, progress=False)
+    err = {s: np.abs(read(cli).astype(np.float32) - r.frames()).mean() for s, r in ((5, api), (6, other))}
+    assert err[5] < 0.5 * err[6], err
 
 
 def test_cli_teacher_settings_and_progress(oracle, tmp_path, capsys):

@@ -15,7 +15,7 @@ TINY = WanConfig(dim=16, ffn_dim=32, num_heads=2, num_layers=2, in_channels=4, o
 
 def test_flow_trainer_learns_compiles_once_and_skips_non_finite_updates():
     c = base_config()
-    c.flow.lr, c.flow.text_dropout, c.flow.ema_decay = 3e-3, 0.5, 0.9
+    c.flow.lr, c.flow.text_dropout, c.flow.ema_decay, c.flow.ema_start = 3e-3, 0.5, 0.9, 3
     model = WanModel(TINY, rngs=nnx.Rngs(0))
     trainer = FlowTrainer(model, c)
     state = trainer.init_state(model, seed=0)
@@ -24,9 +24,17 @@ def test_flow_trainer_learns_compiles_once_and_skips_non_finite_updates():
              "text": r.normal(size=(2, 2, 5, 8)).astype(np.float32), "neg_text": np.zeros((2, 2, 5, 8), np.float32),
              "context": r.normal(size=(2, 2, 12, 3, 4, 4)).astype(np.float32)}
     losses = []
-    for _ in range(40):
+    for i in range(40):
+        ema_before = jax.tree.map(np.asarray, state.ema)
         state, m = trainer.train_step(state, batch)
         losses.append(float(m["flow_loss"]))
+        if i < 5:  # the EMA's closed form: a copy of the new params before ema_start, then d e + (1 - d) p
+            d = 0.9 if i >= c.flow.ema_start else 0.0
+            for e0, e, p in zip(jax.tree.leaves(ema_before), jax.tree.leaves(state.ema), jax.tree.leaves(state.params)):
+                np.testing.assert_allclose(np.asarray(e), d * e0 + (1 - d) * np.asarray(p), rtol=1e-6, atol=1e-7)
+            ema_moved = any(not np.array_equal(np.asarray(e), np.asarray(p))
+                            for e, p in zip(jax.tree.leaves(state.ema), jax.tree.leaves(state.params)))
+            assert ema_moved == (i >= c.flow.ema_start)
     assert trainer.trace_counts["flow"] == 1 and int(state.step) == 40
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
     assert int(state.skipped) == 0 and state.ema is not None

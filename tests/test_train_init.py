@@ -40,6 +40,10 @@ def tiny_flow(tmp, arch_overrides=()):
     apply_overrides(c, ["mesh.num_devices=1", "flow.ema_decay=0.5", *arch_overrides])
     run = build(c)
     state = init_state(run)
+    # right after init the EMA equals the params: move it, so that reading the EMA and reading the params differ
+    noise = lambda i, p: p + 0.01 * jax.random.normal(jax.random.key(i), p.shape, p.dtype)  # noqa: E731
+    leaves, treedef = jax.tree.flatten(state.params)
+    state = state.replace(ema=jax.tree.unflatten(treedef, [noise(i, p) for i, p in enumerate(leaves)]))
     cp = ckpt.Checkpointer(tmp, async_save=False)
     meta = {"mode": "flow", "signature": run.signature(), "models": run.models_meta(), "has_ema": True}
     cp.save(1, state, {"step": 1}, meta)
@@ -67,6 +71,9 @@ def test_teacher_from_a_flow_workdir_and_a_text_to_video_generator_into_a_vace_s
     v = ("vace_blocks", "attn1", "to_q", "kernel")
     np.testing.assert_array_equal(get(state.generator, *v), get(vace.ema, *v))  # VACE blocks: the teacher
     assert not np.array_equal(get(vace.ema, *k), get(t2v.params, *k))
+    for p in (k, v):  # the EMA really is another tree than the params
+        assert not np.array_equal(get(vace.ema, *p), get(vace.params, *p))
+    assert not np.array_equal(get(state.teacher, *k), get(vace.params, *k))
 
     c2 = load_config("configs/tiny.py")
     apply_overrides(c2, ["mesh.num_devices=1", f"model.teacher={tmp_path / 't2v'}",

@@ -256,7 +256,11 @@ def test_save_and_reload_roundtrip(tmp_path, pipeline_dir):
     meta = json.loads((comp / "config.json").read_text())
     assert meta["dtype"] == "bfloat16" and meta["config"] == dataclasses.asdict(enc.config)
     back = load_text_encoder(tmp_path / "model", text_len=TEXT_LEN)
-    assert all(v.dtype == jax.numpy.bfloat16 for v in flat_state(back.model).values())
+    saved, before = flat_state(back.model), flat_state(enc.model)
+    assert set(saved) == set(before)
+    for p, v in saved.items():  # the values, rounded to bfloat16 (not only the dtype)
+        assert v.dtype == jax.numpy.bfloat16, p
+        np.testing.assert_array_equal(np.asarray(v), np.asarray(before[p]).astype(jax.numpy.bfloat16), err_msg=str(p))
 
 
 def test_clear_errors(tmp_path, pipeline_dir, hf_model):

@@ -97,8 +97,8 @@ def ref_dir(ref, tmp_path_factory):
     return d
 
 
-def _video(frames, seed=0, h=H, w=W):
-    return np.random.RandomState(seed).uniform(-1, 1, (1, 3, frames, h, w)).astype(np.float32)
+def _video(frames, seed=0, h=H, w=W, batch=1):
+    return np.random.RandomState(seed).uniform(-1, 1, (batch, 3, frames, h, w)).astype(np.float32)
 
 
 def _ref_encode(ref, x):
@@ -116,15 +116,17 @@ def _ref_decode(ref, z):
 
 @pytest.mark.parametrize("frames", [1, 9])
 def test_encode_decode_match_diffusers(ref, ours, frames):
-    x = _video(frames)
+    """Batch 2 of different clips: the VAE folds time into the batch axis, so a mix-up shows only with B > 1."""
+    x = _video(frames, batch=2)
     want = _ref_encode(ref, x)
     got = ours.encode(x)
-    assert got.shape == want.shape == (1, TINY.z_dim, 1 + (frames - 1) // 4, H // 8, W // 8)
+    assert got.shape == want.shape == (2, TINY.z_dim, 1 + (frames - 1) // 4, H // 8, W // 8)
     np.testing.assert_allclose(np.asarray(got), want, atol=TOL, rtol=0)
+    assert np.abs(want[0] - want[1]).max() > 0.1  # two different clips
 
     want_x = _ref_decode(ref, want)
     got_x = np.asarray(ours.decode(want))
-    assert got_x.shape == want_x.shape == (1, 3, frames, H, W)
+    assert got_x.shape == want_x.shape == (2, 3, frames, H, W)
     np.testing.assert_allclose(got_x, want_x, atol=TOL, rtol=0)
     assert 0.02 < np.mean(np.abs(want_x) == 1.0) < 0.8  # diffusers' clamp to [-1, 1] was active
 
@@ -242,7 +244,11 @@ def test_diffusers_folder_roundtrip(ref, ref_dir, ours, tmp_path):
     # an in-memory model saved and restored, in bfloat16 parameters
     save_vae(ours, tmp_path / "bf16", dtype="bfloat16")
     restored = load_vae(tmp_path / "bf16")
-    assert all(v.dtype == jnp.bfloat16 for v in flat_state(restored).values())
+    saved, before = flat_state(restored), flat_state(ours)
+    assert set(saved) == set(before)
+    for p, v in saved.items():  # the values, rounded to bfloat16 (not only the dtype)
+        assert v.dtype == jnp.bfloat16, p
+        np.testing.assert_array_equal(np.asarray(v), np.asarray(before[p]).astype(jnp.bfloat16), err_msg=str(p))
 
 
 @pytest.mark.parametrize("fault", ["missing", "extra", "misshaped"])

@@ -1,6 +1,8 @@
 """One of two processes: join on 127.0.0.1, run a sharded VACE forward over 8 devices, save the output.
 
-Process 0 also runs the same forward on one device (no mesh) for the comparison."""
+VACE's zero-initialised projections are drawn at random, so that the hints (and their sharding) matter.
+Process 0 also runs the same forward on one device (no mesh) for the comparison, and once with the hints
+scaled to zero (nohints.npy), to show that they change the output."""
 
 import sys
 
@@ -25,18 +27,23 @@ from vdot_jax.models.wan import WanModel  # noqa: E402
 from vdot_jax.parallel.logical import activate  # noqa: E402
 from vdot_jax.parallel.mesh import make_mesh  # noqa: E402
 from vdot_jax.parallel.sharding import init_sharded  # noqa: E402
+from vdot_jax.train.loop import _draw_vace_projections  # noqa: E402
 
 cfg = dataclasses.replace(TINY_VACE, dim=64, num_heads=4)
 data = np.load(f"{workdir}/inputs.npz")
 args = [data[f"arr_{i}"] for i in range(4)]
 mesh = make_mesh("data=2,context=2,tensor=2")
 model = init_sharded(lambda: WanModel(cfg, rngs=nnx.Rngs(7)), mesh).set_runtime(attention="ulysses:xla")
+_draw_vace_projections(model, 7)
 with activate(mesh):
     out = jax.jit(lambda m, *a: m(*a))(model, *args)
 out = multihost_utils.process_allgather(out, tiled=True)
 np.save(f"{workdir}/out{pid}.npy", np.asarray(out))
 if pid == 0:
-    local = WanModel(cfg, rngs=nnx.Rngs(7))
     with jax.default_device(jax.local_devices()[0]):
-        np.save(f"{workdir}/single.npy", np.asarray(jax.jit(lambda m, *a: m(*a))(local, *args)))
+        local = WanModel(cfg, rngs=nnx.Rngs(7))
+        _draw_vace_projections(local, 7)
+        forward = jax.jit(lambda m, *a, scale: m(*a, vace_scale=scale))
+        np.save(f"{workdir}/single.npy", np.asarray(forward(local, *args, scale=1.0)))
+        np.save(f"{workdir}/nohints.npy", np.asarray(forward(local, *args, scale=0.0)))
 print("ok", pid)
