@@ -73,3 +73,20 @@ def test_goodness_directions():
 def test_demo_refuses_bad_seeds(capsys):
     assert vdot(["demo", "--seeds", "0", "--out", "/nonexistent/x"]) != 0
     assert "--seeds must be at least 1" in capsys.readouterr().err
+
+
+def test_teacher_config_stages_match_the_shipped_teacher():
+    import dataclasses
+
+    from vdot_jax.demo import load_teacher
+    from vdot_jax.train.config import ConfigError, load_config
+    from vdot_jax.train.loop import model_arch
+
+    scratch = load_config("configs/toy_teacher.py")
+    cont = load_config("configs/toy_teacher.py:continue")
+    shipped = load_teacher().cfg
+    assert dataclasses.asdict(model_arch(scratch)) == dataclasses.asdict(shipped)  # stage 1 builds this architecture
+    assert cont.model.teacher == "runs/toy_teacher" and cont.model.teacher_ema and cont.seed != scratch.seed
+    assert cont.train.steps == 1500 and scratch.train.steps == 4000
+    with pytest.raises((ValueError, ConfigError), match="scratch"):
+        load_config("configs/toy_teacher.py:wider")
