@@ -1,10 +1,14 @@
-"""`vdot demo --quick`: the whole path (shipped teacher -> three students -> evaluation -> report) on CPU."""
+"""`vdot demo --quick`: the whole path (shipped teacher -> three students -> evaluation -> report) on CPU; and the
+pieces of `--seeds N` (mean ± sd, differences beyond the spread) on known values."""
 
 import json
 import re
 
+import numpy as np
+import pytest
+
 from vdot_jax.cli import main as vdot
-from vdot_jax.demo import START, SUMMARY, VARIANTS, DemoPlan
+from vdot_jax.demo import START, SUMMARY, VARIANTS, DemoPlan, _teacher_name, aggregate, compare, goodness
 from vdot_jax.data.toy_world import TASKS
 
 
@@ -13,8 +17,8 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
     assert vdot(["demo", "--quick", "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
     plan = DemoPlan.quick()
-    rows = [f"teacher {plan.teacher_steps} steps + CFG", f"teacher {plan.student_steps} steps + CFG", START, *VARIANTS,
-            "real clips (reference)"]
+    t50 = _teacher_name(plan.teacher_steps, plan.guidance)
+    rows = [t50, _teacher_name(plan.student_steps, plan.guidance), START, *VARIANTS, "real clips (reference)"]
     summary = text.split("## Summary")[1].split("\n\n")[1]
     header = summary.splitlines()[0]
     for _, column, _ in SUMMARY:
@@ -22,12 +26,67 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
     for row in rows:
         line = next(line for line in summary.splitlines() if line.startswith(f"| {row} |"))
         assert len(line.strip("|").split("|")) == len(SUMMARY) + 1
+        assert "±" not in line  # one seed: no spread
     assert re.search(r"Against the teacher at 4 steps .*: better on .*; worse on", text)
     assert re.search(r"Against its own starting point .*: better on .*; worse on", text)
+    assert "single-seed" in text
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == set(rows)
-    assert metrics["student VDOT"]["nfe"] == 4 and metrics[rows[0]]["nfe"] == 2 * plan.teacher_steps
+    assert metrics["student VDOT"]["nfe"] == 4
+    assert metrics[t50]["nfe"] == plan.teacher_steps * (2 if plan.guidance != 1 else 1)
+    assert metrics["real clips (reference)"]["all/fragmented"] == 0.0
     for task in TASKS:
         assert (out / f"grid_{task}.gif").stat().st_size > 0 and (out / f"grid_{task}.mp4").exists()
+    import imageio.v2 as imageio
+
+    grid = imageio.mimread(out / "grid_all.gif")
+    # 7 labelled columns and one labelled row per task of 96-px frames (32 px x 3, nearest-neighbour)
+    assert grid[0].shape[0] >= len(TASKS) * 96 and grid[0].shape[1] >= 7 * 96
     assert (out / "training_curves.png").exists() and (out / "metrics.png").exists()
-    assert "vdot demo: wrote" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "vdot demo: wrote" in printed and "single-seed" in printed
+
+
+def test_seeds_mean_sd_and_differences_beyond_the_spread():
+    runs = [{"a": {"all/attr_acc": 0.5, "all/artifact": 0.1}, "b": {"all/attr_acc": 0.4, "all/artifact": 0.1}},
+            {"a": {"all/attr_acc": 0.7, "all/artifact": 0.3}, "b": {"all/attr_acc": 0.4, "all/artifact": 0.3}},
+            {"a": {"all/attr_acc": 0.6, "all/artifact": 0.2}, "b": {"all/attr_acc": 0.4, "all/artifact": 0.2}}]
+    means, sds = aggregate(runs)
+    assert means["a"]["all/attr_acc"] == pytest.approx(0.6) and sds["a"]["all/attr_acc"] == pytest.approx(0.1)
+    assert sds["b"]["all/attr_acc"] == pytest.approx(0.0, abs=1e-12) and sds["b"]["all/artifact"] == pytest.approx(0.1)
+    better, worse = compare(means, "a", "b", sds)
+    # accuracy: 0.6 vs 0.4, |diff| 0.2 > 0.1 + 0 -> marked; artifacts 0.2 vs 0.2: equal, in neither list
+    assert better == ["caption acc*"] and worse == []
+    means["b"]["all/attr_acc"] = 0.55  # 0.05 < 0.1: better, but within the spread
+    assert compare(means, "a", "b", sds)[0] == ["caption acc"]
+    one, none = aggregate(runs[:1])
+    assert np.isnan(none["a"]["all/attr_acc"]) and compare(one, "a", "b", None) == (["caption acc"], [])
+
+
+def test_goodness_directions():
+    assert goodness("all/attr_acc", 0.7) > goodness("all/attr_acc", 0.6)
+    assert goodness("all/fragmented", 0.1) > goodness("all/fragmented", 0.2)
+    # sharpness: closeness to 1 on a log scale, so 0.5 and 2 tie and both lose to 0.9
+    assert goodness("all/sharpness", 0.5) == goodness("all/sharpness", 2.0) < goodness("all/sharpness", 0.9)
+
+
+def test_demo_refuses_bad_seeds(capsys):
+    assert vdot(["demo", "--seeds", "0", "--out", "/nonexistent/x"]) != 0
+    assert "--seeds must be at least 1" in capsys.readouterr().err
+
+
+def test_teacher_config_stages_match_the_shipped_teacher():
+    import dataclasses
+
+    from vdot_jax.demo import load_teacher
+    from vdot_jax.train.config import ConfigError, load_config
+    from vdot_jax.train.loop import model_arch
+
+    scratch = load_config("configs/toy_teacher.py")
+    cont = load_config("configs/toy_teacher.py:continue")
+    shipped = load_teacher().cfg
+    assert dataclasses.asdict(model_arch(scratch)) == dataclasses.asdict(shipped)  # stage 1 builds this architecture
+    assert cont.model.teacher == "runs/toy_teacher" and cont.model.teacher_ema and cont.seed != scratch.seed
+    assert cont.train.steps == 1500 and scratch.train.steps == 4000
+    with pytest.raises((ValueError, ConfigError), match="scratch"):
+        load_config("configs/toy_teacher.py:wider")

@@ -14,7 +14,8 @@ from vdot_jax.data.toy_world import (
     chroma, fill_outline, make_caption, outline, parse_caption, sample_batch,
 )
 from vdot_jax.eval.toy_metrics import (
-    FEATURE_DIM, PSNR_CAP, analyse, clip_features, evaluate, sinkhorn_divergence, to_markdown,
+    FEATURE_DIM, PSNR_CAP, analyse, clip_features, count_components, evaluate, sharpness_error, sinkhorn_divergence,
+    to_markdown,
 )
 from vdot_jax.models.toy_vae import MIX, TOY_LATENTS_MEAN, TOY_LATENTS_STD, ToyVAE, latent_stats
 
@@ -271,6 +272,53 @@ def test_metrics_score_wrong_clips_badly(batch):
     assert m["all/attr_acc"] < 0.5 and m["all/artifact"] > 0.5
     assert m["all/kept_psnr"] < 12 and m["all/control_iou"] < 0.3 and m["grey/grey_psnr"] < 15
     assert m["all/sinkhorn"] > 1.0
+
+
+def test_fragmentation_counts_split_frames():
+    fg = np.zeros((2, 5, 32, 32), bool)
+    fg[0, 0, 1:3, 1:3] = True  # one square
+    fg[0, 1, 1:3, 1:3] = fg[0, 1, 5:7, 5:7] = True  # two squares
+    fg[0, 2, 2, 2] = fg[0, 2, 3, 3] = True  # diagonal neighbours: one 8-connected component
+    fg[1, 0, 0, :8:2] = True  # four isolated pixels; the other frames empty
+    np.testing.assert_array_equal(count_components(fg), [[1, 2, 1, 0, 0], [4, 0, 0, 0, 0]])
+    # as clips: red objects on a grey background; 4 frames show foreground, 2 of them split, empty frames ignored
+    video = np.where(fg[:, None], PALETTE[0][None, :, None, None, None], 0.0).astype(np.float32)
+    assert analyse(video).components.tolist() == [[1, 2, 1, 0, 0], [4, 0, 0, 0, 0]]
+    assert _quality_of(video)["all/fragmented"] == 0.5
+
+
+def _quality_of(clips):
+    """evaluate()'s fragmentation and sharpness of clips [B,3,T,H,W] against the world's clips of the same shape."""
+    B, _, t, h, w = clips.shape
+    b = ToyWorld(frames=t, height=h, width=w).sample_batch(0, B, "t2v")
+    return evaluate(clips, b, sinkhorn=False)
+
+
+def test_fragmentation_zero_on_world_and_sharpness_one(batch):
+    m = evaluate(batch.video, batch, sinkhorn=False)
+    for t in TASKS:
+        assert m[f"{t}/fragmented"] == 0.0 and m[f"{t}/sharpness"] == 1.0
+    assert m["all/fragmented"] == 0.0 and m["all/sharpness"] == 1.0 and sharpness_error(1.0) == 0.0
+
+
+def test_sharpness_known_value():
+    # every row a hard step -1 | +1: one horizontal jump of 2; the same step spread over two pixels (-1, 0, +1):
+    # two jumps of 1, half the squared-difference energy. Vertical differences are 0 in both.
+    hard = np.full((1, 3, 5, 32, 32), -1.0, np.float32)
+    hard[..., 16:] = 1.0
+    soft = hard.copy()
+    soft[..., 16] = 0.0
+    a, s = analyse(hard), analyse(soft)
+    assert float(s.edge_rms[0] ** 2 / a.edge_rms[0] ** 2) == pytest.approx(0.5, rel=1e-6)
+    # evaluate: the ratio against the batch's own clips; 2x2 box blur of world clips lowers it, noise raises it
+    b = WORLD.sample_batch(11, 16, "t2v")
+    v = b.video
+    blur = (v + np.roll(v, 1, -1) + np.roll(v, 1, -2) + np.roll(np.roll(v, 1, -1), 1, -2)) / 4
+    noisy = v + np.random.default_rng(0).normal(0, 0.3, v.shape).astype(np.float32)
+    r_blur = evaluate(blur, b, sinkhorn=False)["all/sharpness"]
+    r_noise = evaluate(noisy, b, sinkhorn=False)["all/sharpness"]
+    assert 0.3 < r_blur < 0.8 and r_noise > 1.5
+    assert sharpness_error(0.5) == sharpness_error(2.0) == 1.0
 
 
 def test_psnr_known_value():

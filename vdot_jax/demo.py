@@ -49,7 +49,8 @@ class DemoPlan:
     generator_lr: float = 2e-5
     critic_lr: float = 1e-4
     ttur: int = 5
-    seed: int = 0
+    seed: int = 0  # distillation (data, critic head, noise) and sampling noise; --seeds N runs seed .. seed+N-1
+    eval_seed: int = 0  # the evaluation clips (fixed across --seeds; the teacher sweep holds out HOLDOUT_SEED)
 
     @classmethod
     def quick(cls) -> "DemoPlan":
@@ -115,9 +116,12 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def load_teacher():
+def load_teacher(path=None):
+    """The shipped toy teacher (or the model at ``path``: a diffusers folder or a converted model directory)."""
     from vdot_jax.weights.convert import load_transformer
 
+    if path is not None:
+        return load_transformer(path)
     path = teacher_path()
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"the shipped toy teacher is missing from {path}; reinstall vdot-jax")
@@ -134,8 +138,9 @@ def make_batches(plan: DemoPlan, with_context: bool = True):
         yield arrays
 
 
-def distill(plan: DemoPlan, teacher, log: Callable[[str], None] = _log):
-    """Train the three students; returns ({variant: generator params}, {variant: metric history}, distiller)."""
+def distill(plan: DemoPlan, teacher, log: Callable[[str], None] = _log, distiller=None):
+    """Train the three students; returns ({variant: generator params}, {variant: metric history}, distiller).
+    Pass the returned distiller back for another seed: its compiled phases are reused."""
     from flax import nnx
 
     from vdot_jax.distill.critic import critic_from_teacher
@@ -145,7 +150,7 @@ def distill(plan: DemoPlan, teacher, log: Callable[[str], None] = _log):
     critic = critic_from_teacher(teacher, rngs=nnx.Rngs(plan.seed + 1), token_dim=config.gan.token_dim,
                                  num_heads=config.gan.num_heads, ffn_dim=config.gan.ffn_dim)
     # The generator starts as the teacher (init_state copies, so the teacher itself is never donated).
-    distiller = Distiller(teacher, critic, teacher, config)
+    distiller = distiller or Distiller(teacher, critic, teacher, config)
     students, histories = {}, {}
     for name, (weights, use_gan) in VARIANTS.items():
         state = distiller.init_state(teacher, critic, teacher, seed=plan.seed, loss_weights=weights)
@@ -183,8 +188,8 @@ def eval_set(plan: DemoPlan) -> EvalSet:
 
     world = ToyWorld(frames=TOY_WORLD["frames"], height=TOY_WORLD["height"], width=TOY_WORLD["width"])
     tasks = [t for t in TASKS for _ in range(plan.eval_per_task)]
-    main = world.sample_batch(np.random.default_rng([plan.seed, 7]), len(tasks), tasks)
-    cover = world.coverage_batch(np.random.default_rng([plan.seed, 8]), n_per_prompt=plan.coverage_per_prompt)
+    main = world.sample_batch(np.random.default_rng([plan.eval_seed, 7]), len(tasks), tasks)
+    cover = world.coverage_batch(np.random.default_rng([plan.eval_seed, 8]), n_per_prompt=plan.coverage_per_prompt)
     batch = _concat(main, cover)
     encoder = make_encoder(data_config(plan), with_context=True)
     kinds = {"t2v": "text", "r2v": "reference", "edit": "repaint", "control": "control"}
@@ -255,9 +260,17 @@ SUMMARY = [
     ("nfe", "network evals", ".0f"), ("sec_per_clip", "s / clip", ".3f"), ("all/attr_acc", "caption acc", ".3f"),
     ("edit/kept_psnr", "kept-region PSNR", ".1f"), ("control/control_iou", "control IoU", ".3f"),
     ("grey/grey_psnr", "grey PSNR", ".1f"), ("all/artifact", "artifacts", ".3f"),
+    ("all/fragmented", "fragmented frames", ".3f"), ("all/sharpness", "sharpness (1 = real)", ".2f"),
     ("all/sinkhorn", "Sinkhorn distance", ".3f"), ("coverage/tv", "coverage TV", ".3f"),
 ]
-LOWER_IS_BETTER = {"all/artifact", "all/sinkhorn", "coverage/tv", "nfe", "sec_per_clip"}
+QUALITY = [(k, h) for k, h, _ in SUMMARY if k not in ("nfe", "sec_per_clip")]  # what "better" is judged on
+LOWER_IS_BETTER = {"all/artifact", "all/fragmented", "all/sinkhorn", "coverage/tv", "nfe", "sec_per_clip"}
+NEAR_ONE = {"all/sharpness"}  # a ratio to the real clips: 1 is best, judged by |log2|
+HOLDOUT_SEED = 1000  # eval_seed of the clips the teacher's sampling settings are chosen on (never reported on)
+# (steps, guidance, shift) measured by `vdot demo --sweep-teacher` (docs/demo/teacher_sweep.md): CFG at shift 3,
+# then shift at one CFG -- two axes, not the full product, to fit the 2-core CPU
+TEACHER_SWEEP = ([(50, g, 3.0) for g in (1.0, 2.0, 3.0)] + [(50, 2.0, s) for s in (1.0, 6.0)]
+                 + [(4, g, 3.0) for g in (1.0, 2.0, 3.0)] + [(4, 1.0, s) for s in (1.0, 6.0)])
 
 
 def summarise(metrics: dict) -> dict:
@@ -274,45 +287,57 @@ def summarise(metrics: dict) -> dict:
     return out
 
 
-def compare(rows: dict, a: str, b: str) -> tuple[list[str], list[str]]:
-    """Summary metrics on which row ``a`` is better / worse than row ``b``."""
+def goodness(key: str, value: float) -> float:
+    """A metric value turned so that higher is better (NaN stays NaN)."""
+    from vdot_jax.eval.toy_metrics import sharpness_error
+
+    if not np.isfinite(value):
+        return float("nan")
+    if key in NEAR_ONE:
+        return -sharpness_error(value)
+    return -value if key in LOWER_IS_BETTER else value
+
+
+def compare(rows: dict, a: str, b: str, spread: dict | None = None) -> tuple[list[str], list[str]]:
+    """Quality metrics on which row ``a`` is better / worse than row ``b``. With ``spread`` ({row: {key: sd}}) a
+    header gets a '*' when the difference of the means exceeds the sum of the two sds."""
     better, worse = [], []
-    for key, header, _ in SUMMARY:
-        if key in ("nfe", "sec_per_clip"):
-            continue
-        x, y = rows[a].get(key, np.nan), rows[b].get(key, np.nan)
+    for key, header in QUALITY:
+        x, y = goodness(key, rows[a].get(key, np.nan)), goodness(key, rows[b].get(key, np.nan))
         if not (np.isfinite(x) and np.isfinite(y)) or x == y:
             continue
-        (better if (x < y) == (key in LOWER_IS_BETTER) else worse).append(header)
+        if spread:
+            sa, sb = spread.get(a, {}).get(key, np.nan), spread.get(b, {}).get(key, np.nan)
+            diff = abs(rows[a][key] - rows[b][key])
+            if np.isfinite(sa) and np.isfinite(sb) and diff > sa + sb:
+                header += "*"
+        (better if x > y else worse).append(header)
     return better, worse
 
 
-def run_demo(out_dir: str | os.PathLike = "vdot_demo", quick: bool = False, plan: DemoPlan | None = None,
-             log: Callable[[str], None] = _log) -> dict:
-    """Distil, evaluate and write the report; returns the summary rows."""
-    from flax import nnx
+def aggregate(runs: list[dict]) -> tuple[dict, dict]:
+    """Per-seed {row: {key: value}} -> (means, sample sds; NaN with one seed)."""
+    means, sds = {}, {}
+    for name in runs[0]:
+        keys = dict.fromkeys(k for r in runs for k in r[name])
+        means[name], sds[name] = {}, {}
+        for k in keys:
+            v = np.array([r[name].get(k, np.nan) for r in runs], float)
+            v = v[np.isfinite(v)]
+            means[name][k] = float(v.mean()) if len(v) else float("nan")
+            sds[name][k] = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+    return means, sds
 
+
+def _teacher_name(steps: int, guidance: float, shift: float | None = None) -> str:
+    cfg = f"CFG {guidance:g}" if guidance != 1.0 else "no CFG"
+    return f"teacher {steps} steps, {cfg}" + (f", shift {shift:g}" if shift is not None else "")
+
+
+def evaluate_methods(plan: DemoPlan, graphdef, methods: dict, ev: EvalSet, log=_log) -> tuple[dict, dict]:
+    """{name: (params, steps, shift, guidance)} -> ({name: summary metrics}, {name: clips}); noise from plan.seed."""
     from vdot_jax.eval.toy_metrics import evaluate
 
-    plan = plan or (DemoPlan.quick() if quick else DemoPlan())
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    timer = Timer()
-    teacher = load_teacher()
-    graphdef, teacher_params = nnx.split(teacher)
-    log(f"loaded the toy teacher ({teacher.cfg.describe()}); distilling 3 students x {plan.steps} steps")
-    students, histories, _ = distill(plan, teacher, log)
-    timer.mark("distill")
-    ev = eval_set(plan)
-    log(f"evaluating {len(ev.batch.task)} clips per method")
-    methods = {
-        f"teacher {plan.teacher_steps} steps + CFG": (teacher_params, plan.teacher_steps, plan.teacher_shift,
-                                                      plan.guidance),
-        f"teacher {plan.student_steps} steps + CFG": (teacher_params, plan.student_steps, plan.teacher_shift,
-                                                      plan.guidance),
-        START: (teacher_params, plan.student_steps, plan.student_shift, 1.0),  # every student's starting point
-        **{name: (params, plan.student_steps, plan.student_shift, 1.0) for name, params in students.items()},
-    }
     rows, clips = {}, {}
     for name, (params, steps, shift, guidance) in methods.items():
         video, seconds = generate_eval(graphdef, params, ev, steps=steps, shift=shift, guidance=guidance,
@@ -321,39 +346,113 @@ def run_demo(out_dir: str | os.PathLike = "vdot_demo", quick: bool = False, plan
         m["nfe"] = steps * (2 if guidance != 1.0 else 1)
         m["sec_per_clip"] = seconds / len(ev.batch.task)
         rows[name], clips[name] = m, video
-        log(f"  {name}: caption acc {m['all/attr_acc']:.3f}, Sinkhorn {m['all/sinkhorn']:.3f}")
-    real = summarise(evaluate(ev.batch.video, ev.batch, min_group=min(8, plan.coverage_per_prompt)))
-    rows["real clips (reference)"] = real
-    timer.mark("evaluate")
-    write_report(out, plan, rows, histories, clips, ev, timer)
-    timer.mark("report")
-    total = sum(timer.marks.values())
+        log(f"  {name}: caption acc {m['all/attr_acc']:.3f}, fragmented {m['all/fragmented']:.3f}, "
+            f"sharpness {m['all/sharpness']:.2f}, Sinkhorn {m['all/sinkhorn']:.3f}")
+    return rows, clips
+
+
+def run_demo(out_dir: str | os.PathLike = "vdot_demo", quick: bool = False, plan: DemoPlan | None = None,
+             log: Callable[[str], None] = _log, seeds: int = 1) -> dict:
+    """Distil (``seeds`` times: seeds plan.seed .. plan.seed + seeds - 1), evaluate and write the report; returns
+    the summary rows (means over seeds)."""
+    from flax import nnx
+
+    from vdot_jax.eval.toy_metrics import evaluate
+
+    if int(seeds) < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    plan = plan or (DemoPlan.quick() if quick else DemoPlan())
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timer = Timer()
+    teacher = load_teacher()
+    graphdef, teacher_params = nnx.split(teacher)
+    log(f"loaded the toy teacher ({teacher.cfg.describe()}); distilling 3 students x {plan.steps} steps "
+        f"x {seeds} seed(s)")
+    ev = eval_set(plan)
+    t50 = _teacher_name(plan.teacher_steps, plan.guidance)
+    t4 = _teacher_name(plan.student_steps, plan.guidance)
+    runs, histories, clips, distiller = [], [], None, None
+    for seed in range(plan.seed, plan.seed + int(seeds)):
+        p = dataclasses.replace(plan, seed=seed)
+        t0 = time.time()
+        students, hist, distiller = distill(p, teacher, log, distiller)
+        timer.marks["distill"] = timer.marks.get("distill", 0.0) + time.time() - t0
+        log(f"seed {seed}: evaluating {len(ev.batch.task)} clips per method")
+        t0 = time.time()
+        methods = {
+            t50: (teacher_params, plan.teacher_steps, plan.teacher_shift, plan.guidance),
+            t4: (teacher_params, plan.student_steps, plan.teacher_shift, plan.guidance),
+            START: (teacher_params, plan.student_steps, plan.student_shift, 1.0),  # every student's starting point
+            **{name: (params, plan.student_steps, plan.student_shift, 1.0) for name, params in students.items()},
+        }
+        rows, seed_clips = evaluate_methods(p, graphdef, methods, ev, log)
+        rows["real clips (reference)"] = summarise(evaluate(ev.batch.video, ev.batch,
+                                                            min_group=min(8, plan.coverage_per_prompt)))
+        timer.marks["evaluate"] = timer.marks.get("evaluate", 0.0) + time.time() - t0
+        runs.append(rows)
+        histories.append(hist)
+        clips = clips or seed_clips  # the grid shows the first seed
+    means, sds = aggregate(runs)
+    t0 = time.time()
+    write_report(out, plan, means, sds if seeds > 1 else None, histories, clips, ev, timer, runs)
+    timer.marks["report"] = time.time() - t0
+    total = time.time() - timer.t0
     log(f"vdot demo: wrote {out / 'report.md'} in {total / 60:.1f} min "
-        f"(distillation {timer.marks['distill']:.0f} s, evaluation {timer.marks['evaluate']:.0f} s)")
-    return rows
+        f"(distillation {timer.marks['distill']:.0f} s, evaluation {timer.marks['evaluate']:.0f} s; "
+        f"{seeds} seed(s){'' if seeds > 1 else ': margins are single-seed, see --seeds'})")
+    return means
 
 
-def write_report(out: Path, plan: DemoPlan, rows: dict, histories: dict, clips: dict, ev: EvalSet, timer: Timer):
+def _mean_curves(histories: list[dict]) -> dict:
+    """Per-seed {variant: {metric: values}} -> the mean over seeds of each loss curve."""
+    out = {}
+    for name in histories[0]:
+        out[name] = {}
+        for k in histories[0][name]:
+            if k.endswith("loss"):
+                out[name][k] = np.mean([np.asarray(h[name][k], float) for h in histories], 0)
+    return out
+
+
+def write_report(out: Path, plan: DemoPlan, rows: dict, spread: dict | None, histories: list[dict], clips: dict,
+                 ev: EvalSet, timer: Timer, runs: list[dict] | None = None):
     from vdot_jax.data.toy_world import TASKS
     from vdot_jax.eval import report
 
     names = list(clips)
     t50, t4, vdot = names[0], names[1], "student VDOT"
-    curves = {n: {k: v for k, v in h.items() if k.endswith("loss")} for n, h in histories.items()}
-    report.plot_curves(curves, out / "training_curves.png", "distillation losses")
-    report.plot_bars({n: rows[n] for n in names}, [(k, h) for k, h, _ in SUMMARY[2:]], out / "metrics.png",
-                     "evaluation (higher is better except artifacts, Sinkhorn, coverage TV)")
-    grids = []
+    nseeds = len(histories)
+    report.plot_curves(_mean_curves(histories), out / "training_curves.png",
+                       "student distillation losses" + (f" (mean of {nseeds} seeds)" if nseeds > 1 else ""))
+    report.plot_bars({n: rows[n] for n in names}, QUALITY, out / "metrics.png",
+                     "evaluation" + (f": mean ± sd over {nseeds} seeds" if nseeds > 1 else " (one seed)")
+                     + "; lower is better for artifacts, fragmented, Sinkhorn, coverage TV; sharpness best at 1",
+                     spread=spread)
     first = {t: ev.batch.task.index(t) for t in TASKS if t in ev.batch.task}
+    labels = ["condition", "real", f"teacher {plan.teacher_steps}", f"teacher {plan.student_steps}",
+              "DMD only", "OT only", "VDOT"]
+    picks = ["condition", "real", t50, START, "student DMD only", "student OT only", vdot]
+    grids = []
     for task, i in first.items():
-        cond = ev.batch.frames[i]
-        row = [cond, clips[t50][i], clips[t4][i], clips[vdot][i]]
+        row = [ev.batch.frames[i] if p == "condition" else ev.batch.video[i] if p == "real" else clips[p][i]
+               for p in picks]
         grids.append(row)
-        report.write_grid(report.video_grid([row], scale=3), out / f"grid_{task}")
-    report.write_grid(report.video_grid(grids, scale=2), out / "grid_all")
+        report.write_grid(report.video_grid([row], scale=3, col_labels=labels, row_labels=[task]),
+                          out / f"grid_{task}")
+    report.write_grid(report.video_grid(grids, scale=3, col_labels=labels, row_labels=list(first)), out / "grid_all")
 
-    better4, worse4 = compare(rows, vdot, t4)
-    better50, worse50 = compare(rows, vdot, t50)
+    def sentence(a, b):
+        better, worse = compare(rows, a, b, spread)
+        return f"better on {', '.join(better) or 'nothing'}; worse on {', '.join(worse) or 'nothing'}"
+
+    if nseeds > 1:
+        margin = (f"Means ± sample sd over {nseeds} seeds ({plan.seed}..{plan.seed + nseeds - 1}: distillation data, "
+                  "critic head, noise, and the sampling noise of every row; the evaluation clips are fixed). A '*' "
+                  "marks a difference of the means larger than the two sds together.")
+    else:
+        margin = ("**One seed: these margins are single-seed and unmeasured.** `vdot demo --seeds 3` distils every "
+                  "student with 3 seeds and reports mean ± sd, marking the differences that exceed the spread.")
     lines = [
         "# vdot demo report",
         "",
@@ -362,53 +461,128 @@ def write_report(out: Path, plan: DemoPlan, rows: dict, histories: dict, clips: 
         f"only and OT only. {len(ev.batch.task)} evaluation clips: {plan.eval_per_task} per task for "
         f"{len(first)} tasks, plus {plan.coverage_per_prompt} per prompt with an unspecified attribute "
         "(mode coverage). Every student: the same teacher, data, steps "
-        f"({plan.steps}, generator every {plan.ttur}th), seed and compiled programs.",
+        f"({plan.steps}, generator every {plan.ttur}th), seed and compiled programs. Teacher sampling: UniPC, "
+        f"CFG {plan.guidance:g}, shift {plan.teacher_shift:g} (chosen on held-out clips, docs/demo/teacher_sweep.md); "
+        f"students and the teacher's no-CFG row: {plan.student_steps} steps, shift {plan.student_shift:g}.",
+        "",
+        margin,
         "",
         "## Summary",
         "",
-        report.markdown_table(rows, SUMMARY),
+        report.markdown_table(rows, SUMMARY, spread),
         "",
         "Caption accuracy: colour, shape and motion read off the pixels, over the attributes the prompt or "
         "condition fixes. Kept-region PSNR: editing and extension tasks, against the source where the mask "
         "keeps it. Control IoU: the generated object against the depth / edge map's object. Artifacts: "
-        "fraction of off-world pixels. Sinkhorn distance: debiased Sinkhorn divergence (ott-jax) between "
-        "features of generated and real clips (the real-clips row is the floor of two real sets of this size). "
-        "Coverage TV: total variation from uniform of the unspecified attribute (0 = all values equally).",
+        "fraction of off-world pixels. Fragmented frames: frames whose object is split into several pieces "
+        "(real clips: 0). Sharpness: high-frequency energy against the real clips of the same samples (1 = as "
+        "sharp; below 1 blurred, above 1 noisy or fragmented). Sinkhorn distance: debiased Sinkhorn divergence "
+        "(ott-jax) between features of generated and real clips. Coverage TV: total variation from uniform of "
+        "the unspecified attribute (0 = all values equally; the real-clips row is its sampling floor).",
         "",
         "## How the VDOT student compares",
         "",
-        f"- Against the teacher at {plan.student_steps} steps (same budget of steps): better on "
-        f"{', '.join(better4) or 'nothing'}; worse on {', '.join(worse4) or 'nothing'}.",
-        f"- Against the teacher at {plan.teacher_steps} steps with CFG ({rows[t50]['nfe']:.0f} network "
-        f"evaluations vs {rows[vdot]['nfe']:.0f}): better on {', '.join(better50) or 'nothing'}; worse on "
-        f"{', '.join(worse50) or 'nothing'}.",
+        f"- Against the teacher at {plan.student_steps} steps (same budget of steps): {sentence(vdot, t4)}.",
+        f"- Against the teacher at {plan.teacher_steps} steps ({rows[t50]['nfe']:.0f} network "
+        f"evaluations vs {rows[vdot]['nfe']:.0f}): {sentence(vdot, t50)}.",
+        f"- Against its own starting point (the teacher sampled like a student: {plan.student_steps} "
+        f"steps, no CFG): {sentence(vdot, START)}.",
     ]
-    b, w = compare(rows, vdot, START)
-    lines.append(f"- Against its own starting point (the teacher sampled like a student: {plan.student_steps} "
-                 f"steps, no CFG): better on {', '.join(b) or 'nothing'}; worse on {', '.join(w) or 'nothing'}.")
     for other in ("student DMD only", "student OT only"):
-        b, w = compare(rows, vdot, other)
-        lines.append(f"- Against the {other.split('student ')[1]} student: better on {', '.join(b) or 'nothing'}; "
-                     f"worse on {', '.join(w) or 'nothing'}.")
+        lines.append(f"- Against the {other.split('student ')[1]} student: {sentence(vdot, other)}.")
+    lines.append(f"- The teacher at {plan.teacher_steps} steps against itself at {plan.student_steps}: "
+                 f"{sentence(t50, t4)}.")
     per_task = {n: rows[n] for n in names}
-    task_cols = [(f"{t}/attr_acc", f"{t} acc", ".2f") for t in first]
     lines += [
         "",
         "## Per task",
         "",
-        report.markdown_table(per_task, task_cols),
+        report.markdown_table(per_task, [(f"{t}/attr_acc", f"{t} acc", ".2f") for t in first], spread),
         "",
-        report.markdown_table(per_task, [(f"{t}/sinkhorn", f"{t} Sinkhorn", ".2f") for t in first]),
+        report.markdown_table(per_task, [(f"{t}/fragmented", f"{t} fragm.", ".2f") for t in first], spread),
+        "",
+        report.markdown_table(per_task, [(f"{t}/sinkhorn", f"{t} Sinkhorn", ".2f") for t in first], spread),
         "",
         "## Files",
         "",
-        "- `training_curves.png`, `metrics.png`",
-        "- `grid_<task>.mp4/.gif`: condition | teacher "
-        f"{plan.teacher_steps} steps | teacher {plan.student_steps} steps | VDOT student; `grid_all.gif`: one row "
-        "per task",
+        "- `training_curves.png` (the three students' losses), `metrics.png` (each metric"
+        + (", ± one sd)" if spread else ")"),
+        f"- `grid_all.gif`: one row per task, columns {' | '.join(labels)} (first seed; each frame 96 px, "
+        "nearest-neighbour); `grid_<task>.mp4/.gif`: one task",
+        "- `metrics.json`: every metric (means), `metrics_per_seed.json`",
         "",
         f"Time: distillation {timer.marks.get('distill', 0):.0f} s, evaluation {timer.marks.get('evaluate', 0):.0f} s "
-        "on this machine.",
+        f"on this machine ({nseeds} seed(s)).",
     ]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "metrics.json").write_text(json.dumps(rows, indent=2, default=float))
+    if spread:
+        (out / "metrics_sd.json").write_text(json.dumps(spread, indent=2, default=float))
+    (out / "metrics_per_seed.json").write_text(json.dumps(runs or [rows], indent=2, default=float))
+
+
+# ----------------------------------------------------------------------------- the teacher's sampling settings
+
+
+def sweep_teacher(out_dir: str | os.PathLike, plan: DemoPlan | None = None, grid: list | None = None,
+                  log: Callable[[str], None] = _log, teacher=None) -> dict:
+    """Measure the shipped teacher at every (steps, guidance, shift) of ``grid`` on held-out clips
+    (``HOLDOUT_SEED``), rank the settings by their mean rank over the quality metrics, and write
+    OUT/teacher_sweep.md and .json. The demo's teacher settings (DemoPlan.guidance, teacher_shift) are the
+    best-ranked many-step setting; the report says on which metrics it beats every few-step setting."""
+    from flax import nnx
+
+    plan = plan or DemoPlan(eval_seed=HOLDOUT_SEED, eval_per_task=2, coverage_per_prompt=6)
+    grid = grid or TEACHER_SWEEP
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    graphdef, params = nnx.split(load_teacher(teacher))
+    ev = eval_set(plan)
+    methods = {_teacher_name(n, g, s): (params, n, s, g) for n, g, s in grid}
+    log(f"teacher sweep: {len(methods)} settings x {len(ev.batch.task)} held-out clips")
+    rows, _ = evaluate_methods(plan, graphdef, methods, ev, log)
+    names = list(rows)
+    ranks = {n: [] for n in names}
+    for key, _ in QUALITY:
+        g = np.array([goodness(key, rows[n].get(key, np.nan)) for n in names])
+        order = (-np.nan_to_num(g, nan=-np.inf)).argsort(kind="stable")
+        for r, i in enumerate(order):
+            ranks[names[i]].append(r + 1)
+    for n in names:
+        rows[n]["mean_rank"] = float(np.mean(ranks[n]))
+    many, few = max(n for n, _, _ in grid), min(n for n, _, _ in grid)
+    by_steps = {k: sorted((n for n in names if methods[n][1] == k), key=lambda n: rows[n]["mean_rank"])
+                for k in (many, few)}
+    best = by_steps[many][0]
+    beats, loses = [], []
+    for key, header in QUALITY:
+        mine = goodness(key, rows[best].get(key, np.nan))
+        rivals = [goodness(key, rows[n].get(key, np.nan)) for n in by_steps[few]]
+        (beats if all(mine > r for r in rivals if np.isfinite(r)) else loses).append(header)
+    from vdot_jax.eval import report
+
+    cols = [("nfe", "network evals", ".0f"), ("mean_rank", "mean rank", ".1f")] + [
+        (k, h, f) for k, h, f in SUMMARY if (k, h) in QUALITY]
+    ordered = {n: rows[n] for k in (many, few) for n in by_steps[k]}
+    lines = [
+        "# The toy teacher's sampling settings",
+        "",
+        f"`vdot demo --sweep-teacher` on {len(ev.batch.task)} held-out clips (evaluation seed {plan.eval_seed}: "
+        f"{plan.eval_per_task} per task, {plan.coverage_per_prompt} per coverage prompt; never the demo's clips), "
+        f"UniPC, sampling noise seed {plan.seed}. Mean rank: the setting's rank among all {len(names)} on each "
+        "quality metric, averaged (sharpness ranked by its distance from 1). Sorted by mean rank within each "
+        "step count.",
+        "",
+        report.markdown_table(ordered, cols),
+        "",
+        f"Chosen: **{best}** (best mean rank at {many} steps). Against every {few}-step setting it is better on "
+        f"{', '.join(beats) or 'nothing'}; not on {', '.join(loses) or 'nothing'}.",
+        "",
+        f"Measured in {(time.time() - t0) / 60:.1f} min on this machine.",
+    ]
+    (out / "teacher_sweep.md").write_text("\n".join(lines) + "\n")
+    (out / "teacher_sweep.json").write_text(json.dumps(rows, indent=2, default=float))
+    log(f"teacher sweep: chosen {best}; beats every {few}-step setting on {', '.join(beats) or 'nothing'}; "
+        f"wrote {out / 'teacher_sweep.md'}")
+    return {"best": best, "beats": beats, "loses": loses, "rows": rows}

@@ -19,12 +19,15 @@ def run(args) -> None:
     cache = os.path.expanduser(os.environ.get("VDOT_COMPILATION_CACHE", "~/.cache/vdot-jax/xla"))
     jax.config.update("jax_compilation_cache_dir", cache)  # a second run skips compilation
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    from vdot_jax.demo import DemoPlan, run_demo
+    from vdot_jax.demo import DemoPlan, run_demo, sweep_teacher
 
+    if args.sweep_teacher:
+        sweep_teacher(args.out)
+        return
     plan = DemoPlan.quick() if args.quick else DemoPlan()
     if args.steps is not None:
         plan.steps = args.steps
-    run_demo(args.out, plan=plan)
+    run_demo(args.out, plan=plan, seeds=args.seeds)
 
 
 def register(sub) -> None:
@@ -42,4 +45,10 @@ def register(sub) -> None:
     p.add_argument("--out", default="vdot_demo", help="output directory (default: ./vdot_demo)")
     p.add_argument("--quick", action="store_true", help="a few steps and clips: checks the whole path in ~2 minutes")
     p.add_argument("--steps", type=int, default=None, help="distillation steps per student (default 150)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="distil every student with this many seeds and report mean ± sd per metric, marking the "
+                        "differences larger than the spread (default 1: single-seed margins; 3 takes ~3x as long)")
+    p.add_argument("--sweep-teacher", action="store_true",
+                   help="instead: measure the teacher's sampling settings (steps, CFG, shift) on held-out clips and "
+                        "write OUT/teacher_sweep.md (how docs/demo/teacher_sweep.md was made)")
     p.set_defaults(func=run)

@@ -51,6 +51,14 @@ On rendered world clips all three are exact (checked on 2,000 clips each at 9x32
   velocity x (T-1) / min(H, W) (2); position = mean centroid / (W, H) - 0.5 (2); jitter = 2 x RMS deviation
   of the centroid from its linear fit / min(H, W); quality [5 edge_rms, 3 artifact] where edge_rms is the RMS
   of horizontal and vertical pixel differences. Missing values (no object) are 0.
+- ``fragmented`` (per task and "all"): fraction of the frames showing any foreground whose foreground is more
+  than one 8-connected component (``Analysis.components``). A world object is one convex region: real clips
+  score 0. Counts what few-step sampling does to shapes -- a broken outline, a detached blob, a second object.
+- ``sharpness`` (per task and "all"): high-frequency energy of the generated clips over that of the real clips
+  of the same samples, HF energy = mean squared difference of horizontally and vertically neighbouring pixels
+  (``Analysis.edge_rms`` squared), summed over the clips. 1 = as sharp as the world; < 1 blurred (a hard
+  edge spread over two pixels halves it); > 1 noisy or fragmented (more edges). Compare by |log| distance to 1
+  (``sharpness_error``).
 - coverage (groups of >= ``min_group`` samples sharing task and caption with an attribute that neither the
   caption nor the condition fixes, e.g. ``ToyWorld.coverage_batch``): for each free attribute with K values,
   p = the recovered value histogram (unrecognised = -1 counts as mass outside the K values): ``hit`` =
@@ -75,7 +83,8 @@ from vdot_jax.data.toy_world import (
     fill_outline, luminance,
 )
 
-__all__ = ["Analysis", "analyse", "clip_features", "sinkhorn_divergence", "evaluate", "to_markdown", "psnr",
+__all__ = ["Analysis", "analyse", "count_components", "sharpness_error", "clip_features", "sinkhorn_divergence",
+           "evaluate", "to_markdown", "psnr",
            "MIN_AREA", "SINKHORN_EPS", "PSNR_CAP", "PATH_TASKS", "FEATURE_DIM"]
 
 MIN_AREA = 3
@@ -108,6 +117,7 @@ class Analysis:
     motion: np.ndarray  # [B] int, -1 = still / none
     artifact: np.ndarray  # [B] fraction of off-world pixels (neither near-grey nor near a palette colour)
     edge_rms: np.ndarray  # [B] RMS of the horizontal and vertical pixel differences (sharpness / noise)
+    components: np.ndarray  # [B,T] int, 8-connected foreground components per frame
 
 
 def _as_clips(clips) -> np.ndarray:
@@ -177,7 +187,22 @@ def analyse(clips) -> Analysis:
     edge_rms = np.sqrt(((dx * dx).mean((1, 2, 3, 4)) + (dy * dy).mean((1, 2, 3, 4))) / 2)
     return Analysis(fg=fg, area=area, valid=valid, centroid=centroid, fill=fill, asym=asym, velocity=velocity,
                     mean_colour=mean_colour, colour_frac=colour_frac, colour=colour, shape=shape, motion=motion,
-                    artifact=off.mean((1, 2, 3)), edge_rms=edge_rms)
+                    artifact=off.mean((1, 2, 3)), edge_rms=edge_rms, components=count_components(fg))
+
+
+def count_components(fg) -> np.ndarray:
+    """Bool masks [..., H, W] -> int [...]: 8-connected components in each H x W frame."""
+    from scipy import ndimage
+
+    fg = np.asarray(fg, bool)
+    flat = fg.reshape(-1, *fg.shape[-2:])
+    eight = np.ones((3, 3), bool)
+    return np.array([ndimage.label(f, structure=eight)[1] for f in flat], np.int64).reshape(fg.shape[:-2])
+
+
+def sharpness_error(ratio: float) -> float:
+    """|log2| distance of a ``sharpness`` ratio from 1 (0 = as sharp as the world; 1 = half or twice)."""
+    return abs(math.log2(ratio)) if ratio > 0 and math.isfinite(ratio) else float("inf")
 
 
 # ----------------------------------------------------------------------------- distribution distance
@@ -280,6 +305,13 @@ def _attr_metrics(out: dict, prefix: str, gen: Analysis, batch: TaskBatch, idx: 
         out[f"{prefix}/attr_acc"] = hits / count
 
 
+def _shape_quality(out: dict, prefix: str, gen: Analysis, real: Analysis, idx: np.ndarray) -> None:
+    shown = gen.components[idx] > 0
+    out[f"{prefix}/fragmented"] = float((gen.components[idx][shown] > 1).mean()) if shown.any() else 0.0
+    hf_real = float((real.edge_rms[idx] ** 2).sum())
+    out[f"{prefix}/sharpness"] = float((gen.edge_rms[idx] ** 2).sum()) / hf_real if hf_real > 0 else float("nan")
+
+
 def _coverage(out: dict, gen: Analysis, batch: TaskBatch, min_group: int) -> None:
     groups: dict[tuple[str, str], list[int]] = {}
     for i, key in enumerate(zip(batch.task, batch.caption)):
@@ -336,6 +368,7 @@ def evaluate(generated, batch: TaskBatch, *, epsilon: float = SINKHORN_EPS, min_
         _attr_metrics(out, task, gen, batch, idx)
         out[f"{task}/detect"] = float(gen.valid[idx].mean())
         out[f"{task}/artifact"] = float(gen.artifact[idx].mean())
+        _shape_quality(out, task, gen, real, idx)
         if task in EDIT_TASKS:
             keep = (1.0 - batch.mask[idx])  # [n,1,T,H,W]
             if keep.sum() > 0:
@@ -365,6 +398,7 @@ def evaluate(generated, batch: TaskBatch, *, epsilon: float = SINKHORN_EPS, min_
     _attr_metrics(out, "all", gen, batch, np.arange(B))
     out["all/detect"] = float(gen.valid.mean())
     out["all/artifact"] = float(gen.artifact.mean())
+    _shape_quality(out, "all", gen, real, np.arange(B))
     if kept_psnrs:
         out["all/kept_psnr"] = float(np.mean(kept_psnrs))
     if ious:
