@@ -385,7 +385,7 @@ def test_file_errors_name_the_file(files):
 
 
 def test_flax_vae_gives_the_same_context(tmp_path, torch_vae, vae):
-    from vdot_jax.models.vae import load_vae
+    from vdot_jax.weights.wan_vae import load_vae
     torch_vae.save_pretrained(tmp_path / "vae")
     flax_vae = load_vae(tmp_path / "vae")
     assert C.vae_geometry(flax_vae) == (Z, (4, 8, 8))

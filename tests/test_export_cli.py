@@ -112,7 +112,7 @@ def test_wan_layout_is_what_diffusers_converters_read(source, tmp_path):
                  str(out / "Wan2.1_VAE.safetensors"), "--text-encoder", str(out / "models_t5_umt5-xxl-enc.safetensors"),
                  "--text-encoder-dtype", "float32"]) == 0
     from vdot_jax.models.text_encoder import load_umt5
-    from vdot_jax.models.vae import load_vae
+    from vdot_jax.weights.wan_vae import load_vae
     from vdot_jax.weights.convert import load_transformer
 
     for load in (load_transformer, load_umt5, load_vae):

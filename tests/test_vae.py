@@ -18,9 +18,9 @@ from diffusers import AutoencoderKLWan
 from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 from flax import nnx
 
+import vdot_jax
 from vdot_jax.models import vae as vae_module
 from vdot_jax.models.vae import WAN_LATENTS_MEAN, WAN_LATENTS_STD, VAEConfig, WanVAE, _conv, _tile_starts
-from vdot_jax.models.vae import load_vae as load_vae_from_models
 from vdot_jax.weights.checkpoint_io import CheckpointError, TensorSource, save_safetensors
 from vdot_jax.weights.keymap import convert_tensors
 from vdot_jax.weights.params import abstract_model, assign, flat_state
@@ -233,7 +233,7 @@ def test_diffusers_folder_roundtrip(ref, ref_dir, ours, tmp_path):
     out = convert_vae(ref_dir, tmp_path / "model")
     meta = json.loads((out / "config.json").read_text())
     assert meta["component"] == "vae" and VAEConfig.from_dict(meta["config"]) == TINY
-    for vae in (load_vae(tmp_path / "model"), load_vae_from_models(out), load_vae(ref_dir)):
+    for vae in (load_vae(tmp_path / "model"), vdot_jax.load_vae(out), load_vae(ref_dir)):
         np.testing.assert_array_equal(np.asarray(vae.encode(x)), want)
     pipe = tmp_path / "pipeline"
     (pipe / "vae").mkdir(parents=True)

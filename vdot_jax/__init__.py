@@ -13,7 +13,7 @@ _LAZY = {
     "generate": "vdot_jax.sampling.pipeline",
     "Pipeline": "vdot_jax.sampling.pipeline",
     "load_transformer": "vdot_jax.weights.convert",
-    "load_vae": "vdot_jax.models.vae",
+    "load_vae": "vdot_jax.weights.wan_vae",
     "Runtime": "vdot_jax.models.config",
     "WanConfig": "vdot_jax.models.config",
 }

@@ -125,7 +125,7 @@ def _component_sources(args, ckpt: Path) -> tuple[Path | None, Path | None, str]
 
 
 def _vae_params(src: Path):
-    from vdot_jax.models.vae import load_vae
+    from vdot_jax.weights.wan_vae import load_vae
     from vdot_jax.weights.params import flat_state
 
     vae = load_vae(src)
@@ -184,7 +184,7 @@ def _export_wan(args, model, out: Path, vae_src, te_src, log) -> str:
 
 def _export_jax(args, model, out: Path, vae_src, te_src, log) -> str:
     from vdot_jax.models.text_encoder import save_text_encoder
-    from vdot_jax.models.vae import load_vae
+    from vdot_jax.weights.wan_vae import load_vae
     from vdot_jax.weights.convert import save_transformer
     from vdot_jax.weights.wan_vae import save_vae
 

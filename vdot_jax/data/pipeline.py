@@ -184,7 +184,7 @@ def make_encoder(config, *, with_context: bool) -> Encoder:
         raise DataError("data.encoder 'wan' needs config.model.vae and config.model.text_encoder (a converted model "
                         "directory holding them), or precomputed data (`vdot precompute`).")
     from vdot_jax.models.text_encoder import load_text_encoder
-    from vdot_jax.models.vae import load_vae
+    from vdot_jax.weights.wan_vae import load_vae
 
     vae = load_vae(config.model.vae)
     text = load_text_encoder(config.model.text_encoder, text_len=d.text_len)

@@ -2,7 +2,7 @@
 
 Public API::
 
-    vae = load_vae(path)                       # converted dir, diffusers folder, pipeline folder or Wan2.1_VAE.pth
+    vae = load_vae(path)    # vdot_jax.weights.wan_vae: converted dir, diffusers/pipeline folder or Wan2.1_VAE.pth
     mean = vae.encode(video)                   # [B,3,F,H,W] in [-1,1] -> posterior mean [B,16,1+(F-1)//4,H/8,W/8]
     video = vae.decode(latents)                # [B,16,f,h,w] -> [B,3,1+4(f-1),8h,8w], clipped to [-1,1]
     z = vae.normalize(mean); mean = vae.denormalize(z)   # the Wan latent mean/std, as WanPipeline does
@@ -682,11 +682,3 @@ def _decode_fn(graphdef, dtype, state, z):
 # One compiled program per (architecture + run-time options, dtype, input shape).
 _encode_jit = jax.jit(_encode_fn, static_argnums=(0, 1))
 _decode_jit = jax.jit(_decode_fn, static_argnums=(0, 1))
-
-
-def load_vae(path, dtype: str | None = None, **kwargs) -> WanVAE:
-    """A ``WanVAE`` from a converted model directory, a diffusers ``AutoencoderKLWan`` or pipeline folder,
-    or an original ``Wan2.1_VAE.pth``/``.safetensors`` (see ``vdot_jax.weights.wan_vae.load_vae``)."""
-    from vdot_jax.weights.wan_vae import load_vae as _load
-
-    return _load(path, dtype=dtype, **kwargs)

@@ -330,7 +330,7 @@ class Pipeline:
         the VAE's; ``attention`` ("auto" when None) is cuDNN on GPUs, splash on TPUs and XLA elsewhere; ``mesh`` ("fsdp=4,context=2" or a Mesh) shards the DiT."""
         from vdot_jax.models.config import Runtime
         from vdot_jax.models.text_encoder import TEXT_LEN, load_text_encoder
-        from vdot_jax.models.vae import load_vae
+        from vdot_jax.weights.wan_vae import load_vae
         from vdot_jax.weights.convert import load_transformer
 
         if model is None and (transformer is None or vae is None or text_encoder is None):
