@@ -151,7 +151,7 @@ class Runtime:
     # modulation stay float32
     dtype: str = "auto"
     attention: str = "auto"  # see vdot_jax.models.attention (auto: splash on TPU, cudnn on GPU, xla on CPU)
-    remat: str = "none"  # see vdot_jax.models.wan.REMAT_POLICIES
+    remat: str = "none"  # see vdot_jax.models.layers.REMAT_POLICIES
     extra: dict = field(default_factory=dict)
 
     def __hash__(self) -> int:  # part of the model's static graph: graphdefs are hashed as jit/cache keys
@@ -175,7 +175,7 @@ class Runtime:
 
     def update(self, **changes) -> None:
         """Set options by name; unknown names and remat policies are refused."""
-        from vdot_jax.models.wan import REMAT_POLICIES
+        from vdot_jax.models.layers import REMAT_POLICIES  # jax-free config module: imported on use
 
         for k, v in changes.items():
             if not hasattr(self, k):

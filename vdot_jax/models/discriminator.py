@@ -26,7 +26,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vdot_jax.models.attention import attention, local_impl
-from vdot_jax.models.wan import F32, Dense, FeedForward, LayerNorm, RMSNorm, layer_norm
+from vdot_jax.models.layers import F32, Dense, LayerNorm, RMSNorm, layer_norm
+from vdot_jax.models.wan import FeedForward
 
 # Blocks tapped by the release's head: 13/21/29 of 30 (1.3B) and 23/31/39 of 40 (14B).
 RELEASE_TAPS = {30: (13, 21, 29), 40: (23, 31, 39)}

@@ -41,7 +41,7 @@ import numpy as np
 from flax import nnx
 
 from vdot_jax.models.config import Runtime
-from vdot_jax.models.wan import RMSNorm, _scan, _stack
+from vdot_jax.models.layers import RMSNorm, scan_layers, stack_layers
 from vdot_jax.parallel.logical import constrain
 
 F32 = jnp.float32
@@ -232,7 +232,7 @@ class UMT5Block(nnx.Module):
 
 class UMT5Stack(nnx.Module):
     def __init__(self, cfg: UMT5Config, *, rngs: nnx.Rngs):
-        self.block = _stack(UMT5Block, cfg.num_layers, cfg, rngs)
+        self.block = stack_layers(UMT5Block, cfg.num_layers, cfg, rngs)
         self.final_layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
 
 
@@ -265,7 +265,7 @@ class UMT5EncoderModel(nnx.Module):
             return block(x, buckets, key_mask, dtype=dtype), None
 
         x = constrain(self.shared(ids).astype(F32), "batch", "seq", "embed")
-        x, _ = _scan(self.encoder.block, body, x, None, rt.remat)
+        x, _ = scan_layers(self.encoder.block, body, x, None, rt.remat)
         return self.encoder.final_layer_norm(x)
 
 

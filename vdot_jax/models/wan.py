@@ -26,77 +26,17 @@ from flax import nnx
 
 from vdot_jax.models.attention import attention, local_impl
 from vdot_jax.models.config import Runtime, WanConfig
+from vdot_jax.models.layers import F32, Dense, LayerNorm, RMSNorm, layer_norm, scan_layers, stack_layers, uniform_init
 from vdot_jax.models.rope import apply_rope, rope_tables
 from vdot_jax.parallel.logical import constrain
-
-F32 = jnp.float32
-
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
-
-def _uniform(scale: float):
-    def init(key, shape, dtype=F32):
-        return jax.random.uniform(key, shape, dtype, -scale, scale)
-
-    return init
-
-
-class Dense(nnx.Module):
-    """Linear layer computing in a dtype chosen at call time (params keep their own dtype)."""
-
-    def __init__(self, din: int, dout: int, *, rngs: nnx.Rngs, zero_init: bool = False):
-        bound = 1.0 / math.sqrt(din)  # PyTorch's nn.Linear default range
-        init = nnx.initializers.zeros_init() if zero_init else _uniform(bound)
-        self.kernel = nnx.Param(init(rngs.params(), (din, dout), F32))
-        self.bias = nnx.Param(init(rngs.params(), (dout,), F32))
-
-    def __call__(self, x: jax.Array, dtype=F32) -> jax.Array:
-        return jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype)) + self.bias[...].astype(dtype)
-
-
-class RMSNorm(nnx.Module):
-    def __init__(self, dim: int, eps: float):
-        self.scale = nnx.Param(jnp.ones((dim,), F32))
-        self.eps = eps
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        xf = x.astype(F32)
-        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        return (y * self.scale[...].astype(F32)).astype(x.dtype)
-
-
-def layer_norm(x: jax.Array, eps: float) -> jax.Array:
-    """LayerNorm without affine parameters, in float32."""
-    xf = x.astype(F32)
-    mean = jnp.mean(xf, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
-    return (xf - mean) * jax.lax.rsqrt(var + eps)
-
-
-class LayerNorm(nnx.Module):
-    """LayerNorm with affine parameters, in float32 (diffusers' FP32LayerNorm)."""
-
-    def __init__(self, dim: int, eps: float):
-        self.scale = nnx.Param(jnp.ones((dim,), F32))
-        self.bias = nnx.Param(jnp.zeros((dim,), F32))
-        self.eps = eps
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return layer_norm(x, self.eps) * self.scale[...].astype(F32) + self.bias[...].astype(F32)
-
 
 class PatchEmbed(nnx.Module):
     """Conv3d with kernel == stride, written as a patch reshape and one matmul (kernel in DHWIO)."""
 
     def __init__(self, cin: int, dim: int, patch: tuple[int, int, int], *, rngs: nnx.Rngs):
         bound = 1.0 / math.sqrt(cin * math.prod(patch))
-        self.kernel = nnx.Param(_uniform(bound)(rngs.params(), (*patch, cin, dim)))
-        self.bias = nnx.Param(_uniform(bound)(rngs.params(), (dim,)))
+        self.kernel = nnx.Param(uniform_init(bound)(rngs.params(), (*patch, cin, dim)))
+        self.bias = nnx.Param(uniform_init(bound)(rngs.params(), (dim,)))
         self.patch = tuple(patch)
 
     def __call__(self, x: jax.Array, dtype=F32) -> jax.Array:
@@ -231,57 +171,6 @@ class ConditionEmbedder(nnx.Module):
         return temb, mod.reshape(mod.shape[0], 6, -1)
 
 
-def _stack(cls, n: int, cfg: WanConfig, rngs: nnx.Rngs):
-    """n independently initialised modules stacked along a leading layer axis."""
-
-    @nnx.split_rngs(splits=n)
-    @nnx.vmap(in_axes=(0,), out_axes=0)
-    def make(r):
-        return cls(cfg, rngs=r)
-
-    return make(rngs)
-
-
-def _scan(stack: nnx.Module, body, carry, xs, remat: str, layers: tuple[int, int] | None = None):
-    """lax.scan ``body(module, carry, x) -> (carry, y)`` over a stacked module (and optional xs);
-    ``layers=(start, stop)`` scans only that slice of the stack.
-
-    A slice runs over layer indices and reads each layer from the whole stack inside the loop: slicing the
-    stack first would copy the block weights of every segment (the tapped scans of the GAN phases)."""
-    graphdef, state = nnx.split(stack)
-    n = jax.tree.leaves(state)[0].shape[0]
-    start, stop = layers if layers is not None else (0, n)
-
-    if (start, stop) == (0, n) or _differentiated(state):
-        # a differentiated slice: its cotangent is the slice's alone (indexing would add a whole-stack
-        # cotangent every layer); the sliced copy is the price
-        if (start, stop) != (0, n):
-            state = jax.tree.map(lambda a: a[start:stop], state)
-
-        def step(c, inputs):
-            layer_state, x = inputs
-            return body(nnx.merge(graphdef, layer_state), c, x)
-
-        scanned = (state, xs)
-    else:
-        def step(c, inputs):
-            i, x = inputs
-            layer_state = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), state)
-            return body(nnx.merge(graphdef, layer_state), c, x)
-
-        scanned = (jnp.arange(start, stop), xs)
-
-    policy = REMAT_POLICIES[remat]
-    if remat != "none":
-        step = jax.checkpoint(step, policy=policy, prevent_cse=False)
-    return jax.lax.scan(step, carry, scanned)
-
-
-def _differentiated(tree) -> bool:
-    """Whether any leaf is being differentiated (traced by JAX's forward- or reverse-mode machinery)."""
-    return any(type(a).__name__ in ("JVPTracer", "LinearizeTracer") for a in jax.tree.leaves(tree))
-
-
 class WanModel(nnx.Module):
     """Wan2.1 text-to-video DiT; with ``cfg.vace_layers`` set, the VACE variant."""
 
@@ -291,13 +180,13 @@ class WanModel(nnx.Module):
         d = cfg.dim
         self.patch_embedding = PatchEmbed(cfg.in_channels, d, cfg.patch_size, rngs=rngs)
         self.condition_embedder = ConditionEmbedder(cfg, rngs=rngs)
-        self.blocks = _stack(WanBlock, cfg.num_layers, cfg, rngs)
+        self.blocks = stack_layers(WanBlock, cfg.num_layers, cfg, rngs)
         self.proj_out = Dense(d, cfg.out_channels * math.prod(cfg.patch_size), rngs=rngs)
         self.scale_shift_table = nnx.Param(jax.random.normal(rngs.params(), (1, 2, d), F32) / d**0.5)
         if cfg.is_vace:
             self.vace_patch_embedding = PatchEmbed(cfg.vace_in_channels, d, cfg.patch_size, rngs=rngs)
             self.vace_proj_in = Dense(d, d, rngs=rngs, zero_init=True)
-            self.vace_blocks = _stack(VaceBlock, len(cfg.vace_layers), cfg, rngs)
+            self.vace_blocks = stack_layers(VaceBlock, len(cfg.vace_layers), cfg, rngs)
 
     def set_runtime(self, **changes) -> "WanModel":
         self.runtime.update(**changes)
@@ -350,7 +239,7 @@ class WanModel(nnx.Module):
         features, start = [], 0
         for stop in (*[i + 1 for i in taps], cfg.num_layers):
             if stop > start:
-                hs, _ = _scan(self.blocks, main_body, hs, jnp.asarray(hint_index[start:stop]), rt.remat, (start, stop))
+                hs, _ = scan_layers(self.blocks, main_body, hs, jnp.asarray(hint_index[start:stop]), rt.remat, (start, stop))
             features.append(hs)
             start = stop
         features = features[: len(taps)]
@@ -383,5 +272,5 @@ class WanModel(nnx.Module):
             cs, hint = block(cs, text, mod, rope, **kw)
             return cs, hint * s.astype(hint.dtype)
 
-        _, hints = _scan(self.vace_blocks, body, c, scale, self.runtime.remat)
+        _, hints = scan_layers(self.vace_blocks, body, c, scale, self.runtime.remat)
         return hints

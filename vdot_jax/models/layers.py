@@ -1,0 +1,125 @@
+"""Building blocks shared by every model: the matmul layer, norms in float32, remat policies, and the stacking
+and scanning of identical layers (nnx.vmap'ed initialisation, lax.scan over the layer axis).
+
+Kept apart from ``wan.py`` so the text encoder, the GAN head and ``models.config`` use them without importing the
+DiT (and without an import cycle).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+F32 = jnp.float32
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def uniform_init(scale: float):
+    def init(key, shape, dtype=F32):
+        return jax.random.uniform(key, shape, dtype, -scale, scale)
+
+    return init
+
+
+class Dense(nnx.Module):
+    """Linear layer computing in a dtype chosen at call time (params keep their own dtype)."""
+
+    def __init__(self, din: int, dout: int, *, rngs: nnx.Rngs, zero_init: bool = False):
+        bound = 1.0 / math.sqrt(din)  # PyTorch's nn.Linear default range
+        init = nnx.initializers.zeros_init() if zero_init else uniform_init(bound)
+        self.kernel = nnx.Param(init(rngs.params(), (din, dout), F32))
+        self.bias = nnx.Param(init(rngs.params(), (dout,), F32))
+
+    def __call__(self, x: jax.Array, dtype=F32) -> jax.Array:
+        return jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype)) + self.bias[...].astype(dtype)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float):
+        self.scale = nnx.Param(jnp.ones((dim,), F32))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(F32)
+        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return (y * self.scale[...].astype(F32)).astype(x.dtype)
+
+
+def layer_norm(x: jax.Array, eps: float) -> jax.Array:
+    """LayerNorm without affine parameters, in float32."""
+    xf = x.astype(F32)
+    mean = jnp.mean(xf, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+    return (xf - mean) * jax.lax.rsqrt(var + eps)
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm with affine parameters, in float32 (diffusers' FP32LayerNorm)."""
+
+    def __init__(self, dim: int, eps: float):
+        self.scale = nnx.Param(jnp.ones((dim,), F32))
+        self.bias = nnx.Param(jnp.zeros((dim,), F32))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return layer_norm(x, self.eps) * self.scale[...].astype(F32) + self.bias[...].astype(F32)
+
+
+def stack_layers(cls, n: int, cfg, rngs: nnx.Rngs):
+    """n independently initialised modules stacked along a leading layer axis."""
+
+    @nnx.split_rngs(splits=n)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make(r):
+        return cls(cfg, rngs=r)
+
+    return make(rngs)
+
+
+def scan_layers(stack: nnx.Module, body, carry, xs, remat: str, layers: tuple[int, int] | None = None):
+    """lax.scan ``body(module, carry, x) -> (carry, y)`` over a stacked module (and optional xs);
+    ``layers=(start, stop)`` scans only that slice of the stack.
+
+    A slice runs over layer indices and reads each layer from the whole stack inside the loop: slicing the
+    stack first would copy the block weights of every segment (the tapped scans of the GAN phases)."""
+    graphdef, state = nnx.split(stack)
+    n = jax.tree.leaves(state)[0].shape[0]
+    start, stop = layers if layers is not None else (0, n)
+
+    if (start, stop) == (0, n) or _differentiated(state):
+        # a differentiated slice: its cotangent is the slice's alone (indexing would add a whole-stack
+        # cotangent every layer); the sliced copy is the price
+        if (start, stop) != (0, n):
+            state = jax.tree.map(lambda a: a[start:stop], state)
+
+        def step(c, inputs):
+            layer_state, x = inputs
+            return body(nnx.merge(graphdef, layer_state), c, x)
+
+        scanned = (state, xs)
+    else:
+        def step(c, inputs):
+            i, x = inputs
+            layer_state = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), state)
+            return body(nnx.merge(graphdef, layer_state), c, x)
+
+        scanned = (jnp.arange(start, stop), xs)
+
+    policy = REMAT_POLICIES[remat]
+    if remat != "none":
+        step = jax.checkpoint(step, policy=policy, prevent_cse=False)
+    return jax.lax.scan(step, carry, scanned)
+
+
+def _differentiated(tree) -> bool:
+    """Whether any leaf is being differentiated (traced by JAX's forward- or reverse-mode machinery)."""
+    return any(type(a).__name__ in ("JVPTracer", "LinearizeTracer") for a in jax.tree.leaves(tree))
