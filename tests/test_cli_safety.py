@@ -195,3 +195,11 @@ def test_a_bad_attention_is_refused_before_anything_loads(tmp_path, capsys):
     refused(capsys, ["train", "--config", "configs/tiny.py", "--workdir", tmp_path / "w",
                      "--config.model.attention=bogus"], "config.model.attention", "bogus")
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("override, named", [("--config.ot.epsilon=-1", "epsilon"),
+                                             ("--config.schedule=foo", "schedule"),
+                                             ("--config.attention_typo=1", "attention_typo")])
+def test_a_bad_recipe_setting_is_refused_before_the_workdir_is_made(tmp_path, capsys, override, named):
+    refused(capsys, ["train", "--config", "configs/tiny.py", "--workdir", tmp_path / "w", override], named)
+    assert not (tmp_path / "w").exists()

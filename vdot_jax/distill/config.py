@@ -72,3 +72,28 @@ def distill_config() -> ml_collections.ConfigDict:
 
 def ot_config(c: ml_collections.ConfigDict) -> OTConfig:
     return OTConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in c.ot.to_dict().items()})
+
+
+R2V_LAYOUTS = ("vace", "release")
+
+
+def check_distill(c: ml_collections.ConfigDict) -> None:
+    """ValueError naming the first distillation setting that cannot run; called by the trainer's config check
+    (before any model is built) and by ``Distiller``."""
+    from vdot_jax.distill.losses import NORMALIZATIONS
+    from vdot_jax.distill.timesteps import student_schedule
+
+    ot_config(c)  # OTConfig checks its own fields
+    student_schedule(c.schedule, c.student_shift)
+    if c.get("r2v_layout", "vace") not in R2V_LAYOUTS:
+        raise ValueError(f"config.r2v_layout must be one of {R2V_LAYOUTS}, got {c.r2v_layout!r}")
+    if c.loss.dmd_reduction not in ("mean", "sum"):
+        raise ValueError(f"config.loss.dmd_reduction must be 'mean' or 'sum', got {c.loss.dmd_reduction!r}")
+    if c.loss.dmd_normalization not in NORMALIZATIONS:
+        raise ValueError(f"config.loss.dmd_normalization must be one of {NORMALIZATIONS}, "
+                         f"got {c.loss.dmd_normalization!r}")
+    if c.ttur < 1:
+        raise ValueError(f"config.ttur must be >= 1, got {c.ttur}")
+    for name in ("generator_lr", "critic_lr"):
+        if not c.optim[name] >= 0:
+            raise ValueError(f"config.optim.{name} must be >= 0, got {c.optim[name]}")

@@ -30,7 +30,7 @@ import optax
 from flax import nnx
 
 from vdot_jax.distill import losses
-from vdot_jax.distill.config import ot_config
+from vdot_jax.distill.config import check_distill, ot_config
 from vdot_jax.distill.critic import Critic
 from vdot_jax.distill.ot import ot_direction, ot_loss
 from vdot_jax.distill.timesteps import (add_noise, rollout, sample_gan_timesteps,
@@ -38,7 +38,6 @@ from vdot_jax.distill.timesteps import (add_noise, rollout, sample_gan_timesteps
 from vdot_jax.models.wan import WanModel
 
 PHASES = ("critic_flow", "critic_gan", "generator_dmd_ot", "generator_gan")
-R2V_LAYOUTS = ("vace", "release")
 _EXIT_TAG = len(PHASES)  # fold_in tag of the per-step exit index (after the phases' own tags)
 
 
@@ -93,12 +92,11 @@ class Distiller:
         self.gen_def, _ = nnx.split(generator)
         self.critic_def, _ = nnx.split(critic)
         self.teacher_def, _ = nnx.split(teacher)
+        check_distill(config)
         self.schedule = student_schedule(config.schedule, config.student_shift)
         self.ot = ot_config(config)
         self.r2v_layout = config.get("r2v_layout", "vace")  # configs saved before the option existed: "vace"
         self.video_frames = int(config.get("video_frames", 21))
-        if self.r2v_layout not in R2V_LAYOUTS:
-            raise ValueError(f"config.r2v_layout must be one of {R2V_LAYOUTS}, got {self.r2v_layout!r}")
         o = config.optim
         self.gen_tx = self._optimizer(o.generator_lr)
         self.critic_tx = self._optimizer(o.critic_lr)

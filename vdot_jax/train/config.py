@@ -400,6 +400,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
             attention.check(impl)
         except attention.AttentionSpecError as e:
             raise ConfigError(f"config.model.attention: {e}.") from None
+    if config.mode == "vdot":
+        from vdot_jax.distill.config import check_distill
+
+        try:
+            check_distill(config)
+        except ValueError as e:
+            raise ConfigError(f"{e}.") from None
     if d.source == "toy":  # checked here, before a workdir is touched, not when the data pipeline is built
         from vdot_jax.data.toy_world import TASKS
 
