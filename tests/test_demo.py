@@ -90,3 +90,40 @@ def test_teacher_config_stages_match_the_shipped_teacher():
     assert cont.train.steps == 1500 and scratch.train.steps == 4000
     with pytest.raises((ValueError, ConfigError), match="scratch"):
         load_config("configs/toy_teacher.py:wider")
+
+
+@pytest.mark.slow  # ~2 min on the loaded 2-core CPU (evaluation set, metrics, 11 grids as mp4 + GIF)
+def test_seeds_report_path_with_stub_training(tmp_path, monkeypatch):
+    """run_demo(seeds=2) end to end with distillation and sampling stubbed (real evaluation set, metrics, report):
+    the table shows mean ± sd, and the per-seed rows are the ones the stubs produced."""
+    import vdot_jax.demo as demo
+    from vdot_jax.eval.toy_metrics import evaluate
+
+    seen = []
+
+    def fake_distill(plan, teacher, log=None, distiller=None):
+        seen.append((plan.seed, distiller))
+        hist = {"generator_loss": [1.0, 0.5 + plan.seed], "critic_loss": [2.0, 1.0]}
+        return {n: None for n in VARIANTS}, {n: dict(hist) for n in VARIANTS}, "compiled"
+
+    def fake_methods(plan, graphdef, methods, ev, log=None):
+        rows, clips = {}, {}
+        for i, name in enumerate(methods):
+            m = demo.summarise(evaluate(ev.batch.video, ev.batch, sinkhorn=False, min_group=2))
+            m["all/attr_acc"] = 0.5 + 0.1 * plan.seed + 0.01 * i  # seeds 0, 1 -> sd 0.0707 on every row
+            m["nfe"], m["sec_per_clip"] = 4.0, 0.1
+            rows[name], clips[name] = m, ev.batch.video
+        return rows, clips
+
+    monkeypatch.setattr(demo, "distill", fake_distill)
+    monkeypatch.setattr(demo, "evaluate_methods", fake_methods)
+    plan = DemoPlan.quick()
+    means = demo.run_demo(tmp_path, plan=plan, seeds=2, log=lambda s: None)
+    assert [s for s, _ in seen] == [0, 1] and seen[1][1] == "compiled"  # the second seed reuses the programs
+    assert means["student VDOT"]["all/attr_acc"] == pytest.approx(0.55 + 0.01 * 5)
+    text = (tmp_path / "report.md").read_text()
+    assert "Means ± sample sd over 2 seeds" in text and "single-seed" not in text
+    assert f"| student VDOT | 4 ± 0 | 0.100 ± 0.000 | {0.6:.3f} ± {0.0707:.3f} |" in text
+    per_seed = json.loads((tmp_path / "metrics_per_seed.json").read_text())
+    assert [r["student VDOT"]["all/attr_acc"] for r in per_seed] == pytest.approx([0.55, 0.65])
+    assert (tmp_path / "metrics_sd.json").exists() and (tmp_path / "grid_all.gif").exists()
