@@ -27,6 +27,8 @@ from typing import Callable
 
 import numpy as np
 
+from vdot_jax.train.logging import is_curve
+
 # The world and encoders the teacher was trained with (configs/toy_teacher.py reads these).
 # 5 frames at 32x32 -> 5x16x16 latents, 320 tokens (384 with a reference image): small enough for 2 CPU cores.
 # latent_std_floor tames the toy VAE's heavy-tailed detail bands (see its docstring).
@@ -165,7 +167,7 @@ def distill(plan: DemoPlan, teacher, log: Callable[[str], None] = _log, distille
             for k, v in metrics.items():
                 history.setdefault(k, []).append(float(v))
             if step % max(1, plan.steps // 10) == 0 or step == plan.steps - 1:
-                shown = {k: round(v[-1], 4) for k, v in history.items() if k.endswith("loss")}
+                shown = {k: round(v[-1], 4) for k, v in history.items() if is_curve(k)}
                 log(f"  {name}: step {step + 1}/{plan.steps} {shown} ({time.time() - t0:.0f} s)")
         students[name] = state.generator
         histories[name] = history
@@ -408,12 +410,13 @@ def run_demo(out_dir: str | os.PathLike = "vdot_demo", quick: bool = False, plan
 
 
 def _mean_curves(histories: list[dict]) -> dict:
-    """Per-seed {variant: {metric: values}} -> the mean over seeds of each loss curve."""
+    """Per-seed {variant: {metric: values}} -> the mean over seeds of each curve
+    (``vdot_jax.train.logging.is_curve``)."""
     out = {}
     for name in histories[0]:
         out[name] = {}
         for k in histories[0][name]:
-            if k.endswith("loss"):
+            if is_curve(k):
                 out[name][k] = np.mean([np.asarray(h[name][k], float) for h in histories], 0)
     return out
 

@@ -159,14 +159,20 @@ def read_metrics(path) -> list[dict]:
     return rows
 
 
-def _is_loss(key: str) -> bool:
-    return key.endswith("_loss") or key in ("d_real", "d_fake")
+# Training metrics that move: real losses, GAN logits, the Sinkhorn cost <P,C> of fake vs real x0, the DMD
+# direction's norm and the critic/teacher x0 gap. The DMD/OT surrogate losses (``surrogate/*``) are left out:
+# their value is constant by construction (only their gradient carries the direction).
+CURVES = ("d_real", "d_fake", "g_d_real", "g_d_fake", "ot_cost", "dmd_direction_norm", "x0_gap_rms")
+
+
+def is_curve(key: str) -> bool:
+    return key.endswith("_loss") or key in CURVES
 
 
 def plot_losses(jsonl, out) -> Path | None:
     """One panel per loss in a metrics.jsonl: raw values and an exponential moving average."""
     rows = read_metrics(jsonl)
-    keys = sorted({k for r in rows for k in r if _is_loss(k)})
+    keys = sorted({k for r in rows for k in r if is_curve(k)})
     if not keys:
         return None
     import matplotlib
