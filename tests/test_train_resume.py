@@ -19,8 +19,8 @@ import pytest
 from conftest import FAST_COMPILE
 
 ROOT = Path(__file__).parents[1]
-# VDOT without the GAN phases (critic flow + generator DMD/OT; the GAN phases only add compile time here)
-OVERRIDES = ["loss.use_gan=false", "train.steps=8", "train.checkpoint_every=2", "train.progress=false"]
+# VDOT with all four phases (tiny config: TTUR 2, so steps 1-8 run critic flow / GAN-D and generator DMD+OT / GAN)
+OVERRIDES = ["train.steps=8", "train.checkpoint_every=2", "train.progress=false"]
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +102,9 @@ def test_sigkill_mid_run_then_restart_equals_an_uninterrupted_run_bit_for_bit(tm
     a, b = losses(logged_steps(ref)), losses(logged_steps(cut))
     assert sorted(a) == sorted(b) == list(range(1, 9))  # the resumed log reads as one run
     assert a == b  # every loss and gradient norm, bit for bit (JSON floats round-trip exactly)
+    logged = set().union(*a.values())
+    assert {"critic_flow_loss", "critic_gan_loss", "generator_loss", "generator_gan_loss"} <= logged  # all 4 phases
+    assert any("generator_gan_loss" in a[s] for s in a if s > resumed)  # a GAN update after the resume
     run_a, state_a = restore_state(ref)
     _, state_b = restore_state(cut)
     leaves_a, leaves_b = jax.tree_util.tree_leaves_with_path(state_a), jax.tree.leaves(state_b)
