@@ -2,6 +2,7 @@
 pieces of `--seeds N` (mean ± sd, differences beyond the spread) on known values."""
 
 import json
+import math
 import re
 
 import numpy as np
@@ -35,6 +36,14 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
     assert metrics["student VDOT"]["nfe"] == 4
     assert metrics[t50]["nfe"] == plan.teacher_steps * (2 if plan.guidance != 1 else 1)
     assert metrics["real clips (reference)"]["all/fragmented"] == 0.0
+    for row in rows:  # every measured number is finite, and every summary column was measured
+        assert all(metrics[row].get(key) is not None for key, _, _ in SUMMARY if row != "real clips (reference)")
+        for key, value in metrics[row].items():
+            assert not isinstance(value, float) or math.isfinite(value), (row, key, value)
+    # distillation changed each student: its quality metrics differ from its starting point's
+    quality = lambda row: {k: v for k, v in metrics[row].items() if k not in ("nfe", "sec_per_clip")}  # noqa: E731
+    for student in VARIANTS:
+        assert quality(student) != quality(START), student
     for task in TASKS:
         assert (out / f"grid_{task}.gif").stat().st_size > 0 and (out / f"grid_{task}.mp4").exists()
     import imageio.v2 as imageio

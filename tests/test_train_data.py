@@ -144,6 +144,24 @@ def test_a_manifest_with_a_corrupt_and_a_missing_video_trains_on_and_reports_bot
         train(strict, tmp_path / "strict")
 
 
+def test_precompute_command_then_a_run_that_reads_the_shards(manifest, tmp_path, capsys):
+    """`vdot precompute` end to end: manifest -> ArrayRecord shards (unreadable rows listed) -> training on them."""
+    out = tmp_path / "pre"
+    assert main(["precompute", "--config", TINY + ":flow", "--manifest", str(manifest), "--out", str(out),
+                 "--rows-per-shard", "2"]) == 0
+    index = json.loads((out / "precomputed.json").read_text())
+    assert len(index["records"]) == 4 and len(index["bad"]) == 2
+    assert len(list(out.glob("shard-*.array_record"))) == 3  # 6 manifest rows, 2 a shard
+    c = flow_config("data.source=precomputed", f"data.precomputed={out}", "data.batch_size=2", "train.steps=2")
+    s = train(c, tmp_path / "run")
+    assert s["step"] == 2 and s["bad_samples"] == 0  # the bad rows were left out when encoding
+    rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(np.isfinite(r["flow_loss"]) for r in rows)
+    (out / "precomputed.json").unlink()  # the run reads from there: without the index it stops
+    with pytest.raises(DataError, match="holds no finished precomputed data"):
+        train(c, tmp_path / "run_without_index")
+
+
 def test_non_finite_updates_in_a_row_stop_the_run(tmp_path):
     c = flow_config("flow.lr=1e38", "flow.clip_norm=1e38", "train.max_nonfinite=2", "train.steps=20",
                     "train.checkpoint_every=100")
