@@ -81,7 +81,7 @@ def test_goodness_directions():
 
 def test_demo_refuses_bad_seeds(capsys):
     assert vdot(["demo", "--seeds", "0", "--out", "/nonexistent/x"]) != 0
-    assert "--seeds must be at least 1" in capsys.readouterr().err
+    assert "--seeds must be a positive integer" in capsys.readouterr().err
 
 
 def test_teacher_config_stages_match_the_shipped_teacher():

@@ -25,9 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vdot_jax.models.attention import attention, local_impl
 from vdot_jax.models.layers import F32, Dense, LayerNorm, RMSNorm, layer_norm
-from vdot_jax.models.wan import FeedForward
+from vdot_jax.models.wan import Attention, FeedForward
 
 # Blocks tapped by the release's head: 13/21/29 of 30 (1.3B) and 23/31/39 of 40 (14B).
 RELEASE_TAPS = {30: (13, 21, 29), 40: (23, 31, 39)}
@@ -57,36 +56,13 @@ class MLPProj(nnx.Module):
         return self.norm_out(self.linear_2(h, dtype))
 
 
-class GanAttention(nnx.Module):
-    """Cross-attention whose query is the register token and whose keys/values are the video tokens."""
-
-    def __init__(self, dim: int, num_heads: int, *, rngs: nnx.Rngs):
-        self.to_q = Dense(dim, dim, rngs=rngs)
-        self.to_k = Dense(dim, dim, rngs=rngs)
-        self.to_v = Dense(dim, dim, rngs=rngs)
-        self.to_out = nnx.List([Dense(dim, dim, rngs=rngs)])
-        self.norm_q = RMSNorm(dim, EPS)
-        self.norm_k = RMSNorm(dim, EPS)
-        self.num_heads = num_heads
-
-    def __call__(self, token, video, *, dtype=F32, impl="xla"):
-        """token [B, 1, d], video [B, N, d] -> [B, 1, d]."""
-        b, n, d = video.shape
-        heads = (self.num_heads, d // self.num_heads)
-        q = self.norm_q(self.to_q(token, dtype)).reshape(b, 1, *heads)
-        k = self.norm_k(self.to_k(video, dtype)).reshape(b, n, *heads)
-        v = self.to_v(video, dtype).reshape(b, n, *heads)
-        # One query token: no sequence parallelism, every device reads all the video tokens it is given.
-        out = attention(q, k, v, local_impl(impl)).reshape(b, 1, d)
-        return self.to_out[0](out, dtype)
-
-
 class GanBlock(nnx.Module):
     """One tap: the release's ``GanAttentionBlock``."""
 
     def __init__(self, dim: int, token_dim: int, num_heads: int, ffn_dim: int, *, rngs: nnx.Rngs):
         self.proj_in = MLPProj(dim, token_dim, rngs=rngs)
-        self.attn = GanAttention(token_dim, num_heads, rngs=rngs)
+        # the register token is the query, the projected video tokens the keys/values; q/k RMSNorm as in Wan
+        self.attn = Attention(token_dim, num_heads, EPS, rngs=rngs)
         self.ffn = FeedForward(token_dim, ffn_dim, rngs=rngs)  # Linear, tanh-GELU, Linear
         self.proj_out = MLPProj(token_dim, dim, rngs=rngs)
 
