@@ -11,3 +11,40 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+# The longest tests (from `--durations`, ~30-200 s each on 2 cores), in groups that share a module fixture. With
+# `-n 2 --dist worksteal` (pytest.ini) each worker starts from one half of the collection, so alternate groups are
+# placed at the head of each half: both workers start on long tests and finish on short ones (a long test left to
+# the end kept one worker busy alone for minutes).
+HEAVY = (
+    ("test_quick_demo_writes_a_complete_report",),
+    ("test_checkpoint_from_8_devices_restores",),
+    ("test_sigkill_mid_run_then_restart",),
+    ("test_tiny_run_of_all_phases", "test_ablations_share_the_compiled_phases",
+     "test_non_finite_loss_skips_the_update"),
+    ("test_a_manifest_with_a_corrupt_and_a_missing_video",),
+    ("test_sigterm_saves_and_exits_zero",),
+    ("test_two_processes_train_on_per_host_shards",),
+    ("test_eval_generates_scores_and_resumes",),
+    ("test_precompute_command_then_a_run",),
+    ("test_teacher_from_a_flow_workdir",),
+    ("test_two_processes_match_one",),
+    ("test_local_script_really_trains",),
+)
+
+
+def _heavy_group(item) -> int:
+    return next((g for g, names in enumerate(HEAVY) if item.name.startswith(names)), len(HEAVY))
+
+
+def pytest_collection_modifyitems(config, items):
+    groups = [[] for _ in HEAVY]
+    light = []
+    for item in items:
+        g = _heavy_group(item)
+        (light if g == len(HEAVY) else groups[g]).append(item)
+    first = [it for g in groups[0::2] for it in g]
+    second = [it for g in groups[1::2] for it in g]
+    cut = max(len(items) // 2 - len(first), 0)
+    items[:] = first + light[:cut] + second + light[cut:]
