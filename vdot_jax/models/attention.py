@@ -110,8 +110,8 @@ def _options(name: str, opts: str) -> dict[str, int]:
     for part in filter(None, opts.split(",")):
         key, sep, val = part.partition("=")
         if not sep or key not in ("block_q", "block_kv") or not val.isdigit() or int(val) % 128:
-            raise AttentionSpecError(f"attention option {part!r} of {name!r} is not block_q=N or block_kv=N with N a "
-                             "multiple of 128")
+            raise AttentionSpecError(f"attention option {part!r} of {name!r} is not block_q=N or block_kv=N "
+                                     "with N a multiple of 128")
         out[key] = int(val)
     if out and not name.startswith("splash"):
         raise AttentionSpecError(f"attention options ({opts}) are only for splash, not {name!r}")

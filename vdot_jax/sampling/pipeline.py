@@ -55,7 +55,7 @@ from flax import nnx
 
 from vdot_jax import conditions as C
 from vdot_jax.parallel.sharding import compile_program
-from vdot_jax.models.attention import default_attention, resolve  # noqa: F401 -- default_attention for benches
+from vdot_jax.models.attention import resolve
 from vdot_jax.errors import VdotError
 from vdot_jax.sampling.solvers import classifier_free_guidance, guidance_context, sample
 
