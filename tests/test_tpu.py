@@ -8,7 +8,6 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 import pytest
 
 from vdot_jax.models import attention as A
