@@ -10,6 +10,7 @@ from vdot_jax.commands.common import add_model_arguments, check_model_arguments,
 def run(args) -> None:
     check_model_arguments(args)  # every option, before anything heavy is imported or loaded
     check_output_video(args.out)
+    from vdot_jax import conditions as C  # lazy, as every command's imports: `vdot --help` stays light
     from vdot_jax.sampling import pipeline as P
 
     def log(msg: str) -> None:
@@ -17,7 +18,7 @@ def run(args) -> None:
             print(f"[vdot generate] {msg}", file=sys.stderr, flush=True)
 
     # Task inputs first: a bad file or size stops here, before any model is loaded.
-    vcu = P.task_inputs(args.task, src_video=args.src_video, src_mask=args.src_mask, ref_images=args.ref_images,
+    vcu = C.task_inputs(args.task, src_video=args.src_video, src_mask=args.src_mask, ref_images=args.ref_images,
                         frames=args.frames, height=args.height, width=args.width, expand=args.expand,
                         clip_frames=args.clip_frames)
     log(f"task {vcu.task}: {vcu.num_frames} frames at {vcu.height}x{vcu.width}, {vcu.num_refs} reference image(s)")

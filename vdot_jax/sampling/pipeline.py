@@ -9,7 +9,7 @@ Public API::
     result.write("out.mp4") # 16 fps
 
     generate("models/vace-1.3b", "a cat surfing", src_video="in.mp4", src_mask="mask.mp4", out="out.mp4")
-    vcu = task_inputs(task="outpaint", src_video="in.mp4", expand=(0, 0, 0.25, 0.25), frames=81, ...)
+    vcu = C.task_inputs(task="outpaint", src_video="in.mp4", expand=(0, 0, 0.25, 0.25), frames=81, ...)
 
 A model is a converted model directory (``vdot convert``: transformer, vae, text_encoder), a diffusers
 ``WanVACEPipeline``/``WanPipeline`` folder, or three separate paths. Four timed stages:
@@ -54,6 +54,7 @@ import numpy as np
 from flax import nnx
 
 from vdot_jax import conditions as C
+from vdot_jax.conditions import task_inputs  # files -> a VCU: the front end of generate()
 from vdot_jax.parallel.sharding import compile_program
 from vdot_jax.models.attention import resolve
 from vdot_jax.errors import VdotError
@@ -64,109 +65,13 @@ STUDENT = dict(steps=4, shift=16.0, guide_scale=1.0)
 TEACHER = dict(steps=50, shift=16.0, guide_scale=5.0)
 SOLVERS = ("unipc", "euler")
 OFFLOAD = ("none", "host", "free")
-EXTENSION_TASKS = C.EXTENSION_MODES
-TASKS = ("t2v", "r2v", *C.CONTROL_KINDS, "v2v", "mv2v", "inpaint", "outpaint", *EXTENSION_TASKS)
 
 
 class GenerateError(VdotError, ValueError):
     """Inputs to ``generate`` that do not fit together or do not fit the model (one sentence)."""
 
 
-# ----------------------------------------------------------------------------- task inputs
-
-
-def _parse_expand(expand) -> tuple[float, float, float, float]:
-    if isinstance(expand, str):
-        try:
-            expand = [float(v) for v in expand.split(",")]
-        except ValueError:
-            raise GenerateError(f"outpainting expansion must be four numbers top,bottom,left,right, got {expand!r}.")
-    vals = tuple(float(v) for v in expand)
-    if len(vals) != 4 or any(v < 0 for v in vals) or not any(vals):
-        raise GenerateError(f"outpainting expansion must be four ratios top,bottom,left,right >= 0, not all zero, "
-                            f"got {expand!r}.")
-    return vals
-
-
-def _read_clip(path, height: int, width: int) -> np.ndarray:
-    """An image or a video file -> [1, 3, k, H, W] in [-1, 1], resized to cover and centre-cropped."""
-    from vdot_jax.data import video_io
-
-    if video_io.is_image_path(path):
-        return video_io.read_image(path, size=(height, width)).transpose(2, 0, 1)[None, :, None]
-    return C.video_from_frames(video_io.read_video(path, size=(height, width)))
-
-
-def task_inputs(task: str | None = None, *, src_video=None, src_mask=None, ref_images=None, frames: int = 81,
-                height: int = 480, width: int = 832, expand=None, clip_frames: int | None = None,
-                reference_order: str = "release") -> C.VCU:
-    """Files -> a one-sample VCU, for every task.
-
-    ``task=None`` (or "t2v", "r2v", "v2v", "mv2v", a control kind): the release's file conventions
-    (``vdot_jax.conditions.read_task_inputs``): no ``src_video`` is text-to-video, ``src_video`` alone a control
-    video, with ``src_mask`` masked editing (grey 127 in the video marks missing content, white in the mask
-    means generate). The others build the VCU from a plain video:
-
-    * ``"inpaint"``: ``src_video`` + ``src_mask``; the region to regenerate is greyed out first.
-    * ``"outpaint"``: ``src_video`` placed in a larger canvas; ``expand=(top, bottom, left, right)`` ratios of
-      the video's size; the canvas is ``height`` x ``width``.
-    * extension (``first_frame``, ``last_frame``, ``first_clip``, ``last_clip``, ``first_last_frame``,
-      ``first_last_clip``): ``src_video`` (an image or a video) gives the kept frames -- its first and/or
-      last ``clip_frames`` frames (1 for the ``*_frame`` modes) -- and the rest of ``frames`` is generated.
-
-    ``ref_images`` (paths, or one comma-separated string) are letterboxed and added to any task. Every
-    inconsistency raises a ``ValueError`` whose message is one sentence naming what was expected.
-    """
-    if task is not None and task not in TASKS:
-        raise GenerateError(f"unknown task {task!r}; choose one of {', '.join(TASKS)} (or leave it out to follow "
-                            f"the files).")
-    plain = task in (None, "t2v", "r2v", "v2v", "mv2v", *C.CONTROL_KINDS)
-    if task in ("t2v", "r2v") and (src_video is not None or src_mask is not None):
-        raise GenerateError(f"task {task} takes no src_video or src_mask.")
-    if task == "r2v" and not ref_images:
-        raise GenerateError("task r2v needs reference images (ref_images).")
-    if task in ("v2v", *C.CONTROL_KINDS) and (src_video is None or src_mask is not None):
-        raise GenerateError(f"task {task} needs a control video as src_video and no src_mask.")
-    if task in ("mv2v", "inpaint") and (src_video is None or src_mask is None):
-        raise GenerateError(f"task {task} needs both src_video and src_mask.")
-    if not plain and task != "inpaint":
-        if src_video is None:
-            raise GenerateError(f"task {task} needs src_video (the video{' or image' if 'frame' in task else ''} "
-                                f"to {'outpaint' if task == 'outpaint' else 'extend'}).")
-        if src_mask is not None:
-            raise GenerateError(f"task {task} makes its own mask; do not pass src_mask.")
-    if task == "outpaint" and expand is None:
-        raise GenerateError("task outpaint needs expand=(top, bottom, left, right) ratios, e.g. 0,0,0.25,0.25.")
-    if task != "outpaint" and expand is not None:
-        raise GenerateError(f"expand is for task outpaint, not {task or 'the files given'}.")
-
-    if plain or task == "inpaint":
-        vcu = C.read_task_inputs(src_video, src_mask, ref_images, num_frames=frames, height=height, width=width,
-                                 task=None if task in (None, "t2v", "r2v", "v2v", "mv2v") else task)
-        if task == "inpaint":
-            m = vcu.masks
-            vcu = C.VCU(vcu.frames * (1.0 - m), m, vcu.refs, task="inpaint" + ("+r2v" if vcu.num_refs else ""),
-                        kind="repaint")
-        return vcu
-    # Validate size and frame count before reading anything (the same rules as read_task_inputs).
-    refs = C.read_task_inputs(None, None, ref_images, num_frames=frames, height=height, width=width).refs
-    if task == "outpaint":
-        from vdot_jax.data import video_io
-
-        video = C.video_from_frames(video_io.read_video(src_video, num_frames=frames))
-        base = C.outpaint(video, *_parse_expand(expand), height=height, width=width)
-    else:
-        k = 1 if task.endswith("_frame") else int(clip_frames or 1)
-        if k < 1:
-            raise GenerateError(f"clip_frames must be at least 1, got {clip_frames}.")
-        clip = _read_clip(src_video, height, width)
-        if clip.shape[2] < k:
-            raise GenerateError(f"{os.fspath(src_video)} has {clip.shape[2]} frames; task {task} keeps {k}.")
-        first = clip[:, :, :k] if task.startswith("first") else None
-        last = clip[:, :, -k:] if task.startswith(("last", "first_last")) else None
-        base = C.extend(task, frames, first=first, last=last)
-    task_name = base.task + ("+r2v" if refs.shape[1] else "")
-    return C.VCU(base.frames, base.masks, refs, task=task_name, kind=base.kind)
+# ----------------------------------------------------------------------------- checks
 
 
 def check_finite_video(video: np.ndarray, settings: dict) -> None:
