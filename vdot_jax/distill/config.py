@@ -7,7 +7,9 @@ import dataclasses
 
 import ml_collections
 
+from vdot_jax.distill.losses import NORMALIZATIONS
 from vdot_jax.distill.ot import OTConfig
+from vdot_jax.distill.timesteps import student_schedule
 
 # Wan2.1's standard negative prompt (release: configs/self_forcing_bi_gan.yaml ``negative_prompt``,
 # trainer/distillation_vace.py ``sample_neg_prompt``; Wan's shared_config ``sample_neg_prompt``): the text of the
@@ -80,9 +82,6 @@ R2V_LAYOUTS = ("vace", "release")
 def check_distill(c: ml_collections.ConfigDict) -> None:
     """ValueError naming the first distillation setting that cannot run; called by the trainer's config check
     (before any model is built) and by ``Distiller``."""
-    from vdot_jax.distill.losses import NORMALIZATIONS
-    from vdot_jax.distill.timesteps import student_schedule
-
     ot_config(c)  # OTConfig checks its own fields
     student_schedule(c.schedule, c.student_shift)
     if c.get("r2v_layout", "vace") not in R2V_LAYOUTS:

@@ -16,13 +16,11 @@ Implementations (``impl``, grammar ``[ulysses:]NAME[:OPTIONS]``):
   ``splash:block_q=1024,block_kv=512``. ``splash_interpret`` runs the same kernel in Pallas interpret mode
   on any backend, which is how CPU tests check it.
 
-**Kernels run per shard.** Pallas and cuDNN calls cannot be partitioned by XLA, so under an active mesh
-(``jax.set_mesh``) this dispatch -- and nothing else -- wraps them in ``jax.shard_map``: batch split over
-the axes the logical rules give ``batch`` (``data``/``fsdp``), heads over those of ``heads`` (``tensor``), and
-the query sequence over those of ``seq`` (``context``) while keys/values are gathered whole. That covers
-self-attention, text cross-attention (queries sequence-sharded, text replicated) and the GAN head (one
-broadcast query token per example, video keys batch-sharded) alike. The ``xla`` implementation needs no
-wrapping: XLA partitions it.
+**Kernels run per shard.** Pallas and cuDNN calls cannot be partitioned by XLA, so under a mesh they run
+inside ``jax.shard_map``. This module knows no mesh: ``attention`` gives the per-device function, and whether it
+is such a kernel (``KERNELS``), to the placement the caller bound (``vdot_jax.spmd``; under
+``parallel.logical.activate`` that is ``vdot_jax.parallel.attention``, the one place that wraps kernels). Without
+one the function runs as it is.
 
 ``ulysses:INNER`` (e.g. ``ulysses:cudnn``) is sequence-parallel self-attention over the ``context`` mesh axis
 (``vdot_jax.parallel.ulysses``): its own shard_map trades the sequence shard for a head shard with
@@ -38,12 +36,9 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import AxisType
-from jax.sharding import PartitionSpec as P
 
+from vdot_jax import spmd
 from vdot_jax.errors import VdotError
-from vdot_jax.parallel.logical import DEFAULT_RULES, active_rules, spec_for
-from vdot_jax.parallel.ulysses import ulysses_attention
 
 AttentionFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 _REGISTRY: dict[str, Callable[..., jax.Array]] = {}
@@ -147,37 +142,8 @@ def check(impl: str) -> str:
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = "xla") -> jax.Array:
     """Softmax attention with scale 1/sqrt(head_dim), dispatched by ``impl`` (module docstring)."""
     outer, inner = _split_ulysses(resolve(impl))
-    fn = kernel(inner)
-    local = functools.partial(per_shard, fn) if inner.partition(":")[0] in KERNELS else fn
-    if outer:
-        return ulysses_attention(q, k, v, fn, fallback=local)
-    return local(q, k, v)
-
-
-def shard_specs(q_shape, kv_shape) -> tuple[P, P] | None:
-    """(q/out spec, k/v spec) of the shard_map around a kernel under the current mesh; None without one.
-
-    The rules are the active logical rules (``vdot_jax.parallel.logical``), or the defaults when only a mesh
-    is set. Dimensions that do not divide stay whole (e.g. the GAN head's single query token)."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh is None or mesh.empty or mesh.size == 1:
-        return None
-    if any(t == AxisType.Manual for t in mesh.axis_types):
-        return None  # already per device (inside a shard_map)
-    rules = active_rules() or DEFAULT_RULES
-    shape = dict(mesh.shape)
-    qb, qs, qh, _ = spec_for(q_shape, ("batch", "seq", "heads", None), rules, shape)
-    # k/v share the query's batch and head split; their sequence is whole on every device
-    return P(qb, qs, qh, None), P(qb, None, qh, None)
-
-
-def per_shard(fn: AttentionFn, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-    """``fn`` on per-device shards under the current mesh (module docstring); ``fn`` itself without one."""
-    specs = shard_specs(q.shape, k.shape)
-    if specs is None:
-        return fn(q, k, v)
-    q_spec, kv_spec = specs
-    return jax.shard_map(fn, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec, check_vma=False)(q, k, v)
+    return spmd.current().attention(q, k, v, kernel(inner), per_shard=inner.partition(":")[0] in KERNELS,
+                                    ulysses=bool(outer))
 
 
 @register("xla")

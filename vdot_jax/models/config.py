@@ -2,6 +2,8 @@
 
 The architecture (what the weights mean) is kept apart from run-time options (compute dtype, attention
 implementation, remat policy), which live on the model as ``Runtime`` and may change after loading.
+This module does not import jax (option checks and ``vdot_jax.WanConfig`` stay light): the three ``Runtime``
+methods that need it import it on use.
 """
 
 from __future__ import annotations

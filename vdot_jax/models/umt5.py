@@ -42,7 +42,7 @@ from flax import nnx
 
 from vdot_jax.models.config import Runtime
 from vdot_jax.models.layers import RMSNorm, scan_layers, stack_layers
-from vdot_jax.parallel.logical import constrain
+from vdot_jax.spmd import constrain
 
 F32 = jnp.float32
 

@@ -28,7 +28,8 @@ from vdot_jax.models.attention import attention, local_impl
 from vdot_jax.models.config import Runtime, WanConfig
 from vdot_jax.models.layers import F32, Dense, LayerNorm, RMSNorm, layer_norm, scan_layers, stack_layers, uniform_init
 from vdot_jax.models.rope import apply_rope, rope_tables
-from vdot_jax.parallel.logical import constrain
+from vdot_jax.spmd import constrain
+
 
 class PatchEmbed(nnx.Module):
     """Conv3d with kernel == stride, written as a patch reshape and one matmul (kernel in DHWIO)."""

@@ -6,8 +6,10 @@ dimension takes the longest prefix of its list whose sizes divide it and that no
 the same array has taken; anything else is replicated. That is the fallback: 12 heads on ``tensor=8``
 stay replicated instead of failing, and a batch of 1 is not split over ``data``.
 
-Models call ``constrain(x, "batch", "seq", "embed")``; it is the identity unless a mesh is set with
-``jax.set_mesh`` *and* rules are active (``activate(mesh, rules)`` does both).
+Models call ``vdot_jax.spmd.constrain(x, "batch", "seq", "embed")`` and never import this module: the rules
+activated here (``activate(mesh, rules)`` sets the mesh too) bind ``PLACEMENT`` -- ``constrain`` below and the
+attention dispatch of ``parallel.attention`` -- for the code traced inside. Without both a mesh and rules,
+``constrain`` is the identity.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from typing import Iterator, Mapping, Sequence
 import jax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from vdot_jax import spmd
+from vdot_jax.parallel import attention as parallel_attention
+from vdot_jax.parallel.mesh import current_mesh_shape
 
 Rules = Mapping[str, Sequence[str] | str | None]
 
@@ -109,10 +115,11 @@ def param_shardings(flat_shapes: Mapping[tuple, Sequence[int]], mesh: Mesh, rule
 
 @contextlib.contextmanager
 def axis_rules(rules: Rules) -> Iterator[None]:
-    """Activate logical->mesh rules for code traced inside the block."""
+    """Activate logical->mesh rules, and ``PLACEMENT`` for the models, for code traced inside the block."""
     token = _ACTIVE.set(dict(rules))
     try:
-        yield
+        with spmd.bind(PLACEMENT):
+            yield
     finally:
         _ACTIVE.reset(token)
 
@@ -126,11 +133,6 @@ def activate(mesh: Mesh, rules: Rules | None = None) -> Iterator[Mesh]:
 
 def active_rules() -> Rules | None:
     return _ACTIVE.get()
-
-
-def current_mesh_shape() -> dict[str, int]:
-    mesh = jax.sharding.get_abstract_mesh()
-    return dict(mesh.shape) if mesh is not None and not mesh.empty else {}
 
 
 def activation_spec(shape: Sequence[int], names: Sequence[str | None]) -> P | None:
@@ -147,3 +149,13 @@ def constrain(x: jax.Array, *names: str | None) -> jax.Array:
     if spec is None:
         return x
     return jax.lax.with_sharding_constraint(x, spec)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, fn, *, per_shard: bool, ulysses: bool) -> jax.Array:
+    """The models' attention under the active rules: ``parallel.attention.attention`` with the queries' spec."""
+    q_spec = activation_spec(q.shape, ("batch", "seq", "heads", None))
+    return parallel_attention.attention(q, k, v, fn, per_shard=per_shard, ulysses=ulysses, q_spec=q_spec)
+
+
+# What the models (vdot_jax.spmd) use while rules are active.
+PLACEMENT = spmd.Placement(constrain=constrain, attention=attention)

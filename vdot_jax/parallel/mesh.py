@@ -87,6 +87,12 @@ def make_mesh(
     return Mesh(arr, AXES, axis_types=types)
 
 
+def current_mesh_shape() -> dict[str, int]:
+    """{axis: size} of the mesh set with ``jax.set_mesh``; empty without one."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return dict(mesh.shape) if mesh is not None and not mesh.empty else {}
+
+
 def describe(mesh: Mesh) -> str:
     return ", ".join(f"{a}={s}" for a, s in mesh.shape.items()) + f" ({np.prod(list(mesh.shape.values()))} devices)"
 

@@ -14,19 +14,19 @@ from typing import Callable
 import jax
 from jax.sharding import PartitionSpec as P
 
-from vdot_jax.parallel.logical import activation_spec, current_mesh_shape
+from vdot_jax.parallel.mesh import current_mesh_shape
 
 AXIS = "context"
 AttentionFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
-def ulysses_attention(q: jax.Array, k: jax.Array, v: jax.Array, inner: AttentionFn,
+def ulysses_attention(q: jax.Array, k: jax.Array, v: jax.Array, inner: AttentionFn, spec: P | None,
                       fallback: AttentionFn | None = None) -> jax.Array:
     """``inner(q, k, v)`` is the attention each device runs on its [b, S, h/c, d] slice, inside this shard_map
-    (a kernel is fine). Without sequence parallelism (no mesh or rules, or ``context`` 1) ``fallback`` runs
-    instead (default ``inner``); the caller makes it safe under a mesh."""
+    (a kernel is fine); ``spec`` is the queries' activation spec under the active rules (None without rules).
+    Without sequence parallelism (no mesh or rules, or ``context`` 1) ``fallback`` runs instead (default
+    ``inner``); the caller makes it safe under a mesh."""
     c = current_mesh_shape().get(AXIS, 1)
-    spec = activation_spec(q.shape, ("batch", "seq", "heads", None))
     if c == 1 or spec is None:
         return (fallback or inner)(q, k, v)
     b_axes, seq_axes, head_axes, _ = (tuple(spec) + (None,) * 4)[:4]

@@ -26,8 +26,10 @@ from typing import Iterable, Sequence
 
 import ml_collections
 
-from vdot_jax.distill.config import WAN_NEGATIVE_PROMPT, distill_config
+from vdot_jax.data.toy_world import TASKS
+from vdot_jax.distill.config import WAN_NEGATIVE_PROMPT, check_distill, distill_config
 from vdot_jax.errors import VdotError
+from vdot_jax.models import attention
 
 MODES = ("vdot", "flow")
 SOURCES = ("toy", "manifest", "precomputed")
@@ -394,22 +396,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("config.train.keep must be >= 1.")
     impl = config.model.get("attention") or ""
     if impl:  # before any model is loaded (a bad name used to fail only after the teacher was read)
-        from vdot_jax.models import attention
-
         try:
             attention.check(impl)
         except attention.AttentionSpecError as e:
             raise ConfigError(f"config.model.attention: {e}.") from None
     if config.mode == "vdot":
-        from vdot_jax.distill.config import check_distill
-
         try:
             check_distill(config)
         except ValueError as e:
             raise ConfigError(f"{e}.") from None
     if d.source == "toy":  # checked here, before a workdir is touched, not when the data pipeline is built
-        from vdot_jax.data.toy_world import TASKS
-
         unknown = sorted(set(d.toy.task_mix) - set(TASKS))
         if unknown:
             raise ConfigError(f"config.data.toy.task_mix has unknown task(s) {unknown}; tasks are {list(TASKS)}.")

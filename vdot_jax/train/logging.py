@@ -22,12 +22,13 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from vdot_jax.data.video_io import write_video
+from vdot_jax.train.paths import RemoteAppendFile, is_local, local_dir, workdir_path
+
 
 class MetricLogger:
     def __init__(self, workdir, *, enabled: bool = True, total_steps: int = 0, start_step: int = 0,
                  progress: bool = True, resume_from: int | None = None):
-        from vdot_jax.train.paths import is_local, workdir_path
-
         self.local = is_local(workdir)
         self.workdir = Path(workdir) if self.local else workdir_path(workdir)  # local: exactly as before
         self.enabled = enabled
@@ -43,8 +44,6 @@ class MetricLogger:
             self._fh = self.jsonl.open("a")
             self._log = (self.workdir / "train.log").open("a")
         else:  # a bucket has no append: rewritten whole, every 30 s and at close
-            from vdot_jax.train.paths import RemoteAppendFile
-
             self._fh, self._log = RemoteAppendFile(self.jsonl), RemoteAppendFile(self.workdir / "train.log")
         if progress:
             from tqdm import tqdm
@@ -118,8 +117,6 @@ class MetricLogger:
             return None
         if self.local:
             return plot_losses(self.jsonl, self.workdir / "plots" / "losses.png")
-        from vdot_jax.train.paths import local_dir
-
         self._fh.flush(force=True)
         with local_dir(self.workdir / "plots") as d:
             (d / "metrics.jsonl").write_text(self.jsonl.read_text())
@@ -250,8 +247,6 @@ def write_samples(outdir, columns: Mapping[str, np.ndarray], fps: float = 16.0, 
 
     ``columns``: {name: videos [N, 3, T, H, W] in [-1, 1]}, e.g. {"condition": ..., "real": ..., "generated": ...}.
     Small (toy) videos are enlarged by an integer factor so they can be seen."""
-    from vdot_jax.data.video_io import write_video
-
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     cols = [np.asarray(v) for v in columns.values()]

@@ -10,6 +10,7 @@ first step. Memory figures are XLA's ``memory_analysis`` of the compiled program
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -18,8 +19,14 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from vdot_jax.conditions import latent_frames
+from vdot_jax.distill.steps import PHASES
 from vdot_jax.errors import VdotError
+from vdot_jax.models.toy_vae import ToyVAE
+from vdot_jax.parallel.aot import cuda_lowering, kernels_outside_shard_map
+from vdot_jax.parallel.logical import activate
 from vdot_jax.parallel.sharding import CompileReport, compile_program
+from vdot_jax.sampling.model_sampler import model_sampler
 
 STUDENT = dict(steps=4, shift=16.0, guidance=1.0)  # the released student (docs/method.md)
 TEACHER = dict(steps=50, shift=16.0, guidance=5.0)  # the VACE teacher
@@ -45,9 +52,6 @@ class Plan:
 
 def latent_grid(config, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
     """(channels, F, H, W) of the latents of a ``frames``x``height``x``width`` video under the run's encoder."""
-    from vdot_jax.conditions import latent_frames
-    from vdot_jax.models.toy_vae import ToyVAE
-
     if config.data.encoder == "wan":
         st, sh, sw = 4, 8, 8
         f = latent_frames(frames)
@@ -65,8 +69,6 @@ def _sd(shape, dtype, sharding):
 
 def programs(run, frames: int, height: int, width: int) -> list[tuple[str, Callable, tuple]]:
     """(name, jitted, abstract args) of every program of ``run`` at this video size."""
-    from vdot_jax.sampling.model_sampler import model_sampler
-
     c, a, mesh = run.config, run.arch, run.mesh
     f, h, w = latent_grid(c, frames, height, width)
     text_len = int(c.data.toy.text_len) if c.data.encoder == "toy" else int(c.data.text_len)
@@ -102,8 +104,6 @@ def phase_names(config) -> tuple[str, ...]:
     """The training programs a run of ``config`` executes."""
     if config.mode == "flow":
         return ("flow",)
-    from vdot_jax.distill.steps import PHASES
-
     gan = bool(config.loss.use_gan)
     return tuple(p for p in PHASES if gan or "gan" not in p)
 
@@ -111,15 +111,9 @@ def phase_names(config) -> tuple[str, ...]:
 def check(run, frames: int, height: int, width: int, *, hbm_bytes: int | None = None, platform: str | None = None,
           log: Callable[[str], None] | None = print, keep_text: bool = False) -> Plan:
     """Compile (TPU, CPU) or lower (``platform="cuda"``, on a host without GPUs) every program of ``run``."""
-    import time
-
-    from vdot_jax.parallel.logical import activate
-
     plan = Plan(hbm_bytes=hbm_bytes)
     for name, jitted, args in programs(run, frames, height, width):
         if platform == "cuda":
-            from vdot_jax.parallel.aot import cuda_lowering, kernels_outside_shard_map
-
             t0 = time.perf_counter()
             try:
                 with activate(run.mesh, run.rules), cuda_lowering():
