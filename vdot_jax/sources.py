@@ -44,7 +44,6 @@ from vdot_jax.weights import convert, store, text_encoder, wan_vae
 from vdot_jax.weights.keymap import check_dtype
 from vdot_jax.weights.params import abstract_model, assign, flat_state
 
-KINDS = ("workdir", "model_dir", "diffusers", "checkpoint")
 _EXPECTED = "expected a converted model directory, a diffusers folder, a checkpoint file or a training workdir"
 
 
