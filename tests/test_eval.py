@@ -28,11 +28,12 @@ def _model_dir(root):
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
     from vdot_jax.models.config import WanConfig
-    from vdot_jax.models.text_encoder import PromptTokenizer, TextEncoder, save_text_encoder
+    from vdot_jax.models.text_encoder import PromptTokenizer, TextEncoder
     from vdot_jax.models.umt5 import UMT5Config, UMT5EncoderModel
     from vdot_jax.models.vae import VAEConfig, WanVAE
     from vdot_jax.models.wan import WanModel
     from vdot_jax.weights.convert import save_transformer
+    from vdot_jax.weights.text_encoder import save_text_encoder
     from vdot_jax.weights.wan_vae import save_vae
 
     dit = WanConfig(dim=32, ffn_dim=40, num_heads=2, num_layers=2, in_channels=Z, out_channels=Z, text_dim=16,

@@ -111,9 +111,9 @@ def test_wan_layout_is_what_diffusers_converters_read(source, tmp_path):
     assert vdot(["convert", "--src", str(out), "--dst", str(tmp_path / "again"), "--vae",
                  str(out / "Wan2.1_VAE.safetensors"), "--text-encoder", str(out / "models_t5_umt5-xxl-enc.safetensors"),
                  "--text-encoder-dtype", "float32"]) == 0
-    from vdot_jax.models.text_encoder import load_umt5
-    from vdot_jax.weights.wan_vae import load_vae
     from vdot_jax.weights.convert import load_transformer
+    from vdot_jax.weights.text_encoder import load_umt5
+    from vdot_jax.weights.wan_vae import load_vae
 
     for load in (load_transformer, load_umt5, load_vae):
         a, b = load(tmp_path / "again"), load(model_dir)

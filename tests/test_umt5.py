@@ -13,13 +13,13 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from vdot_jax.models.text_encoder import (  # noqa: E402
-    PromptTokenizer, TextEncoder, clean_prompt, convert_text_encoder, load_text_encoder, load_umt5,
-    save_text_encoder,
-)
+from vdot_jax.models.text_encoder import PromptTokenizer, TextEncoder, clean_prompt  # noqa: E402
 from vdot_jax.models.umt5 import UMT5_XXL, UMT5Config, relative_position_buckets  # noqa: E402
 from vdot_jax.weights.checkpoint_io import CheckpointError, TensorSource  # noqa: E402
 from vdot_jax.weights.params import flat_state  # noqa: E402
+from vdot_jax.weights.text_encoder import (  # noqa: E402
+    convert_text_encoder, load_text_encoder, load_umt5, save_text_encoder,
+)
 from vdot_jax.weights.umt5 import WAN_TO_HF, infer_config, to_external, umt5_keymap  # noqa: E402
 
 TINY = dict(vocab_size=100, d_model=32, d_ff=48, num_layers=3, num_heads=4, d_kv=8,

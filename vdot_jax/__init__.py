@@ -12,8 +12,8 @@ from vdot_jax.errors import VdotError  # noqa: E402,F401
 _LAZY = {
     "generate": "vdot_jax.sampling.pipeline",
     "Pipeline": "vdot_jax.sampling.pipeline",
-    "load_transformer": "vdot_jax.weights.convert",
-    "load_vae": "vdot_jax.weights.wan_vae",
+    "load_transformer": "vdot_jax.sources",
+    "load_vae": "vdot_jax.sources",
     "Runtime": "vdot_jax.models.config",
     "WanConfig": "vdot_jax.models.config",
 }

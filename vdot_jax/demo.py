@@ -123,7 +123,7 @@ def _log(msg: str) -> None:
 
 def load_teacher(path=None):
     """The shipped toy teacher (or the model at ``path``: a diffusers folder or a converted model directory)."""
-    from vdot_jax.weights.convert import load_transformer
+    from vdot_jax.sources import load_transformer
 
     if path is not None:
         return load_transformer(path)

@@ -10,3 +10,8 @@ from __future__ import annotations
 
 class VdotError(Exception):
     """An error the user can fix; its message is one sentence naming the file/option and what was expected."""
+
+
+class CheckpointError(VdotError, ValueError):
+    """A checkpoint (or a tokenizer beside it) cannot be read or does not fit; raised by ``weights/`` and by the
+    tokenizer in ``models/text_encoder``, which may not import ``weights/``."""

@@ -150,7 +150,7 @@ def _convert(args, src, vae_src, te_src, out_root: Path, config) -> None:
                           progress=lambda it: progress("converting the VAE", "tensor")(list(it)))
         print(f"converted the Wan VAE from {vae_src} to {args.dst}/vae as {args.vae_dtype} in {time.time() - t1:.1f} s")
     if te_src is not None:
-        from vdot_jax.models.text_encoder import convert_text_encoder
+        from vdot_jax.weights.text_encoder import convert_text_encoder
 
         t1 = time.time()
         out = convert_text_encoder(te_src, out_root, dtype=args.text_encoder_dtype, tokenizer=args.tokenizer,

@@ -103,8 +103,9 @@ def register(sub) -> None:
     r = p.add_argument_group("runtime")
     r.add_argument("--fps", type=float, default=16)
     r.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
-                   help="auto: bfloat16 on accelerators, float32 on CPU")
-    r.add_argument("--vae-dtype", default="float32", choices=("float32", "bfloat16"))
+                   help="compute dtype of the transformer and text encoder (parameters stay as stored; auto: "
+                        "bfloat16 on accelerators, float32 on CPU)")
+    r.add_argument("--vae-dtype", default="float32", choices=("float32", "bfloat16"), help="VAE compute dtype")
     r.add_argument("--attention", default="auto", help="auto: cudnn on GPU, splash on TPU, xla elsewhere")
     r.add_argument("--mesh", default=None, help="device mesh for the transformer, e.g. fsdp=4,context=2")
     r.add_argument("--quiet", action="store_true")

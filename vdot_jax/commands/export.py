@@ -38,69 +38,36 @@ def _rank(text: str) -> int | None:
 # ----------------------------------------------------------------------------- where the models come from
 
 
-def _workdir_meta(path: Path) -> dict | None:
-    from vdot_jax.train.checkpoint import latest_meta
-    from vdot_jax.train.loop import is_workdir
+def _run_meta(path: Path, what: str = "--ckpt") -> dict | None:
+    """The latest checkpoint's meta when ``path`` is a training workdir (its config records the teacher), else None."""
+    from vdot_jax import sources
 
-    if not is_workdir(path):
-        return None
-    found = latest_meta(path)
-    if found is None:
-        from vdot_jax.commands.common import UserError
-
-        raise UserError(f"training workdir {path} has no finished checkpoint to export")
-    return {"step": found[0], **found[1]}
+    src = sources.resolve(path, what=what)
+    return src.meta if src.kind == "workdir" else None
 
 
 def load_model(path: Path, *, ema: bool = False, step: int | None = None, log=print):
     """(WanModel, description) from a training workdir (its generator; the model of a flow run) or anything
-    ``load_transformer`` reads (converted model directory, diffusers folder, Wan/VACE/VDOT checkpoint)."""
+    ``vdot_jax.sources`` resolves (converted model directory, diffusers folder, Wan/VACE/VDOT checkpoint)."""
+    from vdot_jax import sources
     from vdot_jax.commands.common import UserError
 
-    if not path.exists():
-        raise UserError(f"--ckpt {path} does not exist (expected a training workdir, a converted model directory or "
-                        "a transformer checkpoint)")
-    meta = _workdir_meta(path)
-    if meta is None:
+    src = sources.resolve(path, what="--ckpt")
+    if src.kind != "workdir":
         if ema or step is not None:
             raise UserError(f"--ema and --step are for training workdirs; {path} is not one (it has no checkpoints/)")
-        from vdot_jax.weights.convert import load_transformer
-
-        return load_transformer(path), f"the transformer of {path}"
-    which = "generator" if meta.get("mode") == "vdot" else "model"
-    if ema and not meta.get("has_ema"):
-        raise UserError(f"the run in {path} kept no EMA of its {which}; leave out --ema")
-    if step is None:
-        from vdot_jax.models.config import Runtime
-        from vdot_jax.train.loop import load_source
-
-        model = load_source(path, {}, Runtime(), ema=ema)
-        step = meta["step"]
-    else:
-        from vdot_jax.train.loop import restore_model
-
-        model = restore_model(path, ema=ema, step=step)
-    return model, f"the {'EMA ' if ema else ''}{which} of {path} at step {step}"
-
-
-def _has(path: Path | None, component: str) -> bool:
-    """Whether ``path`` (vdot-jax model directory or diffusers pipeline folder) holds ``component``."""
-    if path is None or not path.is_dir():
-        return False
-    from vdot_jax.weights import store
-
-    if store.is_model_dir(path):
-        try:
-            store.component_dir(path, component)
-            return True
-        except Exception:  # noqa: BLE001 - any unreadable index means "not here"
-            return False
-    return (path / component).is_dir()
+        return sources.load_transformer(src), f"the transformer of {path}"
+    if ema or step is not None:
+        src = sources.resolve(path, step=step, ema=ema)
+    if ema and not src.ema:
+        raise UserError(f"the run in {path} kept no EMA of its {src.network}; leave out --ema")
+    return sources.load_transformer(src), f"the {'EMA ' if src.ema else ''}{src.network} of {path} at step {src.step}"
 
 
 def _component_sources(args, ckpt: Path) -> tuple[Path | None, Path | None, str]:
     """(VAE source, text encoder source, where they came from) for a pipeline export."""
     from vdot_jax.commands.common import UserError
+    from vdot_jax.sources import has_component
 
     for flag, p in (("--vae", args.vae), ("--text-encoder", args.text_encoder), ("--tokenizer", args.tokenizer)):
         if p is not None and not Path(p).exists():
@@ -108,35 +75,36 @@ def _component_sources(args, ckpt: Path) -> tuple[Path | None, Path | None, str]
     vae = Path(args.vae) if args.vae else None
     te = Path(args.text_encoder) if args.text_encoder else None
     candidates = [ckpt]
-    meta = _workdir_meta(ckpt)
+    meta = _run_meta(ckpt)
     if meta is not None:
         teacher = (meta.get("config") or {}).get("model", {}).get("teacher")
         if teacher:
             candidates.append(Path(teacher))
     found = []
     for c in candidates:
-        if vae is None and _has(c, "vae"):
+        if vae is None and has_component(c, "vae"):
             vae = c
             found.append(f"VAE from {c}")
-        if te is None and _has(c, "text_encoder"):
+        if te is None and has_component(c, "text_encoder"):
             te = c
             found.append(f"text encoder from {c}")
     return vae, te, "; ".join(found)
 
 
 def _vae_params(src: Path):
-    from vdot_jax.weights.wan_vae import load_vae
+    from vdot_jax.sources import load_vae
     from vdot_jax.weights.params import flat_state
 
     vae = load_vae(src)
     return flat_state(vae), vae.config, vae
 
 
-def _text_encoder(src: Path, tokenizer, dtype: str):
-    from vdot_jax.models.text_encoder import load_text_encoder
-    from vdot_jax.weights import store
+def _text_encoder(src: Path, tokenizer, param_dtype: str):
+    """The text encoder as stored in a model directory, else read in ``param_dtype``."""
+    from vdot_jax import sources
 
-    return load_text_encoder(src, None if store.is_model_dir(src) else dtype, tokenizer=tokenizer)
+    source = sources.resolve(src)
+    return sources.load_text_encoder(source, None if source.kind == "model_dir" else param_dtype, tokenizer=tokenizer)
 
 
 # ----------------------------------------------------------------------------- formats
@@ -183,9 +151,9 @@ def _export_wan(args, model, out: Path, vae_src, te_src, log) -> str:
 
 
 def _export_jax(args, model, out: Path, vae_src, te_src, log) -> str:
-    from vdot_jax.models.text_encoder import save_text_encoder
-    from vdot_jax.weights.wan_vae import load_vae
+    from vdot_jax.sources import load_vae
     from vdot_jax.weights.convert import save_transformer
+    from vdot_jax.weights.text_encoder import save_text_encoder
     from vdot_jax.weights.wan_vae import save_vae
 
     save_transformer(model, out, dtype=args.dtype)
@@ -209,7 +177,7 @@ def _export_lora(args, model, out: Path, ckpt: Path, log) -> str:
     teacher_path = Path(args.teacher) if args.teacher else None
     teacher_ema = False
     if teacher_path is None:
-        meta = _workdir_meta(ckpt)
+        meta = _run_meta(ckpt)
         model_cfg = ((meta or {}).get("config") or {}).get("model", {})
         if not model_cfg.get("teacher"):
             raise UserError("--format lora needs --teacher DIR (the model the LoRA is applied to); "
@@ -218,7 +186,7 @@ def _export_lora(args, model, out: Path, ckpt: Path, log) -> str:
         log(f"teacher: {teacher_path} (recorded by the training run)")
     if not teacher_path.exists():
         raise UserError(f"teacher {teacher_path} does not exist")
-    teacher, _ = load_model(teacher_path, ema=teacher_ema and _workdir_meta(teacher_path) is not None, log=log)
+    teacher, _ = load_model(teacher_path, ema=teacher_ema and _run_meta(teacher_path, "teacher") is not None, log=log)
     if teacher.cfg != model.cfg:
         raise UserError(f"the teacher {teacher_path} is a {teacher.cfg.describe()} but the student is a "
                         f"{model.cfg.describe()}; a LoRA needs the same architecture")
@@ -302,7 +270,7 @@ def register(sub) -> None:
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                   help="dtype of the exported transformer (or LoRA factors); default float32")
+                   help="stored parameter dtype of the exported transformer (or LoRA factors); default float32")
     p.add_argument("--ema", action="store_true", help="export the EMA of the workdir's generator")
     p.add_argument("--step", type=int, default=None, help="checkpoint step of the workdir (default: the latest)")
     c = p.add_argument_group("pipeline components (--format diffusers, wan, jax)")
@@ -311,7 +279,8 @@ def register(sub) -> None:
                    help="umT5: model directory, transformers folder or models_t5_umt5-xxl-enc-bf16.pth")
     c.add_argument("--tokenizer", default=None, help="umT5 tokenizer folder (default: found beside the text encoder)")
     c.add_argument("--text-encoder-dtype", default="bfloat16", choices=("float32", "bfloat16"),
-                   help="dtype of the exported text encoder (default bfloat16, as released); the VAE stays float32")
+                   help="stored parameter dtype of the exported text encoder (default bfloat16, as released); the VAE "
+                        "stays float32")
     c.add_argument("--transformer-only", action="store_true", help="write the transformer alone")
     c.add_argument("--shift", type=float, default=16.0, help="flow shift of the exported scheduler (default 16)")
     c.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")

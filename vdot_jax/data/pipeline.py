@@ -183,11 +183,10 @@ def make_encoder(config, *, with_context: bool) -> Encoder:
     if not config.model.vae or not config.model.text_encoder:
         raise DataError("data.encoder 'wan' needs config.model.vae and config.model.text_encoder (a converted model "
                         "directory holding them), or precomputed data (`vdot precompute`).")
-    from vdot_jax.models.text_encoder import load_text_encoder
-    from vdot_jax.weights.wan_vae import load_vae
+    from vdot_jax import sources  # lazy: only the Wan encoder needs jax/flax/orbax; the toy path stays numpy
 
-    vae = load_vae(config.model.vae)
-    text = load_text_encoder(config.model.text_encoder, text_len=d.text_len)
+    vae = sources.load_vae(config.model.vae)
+    text = sources.load_text_encoder(config.model.text_encoder, text_len=d.text_len)
     return Encoder(vae, lambda p: np.asarray(text.encode(p)), with_context=with_context)
 
 

@@ -28,27 +28,22 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from vdot_jax.data.manifest import read_manifest
 from vdot_jax.data.pipeline import (PRECOMPUTED_FORMAT, PRECOMPUTED_INDEX, DataError, ManifestSource, SampleError,
                                     data_spec, encode_record, make_encoder)
+from vdot_jax.sources import model_arch
 
 
 def _shard_name(s: int, n: int) -> str:
     return f"shard-{s:05d}-of-{n:05d}.array_record"
 
 
-def _model_is_vace(config) -> bool:
-    from vdot_jax.train.loop import model_arch
-
-    return model_arch(config).is_vace
-
-
 def precompute(config, out, *, rows_per_shard: int = 256, progress: bool = True, with_context: bool | None = None,
                log=None) -> dict:
     """Encode ``config.data.manifest`` into ``out`` (module docstring); returns a summary."""
-    import jax
     from array_record.python.array_record_module import ArrayRecordWriter
     from tqdm import tqdm
 
@@ -58,7 +53,7 @@ def precompute(config, out, *, rows_per_shard: int = 256, progress: bool = True,
     out.mkdir(parents=True, exist_ok=True)
     rows = read_manifest(config.data.manifest)
     if with_context is None:
-        with_context = _model_is_vace(config)
+        with_context = model_arch(config).is_vace
     n_shards = max(1, math.ceil(len(rows) / rows_per_shard))
     spec = data_spec(config, with_context)
     spec_file = out / "spec.json"

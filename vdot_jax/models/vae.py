@@ -2,7 +2,7 @@
 
 Public API::
 
-    vae = load_vae(path)    # vdot_jax.weights.wan_vae: converted dir, diffusers/pipeline folder or Wan2.1_VAE.pth
+    vae = load_vae(path)    # vdot_jax.sources: converted dir, diffusers/pipeline folder or Wan2.1_VAE.pth
     mean = vae.encode(video)                   # [B,3,F,H,W] in [-1,1] -> posterior mean [B,16,1+(F-1)//4,H/8,W/8]
     video = vae.decode(latents)                # [B,16,f,h,w] -> [B,3,1+4(f-1),8h,8w], clipped to [-1,1]
     z = vae.normalize(mean); mean = vae.denormalize(z)   # the Wan latent mean/std, as WanPipeline does

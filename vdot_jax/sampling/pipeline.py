@@ -54,10 +54,16 @@ import numpy as np
 from flax import nnx
 
 from vdot_jax import conditions as C
+from vdot_jax import sources
 from vdot_jax.conditions import task_inputs  # files -> a VCU: the front end of generate()
-from vdot_jax.parallel.sharding import compile_program
-from vdot_jax.models.attention import resolve
 from vdot_jax.errors import VdotError
+from vdot_jax.models.attention import resolve
+from vdot_jax.models.config import Runtime
+from vdot_jax.models.text_encoder import TEXT_LEN
+from vdot_jax.models.wan import WanModel
+from vdot_jax.parallel.sharding import compile_program, model_shardings, shard_model, sharding_stats
+from vdot_jax.weights import store
+from vdot_jax.weights.params import abstract_model, flat_state
 from vdot_jax.sampling.solvers import classifier_free_guidance, guidance_context, sample
 
 # The released 4-step student (docs/method.md, "Sampling") and the 50-step CFG teacher.
@@ -174,8 +180,6 @@ class _StepProgress:
 # ----------------------------------------------------------------------------- the pipeline
 
 
-
-
 def _as_mesh(mesh):
     if mesh is None or isinstance(mesh, jax.sharding.Mesh):
         return mesh
@@ -185,16 +189,6 @@ def _as_mesh(mesh):
         return make_mesh(mesh)
     except ValueError as e:  # e.g. sizes that do not divide the devices: the option's fault
         raise GenerateError(f"mesh {mesh}: {e}") from None
-
-
-def _exists(path, what: str) -> Path:
-    from vdot_jax.weights.checkpoint_io import CheckpointError
-
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"{what} {p} does not exist (convert checkpoints into a model directory with "
-                              f"`vdot convert`)")
-    return p
 
 
 class Pipeline:
@@ -233,28 +227,21 @@ class Pipeline:
         ``text_encoder`` paths override its components (or replace it). ``dtype`` is the compute dtype of the
         DiT and umT5 (parameters stay as stored; "auto": bfloat16 on accelerators, float32 on CPU), ``vae_dtype``
         the VAE's; ``attention`` ("auto" when None) is cuDNN on GPUs, splash on TPUs and XLA elsewhere; ``mesh`` ("fsdp=4,context=2" or a Mesh) shards the DiT."""
-        from vdot_jax.models.config import Runtime
-        from vdot_jax.models.text_encoder import TEXT_LEN, load_text_encoder
-        from vdot_jax.weights.wan_vae import load_vae
-        from vdot_jax.weights.convert import load_transformer
-
         if model is None and (transformer is None or vae is None or text_encoder is None):
             missing = [n for n, v in (("transformer", transformer), ("vae", vae), ("text encoder", text_encoder))
                        if v is None]
             raise GenerateError(f"without a model directory, the {', '.join(missing)} path"
                                 f"{'s are' if len(missing) > 1 else ' is'} needed.")
         if model is not None:
-            model = _exists(model, "model directory")
-            from vdot_jax.weights import store
-
-            _transformer_only(model, vae, text_encoder)
-            if store.is_model_dir(model):  # fail before reading gigabytes: every needed component is there
+            model = sources.resolve(model, what="model directory")
+            _transformer_only(Path(model.path), vae, text_encoder)
+            if model.kind == "model_dir":  # fail before reading gigabytes: every needed component is there
                 for name, override in (("transformer", transformer), ("vae", vae), ("text_encoder", text_encoder)):
                     if override is None:
-                        store.component_dir(model, name)
-        t_path = _exists(transformer, "transformer") if transformer is not None else model
-        v_path = _exists(vae, "VAE") if vae is not None else model
-        e_path = _exists(text_encoder, "text encoder") if text_encoder is not None else model
+                        store.component_dir(model.path, name)
+        t_src = sources.resolve(transformer, what="transformer") if transformer is not None else model
+        v_src = sources.resolve(vae, what="VAE") if vae is not None else model
+        e_src = sources.resolve(text_encoder, what="text encoder") if text_encoder is not None else model
         mesh = _as_mesh(mesh)
         log = log or (lambda msg: None)
         context = dict(mesh.shape).get("context", 1) if mesh is not None else 1
@@ -264,22 +251,19 @@ class Pipeline:
         runtime = Runtime(dtype=dtype, attention=inner, remat=remat).resolved()
 
         t0 = time.perf_counter()
-        dit = load_transformer(t_path, runtime=runtime, shardings=_transformer_shardings(t_path, mesh))
+        dit = sources.load_transformer(t_src, runtime=runtime, shardings=_transformer_shardings(t_src, mesh))
         if mesh is not None and mesh.size > 1:
-            from vdot_jax.parallel.sharding import model_shardings, shard_model, sharding_stats
-            from vdot_jax.weights.params import flat_state
-
             shardings = model_shardings(dit, mesh)
             if not all(v.sharding == shardings[p] for p, v in flat_state(dit).items()):
                 shard_model(dit, mesh)
             stats = sharding_stats(flat_state(dit), shardings)
             log(f"transformer sharded over {_describe(mesh)}: {stats.per_device_bytes / 2**30:.2f} GiB per device, "
                 f"{100 * stats.replicated_fraction:.1f}% of bytes replicated")
-        vae_model = load_vae(v_path, dtype=vae_dtype)
-        te_kw = dict(tokenizer=tokenizer, text_len=text_len or TEXT_LEN, runtime=Runtime(dtype=runtime.dtype))
+        vae_model = sources.load_vae(v_src, dtype=vae_dtype)
 
         def load_te():
-            return load_text_encoder(e_path, **te_kw)
+            return sources.load_text_encoder(e_src, tokenizer=tokenizer, text_len=text_len or TEXT_LEN,
+                                             runtime=Runtime(dtype=runtime.dtype))
 
         te = load_te()
         log(f"loaded the model in {time.perf_counter() - t0:.1f} s ({dit.cfg.describe()})")
@@ -481,20 +465,11 @@ def _activate(mesh):
     return activate(mesh)
 
 
-def _transformer_shardings(path: Path, mesh):
+def _transformer_shardings(src: sources.Source, mesh):
     """Target shardings to restore a converted transformer straight into (None: load, then shard)."""
-    if mesh is None or mesh.size == 1:
+    if mesh is None or mesh.size == 1 or src.kind not in ("model_dir", "workdir"):
         return None
-    from vdot_jax.models.config import WanConfig
-    from vdot_jax.models.wan import WanModel
-    from vdot_jax.parallel.sharding import model_shardings
-    from vdot_jax.weights import store
-    from vdot_jax.weights.params import abstract_model
-
-    if not store.is_model_dir(path):
-        return None
-    meta = store.read_meta(store.component_dir(path, "transformer"))
-    cfg = WanConfig.from_dict(meta["config"])
+    cfg = sources.source_arch(src)
     return model_shardings(abstract_model(lambda: WanModel(cfg, rngs=nnx.Rngs(0))), mesh)
 
 
@@ -555,6 +530,4 @@ def generate(model=None, prompt: str | Sequence[str] = "", *, negative_prompt: s
 
 def model_bytes(module) -> int:
     """Parameter bytes of an NNX module (for memory reports)."""
-    from vdot_jax.weights.params import flat_state
-
     return sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize for v in flat_state(module).values())

@@ -201,7 +201,7 @@ def latest_meta(workdir, warn=_warn) -> tuple[int, dict] | None:
     root = checkpoint_dir(workdir)
     if not root.is_dir():
         return None
-    with ocp.CheckpointManager(root, item_names=ITEMS, options=_options(1, False, read_only=True)) as mngr:
+    with _reader(root) as mngr:
         for step in sorted(mngr.all_steps(), reverse=True):
             problem = step_problem(root, step)
             if problem is None:
@@ -213,6 +213,25 @@ def latest_meta(workdir, warn=_warn) -> tuple[int, dict] | None:
             warn(f"checkpoint step {step} in {root} is incomplete or unreadable ({problem}); using an older step. "
                  "It was left in place.")
     return None
+
+
+def meta_at(workdir, step: int) -> dict:
+    """The meta of checkpoint ``step`` in ``workdir``, read without writing anything; a step that is not there is a
+    ``CheckpointMismatch`` naming the steps that are."""
+    root = checkpoint_dir(workdir)
+    steps: list[int] = []
+    if root.is_dir():
+        with _reader(root) as mngr:
+            steps = sorted(mngr.all_steps())
+            if step in steps:
+                return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+    have = ", ".join(map(str, steps)) or "none"
+    raise CheckpointMismatch(f"{root} has no checkpoint at step {step} (it has: {have}).")
+
+
+def _reader(root) -> ocp.CheckpointManager:
+    """A read-only manager of ``root`` (creates and cleans up nothing)."""
+    return ocp.CheckpointManager(root, item_names=ITEMS, options=_options(1, False, read_only=True))
 
 
 # What a training run writes at the top of its workdir (train/loop.py, train/logging.py).

@@ -8,14 +8,14 @@
 **Modes.** ``config.mode = "vdot"``: the Distiller (``vdot_jax.distill.steps``) on generator, critic (trunk + GAN
 head) and frozen teacher; ``"flow"``: ``vdot_jax.train.flow.FlowTrainer`` on one model (e.g. the toy teacher).
 
-**Models.** ``model.teacher`` is a converted model directory (``vdot convert``) or a training workdir (its
-latest checkpoint: the generator in vdot runs, the model in flow runs; EMA with ``model.teacher_ema``); without
-one, ``model.preset`` / ``model.arch`` give an architecture initialised at random from ``model.init_seed``.
+**Models** (found and loaded by ``vdot_jax.sources``). ``model.teacher`` is a converted model directory or a training
+workdir (its latest checkpoint: the generator in vdot runs, the model in flow runs; EMA with ``model.teacher_ema``);
+without one, ``model.preset`` / ``model.arch`` give an architecture initialised at random from ``model.init_seed``.
 The generator starts as a float32 copy of the teacher or from ``model.generator`` (directory or workdir; a
-text-to-video generator for a VACE teacher replaces the teacher's main blocks, the release's stage 2 init).
-The critic's trunk is a float32 copy of the teacher, its GAN head is fresh. Every parameter is created or
-restored directly in its shard (logical rules of ``vdot_jax.parallel``); the start-up log has the sharding
-table and each compiled phase's memory.
+text-to-video generator for a VACE teacher replaces the teacher's main blocks, the release's stage 2 init). The
+critic's trunk is a float32 copy of the teacher, its GAN head is fresh. Every parameter is created or restored
+directly in its shard (logical rules of ``vdot_jax.parallel``); the start-up log has the sharding table and each
+compiled phase's memory.
 
 **Resume.** If ``WORKDIR/checkpoints`` holds a checkpoint, the state, data iterator and bad-sample record are
 restored into this run's shardings (any mesh or device count) and training continues at its step -- exactly:
@@ -36,7 +36,6 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -50,91 +49,28 @@ from jax.sharding import NamedSharding, PartitionSpec
 from vdot_jax.distill.critic import Critic
 from vdot_jax.models.attention import resolve
 from vdot_jax.errors import VdotError
-from vdot_jax.models.config import Runtime, WanConfig, preset
+from vdot_jax.models.config import Runtime, WanConfig
 from vdot_jax.models.wan import WanModel
 from vdot_jax.parallel.logical import DEFAULT_RULES, activate, spec_for
 from vdot_jax.parallel.mesh import describe, make_mesh
 from vdot_jax.parallel.sharding import (check_replication, compile_program, init_sharded, model_shardings,
                                         sharding_stats, sharding_table)
+from vdot_jax.sources import load_transformer, model_arch, source_arch
 from vdot_jax.train import checkpoint as ckpt
 from vdot_jax.train.config import ConfigError, validate
 from vdot_jax.train.paths import local_dir, workdir_path
 from vdot_jax.weights.params import assign, flat_state
 
+
 class TrainingError(VdotError, RuntimeError):
     """Training cannot go on (the message says why); the last checkpoint is intact."""
 
 
-# ----------------------------------------------------------------------------- model sources
-
-
-def is_workdir(path) -> bool:
-    return (epath.Path(path) / "checkpoints").is_dir()
-
-
-def _workdir_model(path, ema: bool) -> tuple[WanConfig, str]:
-    """(architecture, state field) of the network a training workdir trained."""
-    found = ckpt.latest_meta(path)
-    if found is None:
-        raise ConfigError(f"training workdir {path} has no finished checkpoint to take a model from.")
-    step, meta = found
-    models = meta.get("models", {})
-    name = "generator" if meta.get("mode") == "vdot" else "model"
-    if name not in models:
-        raise ConfigError(f"checkpoint {step} in {path} does not record its model architecture.")
-    fld = ("ema" if ema and meta.get("has_ema") else ("generator" if name == "generator" else "params"))
-    return WanConfig.from_dict(models[name]), fld
-
-
-def source_arch(path) -> WanConfig:
-    """The architecture of a model source (converted model directory or training workdir), without its weights."""
-    from vdot_jax.weights import store
-
-    if is_workdir(path):
-        return _workdir_model(path, False)[0]
-    if not Path(path).exists():
-        raise ConfigError(f"model path {path} does not exist (expected a converted model directory or a training "
-                          "workdir).")
-    meta = store.read_meta(store.component_dir(path, "transformer"))
-    return WanConfig.from_dict(meta["config"])
-
-
-def load_source(path, shardings: dict, runtime: Runtime, *, ema: bool = False) -> WanModel:
-    """A float32 WanModel from a model directory or a training workdir, restored straight into ``shardings``."""
-    if not is_workdir(path):
-        from vdot_jax.weights.convert import load_transformer
-
-        return load_transformer(path, "float32", runtime=runtime, shardings=shardings)
-    cfg, fld = _workdir_model(path, ema)
-    model = nnx.eval_shape(lambda: WanModel(cfg, rngs=nnx.Rngs(0), runtime=runtime))
-    flat = flat_state(model)
-    keys = {k: tuple(str(p) for p in k) + ("value",) for k in flat}  # nnx Variables store their array as .value
-    target = {(fld, *keys[k]): jax.ShapeDtypeStruct(v.shape, jnp.float32, sharding=shardings.get(k))
-              for k, v in flat.items()}
-    restored = ckpt.restore_subtree_intact(path, target)
-    values = {k: restored[(fld, *keys[k])] for k in flat}
-    return assign(model, values)
-
-
-def model_arch(config) -> WanConfig:
-    m = config.model
-    if m.teacher:
-        return source_arch(m.teacher)
-    fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in m.arch.to_dict().items()}
-    try:
-        base = preset(m.preset) if m.preset else WanConfig()
-        return dataclasses.replace(base, **fields)
-    except TypeError as e:
-        raise ConfigError(f"config.model.arch has a field WanConfig does not know ({e}).") from None
-    except ValueError as e:  # an unknown preset or an inconsistent architecture: the config's fault
-        raise ConfigError(f"config.model: {e}.") from None
+# ----------------------------------------------------------------------------- the run's static parts
 
 
 def runtime_of(config) -> Runtime:
     return Runtime(dtype=config.model.dtype, attention=config.model.attention, remat=config.model.remat)
-
-
-# ----------------------------------------------------------------------------- the run's static parts
 
 
 @dataclass
@@ -279,8 +215,8 @@ def init_state(run: Run):
 
     def teacher_model():
         if m.teacher:
-            model = load_source(m.teacher, run.param_shardings["teacher" if c.mode == "vdot" else "model"], rt,
-                                ema=bool(m.teacher_ema))
+            model = load_transformer(m.teacher, "float32", runtime=rt, ema=bool(m.teacher_ema),
+                                     shardings=run.param_shardings["teacher" if c.mode == "vdot" else "model"])
             if model.cfg != arch:
                 raise ConfigError(f"the model at {m.teacher} is {model.cfg.describe()}, the config expects "
                                   f"{arch.describe()}.")
@@ -304,13 +240,15 @@ def init_state(run: Run):
         src_arch = source_arch(m.generator)
         shardings = run.param_shardings["generator"]
         if src_arch == arch:
-            gen_flat = flat_state(load_source(m.generator, shardings, rt, ema=bool(m.generator_ema)))
+            gen_flat = flat_state(load_transformer(m.generator, "float32", runtime=rt, shardings=shardings,
+                                                   ema=bool(m.generator_ema)))
         else:
             main = lambda a: dataclasses.replace(a, vace_layers=(), vace_in_channels=96)  # noqa: E731
             if src_arch.is_vace or not arch.is_vace or main(src_arch) != main(arch):
                 raise ConfigError(f"the generator at {m.generator} is {src_arch.describe()}; it must be the teacher's "
                                   f"architecture ({arch.describe()}) or its text-to-video main part.")
-            main_part = flat_state(load_source(m.generator, shardings, rt, ema=bool(m.generator_ema)))
+            main_part = flat_state(load_transformer(m.generator, "float32", runtime=rt, shardings=shardings,
+                                                    ema=bool(m.generator_ema)))
             vace_part = copy({k: v for k, v in t_flat.items() if k not in main_part})
             gen_flat = {**vace_part, **main_part}  # main blocks from the generator, VACE blocks from the teacher
     assign(generator, gen_flat)
@@ -683,7 +621,7 @@ def restore_state(workdir, *, step: int | None = None, mesh=None):
     found = ckpt.latest_meta(workdir)
     if found is None:
         raise ConfigError(f"{workdir} has no finished checkpoint.")
-    meta = found[1] if step is None else _meta_at(workdir, step)
+    meta = found[1] if step is None else ckpt.meta_at(workdir, step)
     config = ml_collections.ConfigDict(meta["config"])
     # the architecture as recorded, so the model sources of the run (teacher directory, ...) are not needed
     arch = meta["models"]["generator" if meta["mode"] == "vdot" else "model"]
@@ -701,14 +639,6 @@ def restore_state(workdir, *, step: int | None = None, mesh=None):
     finally:
         checkpointer.close()
     return run, state
-
-
-def _meta_at(workdir, step: int) -> dict:
-    import orbax.checkpoint as ocp
-
-    with ocp.CheckpointManager(ckpt.checkpoint_dir(workdir), item_names=ckpt.ITEMS,
-                               options=ckpt._options(1, False, read_only=True)) as mngr:
-        return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
 
 
 def restore_model(workdir, *, ema: bool = False, which: str | None = None, step: int | None = None,

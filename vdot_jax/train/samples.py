@@ -70,7 +70,7 @@ class DefaultSampler:
 
                 vae = ToyVAE(toy_vae_config(c))
             else:
-                from vdot_jax.weights.wan_vae import load_vae
+                from vdot_jax.sources import load_vae
 
                 vae = load_vae(c.model.vae)
             self._decoder = lambda x: np.asarray(vae.decode(vae.denormalize(jnp.asarray(x))), np.float32)

@@ -22,12 +22,7 @@ from typing import Callable, Iterator
 import ml_dtypes
 import numpy as np
 
-from vdot_jax.errors import VdotError
-
-
-class CheckpointError(VdotError, ValueError):
-    """A checkpoint cannot be read or does not fit; the message is one sentence for the user."""
-
+from vdot_jax.errors import CheckpointError
 
 _ST_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,

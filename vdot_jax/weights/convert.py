@@ -15,12 +15,8 @@ from vdot_jax.models.config import Runtime, WanConfig
 from vdot_jax.models.wan import WanModel
 from vdot_jax.weights import store
 from vdot_jax.weights.checkpoint_io import CheckpointError, open_tensors
-from vdot_jax.weights.keymap import STORED_DTYPES, check_dtype, convert_tensors
-from vdot_jax.weights.params import abstract_model, assign, flat_state
+from vdot_jax.weights.keymap import check_dtype, convert_tensors
 from vdot_jax.weights.wan_transformer import config_from_json, infer_config, to_diffusers_names, transformer_keymap
-
-DTYPES = STORED_DTYPES
-
 
 
 def config_beside(path: Path) -> WanConfig | None:
@@ -71,29 +67,18 @@ def save_transformer(model: WanModel, dst: str | os.PathLike, dtype: str | None 
 
 
 def load_transformer(
-    path: str | os.PathLike, dtype: str | None = None, *, runtime: Runtime | None = None,
+    path: str | os.PathLike, param_dtype: str | None = None, *, runtime: Runtime | None = None,
     shardings: Mapping[tuple, jax.sharding.Sharding] | None = None, config: WanConfig | None = None,
     key: str | None = None,
 ) -> WanModel:
-    """A ``WanModel`` from a converted model directory or straight from any supported checkpoint.
+    """A ``WanModel`` from a converted model directory or straight from any supported checkpoint
+    (``store.load_component``).
 
-    ``dtype`` is the parameter dtype (default: as stored); ``shardings`` maps parameter paths to target
-    shardings (default: the default device), restored directly into place from a converted directory.
+    ``param_dtype`` is the parameter dtype (default: as stored, else float32); the compute dtype is
+    ``runtime.dtype``. ``shardings`` maps parameter paths to target shardings (default: the default device),
+    restored directly into place from a converted directory.
     """
-    path = Path(path)
-    if store.is_model_dir(path):
-        comp = store.component_dir(path, "transformer")
-        meta = store.read_meta(comp)
-        cfg = WanConfig.from_dict(meta["config"])
-        dtype = check_dtype(dtype or meta["dtype"])
-        model = abstract_model(lambda: WanModel(cfg, rngs=nnx.Rngs(0), runtime=runtime))
-        abstract = {
-            p: jax.ShapeDtypeStruct(v.shape, dtype, sharding=(shardings or {}).get(p))
-            for p, v in flat_state(model).items()
-        }
-        return assign(model, store.restore_params(comp, abstract))
-    cfg, flat = read_transformer_checkpoint(path, dtype or "float32", config, key)
-    model = abstract_model(lambda: WanModel(cfg, rngs=nnx.Rngs(0), runtime=runtime))
-    if shardings:
-        flat = {p: jax.device_put(v, shardings[p]) if p in shardings else v for p, v in flat.items()}
-    return assign(model, flat)
+    return store.load_component(
+        path, "transformer", config_type=WanConfig, read=read_transformer_checkpoint,
+        build=lambda cfg: WanModel(cfg, rngs=nnx.Rngs(0), runtime=runtime),
+        param_dtype=param_dtype, shardings=shardings, config=config, key=key)

@@ -6,6 +6,11 @@
 
 Restoring goes straight into the requested dtype and shardings (abstract targets), so a large model
 is never materialised replicated on one host.
+
+``load_component`` is the one loading algorithm of every component (transformer, VAE, umT5): a converted
+directory is restored in place, anything else goes through the component's reader (``weights/convert``,
+``wan_vae``, ``text_encoder``). Dtype names: ``param_dtype`` is the dtype the parameters are stored/loaded in;
+``dtype``, where a loader takes one, is the compute dtype.
 """
 
 from __future__ import annotations
@@ -14,13 +19,16 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import nnx
 
 from vdot_jax.weights.checkpoint_io import CheckpointError
+from vdot_jax.weights.keymap import check_dtype, np_dtype
+from vdot_jax.weights.params import abstract_model, assign, flat_state
 
 FORMAT = "vdot-jax"
 INDEX = "vdot_model.json"
@@ -74,9 +82,6 @@ def save_component(
 def save_module(root: str | os.PathLike, name: str, module, *, cls: str, config: dict, dtype: str | None = None,
                 extra: dict | None = None) -> Path:
     """Save an in-memory NNX module's parameters as DIR/<name> (cast to ``dtype`` if given)."""
-    from vdot_jax.weights.keymap import np_dtype
-    from vdot_jax.weights.params import flat_state
-
     flat = {p: np.asarray(v) for p, v in flat_state(module).items()}
     if dtype is not None:
         flat = {p: v.astype(np_dtype(dtype)) for p, v in flat.items()}
@@ -126,3 +131,32 @@ def restore_params(component: Path, abstract_flat: Mapping[tuple, jax.ShapeDtype
         except (ValueError, KeyError, FileNotFoundError) as e:
             raise CheckpointError(f"{params} does not match the model its config describes ({str(e)[:300]})") from None
     return _unnest(restored, abstract_flat.keys())
+
+
+def load_component(
+    path: str | os.PathLike, name: str, *, config_type, build: Callable[[object], nnx.Module],
+    read: Callable[..., tuple[object, dict]], param_dtype: str | None = None,
+    shardings: Mapping[tuple, jax.sharding.Sharding] | None = None, config=None, key: str | None = None,
+) -> nnx.Module:
+    """Component ``name`` as a module: ``build(cfg)`` (evaluated abstractly, so nothing is allocated twice) filled
+    with its parameters in ``param_dtype`` (default: as stored in a converted directory, else float32).
+
+    From a converted model directory, the config comes from DIR/<name>/config.json (``config_type.from_dict``) and
+    each parameter is restored straight into ``shardings[path]`` (default device when absent). Anything else is
+    read by ``read(path, param_dtype, config, key) -> (cfg, flat numpy params)`` (``config`` overrides the
+    architecture found there, ``key`` picks an entry of a nested checkpoint), then placed by ``shardings``."""
+    path = Path(path)
+    shardings = shardings or {}
+    if is_model_dir(path):
+        comp = component_dir(path, name)
+        meta = read_meta(comp)
+        cfg = config_type.from_dict(meta["config"])
+        dtype = check_dtype(param_dtype or meta["dtype"])
+        model = abstract_model(lambda: build(cfg))
+        abstract = {p: jax.ShapeDtypeStruct(v.shape, dtype, sharding=shardings.get(p))
+                    for p, v in flat_state(model).items()}
+        return assign(model, restore_params(comp, abstract))
+    cfg, flat = read(path, check_dtype(param_dtype or "float32"), config, key)
+    model = abstract_model(lambda: build(cfg))
+    flat = {p: jax.device_put(v, shardings[p]) if p in shardings else v for p, v in flat.items()}
+    return assign(model, flat)

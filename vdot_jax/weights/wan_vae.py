@@ -17,16 +17,14 @@ import json
 import os
 from pathlib import Path
 
-import jax
 from flax import nnx
 
 from vdot_jax.models.vae import VAEConfig, WanVAE
 from vdot_jax.weights import store
 from vdot_jax.weights.checkpoint_io import CheckpointError, TensorSource, open_tensors, strip_prefixes
-from vdot_jax.weights.keymap import STORED_DTYPES, KeyMap, RenameTable, check_dtype, convert_tensors
-from vdot_jax.weights.params import abstract_model, assign, flat_shapes, flat_state
+from vdot_jax.weights.keymap import KeyMap, RenameTable, check_dtype, convert_tensors
+from vdot_jax.weights.params import abstract_model, flat_shapes
 
-DTYPES = STORED_DTYPES
 _P = "{p:weight|bias}"
 _E = "{e:encoder|decoder}"
 
@@ -192,7 +190,6 @@ def _diffusers_config(path: Path) -> VAEConfig | None:
     return None
 
 
-
 def read_vae_checkpoint(
     src: str | os.PathLike, dtype: str = "float32", config: VAEConfig | None = None, key: str | None = None,
     progress=lambda it: it,
@@ -228,25 +225,17 @@ def save_vae(vae: WanVAE, dst: str | os.PathLike, dtype: str | None = None) -> P
 
 
 def load_vae(
-    path: str | os.PathLike, dtype: str | None = None, *, param_dtype: str | None = None,
+    path: str | os.PathLike, *, param_dtype: str | None = None, dtype: str = "float32",
     config: VAEConfig | None = None, key: str | None = None, **runtime,
 ) -> WanVAE:
-    """A ``WanVAE`` from a converted model directory or straight from any supported VAE checkpoint.
+    """A ``WanVAE`` from a converted model directory or straight from any supported VAE checkpoint
+    (``store.load_component``).
 
-    ``dtype`` is the compute dtype ("float32" default, or "bfloat16"); ``param_dtype`` the parameter
-    dtype (default: as stored in a converted directory, else float32). ``runtime`` goes to
-    ``WanVAE.set_runtime`` (``conv``, ``tiling``).
+    ``param_dtype`` is the parameter dtype (default: as stored in a converted directory, else float32); ``dtype``
+    the compute dtype ("float32" default, or "bfloat16"). ``runtime`` goes to ``WanVAE.set_runtime`` (``conv``,
+    ``tiling``).
     """
-    path = Path(path)
-    if store.is_model_dir(path):
-        comp = store.component_dir(path, "vae")
-        meta = store.read_meta(comp)
-        cfg = VAEConfig.from_dict(meta["config"])
-        pdtype = check_dtype(param_dtype or meta["dtype"])
-        vae = abstract_model(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
-        abstract = {p: jax.ShapeDtypeStruct(v.shape, pdtype) for p, v in flat_state(vae).items()}
-        vae = assign(vae, store.restore_params(comp, abstract))
-    else:
-        cfg, flat = read_vae_checkpoint(path, check_dtype(param_dtype or "float32"), config, key)
-        vae = assign(abstract_model(lambda: WanVAE(cfg, rngs=nnx.Rngs(0))), flat)
-    return vae.set_runtime(dtype=dtype or "float32", **runtime)
+    vae = store.load_component(path, "vae", config_type=VAEConfig, read=read_vae_checkpoint,
+                               build=lambda cfg: WanVAE(cfg, rngs=nnx.Rngs(0)), param_dtype=param_dtype,
+                               config=config, key=key)
+    return vae.set_runtime(dtype=dtype, **runtime)
