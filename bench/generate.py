@@ -265,7 +265,7 @@ def memory_plan(a, dit_cfg, vae_cfg):
     a GPU the attention is a block-wise XLA stand-in for cuDNN (whose score blocks it reports separately)."""
     from vdot_jax.models import attention as A
     from vdot_jax.models import vae as V
-    from vdot_jax.sampling.pipeline import _denoise_fn
+    from vdot_jax.sampling.model_sampler import model_sampler
 
     attention = resolve(a.attention)
     if attention == "xla":  # plain XLA would materialise all scores (72 GB at 32k tokens); cuDNN never does
@@ -292,7 +292,7 @@ def memory_plan(a, dit_cfg, vae_cfg):
         graphdef, state = nnx.split(dit)
         state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(param_dtype)), state)
         for name, s in (("student", STUDENT), ("teacher", TEACHER)):
-            fn = jax.jit(_denoise_fn(graphdef, s["steps"], s["shift"], "unipc", s["guide_scale"], 1.0, False))
+            fn = model_sampler(graphdef, steps=s["steps"], shift=s["shift"], guidance=s["guide_scale"]).jitted
             text = sd(1, 512, dit_cfg.text_dim)
             c = fn.lower(state, sd(1, dit_cfg.in_channels, f, h, w), text, text if s["guide_scale"] != 1 else None,
                          sd(1, dit_cfg.vace_in_channels, f, h, w)).compile()

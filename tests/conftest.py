@@ -9,6 +9,7 @@ os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {F
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -48,3 +49,15 @@ def pytest_collection_modifyitems(config, items):
     second = [it for g in groups[1::2] for it in g]
     cut = max(len(items) // 2 - len(first), 0)
     items[:] = first + light[:cut] + second + light[cut:]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules running tiny torch models (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): they
+    are op-overhead bound, and on shared cores extra threads make them ~10x slower. Restored after."""
+    import torch  # only where a module asks for it: most tests never import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -14,6 +14,9 @@ TINY_T2V = WanConfig(dim=32, ffn_dim=40, num_heads=2, num_layers=4, in_channels=
                      text_dim=24, freq_dim=32, rope_max_seq_len=64)
 TINY_VACE = WanConfig(dim=32, ffn_dim=40, num_heads=2, num_layers=5, in_channels=4, out_channels=4,
                       text_dim=24, freq_dim=32, rope_max_seq_len=64, vace_layers=(0, 1, 3), vace_in_channels=12)
+# The trainers' tests (distillation phases, flow matching): the smallest VACE model, quick to compile.
+TINY_TRAIN = WanConfig(dim=16, ffn_dim=32, num_heads=2, num_layers=2, in_channels=4, out_channels=4, text_dim=8,
+                       freq_dim=16, vace_layers=(0,), vace_in_channels=12)
 
 
 def diffusers_transformer(cfg: WanConfig, seed: int = 0):

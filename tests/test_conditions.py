@@ -13,7 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 PIL_Image = pytest.importorskip("PIL.Image")
-pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # imageio-ffmpeg's subprocess, JAX loaded
+pytestmark = [pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning"),  # imageio-ffmpeg's subprocess, JAX loaded
+              pytest.mark.usefixtures("one_torch_thread")]
 
 from vdot_jax import conditions as C  # noqa: E402
 from vdot_jax.data import video_io  # noqa: E402
@@ -54,15 +55,6 @@ class TorchVAE:
     def decode(self, z):
         with torch.no_grad():
             return self.model.decode(torch.from_numpy(np.asarray(z, np.float32))).sample.numpy()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny VAE is op-overhead bound: on shared cores extra threads make it ~10x slower. Restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import pytest
 import torch
 from flax import nnx
 
+from oracles import TINY_TRAIN as TINY
 from vdot_jax.distill import losses
 from vdot_jax.distill.config import distill_config
 from vdot_jax.distill.critic import critic_from_teacher
@@ -14,7 +15,6 @@ from vdot_jax.distill.steps import PHASES, Distiller, TrainState, exit_index, ph
 from vdot_jax.distill.timesteps import (RolloutSchedule, add_noise, consistent_schedule, release_schedule, rollout,
                                         sample_gan_timesteps, sample_loss_timesteps, student_schedule,
                                         wan_unipc_timesteps, x0_from_velocity)
-from vdot_jax.models.config import WanConfig
 from vdot_jax.models.discriminator import GanHead, default_taps
 from vdot_jax.models.wan import WanModel
 
@@ -223,10 +223,6 @@ def test_gan_head_matches_an_independent_torch_module():
     got = np.asarray(head([jnp.asarray(f) for f in feats], jnp.asarray(temb)))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     assert np.ptp(expected) > 0.1  # the examples are told apart
-
-
-TINY = WanConfig(dim=16, ffn_dim=32, num_heads=2, num_layers=2, in_channels=4, out_channels=4, text_dim=8,
-                 freq_dim=16, vace_layers=(0,), vace_in_channels=12)
 
 
 # ----------------------------------------------------------------------------- the generator loss, analytically

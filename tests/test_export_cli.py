@@ -16,7 +16,8 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
-pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 from oracles import run_diffusers, state_numpy, tiny_vace_pipeline  # noqa: E402
 from vdot_jax.cli import main as vdot  # noqa: E402
@@ -28,14 +29,6 @@ T, H, W, Z = 5, 32, 32, 4
 DIT = WanConfig(dim=32, ffn_dim=40, num_heads=2, num_layers=4, in_channels=Z, out_channels=Z, text_dim=32,
                 freq_dim=32, rope_max_seq_len=64, vace_layers=(0, 2), vace_in_channels=2 * Z + 64)
 WORDS = "a the cat dog runs on grass red blue sky".split()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

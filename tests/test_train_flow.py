@@ -3,14 +3,12 @@
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from vdot_jax.models.config import WanConfig
+from oracles import TINY_TRAIN as TINY
 from vdot_jax.models.wan import WanModel
 from vdot_jax.train.config import base_config
 from vdot_jax.train.flow import FlowTrainer
-
-TINY = WanConfig(dim=16, ffn_dim=32, num_heads=2, num_layers=2, in_channels=4, out_channels=4, text_dim=8,
-                 freq_dim=16, vace_layers=(0,), vace_in_channels=12)
 
 
 def test_flow_trainer_learns_compiles_once_and_skips_non_finite_updates():
@@ -46,3 +44,25 @@ def test_flow_trainer_learns_compiles_once_and_skips_non_finite_updates():
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves((state.params, state.opt))):
         np.testing.assert_array_equal(a, np.asarray(b))
     assert isinstance(trainer.model(state, ema=True), WanModel)
+
+
+def test_phase_programs_are_keyed_on_their_shardings():
+    """Catches a program cache keyed by the phase name alone: shardings passed after a first unsharded call were
+    silently dropped (the unsharded program came back)."""
+    model = WanModel(TINY, rngs=nnx.Rngs(0))
+    trainer = FlowTrainer(model, base_config())
+    state = jax.eval_shape(lambda: trainer.init_state(model))
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+
+    def shardings():  # new (equal) objects on every call: the cache compares shardings, not identities
+        rep = NamedSharding(mesh, P())
+        batch = {k: NamedSharding(mesh, P(None, "data")) for k in ("latents", "text", "neg_text")}
+        return jax.tree.map(lambda _: rep, state), batch
+
+    plain = trainer.phase("flow")
+    sharded = trainer.phase("flow", *shardings())
+    assert sharded is not plain and trainer.phase("flow", *shardings()) is sharded and trainer.phase() is plain
+    batch = {"latents": jax.ShapeDtypeStruct((1, 8, 4, 3, 4, 4), np.float32),
+             "text": jax.ShapeDtypeStruct((1, 8, 5, 8), np.float32),
+             "neg_text": jax.ShapeDtypeStruct((1, 8, 5, 8), np.float32)}
+    assert '{"data"}' in sharded.lower(state, batch).as_text()  # the batch really is split over the mesh

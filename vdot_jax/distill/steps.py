@@ -8,9 +8,10 @@
 Every step runs one critic phase; every ``ttur``-th step first one generator phase (``phases_for``; the
 release's order). One rollout exit index is drawn per step from the replicated key and shared by both phases,
 every micro-batch and every host.
-Each phase is one compiled program: gradient accumulation is a ``lax.scan`` over the micro-batch axis,
-updates go through optax (clip, AdamW), a non-finite loss or gradient leaves parameters and optimizer
-state untouched and is counted, and the state buffer is donated.
+Each phase is one compiled program around the trainers' one update step (``vdot_jax.train.update``):
+gradient accumulation is a ``lax.scan`` over the micro-batch axis, updates go through optax (clip, AdamW), a
+non-finite loss or gradient leaves parameters and optimizer state untouched and is counted, and the state
+buffer is donated.
 
 Batches are dicts of arrays with a leading micro-batch axis A: ``latents`` [A,B,C,F,H,W] (ground truth,
 normalised; the GAN's real data), ``text`` and ``neg_text`` [A,B,L,D] (prompt and negative prompt
@@ -36,6 +37,7 @@ from vdot_jax.distill.ot import ot_direction, ot_loss
 from vdot_jax.distill.timesteps import (add_noise, rollout, sample_gan_timesteps,
                                         sample_loss_timesteps, student_schedule, x0_from_velocity)
 from vdot_jax.models.wan import WanModel
+from vdot_jax.train.update import StepPrograms, ema_update, update
 
 PHASES = ("critic_flow", "critic_gan", "generator_dmd_ot", "generator_gan")
 _EXIT_TAG = len(PHASES)  # fold_in tag of the per-step exit index (after the phases' own tags)
@@ -71,17 +73,9 @@ def exit_index(rng: jax.Array, step: jax.Array, num_steps: int) -> jax.Array:
     return jax.random.randint(key, (), 0, num_steps)
 
 
-def _tree_where(pred, a, b):
-    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
-
-
 def _per_sample_norm(x: jax.Array) -> jax.Array:
     """Batch mean of each sample's L2 norm."""
     return jnp.mean(jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)).reshape(x.shape[0], -1), axis=1)))
-
-
-def _all_finite(tree) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 class Distiller:
@@ -101,7 +95,7 @@ class Distiller:
         self.gen_tx = self._optimizer(o.generator_lr)
         self.critic_tx = self._optimizer(o.critic_lr)
         self.trace_counts: collections.Counter = collections.Counter()
-        self._jitted: dict[str, Any] = {}
+        self._programs = StepPrograms()
 
     def _optimizer(self, lr: float) -> optax.GradientTransformation:
         o = self.config.optim
@@ -291,48 +285,21 @@ class Distiller:
             key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
             key = jax.random.fold_in(key, PHASES.index(name))
             exit_i = exit_index(state.rng, state.step, self.schedule.steps)
-            batch = self._layout(batch)
-            accum = jax.tree.leaves(batch)[0].shape[0]
-            keys = jax.random.split(key, accum)
-            grad_fn = jax.value_and_grad(lambda p, b, k: loss_fn(p, state, b, k, exit_i), has_aux=True)
-
-            def micro(carry, xs):
-                b, k = xs
-                (loss, metrics), grads = grad_fn(params, b, k)
-                return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
-
-            zero = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda a: a[0], batch), keys[0]))
-            zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), ((zero[0][0], zero[0][1], zero[1])))
-            (loss, metrics, grads), _ = jax.lax.scan(micro, zero, (batch, keys))
-            loss, metrics, grads = jax.tree.map(lambda a: a / accum, (loss, metrics, grads))
-
-            updates, new_opt = tx.update(grads, opt_state, params)
-            new_params = optax.apply_updates(params, updates)
-            finite = jnp.isfinite(loss) & _all_finite(grads)
-            new_params = _tree_where(finite, new_params, params)
-            new_opt = _tree_where(finite, new_opt, opt_state)
-            metrics = {**metrics, "grad_norm": optax.global_norm(grads), "finite": finite.astype(jnp.float32),
-                       "exit_index": exit_i.astype(jnp.float32)}
+            new_params, new_opt, finite, metrics = update(
+                lambda p, b, k: loss_fn(p, state, b, k, exit_i), tx, params, opt_state, self._layout(batch), key)
+            metrics = {**metrics, "exit_index": exit_i.astype(jnp.float32)}
             skipped = state.skipped + (~finite).astype(jnp.int32)
             if is_gen:
-                ema = state.ema
-                if ema is not None:
-                    # Before ema.start (counted in training steps, as the release) the EMA tracks the generator.
-                    d = jnp.where(state.step >= self.config.ema.start, self.config.ema.decay, 0.0)
-                    ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, new_params)
+                # Before ema.start (counted in training steps, as the release) the EMA tracks the generator.
+                ema = ema_update(state.ema, new_params, state.step, self.config.ema.start, self.config.ema.decay)
                 return state.replace(generator=new_params, generator_opt=new_opt, ema=ema, skipped=skipped), metrics
             return state.replace(critic=new_params, critic_opt=new_opt, skipped=skipped), metrics
 
         return step
 
     def phase(self, name: str, state_sharding=None, batch_sharding=None):
-        """The jitted phase ``name`` (built once; donates the state)."""
-        if name not in self._jitted:
-            kw = {}
-            if state_sharding is not None:
-                kw = dict(in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None))
-            self._jitted[name] = jax.jit(self._phase(name), donate_argnums=0, **kw)
-        return self._jitted[name]
+        """The jitted phase ``name`` for these shardings (built once each; donates the state)."""
+        return self._programs.get(name, lambda: self._phase(name), state_sharding, batch_sharding)
 
     def train_step(self, state: TrainState, batch: dict, use_gan: bool | None = None,
                    generator_batch: dict | None = None) -> tuple[TrainState, dict]:

@@ -324,11 +324,43 @@ def run_benchmark(index, root, out, *, load_pipeline: Callable[[], object], sett
     ``load_pipeline`` is called once, and only if some row needs generating. ``metrics`` names registry entries
     (default: all); ``subtasks`` keeps only those rows; ``limit`` caps the rows per subtask.
     """
-    from vdot_jax.eval.video_metrics import REGISTRY
-
     s = settings or Settings()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    rows, problems = select_rows(index, root, subtasks, limit)
+    per_video, batch, skipped_metrics = choose_metrics(metrics)
+    results_file = out / "results.jsonl"
+    previous = _previous_records(results_file)
+    names = vbench_names(rows)
+    pipe = _LazyPipeline(load_pipeline, log)
+    records = []
+    t_start = time.perf_counter()
+    for i, row in enumerate(rows, 1):
+        rec = _run_row(row, out, s, pipe, names[row.key], previous.get(row.key, {}), per_video, batch)
+        log(f"[{i}/{len(rows)}] {row.key}: {rec['status']}"
+            + (f" ({rec['reason']})" if "reason" in rec else "")
+            + (f" in {rec['seconds']:.1f} s" if "seconds" in rec else ""))
+        records.append(rec)
+    for m in batch:
+        _batch_metric(m, records, out, skipped_metrics, log)
+    _write_vbench_indexes(records, out)
+    tmp = out / ".results.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    os.replace(tmp, results_file)
+    table = make_table(records, per_video + batch, skipped_metrics, problems, s)
+    table["seconds"] = time.perf_counter() - t_start
+    (out / "table.json").write_text(json.dumps(table, indent=2, ensure_ascii=False))
+    (out / "table.md").write_text(table_markdown(table))
+    if not any(r["status"] in ("generated", "reused") for r in records):
+        bad = next((r for r in records if r.get("reason")), None)
+        raise BenchmarkError(f"no row of {index} could be evaluated ({len(records)} skipped or failed"
+                             + (f"; e.g. {bad['key']}: {bad['reason']}" if bad else "") + f"); see {results_file}")
+    return table
+
+
+def select_rows(index, root, subtasks: Sequence[str] | None, limit: int | None) -> tuple[list[Row], list[dict]]:
+    """The index's usable rows of ``subtasks`` (all when None), at most ``limit`` per subtask, and its malformed
+    lines; no row left is an error."""
     rows, problems = read_index(index, root)
     if subtasks:
         wanted = {normalize(t) for t in subtasks}
@@ -345,17 +377,27 @@ def run_benchmark(index, root, out, *, load_pipeline: Callable[[], object], sett
         first = f" (line {problems[0]['line']}: {problems[0]['reason']})" if problems else ""
         raise BenchmarkError(f"benchmark index {index} has no usable rows{' for these --subtasks' if subtasks else ''}"
                              f": {len(problems)} malformed line(s){first}")
-    names = vbench_names(rows)
+    return rows, problems
+
+
+def choose_metrics(metrics: Sequence[str] | None) -> tuple[list[str], list[str], dict]:
+    """(per-video metrics, batch metrics, {unavailable metric: why}) of the registry entries ``metrics`` (None:
+    all); an unknown name is an error."""
+    from vdot_jax.eval.video_metrics import REGISTRY
+
     chosen = list(REGISTRY) if metrics is None else list(metrics)
     unknown = [m for m in chosen if m not in REGISTRY]
     if unknown:
         raise BenchmarkError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(REGISTRY)}")
-    skipped_metrics = {m: REGISTRY[m].available() for m in chosen if REGISTRY[m].available()}
-    per_video = [m for m in chosen if m not in skipped_metrics and REGISTRY[m].compute is not None]
-    batch = [m for m in chosen if m not in skipped_metrics and REGISTRY[m].compute_batch is not None]
+    skipped = {m: REGISTRY[m].available() for m in chosen if REGISTRY[m].available()}
+    per_video = [m for m in chosen if m not in skipped and REGISTRY[m].compute is not None]
+    batch = [m for m in chosen if m not in skipped and REGISTRY[m].compute_batch is not None]
+    return per_video, batch, skipped
 
+
+def _previous_records(results_file: Path) -> dict:
+    """key -> record of an earlier run's results.jsonl (unreadable lines ignored)."""
     previous = {}
-    results_file = out / "results.jsonl"
     if results_file.exists():
         for line in results_file.read_text().splitlines():
             try:
@@ -363,109 +405,116 @@ def run_benchmark(index, root, out, *, load_pipeline: Callable[[], object], sett
                 previous[rec["key"]] = rec
             except (ValueError, KeyError):
                 continue
+    return previous
 
-    pipe = None
-    records = []
-    t_start = time.perf_counter()
-    for i, row in enumerate(rows, 1):
-        rec = {"key": row.key, "line": row.line, "subtask": row.subtask, "sample_id": row.sample_id,
-               "family": row.route.family, "routed_by_files": row.routed_by_files, "prompt": row.prompt}
-        reason = check_row(row)
-        if reason is not None:
-            rec.update(status="skipped", reason=reason)
-            log(f"[{i}/{len(rows)}] {row.key}: skipped ({reason})")
-            records.append(rec)
-            continue
-        path = video_path(out, row)
-        rec["video"] = str(path.relative_to(out))
+
+class _LazyPipeline:
+    """The pipeline, loaded when the first row needs generating (a fully reused run never loads the model)."""
+
+    def __init__(self, load: Callable[[], object], log: Callable[[str], None]):
+        self._load, self._log, self._pipe = load, log, None
+
+    def get(self):
+        if self._pipe is None:
+            self._log("loading the model")
+            self._pipe = self._load()
+        return self._pipe
+
+
+def _run_row(row: Row, out: Path, s: Settings, pipe: _LazyPipeline, vbench_name: str, old: dict,
+             per_video: Sequence[str], batch: Sequence[str]) -> dict:
+    """One row's record: skipped or failed (with a reason), or generated / reused, linked into the VBench folder
+    and scored with the per-video metrics (values of an unchanged file are reused from ``old``)."""
+    rec = {"key": row.key, "line": row.line, "subtask": row.subtask, "sample_id": row.sample_id,
+           "family": row.route.family, "routed_by_files": row.routed_by_files, "prompt": row.prompt}
+    reason = check_row(row)
+    if reason is not None:
+        return {**rec, "status": "skipped", "reason": reason}
+    path = video_path(out, row)
+    rec["video"] = str(path.relative_to(out))
+    try:
+        vcu = _vcu(row, s)
+    except ValueError as e:
+        return {**rec, "status": "failed", "reason": f"inputs unreadable: {e}"}
+    if reusable(path, s):
+        rec["status"] = "reused"
+    else:
         try:
-            vcu = _vcu(row, s)
+            rec.update(_generate(pipe.get(), row, vcu, path, s))
         except ValueError as e:
-            rec.update(status="failed", reason=f"inputs unreadable: {e}")
-            log(f"[{i}/{len(rows)}] {row.key}: failed ({rec['reason']})")
-            records.append(rec)
+            return {**rec, "status": "failed", "reason": str(e)}
+    _link(path, out / "vbench" / _safe(row.subtask) / vbench_name)
+    rec["vbench_video"] = str(Path("vbench") / _safe(row.subtask) / vbench_name)
+    st = path.stat()
+    stamp = [st.st_size, st.st_mtime_ns]
+    cached = old.get("metrics", {}) if old.get("stamp") == stamp else {}
+    rec.update(stamp=stamp, metrics=_row_metrics(row, path, vcu, cached, per_video, batch))
+    return rec
+
+
+def _generate(pipe, row: Row, vcu, path: Path, s: Settings) -> dict:
+    """Generate the row's video into ``path`` (written whole or not at all) with its settings sidecar; the
+    record's status and timings."""
+    from vdot_jax.data.video_io import write_video
+
+    t0 = time.perf_counter()
+    result = pipe.generate(row.prompt, negative_prompt=s.negative_prompt, vcu=vcu, steps=s.steps,
+                           guide_scale=s.guide_scale, shift=s.shift, solver=s.solver, seed=s.seed,
+                           reference_order=s.reference_order, progress=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial.mp4")
+    write_video(tmp, result.frames(0), fps=s.fps)
+    os.replace(tmp, path)
+    _settings_file(path).write_text(json.dumps({"generation_key": s.generation_key(),
+                                                "settings": dataclasses.asdict(s)}, ensure_ascii=False))
+    return dict(status="generated", seconds=time.perf_counter() - t0,
+                denoise_seconds=result.timings.get("denoise"), compile_seconds=result.timings.get("compile"))
+
+
+def _row_metrics(row: Row, path: Path, vcu, cached: dict, per_video: Sequence[str], batch: Sequence[str]) -> dict:
+    """The per-video metrics of one video (computing only those ``cached`` lacks) and the cached batch ones."""
+    from vdot_jax.eval.video_metrics import REGISTRY
+
+    values = {m: cached[m] for m in per_video if m in cached}
+    if len(values) < len(per_video):
+        sample = _sample(row, path, vcu)
+        for m in per_video:
+            if m not in values:
+                values[m] = _finite(REGISTRY[m].compute(sample))
+    for m in batch:  # batch metrics from an earlier run are kept while the file is unchanged
+        if m in cached:
+            values[m] = cached[m]
+    return values
+
+
+def _batch_metric(m: str, records: list[dict], out: Path, skipped_metrics: dict, log) -> None:
+    """A batch metric (VBench dimension): one call per subtask folder, for the videos still lacking the value."""
+    from vdot_jax.eval.video_metrics import REGISTRY
+
+    by_subtask: dict[str, list[dict]] = {}
+    for rec in records:
+        if "metrics" in rec and rec["metrics"].get(m) is None:
+            by_subtask.setdefault(rec["subtask"], []).append(rec)
+    for subtask, recs in by_subtask.items():
+        folder = out / "vbench" / _safe(subtask)
+        try:
+            got = REGISTRY[m].compute_batch(folder, [out / r["vbench_video"] for r in recs])
+        except Exception as e:  # noqa: BLE001 - an external scorer failing must not lose the run
+            skipped_metrics[m] = f"failed on {subtask}: {e}"
+            log(f"metric {m} failed on {subtask}: {e}")
             continue
-        if reusable(path, s):
-            rec["status"] = "reused"
-        else:
-            if pipe is None:
-                log("loading the model")
-                pipe = load_pipeline()
-            t0 = time.perf_counter()
-            try:
-                result = pipe.generate(row.prompt, negative_prompt=s.negative_prompt, vcu=vcu, steps=s.steps,
-                                       guide_scale=s.guide_scale, shift=s.shift, solver=s.solver, seed=s.seed,
-                                       reference_order=s.reference_order, progress=False)
-            except ValueError as e:
-                rec.update(status="failed", reason=str(e))
-                log(f"[{i}/{len(rows)}] {row.key}: failed ({e})")
-                records.append(rec)
-                continue
-            from vdot_jax.data.video_io import write_video
+        for r in recs:
+            r["metrics"][m] = got.get(Path(r["vbench_video"]).name)
 
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.stem}.partial.mp4")
-            write_video(tmp, result.frames(0), fps=s.fps)
-            os.replace(tmp, path)
-            _settings_file(path).write_text(json.dumps({"generation_key": s.generation_key(),
-                                                        "settings": dataclasses.asdict(s)}, ensure_ascii=False))
-            rec.update(status="generated", seconds=time.perf_counter() - t0,
-                       denoise_seconds=result.timings.get("denoise"), compile_seconds=result.timings.get("compile"))
-        _link(path, out / "vbench" / _safe(row.subtask) / names[row.key])
-        rec["vbench_video"] = str(Path("vbench") / _safe(row.subtask) / names[row.key])
-        st = path.stat()
-        stamp = [st.st_size, st.st_mtime_ns]
-        old = previous.get(row.key, {})
-        cached = old.get("metrics", {}) if old.get("stamp") == stamp else {}
-        values = {m: cached[m] for m in per_video if m in cached}
-        if len(values) < len(per_video):
-            sample = _sample(row, path, vcu)
-            for m in per_video:
-                if m not in values:
-                    values[m] = _finite(REGISTRY[m].compute(sample))
-        for m in batch:  # batch metrics from an earlier run are kept while the file is unchanged
-            if m in cached:
-                values[m] = cached[m]
-        rec.update(stamp=stamp, metrics=values)
-        log(f"[{i}/{len(rows)}] {row.key}: {rec['status']}" + (f" in {rec['seconds']:.1f} s" if "seconds" in rec
-                                                               else ""))
-        records.append(rec)
 
-    # Batch metrics (VBench dimensions): one call per subtask folder, for the videos still lacking the value.
-    for m in batch:
-        by_subtask: dict[str, list[dict]] = {}
-        for rec in records:
-            if "metrics" in rec and rec["metrics"].get(m) is None:
-                by_subtask.setdefault(rec["subtask"], []).append(rec)
-        for subtask, recs in by_subtask.items():
-            folder = out / "vbench" / _safe(subtask)
-            try:
-                got = REGISTRY[m].compute_batch(folder, [out / r["vbench_video"] for r in recs])
-            except Exception as e:  # noqa: BLE001 - an external scorer failing must not lose the run
-                skipped_metrics[m] = f"failed on {subtask}: {e}"
-                log(f"metric {m} failed on {subtask}: {e}")
-                continue
-            for r in recs:
-                r["metrics"][m] = got.get(Path(r["vbench_video"]).name)
-
-    for subtask in {r["subtask"] for r in records}:  # file name -> sample, for the VBench folders
+def _write_vbench_indexes(records: list[dict], out: Path) -> None:
+    """vbench/<subtask>/index.json: file name -> sample id and full prompt."""
+    for subtask in {r["subtask"] for r in records}:
         listed = {Path(r["vbench_video"]).name: {"sample_id": r["sample_id"], "prompt": r["prompt"]}
                   for r in records if r["subtask"] == subtask and "vbench_video" in r}
         if listed:
             (out / "vbench" / _safe(subtask) / "index.json").write_text(
                 json.dumps(listed, indent=2, ensure_ascii=False))
-    tmp = out / ".results.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    os.replace(tmp, results_file)
-    table = make_table(records, per_video + batch, skipped_metrics, problems, s)
-    table["seconds"] = time.perf_counter() - t_start
-    (out / "table.json").write_text(json.dumps(table, indent=2, ensure_ascii=False))
-    (out / "table.md").write_text(table_markdown(table))
-    if not any(r["status"] in ("generated", "reused") for r in records):
-        bad = next((r for r in records if r.get("reason")), None)
-        raise BenchmarkError(f"no row of {index} could be evaluated ({len(records)} skipped or failed"
-                             + (f"; e.g. {bad['key']}: {bad['reason']}" if bad else "") + f"); see {results_file}")
-    return table
 
 
 # ----------------------------------------------------------------------------- the table

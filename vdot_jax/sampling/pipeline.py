@@ -61,10 +61,10 @@ from vdot_jax.models.attention import resolve
 from vdot_jax.models.config import Runtime
 from vdot_jax.models.text_encoder import TEXT_LEN
 from vdot_jax.models.wan import WanModel
-from vdot_jax.parallel.sharding import compile_program, model_shardings, shard_model, sharding_stats
+from vdot_jax.parallel.sharding import model_shardings, shard_model, sharding_stats
 from vdot_jax.weights import store
 from vdot_jax.weights.params import abstract_model, flat_state
-from vdot_jax.sampling.solvers import classifier_free_guidance, guidance_context, sample
+from vdot_jax.sampling.model_sampler import model_sampler
 
 # The released 4-step student (docs/method.md, "Sampling") and the 50-step CFG teacher.
 STUDENT = dict(steps=4, shift=16.0, guide_scale=1.0)
@@ -329,28 +329,19 @@ class Pipeline:
         if guided and neg_text is None:
             raise GenerateError("classifier-free guidance (guide scale != 1) needs negative text embeddings.")
         graphdef, state = nnx.split(self.transformer)
-        rt = self.transformer.runtime
         args = (state, jnp.asarray(noise, jnp.float32), text, neg_text if guided else None, context)
-        # The program depends on the architecture, the run-time options, the settings and the argument types --
-        # not on the Pipeline object -- so pipelines loaded from the same model share it.
-        key = (self.transformer.cfg, rt.dtype, rt.attention, rt.remat, self.mesh, int(steps), float(shift), solver,
-               float(guide_scale), float(context_scale), bool(progress),
-               tuple((tuple(a.shape), str(a.dtype)) for a in jax.tree.leaves(args)))
+        # Keyed by the graphdef (architecture and run-time options), the settings and the arguments -- not by the
+        # Pipeline object -- so pipelines loaded from the same model share the program.
+        program = model_sampler(graphdef, steps=int(steps), shift=float(shift), guidance=float(guide_scale),
+                                solver=solver, context_scale=float(context_scale),
+                                on_step=_report_step if progress else None)
         mesh_ctx = _activate(self.mesh)
         with mesh_ctx:
             if self.mesh is not None:
                 rep = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
                 args = (args[0], *jax.device_put(args[1:], rep))
-            compile_s = 0.0
-            compiled = _COMPILED.get(key)
-            if compiled is None:
-                fn = jax.jit(_denoise_fn(graphdef, int(steps), float(shift), solver, float(guide_scale),
-                                         float(context_scale), bool(progress)))
-                compiled, report = compile_program(fn, *args, name="denoising program", log=self.log)
-                compile_s = report.seconds
-                while len(_COMPILED) >= _COMPILED_MAX:
-                    _COMPILED.pop(next(iter(_COMPILED)))
-                _COMPILED[key] = compiled
+            compiled, report = program.compile(*args, mesh=self.mesh, log=self.log)
+            compile_s = 0.0 if report is None else report.seconds
             bar = _StepProgress(int(steps), self.log) if progress else None
             _STEP_HOOK[0] = bar
             try:
@@ -447,10 +438,6 @@ class Pipeline:
     __call__ = generate
 
 
-_COMPILED: dict = {}  # compiled denoising programs, oldest first
-_COMPILED_MAX = 8
-
-
 def _describe(mesh) -> str:
     return ",".join(f"{a}={s}" for a, s in mesh.shape.items() if s > 1) or "one device"
 
@@ -471,25 +458,6 @@ def _transformer_shardings(src: sources.Source, mesh):
         return None
     cfg = sources.source_arch(src)
     return model_shardings(abstract_model(lambda: WanModel(cfg, rngs=nnx.Rngs(0))), mesh)
-
-
-def _denoise_fn(graphdef, steps, shift, solver, guide_scale, context_scale, progress):
-    """The whole sampling loop as one function of (params, noise, text, negative text, VACE context)."""
-
-    def run(state, noise, text, neg_text, context):
-        model = nnx.merge(graphdef, state)
-        text_b, ctx_b = guidance_context((text, context), (neg_text, context), guide_scale)
-
-        def model_fn(x, t):
-            v = model(x, t, text_b, ctx_b, context_scale) if ctx_b is not None else model(x, t, text_b)
-            if progress:
-                jax.debug.callback(_report_step, v.reshape(-1)[:1])
-            return v
-
-        return sample(classifier_free_guidance(model_fn, guide_scale), noise, num_steps=steps, shift=shift,
-                      solver=solver)
-
-    return run
 
 
 # ----------------------------------------------------------------------------- one call

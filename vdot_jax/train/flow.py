@@ -9,10 +9,10 @@ The loss is the release's flow-matching objective on the ground-truth latents: t
 by ``flow.timestep_shift`` (clamped to [1, 999]), x_t = (1 - s) x0 + s e, target v = e - x0,
 ``mean((model(x_t, t) - v)^2)`` in float32. With probability ``flow.text_dropout`` a sample is trained on the
 negative prompt instead of its caption (what classifier-free guidance needs). Batches as the Distiller's:
-``latents`` [A,B,C,F,H,W], ``text``/``neg_text`` [A,B,L,D], optional ``context``. Gradient accumulation is a
-``lax.scan`` over A; optax: clip by global norm, AdamW with a constant or cosine schedule after a linear
-warm-up; a non-finite loss or gradient leaves parameters and optimizer state untouched and is counted;
-optional EMA of the parameters.
+``latents`` [A,B,C,F,H,W], ``text``/``neg_text`` [A,B,L,D], optional ``context``. The update is the Distiller's
+(``vdot_jax.train.update``: a ``lax.scan`` over A, a non-finite loss or gradient leaves parameters and optimizer
+state untouched and is counted, optional EMA); optax: clip by global norm, AdamW with a constant or cosine
+schedule after a linear warm-up.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ import ml_collections
 import optax
 from flax import nnx
 
+from vdot_jax.distill.losses import flow_loss
 from vdot_jax.distill.timesteps import add_noise, sample_shifted
 from vdot_jax.models.wan import WanModel
+from vdot_jax.train.update import StepPrograms, ema_update, update
 
 PHASES = ("flow",)
 
@@ -40,14 +42,6 @@ class FlowState(flax.struct.PyTreeNode):
     ema: Any  # same tree as params, or None
     rng: jax.Array  # uint32 key data
     skipped: jax.Array  # int32, updates skipped because the loss or a gradient was not finite
-
-
-def _tree_where(pred, a, b):
-    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
-
-
-def _all_finite(tree) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def learning_rate(config: ml_collections.ConfigDict):
@@ -78,7 +72,7 @@ class FlowTrainer:
         self.tx = optax.chain(optax.clip_by_global_norm(f.clip_norm),
                               optax.adamw(self.schedule, b1=f.b1, b2=f.b2, weight_decay=f.weight_decay))
         self.trace_counts: collections.Counter = collections.Counter()
-        self._jitted: dict[str, Any] = {}
+        self._programs = StepPrograms()
 
     def phases(self, step: int) -> tuple[str, ...]:
         return PHASES
@@ -107,49 +101,24 @@ class FlowTrainer:
             drop = jax.random.uniform(k_d, (b,)) < f.text_dropout
             text = jnp.where(drop[:, None, None], batch["neg_text"], text)
         v = nnx.merge(self.model_def, params)(add_noise(x0, noise, t), t, text, batch.get("context"))
-        loss = jnp.mean(jnp.square(v.astype(jnp.float32) - (noise - x0)))
+        loss = flow_loss(v, noise, x0)
         return loss, {"flow_loss": loss}
 
     def _step(self, state: FlowState, batch: dict):
         self.trace_counts["flow"] += 1  # trace time only: counts compilations
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        accum = jax.tree.leaves(batch)[0].shape[0]
-        keys = jax.random.split(key, accum)
-        grad_fn = jax.value_and_grad(self._loss, has_aux=True)
-        params = state.params
-
-        def micro(carry, xs):
-            b, k = xs
-            (loss, metrics), grads = grad_fn(params, b, k)
-            return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
-
-        shapes = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda a: a[0], batch), keys[0]))
-        zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[0][0], shapes[0][1], shapes[1]))
-        (loss, metrics, grads), _ = jax.lax.scan(micro, zero, (batch, keys))
-        loss, metrics, grads = jax.tree.map(lambda a: a / accum, (loss, metrics, grads))
-        updates, new_opt = self.tx.update(grads, state.opt, params)
-        new_params = optax.apply_updates(params, updates)
-        finite = jnp.isfinite(loss) & _all_finite(grads)
-        new_params = _tree_where(finite, new_params, params)
-        new_opt = _tree_where(finite, new_opt, state.opt)
-        ema = state.ema
-        if ema is not None:
-            d = jnp.where(state.step >= self.config.flow.ema_start, self.config.flow.ema_decay, 0.0)
-            ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, new_params)
-        metrics = {**metrics, "grad_norm": optax.global_norm(grads), "finite": finite.astype(jnp.float32),
-                   "lr": jnp.asarray(self.schedule(state.step), jnp.float32)}
-        return state.replace(params=new_params, opt=new_opt, ema=ema,
+        params, opt, finite, metrics = update(self._loss, self.tx, state.params, state.opt, batch, key)
+        f = self.config.flow
+        ema = ema_update(state.ema, params, state.step, f.ema_start, f.ema_decay)
+        metrics = {**metrics, "lr": jnp.asarray(self.schedule(state.step), jnp.float32)}
+        return state.replace(params=params, opt=opt, ema=ema,
                              skipped=state.skipped + (~finite).astype(jnp.int32)), metrics
 
     def phase(self, name: str = "flow", state_sharding=None, batch_sharding=None):
+        """The jitted step for these shardings (built once each; donates the state)."""
         if name != "flow":
             raise ValueError(f"FlowTrainer has one phase, 'flow', not {name!r}")
-        if name not in self._jitted:
-            kw = {}
-            if state_sharding is not None:
-                kw = dict(in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None))
-            self._jitted[name] = jax.jit(self._step, donate_argnums=0, **kw)
-        return self._jitted[name]
+        return self._programs.get(name, lambda: self._step, state_sharding, batch_sharding)
 
     def train_step(self, state: FlowState, batch: dict) -> tuple[FlowState, dict]:
         state, metrics = self.phase("flow")(state, batch)

@@ -94,9 +94,9 @@ def programs(run, frames: int, height: int, width: int) -> list[tuple[str, Calla
         gdef, params = run.trainer.gen_def, run.abstract_state.generator
         tdef, tparams = run.trainer.teacher_def, run.abstract_state.teacher
     student = model_sampler(gdef, steps=STUDENT["steps"], shift=STUDENT["shift"], guidance=STUDENT["guidance"])
-    out.append(("student_denoise_4", student, (params, noise, text, None, ctx)))
+    out.append(("student_denoise_4", student.jitted, (params, noise, text, None, ctx)))
     teacher = model_sampler(tdef, steps=TEACHER["steps"], shift=TEACHER["shift"], guidance=TEACHER["guidance"])
-    out.append(("teacher_denoise_cfg", teacher, (tparams, noise, text, text, ctx)))
+    out.append(("teacher_denoise_cfg", teacher.jitted, (tparams, noise, text, text, ctx)))
     return out
 
 

@@ -285,110 +285,133 @@ def export_lora(student: Mapping[tuple, object], teacher: Mapping[tuple, object]
         if bad:
             raise LoraError(f"the {name} does not have the architecture {cfg.describe()} "
                             f"({len(bad)} parameter(s) missing or mis-shaped, e.g. {'.'.join(map(str, bad[0]))})")
-    layouts = {e.key: e.layout for e in keymap.entries}
     n_params = sum(int(np.prod(s)) for s in shapes.values())
     probe = n_params <= PROBE_AUTO_MAX_PARAMS if probe is None else bool(probe)
-    target = np_dtype(dtype)
-    # Every LoRA module has the same rank: the largest any layer can use.
-    def layer_rank(e: Entry) -> int:
+    delta = _DeltaWriter(student, teacher, keymap, layout=layout, rank=rank, target=np_dtype(dtype), seed=seed,
+                         probe=probe)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = FILES[layout].removesuffix(".safetensors")
+    meta = {"vdot_lora_layout": layout, "vdot_lora_rank": "full" if rank is None else str(rank)}
+    files = write_shards(delta.tensors(progress), out, stem, dtype=None, max_shard_bytes=2**62, metadata=meta)
+    output_error = None
+    if probe:
+        variants = {}
+        if layout != "comfyui":  # diffusers cannot load the comfyui layout at all
+            variants["with the LoRA as diffusers applies it"] = delta.merged_diffusers
+        if layout != "diffusers":  # in the diffusers layout the file is exactly what diffusers applies
+            variants["with everything in the file"] = delta.merged_all
+        output_error = probe_errors(student, teacher, cfg, variants, seed=seed)
+    report = LoraReport(layout=layout, rank=None if rank is None else int(rank), dtype=dtype, file=files[0].name,
+                        layers=delta.rows, unchanged=delta.unchanged, output_error=output_error,
+                        bytes=sum(f.stat().st_size for f in files))
+    (out / f"{REPORT}.json").write_text(json.dumps(report.to_json(), indent=2))
+    (out / f"{REPORT}.md").write_text(report.markdown())
+    return report
+
+
+class _DeltaWriter:
+    """The delta of every parameter as the tensors of one layout (``tensors``, a generator written straight into
+    the file), with what the report needs gathered on the way: a row per changed parameter, the count of
+    unchanged ones and, for the probe, the teacher with the deltas applied (as diffusers applies them, and all
+    of the file)."""
+
+    def __init__(self, student, teacher, keymap, *, layout: str, rank: int | None, target, seed: int,
+                 probe: bool):
+        self.student, self.teacher, self.keymap = student, teacher, keymap
+        self.layout, self.rank, self.target, self.seed, self.probe = layout, rank, target, seed, probe
+        self.layouts = {e.key: e.layout for e in keymap.entries}
+        self.down, self.up = ("lora_A", "lora_B") if layout == "diffusers" else ("lora_down", "lora_up")
+        lora_entries = [e for e in keymap.entries if self._kind(e) in ("linear", "conv")
+                        and _carriage(self._kind(e), e.key, layout)[0] == "lora"]
+        # Every LoRA module has the same rank: the largest any layer can use.
+        self.uniform = max((self.layer_rank(e) for e in lora_entries), default=1)
+        self.rows: list[LayerReport] = []
+        self.unchanged = 0
+        self.merged_diffusers: dict = {}  # path -> numpy copy of the teacher with the applied deltas
+        self.merged_all: dict = {}
+        self._lora_written: set[str] = set()  # modules that already have LoRA factors
+
+    def _kind(self, e: Entry) -> str:
+        return _kind(e.key, self.layouts)
+
+    def layer_rank(self, e: Entry) -> int:
         m = e.shape[0]
         n = int(np.prod(e.shape[1:]))
-        return min(m, n) if rank is None else min(int(rank), m, n)
+        return min(m, n) if self.rank is None else min(int(self.rank), m, n)
 
-    lora_entries = [e for e in keymap.entries if _kind(e.key, layouts) in ("linear", "conv")
-                    and _carriage(_kind(e.key, layouts), e.key, layout)[0] == "lora"]
-    uniform = max((layer_rank(e) for e in lora_entries), default=1)
+    def tensors(self, progress=lambda it: it):
+        """(file key, array) of every changed parameter, weights before their biases: the bias of a layer whose
+        weight did not change still needs (zero) LoRA factors."""
+        entries = sorted(self.keymap.entries, key=lambda e: (e.key.rpartition(".")[0], e.key.endswith(".bias")))
+        for e in progress(entries):
+            yield from self._entry(e)
 
-    rows: list[LayerReport] = []
-    unchanged = 0
-    merged_diffusers: dict = {}  # path -> numpy copy of the teacher with the applied deltas
-    merged_all: dict = {}
+    def _entry(self, e: Entry):
+        kind = self._kind(e)
+        ws = e.to_external(_get(self.student, e)).astype(np.float64)
+        wt = e.to_external(_get(self.teacher, e)).astype(np.float64)
+        d = ws - wt
+        dn = _norm(d)
+        if dn == 0.0:
+            self.unchanged += 1
+            return
+        how, applied = _carriage(kind, e.key, self.layout)
+        base, leaf = _names(e.key, self.layout)
+        stored, r = np.zeros_like(d), None
+        if how == "lora":
+            stored, r = yield from self._lora(e, d, kind, base)
+        elif how == "bias":
+            stored = d.astype(self.target).astype(np.float64)
+            if applied and e.key.rpartition(".")[0] not in self._lora_written:
+                yield from self._zero_factors(e, base)
+            yield (f"{base}.lora_B.bias" if self.layout == "diffusers" else f"{base}.diff_b"), d.astype(self.target)
+        elif how == "diff":
+            stored = d.astype(self.target).astype(np.float64)
+            yield f"{base}.{'diff_b' if leaf == 'bias' else 'diff'}", d.astype(self.target)
+        err = _norm(d - stored)
+        self.rows.append(LayerReport(
+            key=e.key, kind=kind, stored_as=how, applied_by_diffusers=applied, shape=tuple(d.shape), rank=r,
+            delta_norm=dn / max(_norm(wt), _norm(ws)), error=err / dn, weight_error=err / max(_norm(ws), 1e-30)))
+        if self.probe:
+            if how != "none":
+                self._apply(self.merged_all, e, wt + stored)
+            if applied:
+                self._apply(self.merged_diffusers, e, wt + stored)
 
-    def apply(merged: dict, e: Entry, new_external: np.ndarray) -> None:
+    def _lora(self, e: Entry, d: np.ndarray, kind: str, base: str):
+        """Yields the layer's factors, padded to the uniform rank; returns (B @ A as stored, the layer's rank)."""
+        m = d.shape[0]
+        b, a = factorize(d.reshape(m, -1), None if self.rank is None else self.layer_rank(e), self.seed)
+        r = a.shape[0]
+        b, a = _pad_rank(b, a, self.uniform)
+        b, a = b.astype(self.target), a.astype(self.target)
+        stored = (b.astype(np.float64) @ a.astype(np.float64)).reshape(d.shape)
+        if kind == "conv":
+            a = a.reshape((self.uniform,) + d.shape[1:])
+            b = b.reshape(b.shape + (1,) * (d.ndim - 2))
+        yield f"{base}.{self.down}.weight", a
+        yield f"{base}.{self.up}.weight", b
+        self._lora_written.add(e.key.rpartition(".")[0])
+        return stored, r
+
+    def _zero_factors(self, e: Entry, base: str):
+        """diffusers applies a bias difference as the bias of a LoRA module (PEFT's lora_bias); when the module's
+        weight did not change it gets zero factors."""
+        module = e.key.rpartition(".")[0]
+        w = self.keymap.by_key[f"{module}.weight"].shape
+        yield f"{base}.{self.down}.weight", np.zeros((self.uniform,) + tuple(w[1:]), self.target)
+        yield f"{base}.{self.up}.weight", np.zeros((w[0], self.uniform) + (1,) * (len(w) - 2), self.target)
+        self._lora_written.add(module)
+
+    def _apply(self, merged: dict, e: Entry, new_external: np.ndarray) -> None:
         if e.path not in merged:
-            merged[e.path] = np.array(teacher[e.path], np.float32)
+            merged[e.path] = np.array(self.teacher[e.path], np.float32)
         value = e.to_ours(new_external).astype(np.float32)
         if e.layer is None:
             merged[e.path][...] = value
         else:
             merged[e.path][e.layer] = value
-
-    def tensors():
-        nonlocal unchanged
-        # weights before their biases: a bias of a layer whose weight did not change still needs A/B (zeros)
-        entries = sorted(keymap.entries, key=lambda e: (e.key.rpartition(".")[0], e.key.endswith(".bias")))
-        lora_written: set[str] = set()
-        for e in progress(entries):
-            kind = _kind(e.key, layouts)
-            ws = e.to_external(_get(student, e)).astype(np.float64)
-            wt = e.to_external(_get(teacher, e)).astype(np.float64)
-            d = ws - wt
-            dn = _norm(d)
-            if dn == 0.0:
-                unchanged += 1
-                continue
-            how, applied = _carriage(kind, e.key, layout)
-            base, leaf = _names(e.key, layout)
-            module = e.key.rpartition(".")[0]
-            stored = np.zeros_like(d)
-            r = None
-            if how == "lora":
-                m = d.shape[0]
-                b, a = factorize(d.reshape(m, -1), None if rank is None else layer_rank(e), seed)
-                r = a.shape[0]
-                b, a = _pad_rank(b, a, uniform)
-                b, a = b.astype(target), a.astype(target)
-                stored = (b.astype(np.float64) @ a.astype(np.float64)).reshape(d.shape)
-                down, up = ("lora_A", "lora_B") if layout == "diffusers" else ("lora_down", "lora_up")
-                if kind == "conv":
-                    a = a.reshape((uniform,) + d.shape[1:])
-                    b = b.reshape(b.shape + (1,) * (d.ndim - 2))
-                yield f"{base}.{down}.weight", a
-                yield f"{base}.{up}.weight", b
-                lora_written.add(module)
-            elif how == "bias":
-                stored = d.astype(target).astype(np.float64)
-                if applied and module not in lora_written:
-                    # diffusers applies a bias difference as the bias of a LoRA module (PEFT's lora_bias); its
-                    # weight did not change, so the module gets zero factors
-                    w = keymap.by_key[f"{module}.weight"].shape
-                    down, up = ("lora_A", "lora_B") if layout == "diffusers" else ("lora_down", "lora_up")
-                    yield f"{base}.{down}.weight", np.zeros((uniform,) + tuple(w[1:]), target)
-                    yield f"{base}.{up}.weight", np.zeros((w[0], uniform) + (1,) * (len(w) - 2), target)
-                    lora_written.add(module)
-                yield (f"{base}.lora_B.bias" if layout == "diffusers" else f"{base}.diff_b"), d.astype(target)
-            elif how == "diff":
-                stored = d.astype(target).astype(np.float64)
-                yield f"{base}.{'diff_b' if leaf == 'bias' else 'diff'}", d.astype(target)
-            err = _norm(d - stored)
-            rows.append(LayerReport(
-                key=e.key, kind=kind, stored_as=how, applied_by_diffusers=applied, shape=tuple(d.shape), rank=r,
-                delta_norm=dn / max(_norm(wt), _norm(ws)), error=err / dn, weight_error=err / max(_norm(ws), 1e-30)))
-            if probe:
-                if how != "none":
-                    apply(merged_all, e, wt + stored)
-                if applied:
-                    apply(merged_diffusers, e, wt + stored)
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = FILES[layout].removesuffix(".safetensors")
-    meta = {"vdot_lora_layout": layout, "vdot_lora_rank": "full" if rank is None else str(rank)}
-    files = write_shards(tensors(), out, stem, dtype=None, max_shard_bytes=2**62, metadata=meta)
-    output_error = None
-    if probe:
-        variants = {}
-        if layout != "comfyui":  # diffusers cannot load the comfyui layout at all
-            variants["with the LoRA as diffusers applies it"] = merged_diffusers
-        if layout != "diffusers":  # in the diffusers layout the file is exactly what diffusers applies
-            variants["with everything in the file"] = merged_all
-        output_error = probe_errors(student, teacher, cfg, variants, seed=seed)
-    report = LoraReport(layout=layout, rank=None if rank is None else int(rank), dtype=dtype, file=files[0].name,
-                        layers=rows, unchanged=unchanged, output_error=output_error,
-                        bytes=sum(f.stat().st_size for f in files))
-    (out / f"{REPORT}.json").write_text(json.dumps(report.to_json(), indent=2))
-    (out / f"{REPORT}.md").write_text(report.markdown())
-    return report
 
 
 # ----------------------------------------------------------------------------- the probe
