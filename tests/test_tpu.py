@@ -2,7 +2,6 @@
 programs compiled for a real TPU topology with libtpu (no TPU needed), cuDNN lowered for cuda, and the
 defaults of each backend shown by patching the backend query."""
 
-import dataclasses
 import os
 
 import jax
@@ -118,6 +117,27 @@ def test_kernel_check_finds_a_bare_kernel():
     wrapped.compile()
 
 
+def test_bf16_splash_gradient_compiles_at_highest_default_precision():
+    """The suite's default matmul precision is "highest" (conftest). Splash's backward kernels are traced when the
+    gradient is taken; a precision context around the forward call alone let "highest" reach them and Mosaic
+    refused the bf16 matmul ("Bad lhs type"), failing every TPU phase compile. The gradient through the
+    dispatch's wrapper equals XLA's (interpret mode) and compiles for TPU."""
+    from vdot_jax.parallel.mesh import topology_devices
+
+    assert jax.config.jax_default_matmul_precision == "highest"
+    q, k, v = (jnp.asarray(a, jnp.bfloat16) for a in _qkv(1, 130, 130, h=2))
+
+    def grads(impl):
+        loss = lambda q, k, v: jnp.sum(A.attention(q, k, v, impl).astype(jnp.float32) ** 2)  # noqa: E731
+        return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+
+    for got, want in zip(grads("splash_interpret")(q, k, v), grads("xla")(q, k, v)):
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=0.1, rtol=0.05)
+    one = make_mesh("data=1", devices=topology_devices("v5e:2x2")[:1])
+    sd = jax.ShapeDtypeStruct(q.shape, jnp.bfloat16, sharding=jax.sharding.NamedSharding(one, jax.P()))
+    grads("splash").lower(sd, sd, sd).compile()
+
+
 def test_cudnn_lowers_for_cuda_inside_shard_map():
     """cuDNN flash attention lowers for cuda on this host, per shard, with the per-device shapes."""
     q = jax.ShapeDtypeStruct((8, 256, 4, 128), jnp.float32)
@@ -187,16 +207,9 @@ def test_tiny_denoise_compiles_for_tpu(mesh_spec):
 
 def _plan(config, topology, mesh_spec, only=None, frames=5, height=32, width=32, model=None):
     from vdot_jax.commands import plan as P
-    from vdot_jax.train import plan as TP
 
-    keep = TP.programs
-    if only is not None:
-        TP.programs = lambda *a, **k: [p for p in keep(*a, **k) if p[0] in only]
-    try:
-        return P.plan_config(config, topology, mesh_spec, frames=frames, height=height, width=width, log=None,
-                             keep_text=True, model=model)
-    finally:
-        TP.programs = keep
+    return P.plan_config(config, topology, mesh_spec, frames=frames, height=height, width=width, log=None,
+                         keep_text=True, model=model, only=tuple(only or ()))
 
 
 @pytest.mark.slow
