@@ -164,6 +164,36 @@ def test_cudnn_on_gpu_equals_xla():
     np.testing.assert_allclose(out, _xla(q, k, v), atol=2e-2)
 
 
+def test_train_checks_every_phase_fits_before_its_first_step(monkeypatch):
+    """``vdot train`` compiles each phase of the run before the first step (``compile_program``, as ``vdot plan``)
+    and refuses one that needs more than a device has; the backend's memory query is patched (CPU says nothing,
+    so there phases compile when first run) and so is the compiler (its figures are the plan tests' concern)."""
+    from vdot_jax.parallel.sharding import CompileReport
+    from vdot_jax.train import loop as L
+    from vdot_jax.train.config import load_config
+
+    run = L.build(load_config("configs/tiny.py"), make_mesh("data=1", devices=jax.devices()[:1]))
+    compiled = []
+
+    def fake_compile(jitted, state, batch, name, **kw):
+        compiled.append(name)
+        return object(), CompileReport(name, True, measured=True, argument_bytes=2**30, temp_bytes=2**30)
+
+    monkeypatch.setattr(L, "compile_program", fake_compile)
+    phases = L.Phases(run, log=lambda *a, **k: None)
+    batch = {"latents": np.zeros((1, 2, 12, 5, 16, 16), np.float32)}
+    monkeypatch.setattr(L, "device_memory_limit", lambda: None)
+    phases.check_fit(None, batch)
+    assert not compiled  # no limit known: nothing compiled ahead
+    monkeypatch.setattr(L, "device_memory_limit", lambda: 3 * 2**30)
+    phases.check_fit(None, batch)  # fits: every phase compiled once, kept for the steps
+    assert compiled == ["phase critic_flow", "phase critic_gan", "phase generator_dmd_ot", "phase generator_gan"]
+    phases.compiled.clear()
+    monkeypatch.setattr(L, "device_memory_limit", lambda: 2**30)
+    with pytest.raises(L.TrainingError, match="phase critic_flow needs 2.00 GiB per device but a device has 1.00"):
+        phases.check_fit(None, batch)
+
+
 # ----------------------------------------------------------------------------- whole programs for TPU
 
 
