@@ -254,13 +254,14 @@ def test_tiny_phases_compile_for_tpu(mesh_spec):
 
 @pytest.mark.slow
 def test_vace_1_3b_compiles_for_an_8_chip_topology():
-    """Real-size VACE-1.3B, every program, at 17x128x128 on v5e:2x4 (fsdp=4, context=2)."""
+    """Real-size VACE-1.3B, every program, at 17x128x128 on v5e:2x4 with fsdp=8: the state (fp32 generator and
+    critic with their AdamW moments, bf16 teacher) is 13.5 GiB per chip at fsdp=4, so fsdp=4,context=2 cannot fit
+    a 16 GiB chip whatever the temporaries (it asked for 18.7 GiB of them); context is covered by the tiny tests."""
     from vdot_jax.train.config import load_config
 
     c = load_config("configs/wan1_3b_stage2_vace.py")
     # the config's teacher directory does not exist here: plan the architecture (vdot plan --model)
-    run, plan = _plan(c, "v5e:2x4", "fsdp=4,context=2", frames=17, height=128, width=128,
-                      model="wan2.1-vace-1.3b")
+    run, plan = _plan(c, "v5e:2x4", "fsdp=8", frames=17, height=128, width=128, model="wan2.1-vace-1.3b")
     assert not plan.failures(), plan.failures()
     assert run.arch.dim == 1536 and run.arch.num_layers == 30
 
