@@ -25,7 +25,7 @@ def target(topology: str) -> tuple[str, int | None]:
 
 
 def plan_config(config, topology: str, mesh: str | None, *, frames: int, height: int, width: int,
-                model: str | None = None, log=print, keep_text: bool = False):
+                model: str | None = None, log=print, keep_text: bool = False, only: tuple[str, ...] = ()):
     """Build the run of ``config`` on ``topology`` with ``mesh`` and compile (or lower) all its programs.
     Returns (run, Plan)."""
     import jax
@@ -70,12 +70,13 @@ def plan_config(config, topology: str, mesh: str | None, *, frames: int, height:
             f"{describe(device_mesh)}; attention {m.attention}, compute {m.dtype}, remat {m.remat}; global batch "
             f"{run.batch_size} x {config.optim.accumulation} micro-batches; video {frames}x{height}x{width}")
     plan = check(run, frames, height, width, hbm_bytes=hbm, platform="cuda" if platform == "cuda" else None,
-                 log=log, keep_text=keep_text)
+                 log=log, keep_text=keep_text, only=only)
     return run, plan
 
 
 def run(args) -> None:
     from vdot_jax.commands.common import UserError
+    from vdot_jax.errors import VdotError
     from vdot_jax.train.config import ConfigError, apply_overrides, load_config, parse_override_args
     from vdot_jax.train.plan import table
 
@@ -96,8 +97,9 @@ def run(args) -> None:
     t0 = time.time()
     try:
         _, plan = plan_config(config, args.topology, args.mesh, frames=args.frames, height=args.height,
-                              width=args.width, model=args.model, log=print)
-    except ConfigError as e:
+                              width=args.width, model=args.model, log=lambda s: print(s, flush=True),
+                              only=tuple(p for p in (args.programs or "").split(",") if p))
+    except (ConfigError, VdotError) as e:
         raise UserError(str(e)) from None
     print(table(plan))
     if platform == "cuda":
@@ -135,4 +137,7 @@ def register(sub) -> None:
     p.add_argument("--width", type=int, default=832, help="video width (default 832)")
     p.add_argument("--model", default=None,
                    help="architecture preset to plan with instead of the config's teacher (e.g. wan2.1-vace-14b)")
+    p.add_argument("--programs", default=None,
+                   help="compile only these programs, in this order (comma-separated names as in the table, e.g. "
+                        "generator_dmd_ot,critic_gan); default all")
     p.set_defaults(func=run, accepts_extra=True)

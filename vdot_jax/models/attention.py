@@ -30,7 +30,6 @@ sequence parallelism (text cross-attention).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import Callable
 
@@ -192,11 +191,33 @@ def _splash(q, k, v, *, interpret: bool, block_q: int | None = None, block_kv: i
     vh = jnp.pad(v, ((0, 0), (0, pkv - skv), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
     # Padded keys get segment 0 and real queries segment 1, so padding is never attended to.
     seg = sk.SegmentIds(q=(jnp.arange(pq) < sq).astype(jnp.int32), kv=(jnp.arange(pkv) < skv).astype(jnp.int32))
-    # Mosaic cannot run bf16 matmuls at fp32 precision: a "highest" default precision must not reach the kernel
-    bf16 = q.dtype == jnp.bfloat16
-    with jax.default_matmul_precision("default") if bf16 else contextlib.nullcontext():
-        out = jax.vmap(lambda a, b_, c: kernel_fn(a, b_, c, segment_ids=seg))(qh, kh, vh)
-    return out.transpose(0, 2, 1, 3)[:, :sq]
+    run = jax.vmap(lambda a, b_, c: kernel_fn(a, b_, c, segment_ids=seg))
+    if q.dtype == jnp.bfloat16:  # Mosaic cannot run bf16 matmuls at fp32 precision
+        run = _default_precision(run)
+    return run(qh, kh, vh).transpose(0, 2, 1, 3)[:, :sq]
+
+
+def _default_precision(fn):
+    """``fn`` with its forward *and* backward kernels traced at the default matmul precision. A context around
+    the call alone would not do: the backward kernels are traced when the gradient is taken, outside it, so a
+    "highest" default (the tests set one) reached them and Mosaic refused the bf16 matmul ("Bad lhs type")."""
+    default = functools.partial(jax.default_matmul_precision, "default")
+
+    @jax.custom_vjp
+    def wrapped(*args):
+        with default():
+            return fn(*args)
+
+    def fwd(*args):
+        with default():
+            return jax.vjp(fn, *args)  # (out, the backward with its residuals, a pytree)
+
+    def bwd(vjp, g):
+        with default():
+            return vjp(g)
+
+    wrapped.defvjp(fwd, bwd)
+    return wrapped
 
 
 register("splash")(functools.partial(_splash, interpret=False))

@@ -95,6 +95,15 @@ def check_replication(stats: ShardingStats, max_fraction: float) -> None:
         )
 
 
+def device_memory_limit() -> int | None:
+    """Bytes of memory one local device has (``memory_stats()["bytes_limit"]``), or None where the backend does
+    not say (CPU): the limit ``vdot train`` checks every compiled phase against before its first step."""
+    try:
+        return (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit") or None
+    except Exception:  # noqa: BLE001 -- backends without memory stats
+        return None
+
+
 @dataclass
 class CompileReport:
     """What ahead-of-time compilation of one program found: per-device bytes (XLA's memory_analysis), FLOPs

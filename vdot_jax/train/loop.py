@@ -53,8 +53,8 @@ from vdot_jax.models.config import Runtime, WanConfig
 from vdot_jax.models.wan import WanModel
 from vdot_jax.parallel.logical import DEFAULT_RULES, activate, spec_for
 from vdot_jax.parallel.mesh import describe, make_mesh
-from vdot_jax.parallel.sharding import (check_replication, compile_program, init_sharded, model_shardings,
-                                        sharding_stats, sharding_table)
+from vdot_jax.parallel.sharding import (check_replication, compile_program, device_memory_limit, init_sharded,
+                                        model_shardings, sharding_stats, sharding_table)
 from vdot_jax.sources import load_transformer, model_arch, source_arch
 from vdot_jax.train import checkpoint as ckpt
 from vdot_jax.train.config import ConfigError, validate
@@ -304,10 +304,7 @@ class Phases:
         """Before the first step on an accelerator: compile every phase of the run (as ``vdot plan`` does) and
         refuse to start when one needs more memory per device than the device has. Without a device memory
         limit (CPU) phases compile when first run."""
-        try:
-            limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
-        except Exception:  # noqa: BLE001 -- backends without memory stats
-            limit = None
+        limit = device_memory_limit()
         if not limit:
             return
         from vdot_jax.train.plan import phase_names

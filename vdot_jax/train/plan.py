@@ -109,10 +109,16 @@ def phase_names(config) -> tuple[str, ...]:
 
 
 def check(run, frames: int, height: int, width: int, *, hbm_bytes: int | None = None, platform: str | None = None,
-          log: Callable[[str], None] | None = print, keep_text: bool = False) -> Plan:
-    """Compile (TPU, CPU) or lower (``platform="cuda"``, on a host without GPUs) every program of ``run``."""
+          log: Callable[[str], None] | None = print, keep_text: bool = False, only: tuple[str, ...] = ()) -> Plan:
+    """Compile (TPU, CPU) or lower (``platform="cuda"``, on a host without GPUs) every program of ``run`` (or
+    those named in ``only``, in that order)."""
     plan = Plan(hbm_bytes=hbm_bytes)
-    for name, jitted, args in programs(run, frames, height, width):
+    listed = {name: (jitted, args) for name, jitted, args in programs(run, frames, height, width)}
+    unknown = [n for n in only if n not in listed]
+    if unknown:
+        raise VdotError(f"no program named {', '.join(unknown)}; this run has {', '.join(listed)}")
+    for name in only or listed:
+        jitted, args = listed[name]
         if platform == "cuda":
             t0 = time.perf_counter()
             try:
