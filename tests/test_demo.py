@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from vdot_jax.cli import main as vdot
-from vdot_jax.demo import START, SUMMARY, VARIANTS, DemoPlan, _teacher_name, aggregate, compare, goodness
+from vdot_jax.demo import (START, SUMMARY, VARIANTS, DemoPlan, _teacher_name, aggregate, compare, difference_table,
+                           goodness)
 from vdot_jax.data.toy_world import TASKS
 
 
@@ -66,6 +67,8 @@ def test_seeds_mean_sd_and_differences_beyond_the_spread():
     better, worse = compare(means, "a", "b", sds)
     # accuracy: 0.6 vs 0.4, |diff| 0.2 > 0.1 + 0 -> marked; artifacts 0.2 vs 0.2: equal, in neither list
     assert better == ["caption acc*"] and worse == []
+    table = difference_table(means, "a", ["b"], sds)  # the same verdicts, as signed differences
+    assert "| a - b | +0.200 (better*) |" in table and "+0.000 (same)" in table
     means["b"]["all/attr_acc"] = 0.55  # 0.05 < 0.1: better, but within the spread
     assert compare(means, "a", "b", sds)[0] == ["caption acc"]
     one, none = aggregate(runs[:1])
@@ -77,6 +80,27 @@ def test_goodness_directions():
     assert goodness("all/fragmented", 0.1) > goodness("all/fragmented", 0.2)
     # sharpness: closeness to 1 on a log scale, so 0.5 and 2 tie and both lose to 0.9
     assert goodness("all/sharpness", 0.5) == goodness("all/sharpness", 2.0) < goodness("all/sharpness", 0.9)
+
+
+def test_precompiled_programs_are_the_ones_the_run_meets():
+    """``precompile`` compiles (phase, latent frames) from ``_programs``; they must be exactly what the training loop
+    meets, or the run compiles again (a frame count missed, e.g. the reference frame of r2v steps) or compiles
+    for nothing (a program the run never meets makes ``--quick`` slower)."""
+    from vdot_jax.demo import _programs, _with_frames, make_batches
+    from vdot_jax.distill.steps import phases_for
+
+    plan = DemoPlan(steps=30, batch=2)
+    batches = make_batches(plan)
+    met = set()
+    for step in range(plan.steps):
+        batch = next(batches)
+        met.update((name, batch["latents"].shape[-3]) for gan in (False, True)
+                   for name in phases_for(step, plan.ttur, gan))
+    assert len({f for _, f in met}) == 2  # this stretch has r2v steps (one reference frame) and others
+    assert _programs(plan) == met
+    longer = _with_frames(batch, 7)
+    assert longer["latents"].shape[-3] == longer["context"].shape[-3] == 7
+    assert longer["text"] is batch["text"] and _with_frames(longer, 5)["latents"].shape == (1, 2, 12, 5, 16, 16)
 
 
 def test_demo_refuses_bad_seeds(capsys):
@@ -126,8 +150,9 @@ def test_seeds_report_path_with_stub_training(tmp_path, monkeypatch):
 
     monkeypatch.setattr(demo, "distill", fake_distill)
     monkeypatch.setattr(demo, "evaluate_methods", fake_methods)
+    monkeypatch.setattr(demo, "precompile", lambda *a, **k: 0)
     plan = DemoPlan.quick()
-    means = demo.run_demo(tmp_path, plan=plan, seeds=2, log=lambda s: None)
+    means = demo.run_demo(tmp_path, plan=plan, seeds=2, log=lambda s: None, keep_clips=True)
     assert [s for s, _ in seen] == [0, 1] and seen[1][1] == "compiled"  # the second seed reuses the programs
     assert means["student VDOT"]["all/attr_acc"] == pytest.approx(0.55 + 0.01 * 5)
     text = (tmp_path / "report.md").read_text()
@@ -136,3 +161,8 @@ def test_seeds_report_path_with_stub_training(tmp_path, monkeypatch):
     per_seed = json.loads((tmp_path / "metrics_per_seed.json").read_text())
     assert [r["student VDOT"]["all/attr_acc"] for r in per_seed] == pytest.approx([0.55, 0.65])
     assert (tmp_path / "metrics_sd.json").exists() and (tmp_path / "grid_all.gif").exists()
+    # --rescore: the saved clips (here the real ones) scored again with the metrics -- not the stubs' numbers
+    rescored = demo.rescore(tmp_path, log=lambda s: None)
+    assert rescored["student VDOT"]["all/attr_acc"] == 1.0 and rescored["student VDOT"]["nfe"] == 4
+    assert "| student VDOT | 4 ± 0 | 0.100 ± 0.000 | 1.000 ± 0.000 |" in (tmp_path / "report.md").read_text()
+    assert len(json.loads((tmp_path / "metrics_per_seed.json").read_text())) == 2

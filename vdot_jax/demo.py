@@ -174,6 +174,73 @@ def distill(plan: DemoPlan, teacher, log: Callable[[str], None] = _log, distille
     return students, histories, distiller
 
 
+def _programs(plan: DemoPlan) -> set[tuple[str, int]]:
+    """(phase, latent frames) of every program the students' distillation runs: the phases of each step
+    (``phases_for``, with and without the GAN) at the frame count of that step's task (reference images add
+    frames)."""
+    from vdot_jax.data.pipeline import ToySource
+    from vdot_jax.distill.steps import phases_for
+
+    src = ToySource(data_config(plan), encoder=None)
+    refs = {t: src.world.sample_batch(np.random.default_rng(0), 1, t).refs.shape[1] for t in src.tasks}
+    out = set()
+    for step in range(plan.steps):
+        frames = TOY_WORLD["frames"] + refs[src.step_task(step)]
+        for use_gan in sorted({gan for _, gan in VARIANTS.values()}):
+            out.update((name, frames) for name in phases_for(step, plan.ttur, use_gan))
+    return out
+
+
+def _with_frames(batch: dict, frames: int) -> dict:
+    """``batch`` with its latent and context frame axes cut or zero-padded to ``frames`` (shapes for lowering)."""
+    out = dict(batch)
+    for k in ("latents", "context"):
+        x = batch[k][..., :frames, :, :]
+        pad = [(0, 0)] * x.ndim
+        pad[-3] = (0, frames - x.shape[-3])
+        out[k] = np.pad(x, pad)
+    return out
+
+
+def precompile(plan: DemoPlan, teacher, ev: "EvalSet", log: Callable[[str], None] = _log) -> int:
+    """Compile every program of the run -- each distillation phase at each batch shape it meets, each evaluation
+    sampler at each group shape -- before it starts, on as many threads as there are cores; returns how many.
+
+    One XLA:CPU compile keeps ~1.3-1.4 cores busy on average (measured on 2 cores), so two at a time fill both and
+    save ~a quarter of the compile time of one after another. The programs land in the persistent compilation cache (``vdot demo`` always sets
+    one), where the training loop's and the evaluation's own compile requests find them; without a cache this
+    does nothing."""
+    import jax
+    from concurrent.futures import ThreadPoolExecutor
+    from flax import nnx
+
+    from vdot_jax.distill.critic import critic_from_teacher
+    from vdot_jax.distill.steps import Distiller
+
+    if not jax.config.jax_compilation_cache_dir:
+        return 0
+    t0 = time.time()
+    config = distill_settings(plan, teacher.cfg.num_layers)
+    critic = critic_from_teacher(teacher, rngs=nnx.Rngs(plan.seed + 1), token_dim=config.gan.token_dim,
+                                 num_heads=config.gan.num_heads, ffn_dim=config.gan.ffn_dim)
+    distiller = Distiller(teacher, critic, teacher, config)
+    state = distiller.init_state(teacher, critic, teacher, seed=plan.seed)
+    example = next(make_batches(plan))
+    graphdef, params = nnx.split(teacher)
+    threads = os.cpu_count() or 2
+    with ThreadPoolExecutor(threads) as pool:  # lowering (Python) here, compiling (XLA, no GIL) in the pool
+        futures = [pool.submit(distiller.phase(name).lower(state, _with_frames(example, frames)).compile)
+                   for name, frames in sorted(_programs(plan))]
+        for steps, shift, guidance in _eval_settings(plan):
+            for fn, args in _sampler_jobs(graphdef, params, ev, steps=steps, shift=shift, guidance=guidance,
+                                          seed=plan.seed):
+                futures.append(pool.submit(fn.jitted.lower(*args).compile))
+        for f in futures:
+            f.result()
+    log(f"compiled {len(futures)} programs on {threads} threads in {time.time() - t0:.0f} s")
+    return len(futures)
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -231,6 +298,17 @@ def _concat(a, b):
     return type(a)(**fields)
 
 
+def _sampler_jobs(graphdef, params, ev: EvalSet, *, steps: int, shift: float, guidance: float, seed: int):
+    """[(denoising program, args)] for each group of the evaluation set (one program per setting and group shape)."""
+    import jax
+
+    from vdot_jax.sampling.model_sampler import model_sampler
+
+    fn = model_sampler(graphdef, steps=steps, shift=shift, guidance=guidance)
+    return [(fn, (params, jax.random.normal(jax.random.key(seed + g), a["latents"].shape), a["text"],
+                  a["neg_text"], a["context"])) for g, (_, a) in enumerate(ev.groups)]
+
+
 def generate_eval(graphdef, params, ev: EvalSet, *, steps: int, shift: float, guidance: float, seed: int):
     """Decoded clips [N, 3, T, H, W] in [-1, 1] for the whole evaluation set, and seconds spent."""
     import jax
@@ -239,15 +317,11 @@ def generate_eval(graphdef, params, ev: EvalSet, *, steps: int, shift: float, gu
     from vdot_jax.models.toy_vae import ToyVAE
 
     vae = ToyVAE(toy_vae_config(data_config(DemoPlan())))
-    from vdot_jax.sampling.model_sampler import model_sampler
-
-    fn = model_sampler(graphdef, steps=steps, shift=shift, guidance=guidance)
     clips = [None] * len(ev.batch.task)
     seconds = 0.0
-    for g, (idx, a) in enumerate(ev.groups):
-        noise = jax.random.normal(jax.random.key(seed + g), a["latents"].shape)
-        args = (params, noise, a["text"], a["neg_text"], a["context"])
-        compiled, _ = fn.compile(*args)  # compilation stays outside the clock (once per input shape)
+    jobs = _sampler_jobs(graphdef, params, ev, steps=steps, shift=shift, guidance=guidance, seed=seed)
+    for (idx, _), (fn, args) in zip(ev.groups, jobs):
+        compiled, _ = fn.compile(*args)  # compilation stays outside the clock (once per program and input shape)
         t0 = time.time()
         z = jax.block_until_ready(compiled(*args))
         seconds += time.time() - t0
@@ -265,8 +339,9 @@ SUMMARY = [
     ("nfe", "network evals", ".0f"), ("sec_per_clip", "s / clip", ".3f"), ("all/attr_acc", "caption acc", ".3f"),
     ("edit/kept_psnr", "kept-region PSNR", ".1f"), ("control/control_iou", "control IoU", ".3f"),
     ("grey/grey_psnr", "grey PSNR", ".1f"), ("all/artifact", "artifacts", ".3f"),
-    ("all/fragmented", "fragmented frames", ".3f"), ("all/sharpness", "sharpness (1 = real)", ".2f"),
-    ("all/sinkhorn", "Sinkhorn distance", ".3f"), ("coverage/tv", "coverage TV", ".3f"),
+    ("all/detect", "object shown", ".3f"), ("all/fragmented", "fragmented frames", ".3f"),
+    ("all/sharpness", "sharpness (1 = real)", ".2f"), ("all/sinkhorn", "Sinkhorn distance", ".3f"),
+    ("coverage/tv", "coverage TV", ".3f"),
 ]
 QUALITY = [(k, h) for k, h, _ in SUMMARY if k not in ("nfe", "sec_per_clip")]  # what "better" is judged on
 LOWER_IS_BETTER = {"all/artifact", "all/fragmented", "all/sinkhorn", "coverage/tv", "nfe", "sec_per_clip"}
@@ -320,6 +395,26 @@ def compare(rows: dict, a: str, b: str, spread: dict | None = None) -> tuple[lis
     return better, worse
 
 
+def difference_table(rows: dict, a: str, others: list[str], spread: dict | None = None) -> str:
+    """Markdown: one row per baseline b in ``others``, one column per quality metric; each cell is the difference
+    a - b in the metric's units and whether that is better or worse for ``a``, with '*' when it exceeds the two
+    sds together (``compare``'s rule)."""
+    from vdot_jax.eval.report import markdown_table
+
+    fmt = {k: f for k, _, f in SUMMARY}
+    cells = {}
+    for b in others:
+        better, worse = compare(rows, a, b, spread)
+        row = {}
+        for key, header in QUALITY:
+            verdict = next((("better" if h in better else "worse") + h[len(header):] for h in better + worse
+                            if h.rstrip("*") == header), "same")
+            diff = rows[a].get(key, np.nan) - rows[b].get(key, np.nan)
+            row[key] = "-" if not np.isfinite(diff) else f"{diff:+{fmt[key]}} ({verdict})"
+        cells[f"{a.split('student ')[-1]} - {b}"] = row
+    return markdown_table(cells, [(k, h, "s") for k, h in QUALITY])
+
+
 def aggregate(runs: list[dict]) -> tuple[dict, dict]:
     """Per-seed {row: {key: value}} -> (means, sample sds; NaN with one seed)."""
     means, sds = {}, {}
@@ -339,30 +434,54 @@ def _teacher_name(steps: int, guidance: float, shift: float | None = None) -> st
     return f"teacher {steps} steps, {cfg}" + (f", shift {shift:g}" if shift is not None else "")
 
 
-def evaluate_methods(plan: DemoPlan, graphdef, methods: dict, ev: EvalSet, log=_log) -> tuple[dict, dict]:
-    """{name: (params, steps, shift, guidance)} -> ({name: summary metrics}, {name: clips}); noise from plan.seed."""
+def score(plan: DemoPlan, ev: EvalSet, video, **extra) -> dict:
+    """Summary metrics of clips [N, 3, T, H, W] for the evaluation set (``extra``: nfe, sec_per_clip)."""
     from vdot_jax.eval.toy_metrics import evaluate
 
+    return {**summarise(evaluate(video, ev.batch, min_group=min(8, plan.coverage_per_prompt))), **extra}
+
+
+def _eval_methods(plan: DemoPlan, teacher_params, students: dict) -> dict:
+    """{row name: (params, steps, shift, guidance)} of the report's sampled rows."""
+    return {
+        _teacher_name(plan.teacher_steps, plan.guidance): (teacher_params, plan.teacher_steps, plan.teacher_shift,
+                                                            plan.guidance),
+        _teacher_name(plan.student_steps, plan.guidance): (teacher_params, plan.student_steps, plan.teacher_shift,
+                                                            plan.guidance),
+        START: (teacher_params, plan.student_steps, plan.student_shift, 1.0),  # every student's starting point
+        **{name: (params, plan.student_steps, plan.student_shift, 1.0) for name, params in students.items()},
+    }
+
+
+def _eval_settings(plan: DemoPlan) -> list[tuple[int, float, float]]:
+    """The distinct (steps, shift, guidance) the evaluation samples with (one program per group shape each)."""
+    return list(dict.fromkeys(m[1:] for m in _eval_methods(plan, None, dict.fromkeys(VARIANTS)).values()))
+
+
+def evaluate_methods(plan: DemoPlan, graphdef, methods: dict, ev: EvalSet, log=_log) -> tuple[dict, dict]:
+    """{name: (params, steps, shift, guidance)} -> ({name: summary metrics}, {name: clips}); noise from plan.seed."""
     rows, clips = {}, {}
     for name, (params, steps, shift, guidance) in methods.items():
         video, seconds = generate_eval(graphdef, params, ev, steps=steps, shift=shift, guidance=guidance,
                                        seed=plan.seed)
-        m = summarise(evaluate(video, ev.batch, min_group=min(8, plan.coverage_per_prompt)))
-        m["nfe"] = steps * (2 if guidance != 1.0 else 1)
-        m["sec_per_clip"] = seconds / len(ev.batch.task)
+        m = score(plan, ev, video, nfe=steps * (2 if guidance != 1.0 else 1),
+                  sec_per_clip=seconds / len(ev.batch.task))
         rows[name], clips[name] = m, video
         log(f"  {name}: caption acc {m['all/attr_acc']:.3f}, fragmented {m['all/fragmented']:.3f}, "
             f"sharpness {m['all/sharpness']:.2f}, Sinkhorn {m['all/sinkhorn']:.3f}")
     return rows, clips
 
 
-def run_demo(out_dir: str | os.PathLike = "vdot_demo", quick: bool = False, plan: DemoPlan | None = None,
-             log: Callable[[str], None] = _log, seeds: int = 1) -> dict:
-    """Distil (``seeds`` times: seeds plan.seed .. plan.seed + seeds - 1), evaluate and write the report; returns
-    the summary rows (means over seeds)."""
-    from flax import nnx
+REAL = "real clips (reference)"
+CLIPS = "clips_seed{}.npz"  # --keep-clips: one file per seed, what `rescore` reads
 
-    from vdot_jax.eval.toy_metrics import evaluate
+
+def run_demo(out_dir: str | os.PathLike = "vdot_demo", quick: bool = False, plan: DemoPlan | None = None,
+             log: Callable[[str], None] = _log, seeds: int = 1, keep_clips: bool = False) -> dict:
+    """Distil (``seeds`` times: seeds plan.seed .. plan.seed + seeds - 1), evaluate and write the report; returns
+    the summary rows (means over seeds). ``keep_clips`` also writes every method's evaluation clips per seed
+    (OUT/clips_seed<N>.npz, ~25 MB each) so that ``rescore`` can re-make the report with other metrics."""
+    from flax import nnx
 
     if int(seeds) < 1:
         raise ValueError(f"--seeds must be at least 1, got {seeds}")
@@ -375,8 +494,10 @@ def run_demo(out_dir: str | os.PathLike = "vdot_demo", quick: bool = False, plan
     log(f"loaded the toy teacher ({teacher.cfg.describe()}); distilling 3 students x {plan.steps} steps "
         f"x {seeds} seed(s)")
     ev = eval_set(plan)
-    t50 = _teacher_name(plan.teacher_steps, plan.guidance)
-    t4 = _teacher_name(plan.student_steps, plan.guidance)
+    t0 = time.time()
+    precompile(plan, teacher, ev, log)
+    timer.marks["compile"] = time.time() - t0
+    (out / "plan.json").write_text(json.dumps(dataclasses.asdict(plan), indent=2))
     runs, histories, clips, distiller = [], [], None, None
     for seed in range(plan.seed, plan.seed + int(seeds)):
         p = dataclasses.replace(plan, seed=seed)
@@ -385,18 +506,18 @@ def run_demo(out_dir: str | os.PathLike = "vdot_demo", quick: bool = False, plan
         timer.marks["distill"] = timer.marks.get("distill", 0.0) + time.time() - t0
         log(f"seed {seed}: evaluating {len(ev.batch.task)} clips per method")
         t0 = time.time()
-        methods = {
-            t50: (teacher_params, plan.teacher_steps, plan.teacher_shift, plan.guidance),
-            t4: (teacher_params, plan.student_steps, plan.teacher_shift, plan.guidance),
-            START: (teacher_params, plan.student_steps, plan.student_shift, 1.0),  # every student's starting point
-            **{name: (params, plan.student_steps, plan.student_shift, 1.0) for name, params in students.items()},
-        }
-        rows, seed_clips = evaluate_methods(p, graphdef, methods, ev, log)
-        rows["real clips (reference)"] = summarise(evaluate(ev.batch.video, ev.batch,
-                                                            min_group=min(8, plan.coverage_per_prompt)))
+        rows, seed_clips = evaluate_methods(p, graphdef, _eval_methods(plan, teacher_params, students), ev, log)
+        rows[REAL] = score(plan, ev, ev.batch.video)
         timer.marks["evaluate"] = timer.marks.get("evaluate", 0.0) + time.time() - t0
         runs.append(rows)
         histories.append(hist)
+        if keep_clips:
+            np.savez_compressed(out / CLIPS.format(seed), names=np.array(list(seed_clips)),
+                                clips=np.stack(list(seed_clips.values())),
+                                nfe=np.array([rows[n]["nfe"] for n in seed_clips]),
+                                sec_per_clip=np.array([rows[n]["sec_per_clip"] for n in seed_clips]))
+            (out / "histories.json").write_text(json.dumps(histories))
+            (out / "timing.json").write_text(json.dumps(timer.marks))
         clips = clips or seed_clips  # the grid shows the first seed
     means, sds = aggregate(runs)
     t0 = time.time()
@@ -404,9 +525,42 @@ def run_demo(out_dir: str | os.PathLike = "vdot_demo", quick: bool = False, plan
     timer.marks["report"] = time.time() - t0
     total = time.time() - timer.t0
     log(f"vdot demo: wrote {out / 'report.md'} in {total / 60:.1f} min "
-        f"(distillation {timer.marks['distill']:.0f} s, evaluation {timer.marks['evaluate']:.0f} s; "
+        f"(compilation ahead {timer.marks['compile']:.0f} s, distillation {timer.marks['distill']:.0f} s, "
+        f"evaluation {timer.marks['evaluate']:.0f} s; "
         f"{seeds} seed(s){'' if seeds > 1 else ': margins are single-seed, see --seeds'})")
     return means
+
+
+def rescore(out_dir: str | os.PathLike, log: Callable[[str], None] = _log) -> dict:
+    """Re-make OUT's report from the clips a ``--keep-clips`` run saved, with the current metrics (no
+    distillation, no sampling); every saved seed counts. Returns the summary rows (means over seeds)."""
+    out = Path(out_dir)
+    files = sorted(out.glob(CLIPS.format("*")), key=lambda f: int(f.stem.split("seed")[1]))
+    if not files or not (out / "plan.json").exists():
+        raise FileNotFoundError(f"{out} has no clips_seed<N>.npz and plan.json: make it with `vdot demo "
+                                "--keep-clips`")
+    plan = DemoPlan(**json.loads((out / "plan.json").read_text()))
+    ev = eval_set(plan)
+    histories = json.loads((out / "histories.json").read_text())[:len(files)]
+    timer = Timer()
+    timer.marks = json.loads((out / "timing.json").read_text())
+    runs, clips = [], None
+    for f in files:
+        z = np.load(f)
+        seed_clips = dict(zip(map(str, z["names"]), z["clips"]))
+        rows = {n: score(plan, ev, v, nfe=float(k), sec_per_clip=float(sec))
+                for (n, v), k, sec in zip(seed_clips.items(), z["nfe"], z["sec_per_clip"])}
+        rows[REAL] = score(plan, ev, ev.batch.video)
+        runs.append(rows)
+        clips = clips or seed_clips
+        log(f"rescored {f.name}")
+    means, sds = aggregate(runs)
+    write_report(out, plan, means, sds if len(runs) > 1 else None, histories, clips, ev, timer, runs)
+    log(f"vdot demo: re-made {out / 'report.md'} from {len(runs)} seed(s)")
+    return means
+
+
+TIME_MARKS = (("compile", "compilation ahead"), ("distill", "distillation"), ("evaluate", "evaluation"))
 
 
 def _mean_curves(histories: list[dict]) -> dict:
@@ -480,8 +634,10 @@ def write_report(out: Path, plan: DemoPlan, rows: dict, spread: dict | None, his
         "Caption accuracy: colour, shape and motion read off the pixels, over the attributes the prompt or "
         "condition fixes. Kept-region PSNR: editing and extension tasks, against the source where the mask "
         "keeps it. Control IoU: the generated object against the depth / edge map's object. Artifacts: "
-        "fraction of off-world pixels. Fragmented frames: frames whose object is split into several pieces "
-        "(real clips: 0). Sharpness: high-frequency energy against the real clips of the same samples (1 = as "
+        "fraction of off-world pixels. Object shown: fraction of frames with an object of at least 3 pixels "
+        "(real clips: 1; a sampler that returns the conditional mean smears a moving object below the colour "
+        "threshold). Fragmented frames: of the frames showing an object, those whose object is split into several "
+        "pieces (real clips: 0). Sharpness: high-frequency energy against the real clips of the same samples (1 = as "
         "sharp; below 1 blurred, above 1 noisy or fragmented). Sinkhorn distance: debiased Sinkhorn divergence "
         "(ott-jax) between features of generated and real clips. Coverage TV: total variation from uniform of "
         "the unspecified attribute (0 = all values equally; the real-clips row is its sampling floor).",
@@ -498,6 +654,14 @@ def write_report(out: Path, plan: DemoPlan, rows: dict, spread: dict | None, his
         lines.append(f"- Against the {other.split('student ')[1]} student: {sentence(vdot, other)}.")
     lines.append(f"- The teacher at {plan.teacher_steps} steps against itself at {plan.student_steps}: "
                  f"{sentence(t50, t4)}.")
+    lines += [
+        "",
+        "The VDOT student minus each baseline (in each metric's units; 'better' / 'worse' for VDOT"
+        + (", '*' where the difference exceeds the two sds together" if spread else ", one seed: no spread")
+        + "):",
+        "",
+        difference_table(rows, vdot, [t50, t4, START, "student DMD only", "student OT only"], spread),
+    ]
     per_task = {n: rows[n] for n in names}
     lines += [
         "",
@@ -517,8 +681,8 @@ def write_report(out: Path, plan: DemoPlan, rows: dict, spread: dict | None, his
         "nearest-neighbour); `grid_<task>.mp4/.gif`: one task",
         "- `metrics.json`: every metric (means), `metrics_per_seed.json`",
         "",
-        f"Time: distillation {timer.marks.get('distill', 0):.0f} s, evaluation {timer.marks.get('evaluate', 0):.0f} s "
-        f"on this machine ({nseeds} seed(s)).",
+        "Time: " + ", ".join(f"{label} {timer.marks[k]:.0f} s" for k, label in TIME_MARKS if k in timer.marks)
+        + f" on this machine ({nseeds} seed(s)).",
     ]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "metrics.json").write_text(json.dumps(rows, indent=2, default=float))

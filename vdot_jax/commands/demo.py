@@ -6,7 +6,7 @@ import os
 
 
 def run(args) -> None:
-    from vdot_jax.commands.common import check_numbers, check_output_folder
+    from vdot_jax.commands.common import UserError, check_numbers, check_output_folder
 
     check_numbers(args, positive=("steps", "seeds"))
     check_output_folder(args.out)
@@ -19,15 +19,21 @@ def run(args) -> None:
     cache = os.path.expanduser(os.environ.get("VDOT_COMPILATION_CACHE", "~/.cache/vdot-jax/xla"))
     jax.config.update("jax_compilation_cache_dir", cache)  # a second run skips compilation
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    from vdot_jax.demo import DemoPlan, run_demo, sweep_teacher
+    from vdot_jax.demo import DemoPlan, rescore, run_demo, sweep_teacher
 
     if args.sweep_teacher:
         sweep_teacher(args.out)
         return
+    if args.rescore:
+        try:
+            rescore(args.out)
+        except FileNotFoundError as e:
+            raise UserError(str(e)) from None
+        return
     plan = DemoPlan.quick() if args.quick else DemoPlan()
     if args.steps is not None:
         plan.steps = args.steps
-    run_demo(args.out, plan=plan, seeds=args.seeds)
+    run_demo(args.out, plan=plan, seeds=args.seeds, keep_clips=args.keep_clips)
 
 
 def register(sub) -> None:
@@ -48,6 +54,12 @@ def register(sub) -> None:
     p.add_argument("--seeds", type=int, default=1,
                    help="distil every student with this many seeds and report mean ± sd per metric, marking the "
                         "differences larger than the spread (default 1: single-seed margins; 3 takes ~3x as long)")
+    p.add_argument("--keep-clips", action="store_true",
+                   help="also write every method's evaluation clips (OUT/clips_seed<N>.npz, ~25 MB per seed) so that "
+                        "--rescore can re-make the report later")
+    p.add_argument("--rescore", action="store_true",
+                   help="instead: re-make OUT's report from the clips a --keep-clips run saved there, with the "
+                        "current metrics (no distillation or sampling)")
     p.add_argument("--sweep-teacher", action="store_true",
                    help="instead: measure the teacher's sampling settings (steps, CFG, shift) on held-out clips and "
                         "write OUT/teacher_sweep.md (how docs/demo/teacher_sweep.md was made)")
