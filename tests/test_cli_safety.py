@@ -112,15 +112,20 @@ def test_check_workdir_accepts_new_empty_and_its_own(tmp_path):
 def test_ctrl_c_stops_like_sigterm_and_a_second_aborts():
     from vdot_jax.train.loop import _StopFlag
 
-    flag = _StopFlag(catch_int=True)
+    # A known start: a pytest-xdist worker may inherit SIGINT ignored, and restore() must give back what was there.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        os.kill(os.getpid(), signal.SIGINT)
-        assert flag.set and flag.signal == "SIGINT"  # first Ctrl-C: a flag, the loop saves and stops
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)  # second: at once
+        flag = _StopFlag(catch_int=True)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert flag.set and flag.signal == "SIGINT"  # first Ctrl-C: a flag, the loop saves and stops
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)  # second: at once
+        finally:
+            flag.restore()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
-        flag.restore()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, before)
 
 
 def test_train_cli_reports_ctrl_c_in_one_line(tmp_path, capsys, monkeypatch):
