@@ -173,4 +173,11 @@ def table(plan: Plan) -> str:
         status = ("compiled" if r.measured else "lowered") if r.ok else "FAILED"
         lines.append(f"{r.name:22s} {status:10s} {g(r.argument_bytes)} {g(r.output_bytes)} {g(r.temp_bytes)} "
                      f"{g(r.alias_bytes)} {g(r.peak_bytes)} {tf} {r.seconds:9.1f}  {fits}")
+    lines.append(FLOPS_NOTE)
     return "\n".join(lines)
+
+
+# XLA's cost model (checked on CPU: a 10-iteration scan reports one iteration's FLOPs) does not multiply loop
+# bodies by their trip counts, and Pallas/cuDNN custom calls count zero.
+FLOPS_NOTE = ("TFLOP: XLA's cost_analysis per device, which counts each loop body once (the layer scan, the "
+              "micro-batch scan, the sampling loop) and attention kernels as zero -- not the FLOPs of a step")
