@@ -298,3 +298,36 @@ def test_tapped_scan_copies_no_weights_and_matches_the_plain_scan():
     out, feats, _ = tapped_c(s)
     np.testing.assert_allclose(np.asarray(out), np.asarray(plain_c(s)), atol=1e-5)
     assert len(feats) == 1
+
+
+@pytest.mark.slow  # two TPU compiles, ~1.5 min on 2 cores
+def test_offload_policy_keeps_layer_inputs_in_host_memory_on_tpu():
+    """``remat="offload"``: each scanned layer's input (the residual stream the backward restarts from) is saved
+    in the host's memory instead of HBM. Compiled for one TPU chip, the device temporaries shrink by about the
+    saved inputs and as much appears as host temporaries. (Values and gradients: tests/test_wan.py.)"""
+    from flax import nnx
+
+    from vdot_jax.models.config import WanConfig
+    from vdot_jax.models.wan import WanModel
+    from vdot_jax.parallel.mesh import topology_devices
+
+    cfg = WanConfig(dim=128, ffn_dim=128, num_heads=2, num_layers=6, text_dim=16, freq_dim=16)
+    model = WanModel(cfg, rngs=nnx.Rngs(0))
+    g, s = nnx.split(model)
+    x = jax.ShapeDtypeStruct((1, 16, 8, 64, 64), jnp.float32)  # 8,192 tokens: the saved inputs dominate
+    t, txt = jax.ShapeDtypeStruct((1,), jnp.float32), jax.ShapeDtypeStruct((1, 4, 16), jnp.float32)
+    chip = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(topology_devices("v5e:2x2")[:1]), ("d",)),
+                                     jax.sharding.PartitionSpec())
+
+    def compiled(remat):
+        m = nnx.merge(g, s)
+        m.set_runtime(remat=remat, attention="splash")
+        gd, st = nnx.split(m)
+        grad = jax.jit(jax.grad(lambda p, *a: jnp.mean(nnx.merge(gd, p)(*a) ** 2)), in_shardings=chip)
+        return grad.lower(st, x, t, txt).compile().memory_analysis()
+
+    full, offload = compiled("full"), compiled("offload")
+    saved = cfg.num_layers * 8192 * cfg.dim * 4  # one fp32 [tokens, dim] input per layer
+    assert full.host_temp_size_in_bytes == 0
+    assert offload.host_temp_size_in_bytes >= saved
+    assert offload.temp_size_in_bytes <= full.temp_size_in_bytes - saved / 2

@@ -103,7 +103,7 @@ def test_bf16_compute_close_to_fp32(pair):
     assert rel > 1e-5  # it really ran in bf16
 
 
-@pytest.mark.parametrize("remat", ["full", "dots"])
+@pytest.mark.parametrize("remat", ["full", "dots", "offload"])
 def test_remat_keeps_values_and_gradients(pair, remat):
     cfg, _, model = pair
     x, t, text, ctx = inputs(cfg, (3, 4, 4), batch=1)

@@ -10,6 +10,7 @@ exist (with no model directory at ``config.model.teacher``, ``--model PRESET`` n
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import sys
@@ -35,7 +36,7 @@ def plan_config(config, topology: str, mesh: str | None, *, frames: int, height:
     from vdot_jax.parallel.mesh import MeshError, describe, hbm_bytes, make_mesh, topology_devices
     from vdot_jax.train.config import ConfigError
     from vdot_jax.train.loop import build
-    from vdot_jax.train.plan import check
+    from vdot_jax.train.plan import check, step_flops
 
     platform, n = target(topology)
     if platform == "tpu":
@@ -69,8 +70,12 @@ def plan_config(config, topology: str, mesh: str | None, *, frames: int, height:
             f"{'%d GiB HBM each' % (hbm // 2**30) if hbm else 'memory measured only on a GPU'}); mesh "
             f"{describe(device_mesh)}; attention {m.attention}, compute {m.dtype}, remat {m.remat}; global batch "
             f"{run.batch_size} x {config.optim.accumulation} micro-batches; video {frames}x{height}x{width}")
+    # FLOPs from the same programs with XLA attention, whose matmuls are visible (a kernel's are not)
+    counted = copy.deepcopy(config)
+    counted.model.attention = "ulysses:xla" if m.attention.startswith("ulysses") else "xla"
+    flops = step_flops(build(counted, device_mesh), frames, height, width, only)
     plan = check(run, frames, height, width, hbm_bytes=hbm, platform="cuda" if platform == "cuda" else None,
-                 log=log, keep_text=keep_text, only=only)
+                 log=log, keep_text=keep_text, only=only, flops=flops)
     return run, plan
 
 

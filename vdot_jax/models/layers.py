@@ -12,6 +12,7 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 F32 = jnp.float32
 
@@ -20,6 +21,11 @@ REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # full, and each layer's input (the residual stream the backward restarts from) kept in host memory
+    # instead of the accelerator's: the largest saved activation at video lengths (docs/scaling.md)
+    "offload": jax.checkpoint_policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=(), names_which_can_be_offloaded=("layer_input",), offload_src="device",
+        offload_dst="pinned_host"),
 }
 
 
@@ -103,14 +109,14 @@ def scan_layers(stack: nnx.Module, body, carry, xs, remat: str, layers: tuple[in
 
         def step(c, inputs):
             layer_state, x = inputs
-            return body(nnx.merge(graphdef, layer_state), c, x)
+            return body(nnx.merge(graphdef, layer_state), _named(c), x)
 
         scanned = (state, xs)
     else:
         def step(c, inputs):
             i, x = inputs
             layer_state = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), state)
-            return body(nnx.merge(graphdef, layer_state), c, x)
+            return body(nnx.merge(graphdef, layer_state), _named(c), x)
 
         scanned = (jnp.arange(start, stop), xs)
 
@@ -118,6 +124,11 @@ def scan_layers(stack: nnx.Module, body, carry, xs, remat: str, layers: tuple[in
     if remat != "none":
         step = jax.checkpoint(step, policy=policy, prevent_cse=False)
     return jax.lax.scan(step, carry, scanned)
+
+
+def _named(carry):
+    """The layer's input, named for the ``offload`` policy (a no-op under the others)."""
+    return jax.tree.map(lambda a: checkpoint_name(a, "layer_input"), carry)
 
 
 def _differentiated(tree) -> bool:

@@ -47,7 +47,9 @@ class PatchEmbed(nnx.Module):
         x = x.astype(dtype).reshape(b, c, f // pt, pt, h // ph, ph, w // pw, pw)
         y = jnp.einsum("bcfihjwk,ijkcd->bfhwd", x, self.kernel[...].astype(dtype))
         y = y + self.bias[...].astype(dtype)
-        return y.reshape(b, -1, y.shape[-1])
+        # placed as every token activation: left to propagation, the kernel's embed split (fsdp) wins and each
+        # device computes a slice of the features for the whole global batch
+        return constrain(y.reshape(b, -1, y.shape[-1]), "batch", "seq", None)
 
 
 class Attention(nnx.Module):
@@ -267,7 +269,7 @@ class WanModel(nnx.Module):
         c = self.vace_patch_embedding(context, kw["dtype"])
         # Fewer context frames than latent frames: the missing tokens are zeros (as the reference pads).
         c = jnp.pad(c, ((0, 0), (0, tokens.shape[1] - c.shape[1]), (0, 0)))
-        c = (self.vace_proj_in(c, kw["dtype"]) + tokens).astype(F32)
+        c = constrain((self.vace_proj_in(c, kw["dtype"]) + tokens).astype(F32), "batch", "seq", None)
 
         def body(block, cs, s):
             cs, hint = block(cs, text, mod, rope, **kw)

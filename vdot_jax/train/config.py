@@ -66,7 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
     # vdot_jax.models.attention: auto (splash on TPU, cudnn on GPU, xla on CPU; Ulysses when mesh context > 1)
     # | xla | cudnn | splash[:block_q=N,block_kv=N] | ulysses:<inner>
     m.attention = "auto"
-    m.remat = "none"  # none | full | dots | dots_no_batch
+    m.remat = "none"  # none | full | dots | dots_no_batch | offload (full, layer inputs in host memory)
     m.vae = ""  # model directory (or VAE checkpoint) for encoder "wan" and sample decoding
     m.text_encoder = ""  # model directory (or umT5 checkpoint) for encoder "wan"
 

@@ -24,6 +24,7 @@ from vdot_jax.distill.steps import PHASES
 from vdot_jax.errors import VdotError
 from vdot_jax.models.toy_vae import ToyVAE
 from vdot_jax.parallel.aot import cuda_lowering, kernels_outside_shard_map
+from vdot_jax.parallel.flops import matmul_flops
 from vdot_jax.parallel.logical import activate
 from vdot_jax.parallel.sharding import CompileReport, compile_program
 from vdot_jax.sampling.model_sampler import model_sampler
@@ -108,15 +109,36 @@ def phase_names(config) -> tuple[str, ...]:
     return tuple(p for p in PHASES if gan or "gan" not in p)
 
 
+def step_flops(run, frames: int, height: int, width: int, only: tuple[str, ...] = ()) -> dict[str, float]:
+    """Per-device matmul FLOPs of one execution of each program of ``run`` (``parallel.flops``: loops
+    multiplied out, the mesh's work spread evenly over its devices). Build ``run`` with XLA attention so that
+    attention's matmuls count (a Pallas or cuDNN kernel counts zero). The rollout's no-grad steps before the
+    random exit are a data-dependent loop, counted at their mean, (steps - 1) / 2."""
+    trips = (run.trainer.schedule.steps - 1) / 2 if run.mode != "flow" else 1.0
+    out = {}
+    for name, jitted, args in programs(run, frames, height, width):
+        if only and name not in only:
+            continue
+        try:
+            with activate(run.mesh, run.rules):
+                jaxpr = jitted.trace(*args).jaxpr
+        except Exception:  # noqa: BLE001 -- the compile that follows reports why this program fails
+            continue
+        out[name] = matmul_flops(jaxpr, while_trips=trips).per_device(run.mesh.size)
+    return out
+
+
 def check(run, frames: int, height: int, width: int, *, hbm_bytes: int | None = None, platform: str | None = None,
-          log: Callable[[str], None] | None = print, keep_text: bool = False, only: tuple[str, ...] = ()) -> Plan:
+          log: Callable[[str], None] | None = print, keep_text: bool = False, only: tuple[str, ...] = (),
+          flops: dict[str, float] | None = None) -> Plan:
     """Compile (TPU, CPU) or lower (``platform="cuda"``, on a host without GPUs) every program of ``run`` (or
-    those named in ``only``, in that order)."""
+    those named in ``only``, in that order); ``flops`` (from ``step_flops``) go into the reports."""
     plan = Plan(hbm_bytes=hbm_bytes)
     listed = {name: (jitted, args) for name, jitted, args in programs(run, frames, height, width)}
     unknown = [n for n in only if n not in listed]
     if unknown:
         raise VdotError(f"no program named {', '.join(unknown)}; this run has {', '.join(listed)}")
+    flops = flops or {}
     for name in only or listed:
         jitted, args = listed[name]
         if platform == "cuda":
@@ -133,13 +155,15 @@ def check(run, frames: int, height: int, width: int, *, hbm_bytes: int | None = 
                                        error=f"{len(bare)} cuDNN calls outside a shard_map" if bare else "")
                 if keep_text:
                     plan.texts[name] = text
-            if log:
-                log(report.line().replace("compiled", "lowered for cuda", 1))
         else:
-            _, report = compile_program(jitted, *args, name=name, mesh=run.mesh, rules=run.rules, log=log,
+            _, report = compile_program(jitted, *args, name=name, mesh=run.mesh, rules=run.rules, log=None,
                                         catch=True, keep_text=keep_text)
             if keep_text:
                 plan.texts[name] = report.text
+        report.step_flops = flops.get(name)
+        if log:
+            line = report.line()
+            log(line.replace("compiled", "lowered for cuda", 1) if platform == "cuda" else line)
         plan.reports.append(_out_of_memory(report))
     return plan
 
@@ -159,25 +183,24 @@ def _out_of_memory(report: CompileReport) -> CompileReport:
 def table(plan: Plan) -> str:
     """The per-program table ``vdot plan`` prints (GiB per device)."""
     head = (f"{'program':22s} {'status':10s} {'args':>8s} {'outputs':>8s} {'temps':>8s} {'aliased':>8s} "
-            f"{'peak':>8s} {'TFLOP':>9s} {'compile s':>9s}  fits")
+            f"{'peak':>8s} {'TFLOP/step':>10s} {'compile s':>9s}  fits")
     lines = [head]
+    tf = lambda r: f"{r.step_flops / 1e12:10.2f}" if r.step_flops else f"{'-':>10s}"  # noqa: E731
     for r in plan.reports:
         g = lambda v: f"{v / 2**30:8.2f}" if r.measured else f"{'-':>8s}"  # noqa: E731
         if not r.ok and r.temp_bytes:  # out of memory at compile time: only the temporaries are known
             lines.append(f"{r.name:22s} {'TOO BIG':10s} {'-':>8s} {'-':>8s} {r.temp_bytes / 2**30:8.2f} {'-':>8s} "
-                         f"{'-':>8s} {'-':>9s} {r.seconds:9.1f}  NO")
+                         f"{'-':>8s} {tf(r)} {r.seconds:9.1f}  NO")
             continue
         fits = ("-" if not (r.ok and r.measured and plan.hbm_bytes) else
                 "yes" if r.peak_bytes <= plan.hbm_bytes else "NO")
-        tf = f"{r.flops / 1e12:9.2f}" if r.flops else f"{'-':>9s}"
         status = ("compiled" if r.measured else "lowered") if r.ok else "FAILED"
         lines.append(f"{r.name:22s} {status:10s} {g(r.argument_bytes)} {g(r.output_bytes)} {g(r.temp_bytes)} "
-                     f"{g(r.alias_bytes)} {g(r.peak_bytes)} {tf} {r.seconds:9.1f}  {fits}")
+                     f"{g(r.alias_bytes)} {g(r.peak_bytes)} {tf(r)} {r.seconds:9.1f}  {fits}")
     lines.append(FLOPS_NOTE)
     return "\n".join(lines)
 
 
-# XLA's cost model (checked on CPU: a 10-iteration scan reports one iteration's FLOPs) does not multiply loop
-# bodies by their trip counts, and Pallas/cuDNN custom calls count zero.
-FLOPS_NOTE = ("TFLOP: XLA's cost_analysis per device, which counts each loop body once (the layer scan, the "
-              "micro-batch scan, the sampling loop) and attention kernels as zero -- not the FLOPs of a step")
+FLOPS_NOTE = ("TFLOP/step: matmul and attention FLOPs of one execution per chip, counted from the traced program "
+              "with every loop multiplied out (the rollout's random-length loop at its mean): attention as each "
+              "chip runs it, the other matmuls as the whole mesh's work divided by its chips")
