@@ -10,6 +10,9 @@ AdamW (0, 0.999), generator lr 2e-6, critic lr 4e-7, clipping 5 (all distillatio
 Teacher and critic: Wan2.1-VACE-1.3B. Generator: the stage-1 generator (a text-to-video Wan) fills the main
 blocks; the VACE blocks start from the VACE teacher's (how a T2V stage-1 result becomes a VACE student here).
 The manifest has the release's columns: task, src_video, src_mask, src_ref_images, caption, plus video.
+
+On TPU v5e (16 GiB chips) the smallest slice that holds this run is v5e-64 with ``--config.mesh.ici=
+fsdp=16,context=4 --config.model.remat=offload`` (every program compiled, peak 14.8 GiB: docs/scaling.md).
 """
 
 from vdot_jax.train.config import release_config
