@@ -336,8 +336,9 @@ def test_mesh_output_equals_single_device(oracle, ours):
     kw = dict(negative_prompt=NEGATIVE, vcu=vcu, latents=noise, guide_scale=5.0, progress=False)
     single = ours.generate(PROMPT, **kw)
     multi = sharded.generate(PROMPT, **kw)
-    np.testing.assert_allclose(multi.latents, single.latents, atol=1e-5, rtol=0)
-    np.testing.assert_allclose(multi.video, single.video, atol=1e-5, rtol=0)
+    # fp32 summation order differs with the placement (1.05e-5 seen on a latent of 2.3); a wrong split is O(1)
+    np.testing.assert_allclose(multi.latents, single.latents, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(multi.video, single.video, atol=1e-5, rtol=1e-5)
     kernel = sharded.transformer.blocks.attn1.to_q.kernel[...]
     assert len(kernel.sharding.device_set) == 8 and "fsdp" in str(kernel.sharding.spec)
     program = model_sampler(nnx.graphdef(sharded.transformer), steps=P.STUDENT["steps"], shift=P.STUDENT["shift"],
