@@ -119,6 +119,7 @@ class CompileReport:
     temp_bytes: int = 0
     alias_bytes: int = 0
     code_bytes: int = 0
+    host_temp_bytes: int = 0  # temporaries in host memory (remat="offload"), not in the peak
     step_flops: float | None = None  # matmul FLOPs of one execution per device, loops multiplied out
     measured: bool = False  # memory figures present (the backend gave a memory analysis)
     text: str = ""  # the lowered StableHLO, when asked for
@@ -134,6 +135,7 @@ class CompileReport:
         gib = lambda v: f"{v / 2**30:.3f}"  # noqa: E731
         mem = (f"per device GiB: arguments {gib(self.argument_bytes)}, outputs {gib(self.output_bytes)}, "
                f"temporaries {gib(self.temp_bytes)}, aliased {gib(self.alias_bytes)}, peak {gib(self.peak_bytes)}"
+               + (f"; in host memory {gib(self.host_temp_bytes)}" if self.host_temp_bytes else "")
                if self.measured else "memory not measured on this backend")
         flops = f", {self.step_flops / 1e12:.2f} TFLOP per step" if self.step_flops else ""
         return f"{self.name}: compiled in {self.seconds:.1f} s; {mem}{flops}"
@@ -174,6 +176,7 @@ def compile_program(jitted, *args, name: str = "program", mesh: Mesh | None = No
         report.temp_bytes = int(mem.temp_size_in_bytes)
         report.alias_bytes = int(mem.alias_size_in_bytes)
         report.code_bytes = int(getattr(mem, "generated_code_size_in_bytes", 0) or 0)
+        report.host_temp_bytes = int(getattr(mem, "host_temp_size_in_bytes", 0) or 0)
     if log:
         log(report.line())
     return compiled, report

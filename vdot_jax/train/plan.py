@@ -183,24 +183,25 @@ def _out_of_memory(report: CompileReport) -> CompileReport:
 def table(plan: Plan) -> str:
     """The per-program table ``vdot plan`` prints (GiB per device)."""
     head = (f"{'program':22s} {'status':10s} {'args':>8s} {'outputs':>8s} {'temps':>8s} {'aliased':>8s} "
-            f"{'peak':>8s} {'TFLOP/step':>10s} {'compile s':>9s}  fits")
+            f"{'peak':>8s} {'host':>8s} {'TFLOP/step':>10s} {'compile s':>9s}  fits")
     lines = [head]
     tf = lambda r: f"{r.step_flops / 1e12:10.2f}" if r.step_flops else f"{'-':>10s}"  # noqa: E731
     for r in plan.reports:
         g = lambda v: f"{v / 2**30:8.2f}" if r.measured else f"{'-':>8s}"  # noqa: E731
         if not r.ok and r.temp_bytes:  # out of memory at compile time: only the temporaries are known
             lines.append(f"{r.name:22s} {'TOO BIG':10s} {'-':>8s} {'-':>8s} {r.temp_bytes / 2**30:8.2f} {'-':>8s} "
-                         f"{'-':>8s} {tf(r)} {r.seconds:9.1f}  NO")
+                         f"{'-':>8s} {'-':>8s} {tf(r)} {r.seconds:9.1f}  NO")
             continue
         fits = ("-" if not (r.ok and r.measured and plan.hbm_bytes) else
                 "yes" if r.peak_bytes <= plan.hbm_bytes else "NO")
         status = ("compiled" if r.measured else "lowered") if r.ok else "FAILED"
         lines.append(f"{r.name:22s} {status:10s} {g(r.argument_bytes)} {g(r.output_bytes)} {g(r.temp_bytes)} "
-                     f"{g(r.alias_bytes)} {g(r.peak_bytes)} {tf(r)} {r.seconds:9.1f}  {fits}")
+                     f"{g(r.alias_bytes)} {g(r.peak_bytes)} {g(r.host_temp_bytes)} {tf(r)} {r.seconds:9.1f}  {fits}")
     lines.append(FLOPS_NOTE)
     return "\n".join(lines)
 
 
-FLOPS_NOTE = ("TFLOP/step: matmul and attention FLOPs of one execution per chip, counted from the traced program "
-              "with every loop multiplied out (the rollout's random-length loop at its mean): attention as each "
-              "chip runs it, the other matmuls as the whole mesh's work divided by its chips")
+FLOPS_NOTE = ("host: temporaries kept in host memory (model.remat=offload), outside the peak. TFLOP/step: matmul "
+              "and attention FLOPs of one execution per chip, counted from the traced program with every loop "
+              "multiplied out (the rollout's random-length loop at its mean): attention as each chip runs it, the "
+              "other matmuls as the whole mesh's work divided by its chips")
