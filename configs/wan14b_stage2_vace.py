@@ -5,6 +5,9 @@
 As configs/wan1_3b_stage2_vace.py (release: 1,200 steps, 832x480, 81 frames, 16 fps, batch 1 per GPU,
 accumulation 3, the distillation defaults) with Wan2.1-VACE-14B as teacher and critic, GAN taps at blocks
 23, 31, 39, and the same memory notes as configs/wan14b_stage1_t2v.py.
+
+On TPU v5p-64 (``--config.mesh.ici=fsdp=16,context=4``) every program compiles and fits; add
+``--config.model.remat=offload`` for headroom (largest peak 92.2 -> 73.4 GiB of 95: docs/scaling.md).
 """
 
 from vdot_jax.train.config import release_config
