@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -68,6 +69,11 @@ def test_sharded_forward_equals_single_device(setup, mesh_spec):
     np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
     if "context" in mesh_spec:
         assert "all-to-all" in hlo  # Ulysses really ran
+    if mesh_spec == "data=2,fsdp=4":
+        # every token matmul runs on this device's own video (1 of 8: 18 tokens). Left to propagation, the VACE
+        # patch embedding kept its kernel's fsdp split and ran on the 4 videos of the fsdp group (rows of 72).
+        rows = {int(r) for r in re.findall(r"= f32\[(\d+),\d+\]\{[^}]*\} dot\(", hlo)}
+        assert rows and max(rows) <= 18, rows
     kernel = sharded.blocks.attn1.to_q.kernel[...]  # [layers, embed, heads]
     P = jax.sharding.PartitionSpec
     expected = {"data=8": P(None, None, None), "data=2,fsdp=4": P(None, "fsdp", None),
