@@ -78,3 +78,11 @@ def test_meshes_that_split_physical_axes_build_and_plan_says_so(capsys):
     code, out, err = _plan(capsys, "--topology", "v6e:4x4", "--mesh", "fsdp=8,context=2")
     assert code == 0, err
     assert "ICI: fsdp=8 runs on 2 of the 4 chips of physical axis" in out
+
+
+def test_a_mesh_on_part_of_a_slice_is_refused_in_one_line():
+    from vdot_jax.parallel.mesh import MeshError
+
+    with pytest.raises(MeshError, match=r"^the 6 TPU devices do not form a whole slice or a block of it") as e:
+        make_mesh("fsdp=3,context=2", None, topology_devices("v6e:4x4")[:6])
+    assert "\n" not in str(e.value)

@@ -82,12 +82,10 @@ def make_mesh(
     types = (AxisType.Auto,) * len(AXES)
     from jax.experimental import mesh_utils
 
-    if not dcn_spec or all(v == 1 for v in dcn_spec.values()):
+    one_slice = not dcn_spec or all(v == 1 for v in dcn_spec.values())
+    if one_slice:
         shape = resolve_shape(ici_spec, len(devices))
-        try:
-            return jax.make_mesh(shape, AXES, axis_types=types, devices=devices)
-        except NotImplementedError:  # no whole physical axes of these sizes
-            build = lambda s, split: mesh_utils.create_device_mesh(s, devices, allow_split_physical_axes=split)
+        build = lambda s, split: mesh_utils.create_device_mesh(s, devices, allow_split_physical_axes=split)
     else:
         slices = len({getattr(d, "slice_index", 0) for d in devices})
         dcn_shape = resolve_shape(dcn_spec, slices, what="slices")
@@ -95,24 +93,30 @@ def make_mesh(
         build = lambda s, split: mesh_utils.create_hybrid_device_mesh(s, dcn_shape, devices,
                                                                        allow_split_physical_axes=split)
     try:
+        if one_slice:
+            return jax.make_mesh(shape, AXES, axis_types=types, devices=devices)  # jax's own choice first
         return Mesh(build(shape, False), AXES, axis_types=types)
-    except NotImplementedError:
+    except NotImplementedError:  # no whole physical axes of these sizes: split some (less ICI bandwidth)
         pass
+    except AssertionError as e:  # jax's checks that the devices are one per chip and a block of the torus
+        if "megacore" in str(e):
+            raise MeshError(str(e).splitlines()[0][:200]) from None
+        raise MeshError(f"the {len(devices)} TPU devices do not form a whole slice or a block of it, so no mesh "
+                        "can be laid on them (does config.mesh.num_devices take part of the slice?)") from None
     try:
         return Mesh(build(shape, True), AXES, axis_types=types)
-    except (NotImplementedError, ValueError, AssertionError):
+    except NotImplementedError:
         pass
     named = [a for a in AXES if a in ici_spec] or ["fsdp"]
     works = []
     for sizes in _factorizations(int(np.prod(shape)), len(named)):
-        trial = tuple(dict(zip(named, sizes)).get(a, 1) for a in AXES)
         try:
-            build(trial, True)
+            build(tuple(dict(zip(named, sizes)).get(a, 1) for a in AXES), True)
             works.append(",".join(f"{a}={s}" for a, s in zip(named, sizes)))
-        except (NotImplementedError, ValueError, AssertionError):
+        except NotImplementedError:
             continue
-    raise MeshError(f"mesh {_spec_str(shape)} cannot be laid out on these {len(devices)} devices' physical "
-                    f"axes; shapes that can: {'; '.join(works) or 'none with these axes'}")
+    raise MeshError(f"mesh {_spec_str(shape)} cannot be laid out on the physical axes of these {len(devices)} "
+                    f"devices; shapes that can: {'; '.join(works) or 'none with these axes'}")
 
 
 def _spec_str(shape) -> str:
