@@ -6,6 +6,7 @@ import os
 import pytest
 from absl import flags
 
+from test_gs_workdir import bucket  # noqa: F401 -- an in-memory gs:// file system
 from vdot_jax.cli import main as vdot
 from vdot_jax.parallel.mesh import make_mesh, split_axes, topology_devices
 from vdot_jax.train.config import load_config
@@ -86,3 +87,18 @@ def test_a_mesh_on_part_of_a_slice_is_refused_in_one_line():
     with pytest.raises(MeshError, match=r"^the 6 TPU devices do not form a whole slice or a block of it") as e:
         make_mesh("fsdp=3,context=2", None, topology_devices("v6e:4x4")[:6])
     assert "\n" not in str(e.value)
+
+
+def test_gs_paths_must_exist_and_outputs_need_their_bucket(bucket):  # noqa: F811 -- the in-memory gs:// fixture
+    from etils import epath
+
+    epath.Path("gs://bucket/README").write_text("")  # the bucket exists
+    c = load_config(TINY)
+    c.model.teacher = "gs://bucket/models/teacher"
+    c.train.compile_cache = "gs://bucket/cache"  # an output: need not exist yet, its bucket must
+    assert path_problems(c, 16, workdir="gs://other/run") == [
+        "model.teacher gs://bucket/models/teacher does not exist",
+        "workdir gs://other/run is in gs://other, which does not exist"]
+    (epath.Path("gs://bucket/models/teacher") / "config.json").write_text("{}")
+    (epath.Path("gs://other/keep")).write_text("")
+    assert path_problems(c, 16, workdir="gs://other/run") == []
