@@ -6,6 +6,9 @@ say per program whether it compiles and fits the chip's memory. GPU meshes are l
 
 Needs libtpu for TPU topologies (``pip install '.[tpu]'``). Architecture only: the teacher's weights need not
 exist (with no model directory at ``config.model.teacher``, ``--model PRESET`` names the architecture).
+
+Before compiling it runs the start-up checks of ``vdot_jax.train.preflight`` (each host's batch rows; the run's
+paths as the workers reach them, unless ``--model``); ``--check-only`` stops after them.
 """
 
 from __future__ import annotations
@@ -169,7 +172,8 @@ def register(sub) -> None:
     p.add_argument("--height", type=int, default=480, help="video height (default 480)")
     p.add_argument("--width", type=int, default=832, help="video width (default 832)")
     p.add_argument("--model", default=None,
-                   help="architecture preset to plan with instead of the config's teacher (e.g. wan2.1-vace-14b)")
+                   help="architecture preset to plan with instead of the config's teacher (e.g. wan2.1-vace-14b); the "
+                        "run's paths are then not checked")
     p.add_argument("--programs", default=None,
                    help="compile only these programs, in this order (comma-separated names as in the table, e.g. "
                         "generator_dmd_ot,critic_gan); default all")
