@@ -41,6 +41,7 @@ def test_plan_prints_every_hosts_rows_on_v5p_and_refuses_a_local_path_in_one_lin
     manifest.write_text("caption,video\na cat,cat.mp4\n")
     code, out, err = _plan(capsys, *mesh, "--config.data.source=manifest", f"--config.data.manifest={manifest}")
     assert code == 2 and "per-host layout" in out and "nothing compiled" not in out
+    assert "every host reads from all of it" in out  # no per-host data shards: all hosts need the whole data
     assert err.strip().splitlines() == [f"vdot plan: error: hosts 0-15 cannot reach data.manifest {manifest}: a local "
                                         "path is on one machine's disk only; use gs://... or a path under a mount "
                                         "every worker has (vdot plan --shared-mount PREFIX)"]

@@ -5,7 +5,9 @@
 
 **Per-host layout.** For each process of the topology: its chips, the global batch rows its devices hold
 (``parallel.distributed.host_rows``: what its data pipeline will load), the samples it loads per step, and which
-hosts hold the same rows (a mesh axis that is not a batch axis, e.g. ``context``, spanning hosts).
+hosts hold the same rows (a mesh axis that is not a batch axis, e.g. ``context``, spanning hosts). Data files
+are not split per host: a step's rows are drawn from the whole data set (``data.pipeline.StepPlan``), so every
+host reads from all of it, which is why its paths must be reachable from every host.
 
 **Paths.** Every path a run reads or writes -- ``model.teacher``, ``model.generator``, ``model.vae``,
 ``model.text_encoder``, the data (``data.manifest`` and, for manifest data, every file its rows name, or
@@ -83,6 +85,10 @@ def layout_table(run) -> str:
     for h in hosts:
         lines.append(f"{h.process:>5} {h.chips:>5} {acc * len(h.rows):>12}  {_ranges(same[h.rows]):<21}  "
                      f"{list(h.rows)}")
+    source = run.config.data.source
+    if source != "toy":
+        lines.append(f"data shards: none per host -- a step's rows are drawn from all of the {source} data, so "
+                     "every host reads from all of it (every file or ArrayRecord shard)")
     return "\n".join(lines)
 
 
