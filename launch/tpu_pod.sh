@@ -36,6 +36,8 @@
 #                                    gs:// workdir, else ~/vdot-xla-cache on each worker)
 #   --stop-timeout S                 how long stop (and train, for a stale trainer) waits for an exit (default 1800)
 #   --install copy|pip  --package S  how install gets the project onto the workers (default copy)
+#   --mount BUCKET                   install: also mount gs://BUCKET read-only at /mnt/gcs/BUCKET on every worker
+#                                    (gcsfuse), for what only local readers open: ArrayRecord shards, videos
 #   --port P                         coordinator port on worker 0 (default 8476)
 #   --worker N|all                   for logs (default all)
 #   --no-follow, --teardown          see train / run
@@ -69,7 +71,7 @@ case $COMMAND in
 esac
 
 NAME="" ZONE="" ACCELERATOR="" VERSION="" PROJECT="" SPOT=0 QUEUED=0 RETRIES=0 CONFIG="" WORKDIR="" STOP_AFTER=""
-COMPILE_CACHE="" STOP_TIMEOUT=1800 INSTALL="copy" PACKAGE="" PORT=8476 WORKER=all FOLLOW=1 TEARDOWN=0 DRY_RUN=0
+COMPILE_CACHE="" STOP_TIMEOUT=1800 MOUNT="" INSTALL="copy" PACKAGE="" PORT=8476 WORKER=all FOLLOW=1 TEARDOWN=0 DRY_RUN=0
 OVERRIDES=()
 while (($#)); do
   case $1 in
@@ -86,6 +88,7 @@ while (($#)); do
     --stop-after) STOP_AFTER=${2:?--stop-after needs a value}; shift 2 ;;
     --compile-cache) COMPILE_CACHE=${2:?--compile-cache needs a value}; shift 2 ;;
     --stop-timeout) STOP_TIMEOUT=${2:?--stop-timeout needs a value}; shift 2 ;;
+    --mount) MOUNT=${2:?--mount needs a value}; MOUNT=${MOUNT#gs://}; MOUNT=${MOUNT%%/*}; shift 2 ;;
     --install) INSTALL=${2:?--install needs a value}; shift 2 ;;
     --package) PACKAGE=${2:?--package needs a value}; shift 2 ;;
     --port) PORT=${2:?--port needs a value}; shift 2 ;;
@@ -217,6 +220,17 @@ $pip -e \"${REMOTE_DIR}[tpu,gcs]\""
   else
     ssh_all "$venv && $pip $(printf '%q' "$PACKAGE")"
   fi
+  [[ -z $MOUNT ]] || cmd_mount
+}
+
+cmd_mount() {  # gcsfuse from Google's apt repository (DPkg lock timeout: a new VM may still be upgrading itself)
+  local at="/mnt/gcs/$MOUNT" apt="sudo apt-get -q -o DPkg::Lock::Timeout=600"
+  ssh_all "mountpoint -q $at && exit 0; if ! command -v gcsfuse >/dev/null; then echo \"deb \
+[signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -cs) \
+main\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null && curl -fsSL \
+https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null && \
+$apt update && $apt install -y gcsfuse || exit 1; fi; sudo mkdir -p $at && sudo chown \"\$USER\" $at && \
+gcsfuse --implicit-dirs -o ro $MOUNT $at"
 }
 
 coordinator_ip() {  # internal IP of worker 0

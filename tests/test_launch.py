@@ -164,6 +164,9 @@ def test_tpu_single_commands_and_errors():
     assert "--worker=3" in logs[0]
     pip = _commands(_run("tpu_pod.sh", "install", *base, "--install", "pip", "--package", "vdot-jax==0.1").stdout)
     assert len(pip) == 1 and "'jax[tpu]==0.10.2' 'libtpu==0.0.42.*' vdot-jax==0.1" in pip[0].replace("'\\''", "'")
+    mount = _commands(_run("tpu_pod.sh", "install", *base, "--install", "pip", "--package", "x",
+                           "--mount", "gs://bkt/data").stdout)
+    assert len(mount) == 2 and mount[1].endswith("gcsfuse --implicit-dirs -o ro bkt /mnt/gcs/bkt'")
     for args, message in ((["train", *base], "--config is required"), (["up", "--zone", "z"], "--name is required"),
                           (["up", *base], "--accelerator is required"), (["fly"], "unknown command"),
                           (["install", *base, "--install", "pip"], "--package"),
