@@ -64,6 +64,8 @@ def test_logs_plots_and_samples_reach_the_bucket(bucket):
     assert [json.loads(x)["step"] for x in bucket[f"{run}/metrics.jsonl"].getvalue().decode().splitlines()] == [1, 2, 3]
     assert "hello" in bucket[f"{run}/train.log"].getvalue().decode()
     assert bucket[f"{run}/plots/losses.png"].getvalue()[:4] == b"\x89PNG"
+    events = [k for k in bucket if k.startswith(f"{run}/tb/events.out.tfevents.")]  # TensorBoard, copied up
+    assert len(events) == 1 and len(bucket[events[0]].getvalue()) > 100
     # a resume at step 2 cuts the later lines, on the bucket too
     MetricLogger(run, progress=False, resume_from=2).close()
     assert len(bucket[f"{run}/metrics.jsonl"].getvalue().decode().splitlines()) == 2
