@@ -240,7 +240,8 @@ def test_tpu_stop_reaches_the_trainer_on_a_local_fake_worker(tmp_path):
         port = s.getsockname()[1]
     from conftest import FAST_COMPILE
 
-    env = _clean_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", HOME=str(home), FAKE_CALLS=str(tmp_path / "calls"),
+    env = _clean_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", HOME=str(home),
+                     FAKE_CALLS=str(tmp_path / "calls"),
                      JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count=1 {FAST_COMPILE}",
                      PYTHONPATH=str(ROOT))
     base = ["--name", "p", "--zone", "z", "--port", str(port)]

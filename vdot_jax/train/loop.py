@@ -28,7 +28,8 @@ that boundary, with the data iterator positioned before the step's batch and the
 resume re-reads the same batch, runs only the remaining phases and continues bit for bit (when the last completed
 step is already saved, the partial step is dropped instead and nothing new is written). It returns
 ``preempted=True`` (the CLI exits 0). Checkpoints come every ``train.checkpoint_every`` steps and, with
-``train.checkpoint_every_minutes``, whenever that many minutes have passed since the last save. ``train.max_nonfinite`` steps in a row with a skipped update, or more than ``data.max_bad`` distinct
+``train.checkpoint_every_minutes``, whenever that many minutes have passed since the last save.
+``train.max_nonfinite`` steps in a row with a skipped update, or more than ``data.max_bad`` distinct
 unreadable samples, stop with ``TrainingError`` / ``DataError`` (one clear sentence).
 """
 
@@ -574,8 +575,8 @@ class _Loop:
         the partial step is dropped (the resume redoes at most one step)."""
         step, names = self.step, ", ".join(done)
         if self.checkpointer.last_saved is not None and self.checkpointer.last_saved >= step:
-            self.stop_note = (f"dropped phases {names} of step {step + 1}, step {step} is saved" if done else
-                              f"step {step} is saved")
+            new = ", ".join(n for n, _ in phase_metrics)  # run since the saved state; the resume runs them again
+            self.stop_note = f"step {step} is saved" + (f"; phases {new} of step {step + 1} are dropped" if new else "")
             return
         partial = None
         if done:
