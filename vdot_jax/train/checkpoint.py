@@ -326,6 +326,10 @@ def restore_subtree_intact(workdir, targets: Mapping[tuple, jax.ShapeDtypeStruct
     raise CheckpointMismatch(f"{root} holds no checkpoint that can be restored.")
 
 
+def _is_primary() -> bool:
+    return jax.process_index() == 0
+
+
 def _barrier(name: str) -> None:
     """Wait until every process reaches ``name`` (nothing to wait for in a one-process run)."""
     if jax.process_count() > 1:
@@ -374,7 +378,7 @@ class Checkpointer:
                 aside = self.root.parent / "unreadable_checkpoints" / str(step)
                 if aside.exists():
                     aside = aside.with_name(f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-                if jax.process_index() == 0:  # one process moves it; the others wait, then all see it gone
+                if _is_primary():  # one process moves it; the others wait, then all see it gone
                     aside.parent.mkdir(exist_ok=True)
                     (self.root / str(step)).rename(aside)
                 _barrier(f"vdot_checkpoint_aside_{step}")
