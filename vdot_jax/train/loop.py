@@ -511,17 +511,19 @@ class _Loop:
                 self.phases.check_fit(self.state, batch)
         phase_metrics, times = [], {}
         done = tuple(self.partial["phases"]) if self.partial else ()
-        with activate(run.mesh, run.rules):
-            for name in run.phases(self.step)[len(done):]:
-                if _host_sum(np.array([int(stop.set)], np.int64))[0]:  # every host stops at the same boundary
-                    self._stop_mid_step(done + tuple(n for n, _ in phase_metrics), phase_metrics, data_before)
-                    return True
-                tp = time.time()
+        for name in run.phases(self.step)[len(done):]:
+            # every host stops at the same boundary (the all-gather runs outside the phases' mesh context)
+            if _host_sum(np.array([int(stop.set)], np.int64))[0]:
+                self._stop_mid_step(done + tuple(n for n, _ in phase_metrics), phase_metrics, data_before)
+                return True
+            tp = time.time()
+            with activate(run.mesh, run.rules):
                 self.state, m = self.phases(name, self.state, batch)
-                if config.train.time_phases:
-                    jax.block_until_ready(m)
-                    times[f"time/{name}"] = time.time() - tp
-                phase_metrics.append((name, m))
+            if config.train.time_phases:
+                jax.block_until_ready(m)
+                times[f"time/{name}"] = time.time() - tp
+            phase_metrics.append((name, m))
+        with activate(run.mesh, run.rules):
             self.state = self.state.replace(step=self.state.step + 1)
         self.step += 1
         self.ran += 1
