@@ -207,26 +207,42 @@ def test_local_script_really_trains(tmp_path):
 
 
 FAKE_GCLOUD = r"""#!/usr/bin/env bash
-# A one-worker "TPU VM" that is this machine: ssh runs the worker's command here, describe answers READY.
+# A one-worker "TPU VM" that is this machine: ssh runs the worker's command here; the slice's state is a file
+# ($FAKE_STATE: READY unless written). install is skipped (the test's venv has everything). With FAKE_PREEMPT, the
+# first log follower "preempts" the slice: once the trainer has logged a step, SIGTERM, wait, PREEMPTED, ssh drops.
 printf '%s\n' "$*" >> "$FAKE_CALLS"
+state=$(cat "$FAKE_STATE" 2>/dev/null || echo READY)
 case "$*" in
-  *"tpu-vm ssh "*) for a; do [[ $a == --command=* ]] && exec bash -c "${a#--command=}"; done ;;
-  *"tpu-vm describe "*networkEndpoints*) echo 127.0.0.1 ;;
-  *"tpu-vm describe "*) echo READY ;;
+  *"tpu-vm ssh "*)
+    for a; do [[ $a == --command=* ]] && cmd=${a#--command=}; done
+    [[ $cmd == *"uv venv"* ]] && { echo "fake: install skipped"; exit 0; }
+    if [[ -n ${FAKE_PREEMPT:-} && $cmd == *"tail -n +1 --pid"* && ! -e $FAKE_STATE.preempted ]]; then
+      touch "$FAKE_STATE.preempted"
+      while [ ! -s "$FAKE_PREEMPT" ]; do sleep 0.2; done
+      pid=$(cat "$HOME/vdot-train.pid"); kill -TERM "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+      echo PREEMPTED > "$FAKE_STATE"; exit 255
+    fi
+    exec bash -c "$cmd" ;;
+  *"tpu-vm describe "*) [[ $state == MISSING ]] && exit 1
+    if [[ $* == *networkEndpoints* ]]; then echo 127.0.0.1; else echo "$state"; fi ;;
+  *"tpu-vm delete "*) echo MISSING > "$FAKE_STATE" ;;
+  *"tpu-vm create "*) echo READY > "$FAKE_STATE" ;;
+  *"tpu-vm scp "*) ;;
   *) echo "fake gcloud: unexpected: $*" >&2; exit 1 ;;
 esac
 """
 
 
-def test_tpu_stop_reaches_the_trainer_on_a_local_fake_worker(tmp_path):
-    """`train` and `stop` with a fake gcloud whose workers are this machine: the pidfile holds the trainer's own PID
-    (a python process, not a wrapper shell), `status` says it runs, `stop` SIGTERMs it and returns once it has exited,
-    and its checkpoint is there."""
+@pytest.fixture(scope="module")
+def fake_pod(tmp_path_factory):
+    """(env, HOME) for tpu_pod.sh with the fake gcloud above and a metadata server answering worker 0; HOME (and
+    with it the compilation cache the script sets) is shared by the module's tests."""
     import socket
 
-    from vdot_jax.train.checkpoint import latest_meta
+    from conftest import FAST_COMPILE
 
-    bin_dir, home, workdir = tmp_path / "bin", tmp_path / "home", tmp_path / "wd"
+    root = tmp_path_factory.mktemp("pod")
+    bin_dir, home = root / "bin", root / "home"
     bin_dir.mkdir()
     (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
     (bin_dir / "curl").write_text("#!/bin/sh\necho 0\n")  # the metadata server: worker number 0
@@ -238,13 +254,26 @@ def test_tpu_stop_reaches_the_trainer_on_a_local_fake_worker(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    from conftest import FAST_COMPILE
-
-    env = _clean_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", HOME=str(home),
-                     FAKE_CALLS=str(tmp_path / "calls"),
+    env = _clean_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", HOME=str(home), FAKE_CALLS=str(root / "calls"),
                      JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count=1 {FAST_COMPILE}",
                      PYTHONPATH=str(ROOT))
-    base = ["--name", "p", "--zone", "z", "--port", str(port)]
+    return env, home, ["--name", "p", "--zone", "z", "--port", str(port)]
+
+
+def _logged(workdir) -> list[int]:
+    path = workdir / "metrics.jsonl"
+    return [json.loads(x)["step"] for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_tpu_stop_reaches_the_trainer_on_a_local_fake_worker(tmp_path, fake_pod):
+    """`train` and `stop` with a fake gcloud whose workers are this machine: the pidfile holds the trainer's own PID
+    (a python process, not a wrapper shell), `status` says it runs, `stop` SIGTERMs it and returns once it has exited,
+    and its checkpoint is there."""
+    from vdot_jax.train.checkpoint import latest_meta
+
+    env, home, base = fake_pod
+    env = {**env, "FAKE_STATE": str(tmp_path / "state")}
+    workdir = tmp_path / "wd"
     p = _run("tpu_pod.sh", "train", *base, "--no-follow", "--config", "configs/tiny.py:flow", "--workdir",
              str(workdir), "--", "--config.train.steps=100000", "--config.train.checkpoint_every=100000",
              "--config.train.progress=false", env=env, check=False)
@@ -255,7 +284,7 @@ def test_tpu_stop_reaches_the_trainer_on_a_local_fake_worker(tmp_path):
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         assert Path(argv[0].decode()).name.startswith("python") and argv[1].endswith(b"/vdot"), argv  # the trainer
         deadline = time.time() + 300
-        while not (workdir / "metrics.jsonl").exists() or not (workdir / "metrics.jsonl").read_text():
+        while not _logged(workdir):
             assert time.time() < deadline and Path(f"/proc/{pid}").exists(), log.read_text()[-3000:]
             time.sleep(0.5)
         running = _run("tpu_pod.sh", "status", *base, env=env, check=False)
@@ -271,8 +300,34 @@ def test_tpu_stop_reaches_the_trainer_on_a_local_fake_worker(tmp_path):
     text = log.read_text()
     assert "SIGTERM received" in text, text[-2000:]
     step, _ = latest_meta(workdir)
-    logged = [json.loads(x)["step"] for x in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert step >= max(logged) >= 1
+    assert step >= max(_logged(workdir)) >= 1
     assert waited < 120
     done = _run("tpu_pod.sh", "status", *base, env=env, check=False)
     assert done.returncode == 0 and "[worker 0] no trainer running" in done.stdout
+
+
+def test_tpu_run_recreates_a_preempted_slice_resumes_and_tears_down(tmp_path, fake_pod):
+    """`run --retries 1 --teardown` on the fake slice: it is preempted after the first step (the trainer gets SIGTERM
+    and saves, the slice turns PREEMPTED, the log stream drops); `run` deletes and recreates it, trains again, which
+    resumes from the workdir and finishes, and only then, with every trainer gone, deletes the slice."""
+    from vdot_jax.train.checkpoint import latest_meta
+
+    env, home, base = fake_pod
+    workdir = tmp_path / "wd"
+    env = {**env, "FAKE_STATE": str(tmp_path / "state"), "FAKE_PREEMPT": str(workdir / "metrics.jsonl")}
+    calls = Path(env["FAKE_CALLS"])
+    calls.write_text("")
+    p = subprocess.run(["bash", str(LAUNCH / "tpu_pod.sh"), "run", *base, "--accelerator", "v5p-8", "--retries", "1",
+                        "--teardown", "--config", "configs/tiny.py:flow", "--workdir", str(workdir), "--",
+                        "--config.train.steps=60", "--config.train.checkpoint_every=1000",
+                        "--config.train.progress=false"], capture_output=True, text=True, cwd=ROOT, env=env,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:] + p.stdout[-3000:]
+    assert "is PREEMPTED (preempted?): creating it again and resuming (1 of 1)" in p.stderr
+    assert re.search(r"\[worker 0\] .*resumed at step \d+", p.stdout), p.stdout[-3000:]  # the log stream, prefixed
+    verbs = [line.split()[3] for line in calls.read_text().splitlines() if line.startswith("compute tpus tpu-vm")]
+    creates = [i for i, v in enumerate(verbs) if v == "create"]
+    deletes = [i for i, v in enumerate(verbs) if v == "delete"]
+    assert len(creates) == 1 and len(deletes) == 2 and deletes[0] < creates[0] < deletes[1]
+    assert verbs[deletes[1] - 1] == "ssh"  # the status check just before the teardown
+    assert _logged(workdir) == list(range(1, 61)) and latest_meta(workdir)[0] == 60
