@@ -165,22 +165,27 @@ create_slice() {
   if ((QUEUED)); then
     run "${QR[@]}" create "$NAME" "${WHERE[@]}" --node-id="$NAME" --accelerator-type="$ACCELERATOR" \
       --runtime-version="$version" "${spot[@]}"
-    if ((DRY_RUN)); then
-      printf '# (then wait until "%s" is ACTIVE)\n' "$(quote "${QR[@]}" describe "$NAME" "${WHERE[@]}")"
-      return
-    fi
-    local state="" last=""
-    while state=$(queue_state) && [[ $state != ACTIVE ]]; do
-      case $state in
-        FAILED | SUSPENDED | MISSING) die "the queued resource $NAME is $state; see: gcloud compute tpus queued-resources describe $NAME" ;;
-      esac
-      [[ $state == "$last" ]] || say "queued resource $NAME: $state"
-      last=$state
-      sleep 30
-    done
+    wait_queued
   else
     run "${TPU[@]}" create "$NAME" "${WHERE[@]}" --accelerator-type="$ACCELERATOR" --version="$version" "${spot[@]}"
   fi
+}
+
+wait_queued() {  # until the queued resource is ACTIVE (its slice then exists)
+  if ((DRY_RUN)); then
+    printf '# (then wait until "%s" is ACTIVE)\n' "$(quote "${QR[@]}" describe "$NAME" "${WHERE[@]}")"
+    return
+  fi
+  local state="" last=""
+  while state=$(queue_state) && [[ $state != ACTIVE ]]; do
+    case $state in
+      FAILED | SUSPENDED | SUSPENDING | MISSING)
+        die "the queued resource $NAME is $state; see: gcloud compute tpus queued-resources describe $NAME" ;;
+    esac
+    [[ $state == "$last" ]] || say "queued resource $NAME: $state"
+    last=$state
+    sleep 30
+  done
 }
 
 cmd_up() {
@@ -197,8 +202,15 @@ cmd_up() {
   case $state in
     READY) say "reusing the TPU VM $NAME (READY)" ;;
     MISSING)
-      if ((QUEUED)) && [[ $(queue_state) != MISSING ]]; then cmd_down; fi
-      create_slice ;;
+      if ((QUEUED)); then
+        case $(queue_state) in
+          MISSING) create_slice ;;
+          FAILED | SUSPENDED | SUSPENDING | ACTIVE) cmd_down; create_slice ;;  # ACTIVE without its slice: stale
+          *) say "queued resource $NAME is already waiting: keeping its place in the queue"; wait_queued ;;
+        esac
+      else
+        create_slice
+      fi ;;
     *) say "the TPU VM $NAME is $state: deleting it and creating it again"; cmd_down; create_slice ;;
   esac
 }
