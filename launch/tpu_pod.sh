@@ -294,7 +294,7 @@ cmd_train() {
 sudo -n fuser -s -k \"\$d\"; done; sudo -n rm -f /tmp/libtpu_lockfile"
   # only `nohup vdot train` runs in the background, so $! is the trainer's own PID (nohup and the vdot script
   # exec into python); the check after 5 s shows a start-up failure here instead of in the log only
-  ssh_all "cd $REMOTE_DIR && source $REMOTE_VENV/bin/activate && $env || exit 1; $free; \
+  ssh_all "mkdir -p $REMOTE_DIR && cd $REMOTE_DIR && source $REMOTE_VENV/bin/activate && $env || exit 1; $free; \
 nohup $(printf '%q ' "${train[@]}")> $LOG 2>&1 < /dev/null & echo \$! > $PIDFILE; sleep 5; \
 $ALIVE || { $WORKER_ID; echo \"worker \$w: vdot train exited at once:\" >&2; tail -n 20 $LOG >&2; exit 1; }"
   if ((FOLLOW)); then cmd_logs; fi
