@@ -177,3 +177,21 @@ def test_sigterm_inside_a_phase_saves_at_the_next_phase_boundary_and_resumes_exa
     _, state_b = restore_state(cut)
     for x, y in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
         assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_a_partial_step_saved_by_another_phase_order_is_refused():
+    """A checkpoint saved after step 5's generator phase must not resume under a config whose step 5 runs other phases
+    (another ttur or loss.use_gan): skipping the first phase by count would skip the wrong one."""
+    from types import SimpleNamespace
+
+    from vdot_jax.train.config import ConfigError
+    from vdot_jax.train.loop import _Loop
+
+    partial = {"phases": ["generator_dmd_ot"], "metrics": {}}
+    logger = SimpleNamespace(message=print)
+    for phases in (("critic_flow",), ("generator_gan", "critic_flow")):
+        run = SimpleNamespace(phases=lambda step, p=phases: p)
+        with pytest.raises(ConfigError, match="saved after phases generator_dmd_ot"):
+            _Loop(run, None, None, None, None, logger, None, None, {}, 4, partial)
+    run = SimpleNamespace(phases=lambda step: ("generator_dmd_ot", "critic_flow"))
+    assert _Loop(run, None, None, None, None, logger, None, None, {}, 4, partial).partial == partial
