@@ -339,6 +339,9 @@ cmd_run() {
   if ((TEARDOWN)); then
     # only when every worker answers that its trainer has exited: never on a dropped connection
     if cmd_status; then
+      # the workers' logs die with the slice: a gs:// run keeps them beside its workdir (not in it)
+      [[ $WORKDIR != gs://* ]] ||
+        ssh_all "$WORKER_ID; gcloud storage cp -q $LOG ${WORKDIR%/}-logs/worker-\$w.log || true"
       cmd_down
     else
       say "not deleting $NAME: a trainer is still running or a worker did not answer (see above); \`down\` deletes it"

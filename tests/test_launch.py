@@ -128,7 +128,9 @@ def test_tpu_dry_run_creates_installs_trains_streams_and_tears_down():
     guard = cmds[6]
     assert guard.startswith(f"gcloud compute tpus tpu-vm ssh vdot-pod {where} --worker=all ")
     assert "is running\"; exit 1; fi" in guard
-    assert cmds[7] == f"gcloud compute tpus tpu-vm delete vdot-pod {where} --quiet" and len(cmds) == 8
+    # the workers' logs are kept beside the workdir (not in it: a workdir holds only what a run writes)
+    assert cmds[7].endswith("gcloud storage cp -q $HOME/vdot-train.log gs://b/runs/x-logs/worker-$w.log || true'")
+    assert cmds[8] == f"gcloud compute tpus tpu-vm delete vdot-pod {where} --quiet" and len(cmds) == 9
     assert "networkEndpoints[0].ipAddress" in out.stderr  # where the coordinator address comes from
 
 
