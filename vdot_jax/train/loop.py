@@ -559,12 +559,14 @@ class _Loop:
             self.save()
         if flags[0]:
             self.stop_note = f"saved step {step}"
+        if flags[0]:  # stopping: no sample videos or plots (minutes at 14B) before the exit
+            return True
         every = int(config.sample.every)
         if self.sampler is not None and every > 0 and step % every == 0:
             _samples(self.sampler, run, step, self.state, arrays, info, self.workdir, log)
         if int(config.train.plot_every) > 0 and step % int(config.train.plot_every) == 0:
             self.logger.plot()
-        return bool(flags[0])
+        return False
 
     def save(self) -> None:
         if _save(self.checkpointer, self.run, self.step, self.state, self.pipeline.get_state(), self.bad_rows,
