@@ -117,7 +117,10 @@ def _writable_folder(path: Path, flag: str, given: str) -> None:
 
 
 def check_output_folder(path: str, flag: str = "--out") -> None:
-    """An output folder: new or a folder, somewhere writable."""
+    """An output folder: new or a folder, somewhere writable (local: only training workdirs may be gs://)."""
+    if "://" in path:  # pathlib would make a local folder named "gs:"
+        raise UserError(f"{flag} {path}: this command writes local files; give a local folder (or a gcsfuse mount) "
+                        "and copy it to the bucket with `gcloud storage cp -r`")
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise UserError(f"{flag} {path} is a file; give a folder")

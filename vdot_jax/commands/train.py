@@ -25,7 +25,7 @@ def run(args) -> int | None:
         apply_overrides(config, parse_override_args(args.extra))
     except ConfigError as e:
         raise UserError(str(e)) from None
-    # Ctrl-C is handled like SIGTERM: finish the step, save, stop (a second Ctrl-C aborts at once).
+    # Ctrl-C is handled like SIGTERM: stop at the next phase boundary, save, stop (a second Ctrl-C aborts at once).
     summary = train(config, args.workdir, stop_after=args.stop_after, catch_sigint=True)
     if args.summary:
         print(json.dumps({k: v for k, v in summary.items() if k != "last_metrics"}, default=str))
@@ -44,8 +44,10 @@ def register(sub) -> None:
             "Any config field can be overridden with --config.KEY=VALUE (typed by the field, e.g. "
             "--config.optim.critic_lr=1e-6 --config.mesh.ici=fsdp=4). If WORKDIR already holds checkpoints the "
             "run resumes from the latest; a workdir written by an incompatible config, or a non-empty folder that "
-            "is not a training workdir, is refused untouched. SIGTERM saves a checkpoint and exits 0; Ctrl-C "
-            "saves and exits 130 (a second Ctrl-C aborts without saving)."
+            "is not a training workdir, is refused untouched. SIGTERM stops at the next phase boundary, saves a "
+            "checkpoint there (the resume continues exactly) and exits 0; Ctrl-C does the same and exits 130 (a "
+            "second Ctrl-C aborts without saving). Checkpoints: every train.checkpoint_every steps and, with "
+            "train.checkpoint_every_minutes, every that many minutes."
         ),
     )
     p.add_argument("--config", required=True, help="config file, e.g. configs/tiny.py (FILE.py:ARG passes ARG)")

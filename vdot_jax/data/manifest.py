@@ -21,10 +21,13 @@ the pipeline's business (a bad file skips the sample with a warning, it does not
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from etils import epath
 
 from vdot_jax.errors import VdotError
 
@@ -82,6 +85,8 @@ def _resolve(path, base: Path) -> str | None:
     s = str(path).strip()
     if not s:
         return None
+    if "://" in s:  # a URI (gs://...) stays as written
+        return s
     p = Path(os.path.expanduser(s))
     return str(p if p.is_absolute() else base / p)
 
@@ -110,8 +115,9 @@ def _row(raw: dict, i: int, base: Path, src: Path) -> ManifestRow:
 
 
 def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
-    """All rows of a CSV (header row) or JSONL manifest; raises ManifestError naming the file and row."""
-    p = Path(path)
+    """All rows of a CSV (header row) or JSONL manifest; raises ManifestError naming the file and row. The manifest
+    may be on a bucket (gs://, read through etils.epath); its relative paths are then relative to its folder there."""
+    p = epath.Path(path) if "://" in os.fspath(path) else Path(path)
     if not p.is_file():
         raise ManifestError(f"manifest {p} does not exist.")
     base = p.parent
@@ -128,7 +134,8 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
                 raise ManifestError(f"manifest {p} line {i + 1} is not a JSON object.")
             raws.append(obj)
     elif p.suffix.lower() in (".csv", ".tsv"):
-        with p.open(newline="") as fh:
+        # a bucket's file (epath's open takes no newline=) is read whole; a local one is streamed as before
+        with p.open(newline="") if isinstance(p, Path) else io.StringIO(p.read_text(), newline="") as fh:
             reader = csv.DictReader(fh, delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
             if not reader.fieldnames:
                 raise ManifestError(f"manifest {p} is empty (a CSV manifest needs a header row).")

@@ -326,6 +326,18 @@ def restore_subtree_intact(workdir, targets: Mapping[tuple, jax.ShapeDtypeStruct
     raise CheckpointMismatch(f"{root} holds no checkpoint that can be restored.")
 
 
+def _is_primary() -> bool:
+    return jax.process_index() == 0
+
+
+def _barrier(name: str) -> None:
+    """Wait until every process reaches ``name`` (nothing to wait for in a one-process run)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 class Checkpointer:
     """Saves and restores (state, data state, meta) under WORKDIR/checkpoints (module docstring)."""
 
@@ -364,10 +376,12 @@ class Checkpointer:
             where = "It was left in place."
             if not self.read_only:
                 aside = self.root.parent / "unreadable_checkpoints" / str(step)
-                aside.parent.mkdir(exist_ok=True)
                 if aside.exists():
                     aside = aside.with_name(f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-                (self.root / str(step)).rename(aside)
+                if _is_primary():  # one process moves it; the others wait, then all see it gone
+                    aside.parent.mkdir(exist_ok=True)
+                    (self.root / str(step)).rename(aside)
+                _barrier(f"vdot_checkpoint_aside_{step}")
                 self.manager.reload()
                 self.last_saved = self.manager.latest_step()
                 where = f"It was moved to {aside}."

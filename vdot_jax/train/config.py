@@ -128,6 +128,9 @@ def base_config() -> ml_collections.ConfigDict:
     tr.steps = 1500  # release stage 1: 1,500 steps (stage 2: 1,200)
     tr.log_every = 1
     tr.checkpoint_every = 100
+    # also save when this many minutes have passed since the last save (0 = off); process 0's clock decides, and
+    # the decision reaches every host with the step's stop flags, so all hosts save the same step
+    tr.checkpoint_every_minutes = 0.0
     tr.keep = 3  # checkpoints kept (the newest)
     tr.async_checkpoint = True
     tr.max_nonfinite = 20  # this many steps in a row with a skipped (non-finite) update stop the run

@@ -5,7 +5,8 @@
     DIR/<component>/params/        orbax checkpoint of the parameter tree (nested dict, str keys)
 
 Restoring goes straight into the requested dtype and shardings (abstract targets), so a large model
-is never materialised replicated on one host.
+is never materialised replicated on one host. Reading works on any ``etils.epath`` path, a ``gs://`` bucket
+included (the JSON through epath, the arrays through orbax's tensorstore); writing is local.
 
 ``load_component`` is the one loading algorithm of every component (transformer, VAE, umT5): a converted
 directory is restored in place, anything else goes through the component's reader (``weights/convert``,
@@ -24,6 +25,7 @@ from typing import Callable, Mapping
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from vdot_jax.weights.checkpoint_io import CheckpointError
@@ -91,7 +93,7 @@ def save_module(root: str | os.PathLike, name: str, module, *, cls: str, config:
 
 def component_dir(path: str | os.PathLike, name: str) -> Path:
     """DIR/<name> of a model directory, or DIR itself when it is that component."""
-    path = Path(path)
+    path = epath.Path(path)
     if (path / "config.json").exists():
         meta = read_meta(path)
         if meta.get("component") == name:
@@ -104,7 +106,7 @@ def component_dir(path: str | os.PathLike, name: str) -> Path:
     raise CheckpointError(f"{path} is not a converted vdot-jax model directory (no {INDEX} or {name}/config.json)")
 
 
-def read_meta(component: Path) -> dict:
+def read_meta(component) -> dict:
     try:
         meta = json.loads((component / "config.json").read_text())
     except (OSError, ValueError) as e:
@@ -115,11 +117,11 @@ def read_meta(component: Path) -> dict:
 
 
 def is_model_dir(path: str | os.PathLike) -> bool:
-    path = Path(path)
+    path = epath.Path(path)
     return (path / INDEX).exists() or ((path / "config.json").exists() and (path / "params").exists())
 
 
-def restore_params(component: Path, abstract_flat: Mapping[tuple, jax.ShapeDtypeStruct]) -> dict:
+def restore_params(component, abstract_flat: Mapping[tuple, jax.ShapeDtypeStruct]) -> dict:
     """Restore {path: jax.Array} with each leaf's shape, dtype and sharding taken from ``abstract_flat``."""
     params = (component / "params").absolute()
     if not params.exists():
@@ -145,10 +147,9 @@ def load_component(
     each parameter is restored straight into ``shardings[path]`` (default device when absent). Anything else is
     read by ``read(path, param_dtype, config, key) -> (cfg, flat numpy params)`` (``config`` overrides the
     architecture found there, ``key`` picks an entry of a nested checkpoint), then placed by ``shardings``."""
-    path = Path(path)
     shardings = shardings or {}
     if is_model_dir(path):
-        comp = component_dir(path, name)
+        comp = component_dir(path, name)  # an epath: local or gs://
         meta = read_meta(comp)
         cfg = config_type.from_dict(meta["config"])
         dtype = check_dtype(param_dtype or meta["dtype"])
@@ -156,7 +157,7 @@ def load_component(
         abstract = {p: jax.ShapeDtypeStruct(v.shape, dtype, sharding=shardings.get(p))
                     for p, v in flat_state(model).items()}
         return assign(model, restore_params(comp, abstract))
-    cfg, flat = read(path, check_dtype(param_dtype or "float32"), config, key)
+    cfg, flat = read(Path(path), check_dtype(param_dtype or "float32"), config, key)
     model = abstract_model(lambda: build(cfg))
     flat = {p: jax.device_put(v, shardings[p]) if p in shardings else v for p, v in flat.items()}
     return assign(model, flat)
