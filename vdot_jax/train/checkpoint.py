@@ -23,6 +23,7 @@ the differences, and nothing in it is touched.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -36,7 +37,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vdot_jax.train.paths import workdir_path
 
-from vdot_jax.errors import VdotError
+from vdot_jax.errors import CheckpointError, VdotError, disk_full_error, is_disk_full
 
 FORMAT = "vdot-train-v1"
 
@@ -235,8 +236,54 @@ def _reader(root) -> ocp.CheckpointManager:
 
 
 # What a training run writes at the top of its workdir (train/loop.py, train/logging.py).
-WORKDIR_ENTRIES = frozenset({"checkpoints", "config.json", "metrics.jsonl", "metrics.jsonl.tmp", "train.log", "tb",
+LOCK = ".vdot-train.lock"  # flock'ed by the run that uses the workdir; holds "pid N on HOST" for the message
+WORKDIR_ENTRIES = frozenset({LOCK, "checkpoints", "config.json", "metrics.jsonl", "metrics.jsonl.tmp", "train.log", "tb",
                              "plots", "samples", "unreadable_checkpoints"})
+
+
+
+
+class WorkdirBusy(VdotError):
+    """Another live run holds the workdir's lock."""
+
+
+@contextlib.contextmanager
+def lock_workdir(workdir):
+    """Hold WORKDIR/.vdot-train.lock (``fcntl.flock``, exclusive, non-blocking) while training: a second run on the
+    same workdir is refused in one line. The kernel drops the lock when the process dies, so a crashed or killed run
+    leaves nothing stuck. Taken by process 0 only (the other processes of a run share its workdir). A ``gs://``
+    workdir is not locked (a bucket has no such lock; best effort: do not start two runs on one bucket path). A
+    workdir this call created and that holds only the lock when it is released is removed again."""
+    import fcntl
+    import os
+    import socket
+
+    from vdot_jax.train.paths import is_local
+
+    path = workdir_path(workdir)
+    if not is_local(path) or jax.process_index() != 0:
+        yield
+        return
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise WorkdirBusy(f"--workdir {workdir} is in use by another run ({holder}); wait for it to finish or "
+                              "give another --workdir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            if created and sorted(p.name for p in path.iterdir()) == [LOCK]:
+                os.unlink(path / LOCK)
+                path.rmdir()
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def check_workdir(workdir) -> None:
@@ -343,10 +390,18 @@ class Checkpointer:
         """Save (asynchronously); returns False when ``step`` is already saved."""
         if self.last_saved is not None and step <= self.last_saved:
             return False
+        from vdot_jax.weights.params import non_finite
+
+        bad = non_finite(state)  # a NaN model is never saved as if it were a result
+        if bad:
+            raise CheckpointError(f"the model at step {step} has non-finite values in {len(bad)} tensor(s) "
+                                  f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); it was not saved to "
+                                  f"{self.root} (lower the learning rate, or resume from the last checkpoint)")
         args = ocp.args.Composite(state=ocp.args.StandardSave(to_nested(state)),
                                   data=ocp.args.JsonSave(data_state),
                                   meta=ocp.args.JsonSave({**meta, "format": FORMAT, "step": int(step)}))
-        self.manager.save(step, args=args, force=True)
+        with _disk_errors(self.root):
+            self.manager.save(step, args=args, force=True)
         self.last_saved = step
         return True
 
@@ -384,8 +439,23 @@ class Checkpointer:
         return from_nested(restored["state"], abstract_state), dict(restored["data"]), dict(restored["meta"])
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with _disk_errors(self.root):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
+
+
+@contextlib.contextmanager
+def _disk_errors(where):
+    """A full disk, however orbax reports it (a ValueError RESOURCE_EXHAUSTED from a background thread), becomes
+    the one ``OSError(ENOSPC)`` that ``vdot`` prints as a line."""
+    try:
+        yield
+    except Exception as e:
+        if is_disk_full(e):
+            raise disk_full_error(e, where) from None
+        raise

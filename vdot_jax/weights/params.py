@@ -43,3 +43,15 @@ def assign(model: nnx.Module, flat: Mapping[tuple, object], dtype=None) -> nnx.M
 
 def path_str(path: tuple) -> str:
     return ".".join(str(p) for p in path)
+
+
+def non_finite(tree) -> list[str]:
+    """Paths of the floating-point leaves of ``tree`` (a pytree or a flat {path: array}) holding a NaN or inf:
+    checkpoints and exports refuse such a model. One compiled reduction over every leaf, where each leaf lives,
+    and one transfer of the flags."""
+    leaves = [(p, x) for p, x in jax.tree_util.tree_leaves_with_path(tree)
+              if jnp.issubdtype(getattr(x, "dtype", jnp.int32), jnp.inexact) and getattr(x, "size", 1)]
+    if not leaves:
+        return []
+    flags = jax.jit(lambda xs: jnp.stack([jnp.isfinite(x).all() for x in xs]))([x for _, x in leaves])
+    return [jax.tree_util.keystr(p) for (p, _), ok in zip(leaves, jax.device_get(flags)) if not ok]
