@@ -218,6 +218,25 @@ def test_convert_onto_a_full_disk_is_one_line_and_leaves_nothing(full_disk, caps
     assert sorted(p.name for p in d.iterdir()) == ["ballast"]  # no partial hidden files
 
 
+def test_a_training_checkpoint_on_a_full_disk_is_one_error_without_background_tracebacks(full_disk, capfd, caplog):
+    """Orbax's background threads used to log a traceback each (train printed them before its one line)."""
+    import errno
+
+    import jax.numpy as jnp
+
+    from vdot_jax.train.checkpoint import Checkpointer
+
+    d = full_disk(4096)
+    ck = Checkpointer(d / "w", keep=1, async_save=True)
+    state = {"w": jnp.arange(200_000, dtype=jnp.float32)}  # 800 kB: more than the disk holds
+    with pytest.raises(OSError) as e:
+        ck.save(1, state, {}, {"step": 1})
+        ck.close()
+    assert e.value.errno == errno.ENOSPC and str(d / "w") in str(e.value.filename)
+    err = capfd.readouterr().err + "".join(caplog.text)
+    assert "Traceback" not in err and "RESOURCE_EXHAUSTED" not in err, err[-2000:]
+
+
 # ----------------------------------------------------------------------------- 6. files as they come
 
 

@@ -30,7 +30,7 @@ def is_disk_full(e: BaseException) -> bool:
     return any(s in str(e) for s in _FULL)
 
 
-def disk_full_error(e: BaseException, path) -> OSError:
+def disk_full_error(path) -> OSError:
     """The one error a full disk becomes, whoever raised it: ``OSError(ENOSPC)`` naming ``path`` (``vdot`` prints it
     as one line: ``no space left on the device writing PATH; nothing more was written``)."""
     import errno
@@ -42,7 +42,8 @@ def disk_full_error(e: BaseException, path) -> OSError:
 def read_utf8(path, what: str, error: type = VdotError) -> str:
     """A text file the user gave (manifest, index, ...) as str; a byte that is not UTF-8 is ``error`` naming the
     file, line and byte, not a UnicodeDecodeError traceback."""
-    data = open(path, "rb").read()
+    with open(path, "rb") as f:
+        data = f.read()
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -55,8 +56,10 @@ def read_json(path, what: str = "file", error: type = VdotError) -> dict:
     """A JSON object from ``path``, or ``error`` naming the file (truncated, not UTF-8, not an object)."""
     import json
 
+    with open(path, "rb") as f:
+        data = f.read()
     try:
-        d = json.loads(open(path, "rb").read().decode("utf-8"))
+        d = json.loads(data.decode("utf-8"))
     except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise error(f"{what} {path} is unreadable ({' '.join(str(e).split())}); it may be truncated: write it "
                     "again (convert or export)") from None

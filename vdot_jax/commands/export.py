@@ -261,7 +261,7 @@ def run(args) -> None:
         if new:  # a failed export into a new folder leaves nothing (a full disk, Ctrl-C)
             shutil.rmtree(out, ignore_errors=True)
         if isinstance(e, Exception) and not isinstance(e, OSError) and is_disk_full(e):
-            raise disk_full_error(e, out) from None
+            raise disk_full_error(out) from None
         raise
     print(f"exported {what} to {out} as {done}, {args.dtype}, in {time.time() - t0:.1f} s")
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import sys
 import time
@@ -379,6 +380,7 @@ class Checkpointer:
     def __init__(self, workdir, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
         self.root = checkpoint_dir(workdir)
         self.read_only = read_only
+        logging.getLogger("absl").addFilter(_QUIET)  # idempotent: a filter is added once
         self.manager = ocp.CheckpointManager(self.root, item_names=ITEMS,
                                              options=_options(keep, async_save and not read_only, read_only))
         self.last_saved: int | None = self.manager.latest_step()
@@ -449,6 +451,18 @@ class Checkpointer:
             self.manager.close()
 
 
+class _QuietDiskFull(logging.Filter):
+    """Orbax's background save threads log a full disk with a traceback per thread (and again per retry) before the
+    error reaches ``save``/``wait``, where ``_disk_errors`` turns it into one line: drop those log records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+        return not any(s in text for s in ("RESOURCE_EXHAUSTED", "No space left"))
+
+
+_QUIET = _QuietDiskFull()
+
+
 @contextlib.contextmanager
 def _disk_errors(where):
     """A full disk, however orbax reports it (a ValueError RESOURCE_EXHAUSTED from a background thread), becomes
@@ -457,5 +471,5 @@ def _disk_errors(where):
         yield
     except Exception as e:
         if is_disk_full(e):
-            raise disk_full_error(e, where) from None
+            raise disk_full_error(where) from None
         raise

@@ -75,7 +75,7 @@ def save_component(
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, Exception) and is_disk_full(e):
-            raise disk_full_error(e, final) from None
+            raise disk_full_error(final) from None
         raise
     if final.exists():
         shutil.rmtree(final)
