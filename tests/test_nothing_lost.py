@@ -361,8 +361,12 @@ def test_a_second_run_on_a_locked_workdir_is_refused_and_a_dead_one_leaves_no_lo
         # before any model is built
         refused(capsys, ["train", "--config", "configs/tiny.py", "--workdir", w], "is in use by another run",
                 f"pid {os.getpid()}")
-    with lock_workdir(w):  # released on exit
+    assert not w.exists()  # released on exit: the lock file and the folder this lock made are gone
+    w.mkdir()
+    (w / "train.log").write_text("x")
+    with lock_workdir(w):
         pass
+    assert sorted(p.name for p in w.iterdir()) == ["train.log"]  # an existing workdir is left as it was
     # a crashed run (killed: no cleanup) leaves no stuck lock: the kernel drops a dead process's flock
     code = f"from vdot_jax.train.checkpoint import lock_workdir; import os; lock_workdir({str(w)!r}).__enter__(); " \
            "os._exit(9)"

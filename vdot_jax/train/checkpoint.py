@@ -253,8 +253,8 @@ def lock_workdir(workdir):
     """Hold WORKDIR/.vdot-train.lock (``fcntl.flock``, exclusive, non-blocking) while training: a second run on the
     same workdir is refused in one line. The kernel drops the lock when the process dies, so a crashed or killed run
     leaves nothing stuck. Taken by process 0 only (the other processes of a run share its workdir). A ``gs://``
-    workdir is not locked (a bucket has no such lock; best effort: do not start two runs on one bucket path). A
-    workdir this call created and that holds only the lock when it is released is removed again."""
+    workdir is not locked (a bucket has no such lock; best effort: do not start two runs on one bucket path). The
+    lock file is removed on release, and a workdir this call created that is empty then is removed too."""
     import fcntl
     import os
     import socket
@@ -267,24 +267,31 @@ def lock_workdir(workdir):
         return
     created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    lock = path / LOCK
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
             raise WorkdirBusy(f"--workdir {workdir} is in use by another run ({holder}); wait for it to finish or "
                               "give another --workdir") from None
+        try:  # the holder removes the file when it is done: a lock on a removed file is no lock, take it again
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        try:
-            yield
-        finally:
-            if created and sorted(p.name for p in path.iterdir()) == [LOCK]:
-                os.unlink(path / LOCK)
-                path.rmdir()
+        yield
     finally:
-        os.close(fd)  # releases the flock
+        os.unlink(lock)  # while still held: the workdir is left as the run left it
+        os.close(fd)
+        if created and not any(path.iterdir()):
+            path.rmdir()
 
 
 def check_workdir(workdir) -> None:
