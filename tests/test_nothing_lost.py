@@ -160,7 +160,7 @@ def test_a_checkpoint_of_a_non_finite_model_is_refused_and_nothing_is_written(tm
     assert not (tmp_path / "checkpoints" / "1").exists()
 
 
-def test_export_refuses_a_non_finite_model(tmp_path, capsys):
+def test_export_and_convert_refuse_a_non_finite_model(tmp_path, capsys):
     import torch
 
     from oracles import TINY_VACE, diffusers_transformer
@@ -172,6 +172,9 @@ def test_export_refuses_a_non_finite_model(tmp_path, capsys):
     refused(capsys, ["export", "--ckpt", tmp_path / "nan", "--format", "jax", "--out", tmp_path / "o"],
             "non-finite", str(tmp_path / "nan"))
     assert not (tmp_path / "o").exists()
+    # convert writes model components through the same check
+    refused(capsys, ["convert", "--src", tmp_path / "nan", "--dst", tmp_path / "m"], "non-finite", "transformer")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan"]
 
 
 # ----------------------------------------------------------------------------- 5. a full disk

@@ -30,7 +30,7 @@ from vdot_jax import errors
 from vdot_jax.errors import disk_full_error, is_disk_full
 from vdot_jax.weights.checkpoint_io import CheckpointError
 from vdot_jax.weights.keymap import check_dtype, np_dtype
-from vdot_jax.weights.params import abstract_model, assign, flat_state
+from vdot_jax.weights.params import abstract_model, assign, flat_state, non_finite
 
 FORMAT = "vdot-jax"
 INDEX = "vdot_model.json"
@@ -63,6 +63,10 @@ def save_component(
     """Write DIR/<name>/{config.json, params} atomically (a half-written component is never left)."""
     root = Path(root)
     final = root / name
+    bad = non_finite(dict(flat_params))  # a NaN model is never written as if it were one (convert, export, save_*)
+    if bad:
+        raise CheckpointError(f"the {name} to write to {root} has non-finite values in {len(bad)} tensor(s) "
+                              f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); nothing was written")
     tmp = root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:  # a failure (a full disk: orbax's ValueError RESOURCE_EXHAUSTED) leaves no partial hidden folder
