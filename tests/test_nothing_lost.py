@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from safety_helpers import checksums, refused
-from vdot_jax.cli import main as vdot
 
 GEN = ["--prompt", "a", "--frames", "5", "--height", "32", "--width", "32"]
 
@@ -132,15 +131,12 @@ def test_every_numeric_config_key_is_range_checked_before_the_workdir(tmp_path, 
 
 
 def test_every_numeric_config_key_has_a_range():
-    from vdot_jax.train.config import base_config, numeric_keys, range_for
+    from vdot_jax.train.config import base_config, load_config, numeric_keys, range_for, validate
 
     keys = numeric_keys(base_config())
     assert len(keys) > 60
     assert [k for k in keys if range_for(k) is None] == []
-    from vdot_jax.train.config import validate
     for cfg in ("configs/tiny.py", "configs/wan14b_stage2_vace.py"):
-        from vdot_jax.train.config import load_config
-
         validate(load_config(cfg))  # the shipped configs lie in range
 
 
