@@ -51,7 +51,8 @@ def register(sub) -> None:
             "write OUT/report.md, PNG plots and video grids (mp4 and GIF). Nothing is downloaded."
         ),
     )
-    p.add_argument("--out", default="vdot_demo", help="output directory: new, empty, or one vdot demo made (default: ./vdot_demo)")
+    p.add_argument("--out", default="vdot_demo",
+                   help="output directory: new, empty, or one vdot demo made (default: ./vdot_demo)")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty --out that vdot demo did not make (files of the same names are "
                         "replaced)")
