@@ -238,8 +238,8 @@ def _reader(root) -> ocp.CheckpointManager:
 
 # What a training run writes at the top of its workdir (train/loop.py, train/logging.py).
 LOCK = ".vdot-train.lock"  # flock'ed by the run that uses the workdir; holds "pid N on HOST" for the message
-WORKDIR_ENTRIES = frozenset({LOCK, "checkpoints", "config.json", "metrics.jsonl", "metrics.jsonl.tmp", "train.log", "tb",
-                             "plots", "samples", "unreadable_checkpoints"})
+WORKDIR_ENTRIES = frozenset({LOCK, "checkpoints", "config.json", "metrics.jsonl", "metrics.jsonl.tmp", "train.log",
+                             "tb", "plots", "samples", "unreadable_checkpoints"})
 
 
 
