@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import sys
 
-from vdot_jax.commands.common import add_model_arguments, check_model_arguments, check_output_video
+from vdot_jax.commands.common import (add_model_arguments, check_model_arguments, check_no_overlap, check_output_video,
+                                      model_inputs)
 
 
 def run(args) -> None:
     check_model_arguments(args)  # every option, before anything heavy is imported or loaded
     check_output_video(args.out)
+    refs = [r.strip() for r in args.ref_images.split(",")] if args.ref_images else None
+    check_no_overlap({"--out": args.out}, {"--src-video": args.src_video, "--src-mask": args.src_mask,
+                                           "--ref-images": refs, **model_inputs(args)})
     from vdot_jax import conditions as C  # lazy, as every command's imports: `vdot --help` stays light
     from vdot_jax.sampling import pipeline as P
 

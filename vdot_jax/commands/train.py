@@ -16,7 +16,9 @@ def run(args) -> int | None:
 
     from vdot_jax.commands.common import UserError
     from vdot_jax.parallel.distributed import initialize
-    from vdot_jax.train.config import ConfigError, apply_overrides, load_config, parse_override_args
+    from vdot_jax.train.checkpoint import check_workdir, lock_workdir
+    from vdot_jax.train.config import (ConfigError, apply_overrides, check_data, load_config, parse_override_args,
+                                       validate)
     from vdot_jax.train.loop import train
 
     initialize()  # multi-host: TPU pods and SLURM are detected; VDOT_COORDINATOR etc. for custom launchers
@@ -25,8 +27,15 @@ def run(args) -> int | None:
         apply_overrides(config, parse_override_args(args.extra))
     except ConfigError as e:
         raise UserError(str(e)) from None
-    # Ctrl-C is handled like SIGTERM: stop at the next phase boundary, save, stop (a second Ctrl-C aborts at once).
-    summary = train(config, args.workdir, stop_after=args.stop_after, catch_sigint=True)
+    # Everything that needs no model, before the workdir is made or a model built: the config (every key's range),
+    # the workdir, the data (manifest rows, the precomputed index), and no other run holding the workdir.
+    validate(config)
+    check_workdir(args.workdir)
+    check_data(config)
+    with lock_workdir(args.workdir):
+        # Ctrl-C is handled like SIGTERM: stop at the next phase boundary, save, stop (a second Ctrl-C aborts at
+        # once).
+        summary = train(config, args.workdir, stop_after=args.stop_after, catch_sigint=True)
     if args.summary:
         print(json.dumps({k: v for k, v in summary.items() if k != "last_metrics"}, default=str))
     if summary.get("stopped") == "SIGINT":

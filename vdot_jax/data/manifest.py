@@ -29,7 +29,7 @@ from pathlib import Path
 
 from etils import epath
 
-from vdot_jax.errors import VdotError
+from vdot_jax.errors import VdotError, read_utf8
 
 COLUMNS = ("task", "src_video", "src_mask", "src_ref_images", "caption", "video")
 ALIASES = {"subtask": "task", "prompt": "caption", "en_prompt": "caption", "gt_video": "video",
@@ -123,7 +123,7 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
     base = p.parent
     raws: list[dict] = []
     if p.suffix.lower() in (".jsonl", ".json"):
-        for i, line in enumerate(p.read_text().splitlines()):
+        for i, line in enumerate(read_utf8(p, "manifest", ManifestError).splitlines()):
             if not line.strip():
                 continue
             try:
@@ -134,17 +134,16 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
                 raise ManifestError(f"manifest {p} line {i + 1} is not a JSON object.")
             raws.append(obj)
     elif p.suffix.lower() in (".csv", ".tsv"):
-        # a bucket's file (epath's open takes no newline=) is read whole; a local one is streamed as before
-        with p.open(newline="") if isinstance(p, Path) else io.StringIO(p.read_text(), newline="") as fh:
-            reader = csv.DictReader(fh, delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
-            if not reader.fieldnames:
-                raise ManifestError(f"manifest {p} is empty (a CSV manifest needs a header row).")
-            names = {ALIASES.get(n.strip(), n.strip()) for n in reader.fieldnames if n}
-            missing = [c for c in ("caption", "video") if c not in names]
-            if missing:
-                raise ManifestError(f"manifest {p} has no column {' or '.join(missing)} (columns: "
-                                    f"{', '.join(reader.fieldnames)}; expected {', '.join(COLUMNS)}).")
-            raws = list(reader)
+        text = read_utf8(p, "manifest", ManifestError)
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
+        if not reader.fieldnames:
+            raise ManifestError(f"manifest {p} is empty (a CSV manifest needs a header row).")
+        names = {ALIASES.get(n.strip(), n.strip()) for n in reader.fieldnames if n}
+        missing = [c for c in ("caption", "video") if c not in names]
+        if missing:
+            raise ManifestError(f"manifest {p} has no column {' or '.join(missing)} (columns: "
+                                f"{', '.join(reader.fieldnames)}; expected {', '.join(COLUMNS)}).")
+        raws = list(reader)
     else:
         raise ManifestError(f"manifest {p} must be .csv, .tsv or .jsonl.")
     rows = [_row(r, i, base, p) for i, r in enumerate(raws)]

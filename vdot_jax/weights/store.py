@@ -28,9 +28,11 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
+from vdot_jax import errors
+from vdot_jax.errors import disk_full_error, is_disk_full
 from vdot_jax.weights.checkpoint_io import CheckpointError
 from vdot_jax.weights.keymap import check_dtype, np_dtype
-from vdot_jax.weights.params import abstract_model, assign, flat_state
+from vdot_jax.weights.params import abstract_model, assign, flat_state, non_finite
 
 FORMAT = "vdot-jax"
 INDEX = "vdot_model.json"
@@ -63,19 +65,29 @@ def save_component(
     """Write DIR/<name>/{config.json, params} atomically (a half-written component is never left)."""
     root = Path(root)
     final = root / name
+    bad = non_finite(dict(flat_params))  # a NaN model is never written as if it were one (convert, export, save_*)
+    if bad:
+        raise CheckpointError(f"the {name} to write to {root} has non-finite values in {len(bad)} tensor(s) "
+                              f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); nothing was written")
     tmp = root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    meta = {"component": name, "class": cls, "dtype": dtype, "config": config, **(extra or {})}
-    (tmp / "config.json").write_text(json.dumps(meta, indent=2))
-    tree = _nest({p: np.asarray(v) if not isinstance(v, jax.Array) else v for p, v in flat_params.items()})
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save((tmp / "params").absolute(), tree)
+    try:  # a failure (a full disk: orbax's ValueError RESOURCE_EXHAUSTED) leaves no partial hidden folder
+        tmp.mkdir(parents=True)
+        meta = {"component": name, "class": cls, "dtype": dtype, "config": config, **(extra or {})}
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2))
+        tree = _nest({p: np.asarray(v) if not isinstance(v, jax.Array) else v for p, v in flat_params.items()})
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save((tmp / "params").absolute(), tree)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, Exception) and is_disk_full(e):
+            raise disk_full_error(final) from None
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     index_path = root / INDEX
-    index = json.loads(index_path.read_text()) if index_path.exists() else {"format": FORMAT, "components": {}}
+    index = read_json(index_path, "model index") if index_path.exists() else {"format": FORMAT, "components": {}}
     index["components"][name] = name
     index_path.write_text(json.dumps(index, indent=2))
     return final
@@ -101,16 +113,17 @@ def component_dir(path: str | os.PathLike, name: str) -> Path:
     if (path / name / "config.json").exists():
         return path / name
     if (path / INDEX).exists():
-        have = sorted(json.loads((path / INDEX).read_text()).get("components", {}))
+        have = sorted(read_json(path / INDEX, "model index").get("components", {}))
         raise CheckpointError(f"model directory {path} has no {name} (it has: {', '.join(have) or 'nothing'})")
     raise CheckpointError(f"{path} is not a converted vdot-jax model directory (no {INDEX} or {name}/config.json)")
 
 
+def read_json(path, what: str = "file") -> dict:
+    return errors.read_json(path, what, CheckpointError)
+
+
 def read_meta(component) -> dict:
-    try:
-        meta = json.loads((component / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{component}/config.json is unreadable ({e})") from None
+    meta = read_json(component / "config.json", "component config")
     if "component" not in meta or "config" not in meta:
         raise CheckpointError(f"{component}/config.json is not a vdot-jax component config")
     return meta
