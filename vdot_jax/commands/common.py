@@ -131,7 +131,7 @@ def check_output_folder(path: str, flag: str = "--out", *, command: str | None =
     ``MARKER`` file, or one of ``markers``), or ``overwrite``; and somewhere writable and local (only training
     workdirs may be gs://). ``command=None``: only "a folder, somewhere writable" (a folder the command merely
     reads back, e.g. demo --rescore)."""
-    if "://" in path:  # pathlib would make a local folder named "gs:"
+    if "://" in str(path):  # pathlib would make a local folder named "gs:"
         raise UserError(f"{flag} {path}: this command writes local files; give a local folder (or a gcsfuse mount) "
                         "and copy it to the bucket with `gcloud storage cp -r`")
     p = Path(path)
