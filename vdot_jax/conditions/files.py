@@ -117,7 +117,7 @@ def read_task_inputs(src_video=None, src_mask=None, src_ref_images=None, num_fra
 # ----------------------------------------------------------------------------- every task
 
 
-def _parse_expand(expand) -> tuple[float, float, float, float]:
+def parse_expand(expand) -> tuple[float, float, float, float]:
     if isinstance(expand, str):
         try:
             expand = [float(v) for v in expand.split(",")]
@@ -196,7 +196,7 @@ def task_inputs(task: str | None = None, *, src_video=None, src_mask=None, ref_i
     # Validate size and frame count before reading anything (the same rules as read_task_inputs).
     refs = read_task_inputs(None, None, ref_images, num_frames=frames, height=height, width=width).refs
     if family == "outpaint":
-        ratios = _parse_expand(expand)
+        ratios = parse_expand(expand)
         video = video_from_frames(video_io.read_video(src_video, num_frames=frames))
         return _with_refs(outpaint(video, *ratios, height=height, width=width), refs)
     k = kept_frames(task, clip_frames or 1)
