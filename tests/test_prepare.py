@@ -214,6 +214,13 @@ def test_prepare_refusals_write_nothing(tmp_path, raw, capsys):
         (["gray", "--src-video", raw["bad"]], "bad.mp4"),
         (["gray", "--src-video", raw["video"], "--ref-images", raw["bad"]], "bad.mp4"),
         (["outpaint", "--src-video", raw["video"]], "--expand"),
+        (["gray", "--src-video", raw["video"], "--mode", "random"], "--mode is for task frameref, not gray"),
+        (["inpaint", "--src-video", raw["video"], "--clip-frames", "2"], "--clip-frames is for tasks first_clip"),
+        (["inpaint", "--src-video", raw["video"], "--box", "0,0,8,8", "--mask", raw["mask"]], "--mask or --box"),
+        (["inpaint", "--src-video", raw["video"]], "needs --mask or --box"),
+        (["layout", "--track", "0:0,0,8,8;81:0,0,9,9"], "past the video's last frame 80"),
+        (["first_last_frame", "--src-image", raw["ref"]], "takes 2 image"),
+        (["edges", "--src-video", raw["video"], "--edge-low", "50", "--edge-high", "20"], "--edge-low"),
     ]
     for argv, msg in cases:
         assert main(["prepare", *argv, "--out", str(out), "--height", str(H), "--width", str(W)]) == 2

@@ -12,7 +12,12 @@ from vdot_jax.commands.common import UserError, check_output_folder
 
 EXTENSION_TASKS = ("first_frame", "last_frame", "first_last_frame", "first_clip", "last_clip", "first_last_clip")
 PREPARE_TASKS = ("plain", "gray", "edges", "layout", "frameref", "inpaint", "outpaint") + EXTENSION_TASKS
-WRITES = ("src_video.mp4", "src_mask.mp4", "row.json")  # and ref_<i>.png
+CLIP_TASKS = ("first_clip", "last_clip", "first_last_clip")
+# options that only some tasks use: given to another task they are refused, not silently ignored
+TASK_OPTIONS = {"mode": ("frameref",), "ref_num": ("frameref",), "clip_frames": CLIP_TASKS, "inner": ("outpaint",),
+                "mask_kind": ("inpaint", "layout"), "expand_ratio": ("inpaint", "layout"),
+                "expand_iters": ("inpaint", "layout"), "invert": ("inpaint",), "edge_low": ("edges",),
+                "edge_high": ("edges",)}
 
 
 def _src_frames(args, total: int) -> int:
@@ -176,9 +181,23 @@ def write(vcu, out: Path, *, prompt: str | None, refs: list[str], fps: float) ->
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def check_options(args) -> None:
+    """Numbers in range and every option used by the task, before any file is read."""
+    from vdot_jax.commands.common import check_numbers, check_video_memory
+
+    check_numbers(args, positive=("frames", "height", "width", "fps", "ref_num", "clip_frames", "expand_iters"),
+                  nonnegative=("expand_ratio", "edge_low", "edge_high"), seed=("seed",))
+    check_video_memory(args.frames or 81, args.height, args.width)
+    for name, tasks in TASK_OPTIONS.items():
+        if getattr(args, name) != args.option_defaults[name] and args.task not in tasks:
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag} is for task{'s' if len(tasks) > 1 else ''} {', '.join(tasks)}, not {args.task}")
+
+
 def run(args) -> None:
     from vdot_jax.data import video_io
 
+    check_options(args)
     out = _check_out(args)
     refs = [p for p in (args.ref_images or "").split(",") if p]
     for p in refs:  # unreadable references are refused before anything is written
@@ -243,4 +262,4 @@ def register(sub) -> None:
     s.add_argument("--height", type=int, default=480, help="multiple of 16 (default 480)")
     s.add_argument("--width", type=int, default=832, help="multiple of 16 (default 832)")
     s.add_argument("--fps", type=float, default=16, help="frame rate written in the mp4s (default 16)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, option_defaults={k: p.get_default(k) for k in TASK_OPTIONS})

@@ -278,7 +278,8 @@ def edges(video, low: float = 100.0, high: float = 200.0, sigma: float = 1.0) ->
     from scipy import ndimage
 
     if not 0 <= low <= high:
-        raise ConditionError(f"edge thresholds must satisfy 0 <= low <= high, got {low}, {high}.")
+        raise ConditionError(f"edge thresholds must satisfy 0 <= low <= high (--edge-low, --edge-high), got {low}, "
+                             f"{high}.")
     v = np.asarray(video, np.float32)
     lum = (0.299 * v[0, 0] + 0.587 * v[0, 1] + 0.114 * v[0, 2] + 1.0) * 127.5  # [T, H, W] in [0, 255]
     out = np.full((1, 3) + lum.shape, -1.0, np.float32)
