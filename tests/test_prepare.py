@@ -238,3 +238,32 @@ def test_prepare_output_folder_rule(tmp_path, raw, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
     assert main(argv + ["--overwrite"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt", "row.json", "src_video.mp4"]
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow  # builds and converts a tiny random WanVACEPipeline (~20 s), then 3 generations
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
+@pytest.mark.parametrize("argv", [["inpaint", "--box", "16,8,40,20", "--mask-kind", "bbox_expand"],
+                                  ["frameref", "--mode", "firstlast"], ["layout", "--track", "0:4,4,20,20;8:24,4,40,20"]],
+                         ids=["inpaint", "frameref", "layout"])
+def test_prepared_folder_feeds_vdot_generate(argv, tmp_path, raw, tiny_model, capsys):
+    pytest.importorskip("diffusers")
+    src = ["--src-video", raw["video"]] if argv[0] != "layout" else ["--frames", "9"]
+    out, row = prepare(tmp_path, *argv, *src, "--prompt", "a red cat")
+    video = tmp_path / "gen.mp4"
+    extra = ["--src-mask", str(out / row["src_mask"])] if row["src_mask"] else ["--task", row["task"]]
+    assert main(["generate", "--model", str(tiny_model), "--prompt", row["prompt"], "--src-video",
+                 str(out / row["src_video"]), *extra, "--frames", str(row["frames"]), "--height", str(row["height"]),
+                 "--width", str(row["width"]), "--out", str(video), "--quiet"]) == 0
+    assert video_io.read_video(video).shape == (T, H, W, 3)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    pytest.importorskip("diffusers")
+    from oracles import tiny_vace_pipeline
+    from test_generate import DIT, MEAN, STD, WORDS
+
+    return tiny_vace_pipeline(tmp_path_factory.mktemp("model"), DIT, WORDS, latents_mean=MEAN, latents_std=STD)[2]
