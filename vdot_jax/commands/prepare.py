@@ -21,11 +21,15 @@ TASK_OPTIONS = {"mode": ("frameref",), "ref_num": ("frameref",), "clip_frames": 
 
 
 def _src_frames(args, total: int) -> int:
-    """The output frame count: --frames, or the largest 1 + 4k the source has (the release's rule)."""
+    """The output frame count: --frames, or 81 (vdot generate's default), or the most 1 + 4k the source has if
+    fewer; frames are picked uniformly over the source (``video_io.select_frame_indices``)."""
     from vdot_jax.conditions.vcu import WAN_STRIDE, check_num_frames
 
     st = WAN_STRIDE[0]
-    n = check_num_frames(args.frames, st, "--frames") if args.frames is not None else (total - 1) // st * st + 1
+    if args.frames is not None:
+        n = check_num_frames(args.frames, st, "--frames")
+    else:
+        n = (min(total, 81) - 1) // st * st + 1
     if total < n or n < 1:
         raise UserError(f"--src-video {args.src_video} has {total} frames; task {args.task} needs {max(n, 1)} "
                         f"(--frames)")
@@ -258,7 +262,8 @@ def register(sub) -> None:
     o.add_argument("--seed", type=int, default=0, help="random frame references and mask expansion")
     s = p.add_argument_group("size")
     s.add_argument("--frames", type=int, default=None,
-                   help="frames, 1 + 4k (default: the most the source video has; 81 without one)")
+                   help="frames, 1 + 4k (default 81, or the most the source video has if fewer), picked uniformly "
+                        "over the source")
     s.add_argument("--height", type=int, default=480, help="multiple of 16 (default 480)")
     s.add_argument("--width", type=int, default=832, help="multiple of 16 (default 832)")
     s.add_argument("--fps", type=float, default=16, help="frame rate written in the mp4s (default 16)")
