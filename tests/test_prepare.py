@@ -131,12 +131,14 @@ def test_outpaint_inner_and_gray_and_layout():
     np.testing.assert_allclose(g[0, :, 0, 0, 0], [0.114 - 0.886] * 3, atol=1e-6)  # the release's BGR weights
     lay = PR.layout_boxes(np.array([[4, 2, 20, 12]]), 16, 24)[0, 0, 0]
     assert lay[0, 0] == 1 and lay[7, 12] == 1  # white background, white inside
-    assert lay[2, 4] == -1 and lay[3, 10] == -1 and lay[12, 20] == -1 and lay[11, 19] == -1  # 2-pixel outline
-    assert lay[4, 6] == 1 and lay[13, 10] == 1 and lay[1, 10] == 1
+    col = lay[:, 10].tolist()  # thickness 2 is OpenCV's: one pixel either side of the edge
+    assert col == [1, -1, -1, -1, 1, 1, 1, 1, 1, 1, 1, -1, -1, -1, 1, 1]
+    assert lay[2, 3] == -1 and lay[1, 3] == 1  # rounded corner
     m = np.zeros((1, 1, 1, 16, 24), np.float32)
     m[..., 4:12, 6:18] = 1
+    m[..., 7:9, 10:12] = 0  # a hole: not outlined (external contours)
     lm = PR.layout_masks(m)[0, 0, 0]
-    assert lm[4, 10] == -1 and lm[3, 10] == -1 and lm[5, 10] == -1 and lm[6, 10] == 1 and lm[8, 12] == 1
+    assert lm[:, 12].tolist() == [1, 1] + [-1] * 5 + [1, 1] + [-1] * 5 + [1, 1]  # thickness 3: two pixels either side
 
 
 def test_edges_find_a_step_and_nothing_on_flat():
@@ -267,3 +269,63 @@ def tiny_model(tmp_path_factory):
     from test_generate import DIT, MEAN, STD, WORDS
 
     return tiny_vace_pipeline(tmp_path_factory.mktemp("model"), DIT, WORDS, latents_mean=MEAN, latents_std=STD)[2]
+
+
+# ----------------------------------------------------------------------------- OpenCV, the release's own library
+
+
+def test_drawing_gray_and_mask_growth_match_opencv():
+    """The release draws and grows masks with OpenCV; these are its calls, on random inputs."""
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(3)
+    h, w = 40, 60
+    for _ in range(50):  # LayoutBboxAnnotator: xywh truncated, rectangle of thickness 2, boxes partly outside too
+        x1, x2 = np.sort(rng.uniform(-3, 63, 2))
+        y1, y2 = np.sort(rng.uniform(-3, 43, 2))
+        ref = np.full((h, w, 3), 255, np.uint8)
+        x, y, bw, bh = np.array([x1, y1, x2 - x1, y2 - y1]).astype(int)
+        cv2.rectangle(ref, (int(x), int(y)), (int(x + bw), int(y + bh)), (0, 0, 0), 2)
+        np.testing.assert_array_equal(PR.layout_boxes(np.array([[x1, y1, x2, y2]]), h, w)[0, 0, 0] < 0,
+                                      ref[..., 0] == 0)
+    differ = total = 0
+    for k in range(20):  # LayoutMaskAnnotator: external contours drawn at thickness 3
+        m = np.zeros((h, w), np.uint8)
+        m[rng.integers(0, 18):rng.integers(22, 40), rng.integers(0, 28):rng.integers(32, 60)] = 255
+        m[rng.integers(18, 21):22, 28:rng.integers(29, 32)] = 0  # a hole (ignored: external contours)
+        m[rng.integers(0, 40), rng.integers(0, 60)] = 255  # a one-pixel blob
+        contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        ref = cv2.drawContours(np.full((h, w, 3), 255, np.uint8), contours, -1, (0, 0, 0), thickness=3)[..., 0] == 0
+        mine = PR.layout_masks((m > 0)[None, None, None].astype(np.float32))[0, 0, 0] < 0
+        differ, total = differ + (ref != mine).sum(), total + ref.sum()
+    assert differ <= 0.002 * total  # rectangles with holes and dots: equal but for diagonal steps
+    # MaskAugAnnotator's growth: cv2.dilate with its asymmetric kernel, `iters` times
+    m = np.zeros((1, 1, 1, h, w), np.float32)
+    m[0, 0, 0, 12:25, 20:33] = 1
+    m[0, 0, 0, 14, 40] = 1
+    u = np.random.default_rng(5).random(4)
+    grown = PR.mask_aug(m, "original_expand", np.random.default_rng(5), expand_ratio=0.4, expand_iters=3)[0, 0, 0]
+    left, right, top, bottom = 20, 40, 12, 24
+    bw, bh = (right - left + 1) * 0.4, (bottom - top + 1) * 0.4
+    sides = [int(u[0] * min(bw, left / 2) / 3), int(u[1] * min(bw, (w - right) / 2) / 3),
+             int(u[2] * min(bh, top / 2) / 3), int(u[3] * min(bh, (h - bottom) / 2) / 3)]
+    k = max(sides)
+    kernel = np.zeros((2 * k, 2 * k), np.uint8)
+    kernel[k - sides[3]:k + sides[2] + 1, k - sides[1]:k + sides[0] + 1] = 1
+    ref = cv2.dilate(m[0, 0, 0].astype(np.uint8), kernel, iterations=3)
+    assert k > 0 and grown.sum() > m.sum() and max(sides[0], sides[2]) == k  # the kernel's cut side is exercised
+    np.testing.assert_array_equal(grown, ref)
+    # GrayAnnotator: cv2.COLOR_BGR2GRAY on RGB frames
+    rgb = rng.integers(0, 256, (1, 8, 8, 3)).astype(np.uint8)
+    ref = cv2.cvtColor(rgb[0], cv2.COLOR_BGR2GRAY).astype(np.float32)
+    mine = (PR.gray(C.video_from_frames(video_io.to_unit_range(rgb)))[0, 0, 0] + 1) * 127.5
+    assert np.abs(mine - ref).max() <= 0.51
+    # the hull mode: OpenCV's convex hull of the contours, filled with PIL (as the release does)
+    from PIL import Image, ImageDraw
+    blob = np.zeros((h, w), np.uint8)
+    blob[5:9, 5:30] = blob[5:35, 5:9] = blob[30:33, 20:22] = 1
+    contours, _ = cv2.findContours(blob, 2, 1)
+    hull = cv2.convexHull(np.concatenate(contours))[:, 0].astype(np.float32).tolist()
+    img = Image.new("L", (w, h), 0)
+    ImageDraw.Draw(img).polygon([tuple(p) for p in hull], fill=255)
+    got = PR.mask_aug(blob[None, None, None].astype(np.float32), "hull", rng)[0, 0, 0]
+    np.testing.assert_array_equal(got, np.asarray(img) > 0)

@@ -156,7 +156,8 @@ def mask_aug(masks: np.ndarray, mode: str, rng: np.random.Generator, expand_rati
 
     ``original``: the mask; ``bbox``: its bounding box (inclusive); ``hull``: its filled convex hull; ``*_expand``:
     then grown ``expand_iters`` times by ``int(u * min(ratio * box side, room / 2) / expand_iters)`` pixels per
-    side, ``u`` uniform in [0, 1) drawn per side and per frame (the release's ``rand_expand_mask``). Empty frames
+    side, ``u`` uniform in [0, 1) drawn per side and per frame (the release's ``rand_expand_mask``; its OpenCV
+    kernel is one pixel short of the largest side, so left and top grow at most that minus one). Empty frames
     stay empty.
     """
     if mode not in MASKAUG_MODES:
@@ -182,9 +183,10 @@ def mask_aug(masks: np.ndarray, mode: str, rng: np.random.Generator, expand_rati
             n = int(expand_iters)
             bw, bh = (right - left + 1) * expand_ratio, (bottom - top + 1) * expand_ratio
             u = rng.random(4)
-            sides = [int(u[0] * min(bw, left / 2) / n), int(u[1] * min(bw, (w - right) / 2) / n),
-                     int(u[2] * min(bh, top / 2) / n), int(u[3] * min(bh, (h - bottom) / 2) / n)]
-            f = _grow(f, *(n * s for s in sides))
+            l, r, tp, b = (int(u[0] * min(bw, left / 2) / n), int(u[1] * min(bw, (w - right) / 2) / n),
+                           int(u[2] * min(bh, top / 2) / n), int(u[3] * min(bh, (h - bottom) / 2) / n))
+            k = max(l, r, tp, b)  # the release's 2k x 2k kernel cuts its last row and column: left and top
+            f = _grow(f, n * min(l, k - 1), n * r, n * min(tp, k - 1), n * b) if k else f  # grow <= k - 1
         out[0, 0, i] = f
     return out
 
@@ -234,36 +236,52 @@ def gray(video) -> np.ndarray:
     return np.repeat(y[:, None], 3, axis=1)
 
 
+def _stroke(points: np.ndarray, thickness: int) -> np.ndarray:
+    """Pixels OpenCV paints when it strokes a line through ``points`` (a binary [H, W] set of pixel centres) with
+    ``thickness``: those within Euclidean distance ``(thickness + 1) // 2`` of it (the line alone for 1)."""
+    from scipy import ndimage
+
+    if thickness <= 1:
+        return points.copy()
+    return ndimage.distance_transform_edt(~points) <= (thickness + 1) // 2
+
+
 def layout_boxes(boxes: np.ndarray, height: int, width: int, thickness: int = 2) -> np.ndarray:
-    """``LayoutBboxAnnotator``: a white frame per box with the box's outline in black, ``thickness`` pixels wide
-    inside ``[int(x1), int(x2)] x [int(y1), int(y2)]`` (the release draws it with OpenCV, centred on the edge)
-    -> control frames [1, 3, T, H, W]."""
+    """``LayoutBboxAnnotator``: a white frame per box with its outline in black -> control frames [1, 3, T, H, W].
+
+    The outline is the rectangle from ``int(x1), int(y1)`` to that plus ``int(x2 - x1), int(y2 - y1)``, stroked as
+    OpenCV strokes it at ``thickness`` 2 (the release's), rounded corners included; parts outside the frame are cut."""
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
     out = np.ones((1, 3, len(b), height, width), np.float32)
+    r = (thickness + 1) // 2 + 1  # margin so an edge just outside the frame still paints its inside
     for t, box in enumerate(b):
-        x1, y1, x2, y2 = (int(v) for v in box)
-        inside = np.zeros((height + 2, width + 2), bool)  # one pixel of slack so boxes at the edge still draw
-        inside[max(0, y1) + 1:min(height, y2 + 1) + 1, max(0, x1) + 1:min(width, x2 + 1) + 1] = True
-        core = np.zeros_like(inside)
-        core[max(0, y1 + thickness) + 1:min(height, y2 + 1 - thickness) + 1,
-             max(0, x1 + thickness) + 1:min(width, x2 + 1 - thickness) + 1] = True
-        out[0, :, t][:, (inside & ~core)[1:-1, 1:-1]] = -1.0
+        x1, y1 = int(box[0]), int(box[1])  # the release rounds x, y, width, height, each toward zero
+        x2, y2 = x1 + int(box[2] - box[0]), y1 + int(box[3] - box[1])
+        pts = np.zeros((height + 2 * r, width + 2 * r), bool)
+        cx1, cx2 = np.clip([x1 + r, x2 + r], 0, width + 2 * r - 1)
+        cy1, cy2 = np.clip([y1 + r, y2 + r], 0, height + 2 * r - 1)
+        for y in {y1 + r, y2 + r} & set(range(height + 2 * r)):
+            pts[y, cx1:cx2 + 1] = True
+        for x in {x1 + r, x2 + r} & set(range(width + 2 * r)):
+            pts[cy1:cy2 + 1, x] = True
+        out[0, :, t][:, _stroke(pts, thickness)[r:r + height, r:r + width]] = -1.0
     return out
 
 
 def layout_masks(masks: np.ndarray, thickness: int = 3) -> np.ndarray:
-    """``LayoutMaskAnnotator``/``LayoutTrackAnnotator``: each mask's outline in black on white -> [1, 3, T, H, W].
-    The outline is the mask's boundary pixels (4-neighbour of the outside) widened to ``thickness``."""
+    """``LayoutMaskAnnotator``/``LayoutTrackAnnotator``: each mask's outer outline in black on white ->
+    [1, 3, T, H, W]. The outline is what OpenCV's external contours (``RETR_EXTERNAL``: holes ignored) stroke at
+    ``thickness`` 3: the filled mask's pixels 4-adjacent to the outside, widened as ``_stroke`` does (at a diagonal
+    step a pixel or two differs from OpenCV's polyline)."""
     from scipy import ndimage
 
     m = np.asarray(masks) > 0.5
     out = np.ones((1, 3) + m.shape[2:], np.float32)
+    cross = ndimage.generate_binary_structure(2, 1)
     for t in range(m.shape[2]):
-        f = m[0, 0, t]
-        edge = f & ~ndimage.binary_erosion(f, border_value=0)
-        if thickness > 1:
-            edge = ndimage.binary_dilation(edge, np.ones((3, 3), bool), iterations=(thickness - 1) // 2)
-        out[0, :, t][:, edge] = -1.0
+        f = ndimage.binary_fill_holes(m[0, 0, t])
+        edge = f & ~ndimage.binary_erosion(f, cross, border_value=0)
+        out[0, :, t][:, _stroke(edge, thickness)] = -1.0
     return out
 
 
