@@ -199,6 +199,15 @@ def test_prepare_controls_and_layout_track(tmp_path, raw):
     assert row["task"] == "gray" and row["src_mask"] is None and not (out / "src_mask.mp4").exists()
     g = read_back(out, row).frames
     assert np.abs(g[:, 0] - g[:, 2]).max() < 0.05 and (g.mean() != 0)
+    for task in ("plain", "edges"):
+        extra = ["--edge-low", "5", "--edge-high", "10"] if task == "edges" else []  # a smooth ramp: weak edges
+        out, row = prepare(tmp_path, task, "--src-video", raw["video"], *extra, name=task)
+        assert row["task"] == "v2v" and row["src_mask"] is None
+        back = read_back(out, row).frames
+        if task == "plain":
+            assert np.abs(back - raw["video_arr"]).max() < 0.1
+        else:  # white edges on black
+            assert (back > 0.5).any() and (np.abs(np.abs(back) - 1) < 0.3).mean() > 0.95  # (H.264 blurs a little)
     out, row = prepare(tmp_path, "layout", "--track", "0:4,4,20,20;8:24,4,40,20", "--frames", "9", name="lay")
     lay = read_back(out, row).frames[0, 0]
     assert lay[0, 4, 10] < -0.8 and lay[8, 4, 30] < -0.8 and lay[4, 4, 20] < -0.8  # outline's top edge moves
@@ -240,6 +249,18 @@ def test_prepare_output_folder_rule(tmp_path, raw, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
     assert main(argv + ["--overwrite"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt", "row.json", "src_video.mp4"]
+    # a masked task, then a control task over it: the stale mask goes, so the folder matches its row
+    inpaint = ["prepare", "inpaint", "--src-video", raw["video"], "--box", "0,0,8,8", "--out", str(out), "--height",
+               str(H), "--width", str(W), "--overwrite"]
+    assert main(inpaint) == 0 and (out / "src_mask.mp4").exists()
+    assert main(argv + ["--overwrite"]) == 0 and not (out / "src_mask.mp4").exists()
+    # never over an input, even with --overwrite
+    src = out / "src_video.mp4"
+    before = src.read_bytes()
+    again = ["prepare", "gray", "--src-video", str(src), "--out", str(out), "--height", str(H), "--width", str(W),
+             "--overwrite"]
+    assert main(again) == 2 and "would replace the input" in capsys.readouterr().err
+    assert src.read_bytes() == before
 
 
 # ----------------------------------------------------------------------------- end to end

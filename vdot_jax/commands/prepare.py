@@ -140,11 +140,20 @@ def row_task(vcu) -> str:
     return "mv2v"
 
 
-def _check_out(args) -> Path:
+def _check_out(args, refs: list[str]) -> Path:
+    """--out is new or empty (or --overwrite), and none of the files it would get is an input (even with
+    --overwrite a source is never replaced)."""
     out = Path(args.out)
     check_output_folder(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise UserError(f"--out {out} already exists and is not empty; choose another or pass --overwrite")
+    inputs = [args.src_video, args.mask, *(args.src_image or "").split(","), *refs]
+    ours = {(out / n).resolve() for n in ("src_video.mp4", "src_mask.mp4", "row.json")}
+    ours |= {(out / f"ref_{i}.png").resolve() for i in range(len(refs))}
+    for p in (p for p in inputs if p):
+        if Path(p).resolve() in ours:
+            raise UserError(f"--out {out} would replace the input {p}; choose another --out (a source is never "
+                            f"modified)")
     return out
 
 
@@ -202,8 +211,8 @@ def run(args) -> None:
     from vdot_jax.data import video_io
 
     check_options(args)
-    out = _check_out(args)
     refs = [p for p in (args.ref_images or "").split(",") if p]
+    out = _check_out(args, refs)
     for p in refs:  # unreadable references are refused before anything is written
         video_io.read_image(p)
     vcu = build(args)
