@@ -98,6 +98,15 @@ def test_mask_aug_bbox_hull_and_expand():
     assert hull[5, 5] and hull[5, 15] and hull[15, 10] and hull[8, 10]  # corners and inside
     assert not hull[15, 5] and not hull[15, 15] and hull.sum() < bbox.sum()
     assert np.array_equal(PR.mask_aug(m, "original", rng), m)
+    many = np.repeat(m, 12, axis=2)  # random: one of the six per frame, drawn from the generator
+    sim, kinds = np.random.default_rng(4), []
+    for _ in range(12):  # the same draws: a mode per frame, then four sides for an *_expand one
+        kinds.append(PR.MASKAUG_MODES[sim.integers(6)])
+        if kinds[-1].endswith("_expand"):
+            sim.random(4)
+    got = PR.mask_aug(many, "random", np.random.default_rng(4))[0, 0]
+    assert {got[i].sum() for i, k in enumerate(kinds) if k == "bbox"} == {121.0} and "bbox" in kinds
+    assert all(got[i].sum() == 3 for i, k in enumerate(kinds) if k == "original")
     # expand: each side grows by iters * int(u * min(ratio * side, room / 2) / iters), u drawn left,right,top,bottom
     u = np.random.default_rng(7).random(4)
     grown = PR.mask_aug(m, "bbox_expand", np.random.default_rng(7), expand_ratio=0.5, expand_iters=2)[0, 0, 0]
@@ -169,6 +178,15 @@ def test_prepare_inpaint_box_matches_known_mask(tmp_path, raw):
     assert vcu.num_refs == 1 and np.array_equal(vcu.masks[0, 0, 0], want > 0)
 
 
+def test_prepare_inpaint_track_moves_the_box(tmp_path, raw):
+    out, row = prepare(tmp_path, "inpaint", "--src-video", raw["video"], "--track", "0:0,0,8,8;8:40,24,48,32")
+    m = read_back(out, row).masks[0, 0]
+    for t in range(T):  # 5 pixels a frame, every box inside the frame, end exclusive
+        want = np.zeros((H, W), bool)
+        want[3 * t:3 * t + 8, 5 * t:5 * t + 8] = True
+        np.testing.assert_array_equal(m[t], want)
+
+
 def test_prepare_inpaint_mask_is_the_generate_task_inpaint(tmp_path, raw):
     """One implementation: prepare's files read back give the VCU ``vdot generate --task inpaint`` builds."""
     out, row = prepare(tmp_path, "inpaint", "--src-video", raw["video"], "--mask", raw["mask"])
@@ -231,6 +249,7 @@ def test_prepare_refusals_write_nothing(tmp_path, raw, capsys):
         (["inpaint", "--src-video", raw["video"]], "needs --mask or --box"),
         (["layout", "--track", "0:0,0,8,8;81:0,0,9,9"], "past the video's last frame 80"),
         (["first_last_frame", "--src-image", raw["ref"]], "takes 2 image"),
+        (["first_frame", "--src-image", raw["ref"], "--src-video", raw["video"]], "not both"),
         (["edges", "--src-video", raw["video"], "--edge-low", "50", "--edge-high", "20"], "--edge-low"),
     ]
     for argv, msg in cases:

@@ -81,6 +81,8 @@ def build(args):
     if task in EXTENSION_TASKS:
         n = check_num_frames(args.frames or 81, C.WAN_STRIDE[0], "--frames")
         if args.src_image is not None:
+            if args.src_video is not None:
+                raise UserError(f"give task {task} --src-image or --src-video, not both")
             paths = [p for p in args.src_image.split(",") if p]
             if len(paths) != (2 if task == "first_last_frame" else 1):
                 raise UserError(f"task {task} takes {2 if task == 'first_last_frame' else 1} image(s) in --src-image")
@@ -261,8 +263,9 @@ def register(sub) -> None:
     o.add_argument("--inner", action="store_true", help="outpaint: regenerate the frame's border instead of a larger "
                                                         "canvas")
     o.add_argument("--mask-kind", default="original",
-                   choices=("original", "original_expand", "hull", "hull_expand", "bbox", "bbox_expand"),
-                   help="inpaint/layout: the release's mask augmentation (default original)")
+                   choices=("original", "original_expand", "hull", "hull_expand", "bbox", "bbox_expand", "random"),
+                   help="inpaint/layout: the release's mask augmentation (default original; random: one of the six "
+                        "per frame)")
     o.add_argument("--expand-ratio", type=float, default=None, help="*_expand mask kinds: growth ratio (default 0.3)")
     o.add_argument("--expand-iters", type=int, default=5, help="*_expand mask kinds: growth steps (default 5)")
     o.add_argument("--invert", action="store_true", help="inpaint: regenerate everything but the mask/box")

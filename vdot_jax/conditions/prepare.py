@@ -24,7 +24,7 @@ import numpy as np
 
 from vdot_jax.conditions.vcu import VCU, ConditionError, extension_from_video
 
-MASKAUG_MODES = ("original", "original_expand", "hull", "hull_expand", "bbox", "bbox_expand")
+MASKAUG_MODES = ("original", "original_expand", "hull", "hull_expand", "bbox", "bbox_expand", "random")
 FRAMEREF_MODES = ("first", "last", "firstlast", "random")
 
 
@@ -154,7 +154,8 @@ def mask_aug(masks: np.ndarray, mode: str, rng: np.random.Generator, expand_rati
              expand_iters: int = 5) -> np.ndarray:
     """The release's ``MaskAugAnnotator`` on every frame of [1, 1, T, H, W] masks.
 
-    ``original``: the mask; ``bbox``: its bounding box (inclusive); ``hull``: its filled convex hull; ``*_expand``:
+    ``original``: the mask; ``bbox``: its bounding box (inclusive); ``hull``: its filled convex hull; ``random``:
+    one of the other six, drawn per frame as the release draws it per call; ``*_expand``:
     then grown ``expand_iters`` times by ``int(u * min(ratio * box side, room / 2) / expand_iters)`` pixels per
     side, ``u`` uniform in [0, 1) drawn per side and per frame (the release's ``rand_expand_mask``; its OpenCV
     kernel is one pixel short of the largest side, so left and top grow at most that minus one). Empty frames
@@ -167,11 +168,12 @@ def mask_aug(masks: np.ndarray, mode: str, rng: np.random.Generator, expand_rati
     m = np.asarray(masks) > 0.5
     out = np.zeros(m.shape, np.float32)
     _, _, t, h, w = m.shape
-    base = mode.removesuffix("_expand")
     for i in range(t):
         f = m[0, 0, i]
         if not f.any():
             continue
+        kind = MASKAUG_MODES[rng.integers(6)] if mode == "random" else mode
+        base = kind.removesuffix("_expand")
         ys, xs = np.nonzero(f)
         left, right, top, bottom = xs.min(), xs.max(), ys.min(), ys.max()
         if base == "bbox":
@@ -179,7 +181,7 @@ def mask_aug(masks: np.ndarray, mode: str, rng: np.random.Generator, expand_rati
             f[top:bottom + 1, left:right + 1] = True
         elif base == "hull":
             f = _hull(f)
-        if mode.endswith("_expand"):
+        if kind.endswith("_expand"):
             n = int(expand_iters)
             bw, bh = (right - left + 1) * expand_ratio, (bottom - top + 1) * expand_ratio
             u = rng.random(4)
