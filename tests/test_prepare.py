@@ -178,6 +178,22 @@ def test_prepare_inpaint_box_matches_known_mask(tmp_path, raw):
     assert vcu.num_refs == 1 and np.array_equal(vcu.masks[0, 0, 0], want > 0)
 
 
+def test_prepare_appends_batch_rows(tmp_path, raw, capsys):
+    rows = tmp_path / "jobs" / "rows.jsonl"
+    prepare(tmp_path, "gray", "--src-video", raw["video"], "--prompt", "one", "--rows", str(rows), name="a")
+    prepare(tmp_path, "inpaint", "--src-video", raw["video"], "--box", "0,0,8,8", "--prompt", "two",
+            "--ref-images", raw["ref"], "--rows", str(rows), name="b")
+    lines = [json.loads(x) for x in rows.read_text().splitlines()]
+    assert [x["prompt"] for x in lines] == ["one", "two"]
+    assert lines[0]["src_video"] == "../a/src_video.mp4" and lines[0]["src_mask"] is None
+    assert lines[1]["src_mask"] == "../b/src_mask.mp4" and lines[1]["ref_images"] == ["../b/ref_0.png"]
+    for x in lines:  # the batch reader resolves them from the rows file's folder
+        for p in [x["src_video"], x["src_mask"], *x["ref_images"]]:
+            assert p is None or (rows.parent / p).is_file()
+    argv = ["prepare", "gray", "--src-video", raw["video"], "--rows", str(rows), "--out", str(tmp_path / "c")]
+    assert main(argv) == 2 and "needs --prompt" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
 def test_prepare_inpaint_track_moves_the_box(tmp_path, raw):
     out, row = prepare(tmp_path, "inpaint", "--src-video", raw["video"], "--track", "0:0,0,8,8;8:40,24,48,32")
     m = read_back(out, row).masks[0, 0]

@@ -209,6 +209,18 @@ def check_options(args) -> None:
             raise UserError(f"{flag} is for task{'s' if len(tasks) > 1 else ''} {', '.join(tasks)}, not {args.task}")
 
 
+def append_row(row: dict, out: Path, rows: Path) -> None:
+    """Append ``row`` to a ``vdot generate --batch`` rows file, its paths made relative to that file's folder (as
+    the batch reader resolves them)."""
+    base = rows.absolute().parent
+    rel = lambda name: os.path.relpath((out / name).absolute(), base)  # noqa: E731
+    line = dict(row, src_video=rel(row["src_video"]), ref_images=[rel(r) for r in row["ref_images"]],
+                src_mask=rel(row["src_mask"]) if row["src_mask"] else None)
+    base.mkdir(parents=True, exist_ok=True)
+    with open(rows, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
 def run(args) -> None:
     from vdot_jax.data import video_io
 
@@ -217,8 +229,15 @@ def run(args) -> None:
     out = _check_out(args, refs)
     for p in refs:  # unreadable references are refused before anything is written
         video_io.read_image(p)
+    if args.rows is not None:
+        if not args.prompt:
+            raise UserError("--rows appends a vdot generate --batch row, which needs --prompt")
+        if Path(args.rows).is_dir():
+            raise UserError(f"--rows {args.rows} is a folder; give a .jsonl file to append to")
     vcu = build(args)
     row = write(vcu, out, prompt=args.prompt, refs=refs, fps=args.fps)
+    if args.rows is not None:
+        append_row(row, out, Path(args.rows))
     print(f"prepared {args.task} in {out}: {vcu.num_frames} frames at {vcu.height}x{vcu.width}, row task "
           f"{row['task']}, {len(refs)} reference image(s)")
 
@@ -231,11 +250,12 @@ def register(sub) -> None:
             "Build a task's VACE inputs from raw files the way the release's preprocessing does (grey = missing "
             "content, white in the mask = generate, frames 1 + 4k, resized to cover --height x --width and "
             "centre-cropped). Writes src_video.mp4, src_mask.mp4 (tasks with a mask), ref_<i>.png and row.json "
-            "(a row for vdot generate --batch; its files also work as vdot generate --src-video --src-mask). "
+            "(a row for vdot generate --batch, --rows appends it to a rows file; its files also work as vdot generate "
+            "--src-video --src-mask). "
             "Tasks: plain (the video as a control), gray, edges (Canny, a model-free stand-in for scribble -- not "
             "the release's scribble model), layout (--box/--track outlines, or --mask outlines), frameref "
             "(--mode first|last|firstlast|random, --ref-num), inpaint (--mask, or --box/--track; --mask-kind "
-            "original|bbox|hull[_expand], --invert), outpaint (--expand; --inner regenerates the frame's own "
+            "original|bbox|hull[_expand]|random, --invert), outpaint (--expand; --inner regenerates the frame's own "
             "border), and the extension tasks first_frame, last_frame, first_last_frame, first_clip, last_clip, "
             "first_last_clip (--clip-frames). Depth, pose, flow, the release's scribble, tracking and face need "
             "annotator models and are not built in yet."
@@ -254,6 +274,9 @@ def register(sub) -> None:
                    help="keyframes FRAME:x1,y1,x2,y2;FRAME:... (source frames), linear in between, held at the ends")
     i.add_argument("--ref-images", default=None, help="reference images to add, comma-separated")
     i.add_argument("--prompt", default=None, help="the prompt to put in row.json")
+    i.add_argument("--rows", default=None, metavar="FILE.jsonl",
+                   help="also append the row to this vdot generate --batch file (paths relative to its folder; "
+                        "needs --prompt)")
     o = p.add_argument_group("task options")
     o.add_argument("--mode", default=None, choices=("first", "last", "firstlast", "random"),
                    help="frameref: which frames are kept (default first)")
