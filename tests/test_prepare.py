@@ -305,7 +305,8 @@ def test_prepare_output_folder_rule(tmp_path, raw, capsys):
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
 @pytest.mark.parametrize("argv", [["inpaint", "--box", "16,8,40,20", "--mask-kind", "bbox_expand"],
                                   ["frameref", "--mode", "firstlast"],
-                                  ["layout", "--track", "0:4,4,20,20;8:24,4,40,20"]], ids=["inpaint", "frameref", "layout"])
+                                  ["layout", "--track", "0:4,4,20,20;8:24,4,40,20"]],
+                         ids=["inpaint", "frameref", "layout"])
 def test_prepared_folder_feeds_vdot_generate(argv, tmp_path, raw, tiny_model, capsys):
     pytest.importorskip("diffusers")
     src = ["--src-video", raw["video"]] if argv[0] != "layout" else ["--frames", "9"]
