@@ -246,6 +246,13 @@ def test_prepare_controls_and_layout_track(tmp_path, raw):
     lay = read_back(out, row).frames[0, 0]
     assert lay[0, 4, 10] < -0.8 and lay[8, 4, 30] < -0.8 and lay[4, 4, 20] < -0.8  # outline's top edge moves
     assert lay[0, 28, 40] > 0.8  # white background
+    # with a video: its frame count and size place the boxes; the same drawing as without one at the same size
+    out, row = prepare(tmp_path, "layout", "--src-video", raw["video"], "--track", "0:4,4,20,20;8:24,4,40,20",
+                       name="lay_video")
+    np.testing.assert_allclose(read_back(out, row).frames[0, 0], lay, atol=0.1)
+    out, row = prepare(tmp_path, "layout", "--src-video", raw["video"], "--mask", raw["mask"], name="lay_mask")
+    col = read_back(out, row).frames[0, 0, 0, :, 28]  # mask rows 8..19: outline two pixels either side of its edge
+    assert (col[6:11] < -0.5).all() and (col[17:22] < -0.5).all() and (col[12:16] > 0.5).all() and col[3] > 0.5
 
 
 def test_prepare_refusals_write_nothing(tmp_path, raw, capsys):
@@ -266,6 +273,7 @@ def test_prepare_refusals_write_nothing(tmp_path, raw, capsys):
         (["layout", "--track", "0:0,0,8,8;81:0,0,9,9"], "past the video's last frame 80"),
         (["first_last_frame", "--src-image", raw["ref"]], "takes 2 image"),
         (["first_frame", "--src-image", raw["ref"], "--src-video", raw["video"]], "not both"),
+        (["layout", "--box", "0,0,8,8", "--mask-kind", "hull"], "layout from boxes draws the boxes"),
         (["edges", "--src-video", raw["video"], "--edge-low", "50", "--edge-high", "20"], "--edge-low"),
     ]
     for argv, msg in cases:

@@ -72,12 +72,17 @@ def build(args):
         raise UserError("--expand top,bottom,left,right is needed by task outpaint, and only by it")
     if args.src_image is not None and task not in ("first_frame", "last_frame", "first_last_frame"):
         raise UserError(f"--src-image is for the *_frame extension tasks, not {task}")
+    if task in ("inpaint", "layout") and not (has_boxes or args.mask is not None):
+        raise UserError(f"task {task} needs --mask or --box/--track")
+    if has_boxes and args.mask is not None:
+        raise UserError("give --mask or --box/--track, not both")
+    if task == "layout" and has_boxes and (args.mask_kind != "original" or args.expand_ratio is not None):
+        raise UserError("--mask-kind and --expand-ratio shape a --mask's outline; layout from boxes draws the boxes")
 
     if task == "layout" and args.src_video is None:  # boxes alone: output pixels and frames
-        if not has_boxes:
-            raise UserError("task layout needs --box or --track (or --src-video with --mask)")
         n = check_num_frames(args.frames or 81, C.WAN_STRIDE[0], "--frames")
         return C.v2v(PR.layout_boxes(_boxes(args, n, (H, W), np.arange(n), (H, W)), H, W), "layout")
+
     if task in EXTENSION_TASKS:
         n = check_num_frames(args.frames or 81, C.WAN_STRIDE[0], "--frames")
         if args.src_image is not None:
@@ -101,12 +106,12 @@ def build(args):
     n = _src_frames(args, info.num_frames)
     src_hw = (info.height, info.width)
     idx = video_io.select_frame_indices(info.num_frames, n)
+    if task == "layout" and has_boxes:  # the video gives the frame count and size only
+        return C.v2v(PR.layout_boxes(_boxes(args, info.num_frames, src_hw, idx, (H, W)), H, W), "layout")
     if task == "outpaint" and not args.inner:
         return C.task_inputs("outpaint", src_video=args.src_video, frames=n, height=H, width=W, expand=args.expand)
 
     if args.mask is not None:
-        if has_boxes:
-            raise UserError("give --mask or --box/--track, not both")
         base = C.read_task_inputs(args.src_video, args.mask, None, num_frames=n, height=H, width=W)
         video, masks = base.frames, base.masks
     else:
@@ -123,8 +128,6 @@ def build(args):
         return PR.frame_refs(video, args.mode or "first", args.ref_num, rng)
     if task == "outpaint":
         return PR.outpaint_inner(video, *parse_expand(args.expand))
-    if masks is None:
-        raise UserError(f"task {task} needs --mask or --box/--track")
     if args.mask_kind != "original" or args.expand_ratio is not None:
         masks = PR.mask_aug(masks, args.mask_kind, rng, 0.3 if args.expand_ratio is None else args.expand_ratio,
                             args.expand_iters)
