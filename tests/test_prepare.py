@@ -394,3 +394,9 @@ def test_drawing_gray_and_mask_growth_match_opencv():
     ImageDraw.Draw(img).polygon([tuple(p) for p in hull], fill=255)
     got = PR.mask_aug(blob[None, None, None].astype(np.float32), "hull", rng)[0, 0, 0]
     np.testing.assert_array_equal(got, np.asarray(img) > 0)
+    line = np.zeros((h, w), np.float32)
+    line[np.arange(3, 11), np.arange(4, 12)] = 1  # collinear pixels: the hull is the line itself, as OpenCV's
+    np.testing.assert_array_equal(PR.mask_aug(line[None, None, None], "hull", rng)[0, 0, 0], line)
+    dot = np.zeros((1, 1, 1, h, w), np.float32)
+    dot[..., 7, 9] = 1
+    np.testing.assert_array_equal(PR.mask_aug(dot, "hull", rng), dot)

@@ -141,10 +141,11 @@ def _hull(mask: np.ndarray) -> np.ndarray:
     pts = np.stack([xs, ys], 1).astype(np.float64)
     try:
         poly = pts[ConvexHull(pts).vertices]
-    except (QhullError, ValueError):  # a point or a line: its hull is its bounding box
-        out = np.zeros_like(mask, bool)
-        out[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
-        return out
+    except (QhullError, ValueError):  # a point or a line: its hull is the segment between its extreme points
+        order = np.lexsort((pts[:, 1], pts[:, 0]))
+        poly = pts[[order[0], order[-1]]]
+        if (poly[0] == poly[1]).all():
+            return mask.astype(bool)
     img = Image.new("L", (mask.shape[1], mask.shape[0]), 0)
     ImageDraw.Draw(img).polygon([tuple(p) for p in poly], fill=255)
     return np.asarray(img) > 0
