@@ -39,11 +39,13 @@ OPTIONS = [
     *[("prepare", o, "int", "positive") for o in ("--ref-num", "--clip-frames", "--expand-iters")],
     ("prepare", "--seed", "int", "seed"),
     *[("prepare", o, "float", r) for o, r in (("--fps", "positive"), ("--expand-ratio", "nonnegative"),
-                                             ("--edge-low", "nonnegative"), ("--edge-high", "nonnegative"))],
+                                             ("--edge-low", "nonnegative"), ("--edge-high", "nonnegative"),
+                                             ("--edge-sigma", "nonnegative"))],
 ]
 
 
-PREPARE_TASK = {"--ref-num": "frameref", "--clip-frames": "first_clip", "--edge-low": "edges", "--edge-high": "edges"}
+PREPARE_TASK = {"--ref-num": "frameref", "--clip-frames": "first_clip", "--edge-low": "edges", "--edge-high": "edges",
+                "--edge-sigma": "edges"}
 
 
 def _base(cmd: str, tmp, option: str = "") -> list[str]:
@@ -58,7 +60,8 @@ def _base(cmd: str, tmp, option: str = "") -> list[str]:
         "demo": ["demo", "--out", str(tmp / "a_file")],
         "precompute": ["precompute", "--config", missing + ".py", "--out", str(tmp / "p")],
         "train": ["train", "--config", missing + ".py", "--workdir", str(tmp / "w")],
-        "prepare": ["prepare", PREPARE_TASK.get(option, "inpaint"), "--src-video", missing + ".mp4", "--out", str(tmp / "p")],
+        "prepare": ["prepare", PREPARE_TASK.get(option, "inpaint"), "--src-video", missing + ".mp4", "--out",
+                    str(tmp / "p")],
         "export": ["export", "--ckpt", missing, "--format", "lora", "--rank", "4", "--out",
                    str(tmp / "x")],
     }[cmd]

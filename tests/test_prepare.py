@@ -384,6 +384,16 @@ def test_drawing_gray_and_mask_growth_match_opencv():
     ref = cv2.cvtColor(rgb[0], cv2.COLOR_BGR2GRAY).astype(np.float32)
     mine = (PR.gray(C.video_from_frames(video_io.to_unit_range(rgb)))[0, 0, 0] + 1) * 127.5
     assert np.abs(mine - ref).max() <= 0.51
+    # edges: OpenCV's Canny with the L2 gradient, on shapes, a thin line and noise
+    img = np.zeros((64, 96), np.uint8)
+    cv2.circle(img, (30, 30), 15, 200, -1)
+    cv2.rectangle(img, (50, 10), (85, 50), 120, -1)
+    cv2.line(img, (5, 60), (90, 40), 255, 2)
+    img = (cv2.GaussianBlur(img, (5, 5), 1.0) + rng.normal(0, 3, img.shape)).clip(0, 255).astype(np.uint8)
+    ref = cv2.Canny(img, 100, 200, L2gradient=True) > 0
+    mine = PR.edges(C.video_from_frames(video_io.to_unit_range(np.repeat(img[None, ..., None], 3, 3))))[0, 0, 0] > 0
+    assert ref.sum() > 300
+    np.testing.assert_array_equal(mine, ref)
     # the hull mode: OpenCV's convex hull of the contours, filled with PIL (as the release does)
     from PIL import Image, ImageDraw
     blob = np.zeros((h, w), np.uint8)

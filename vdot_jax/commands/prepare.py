@@ -17,7 +17,7 @@ CLIP_TASKS = ("first_clip", "last_clip", "first_last_clip")
 TASK_OPTIONS = {"mode": ("frameref",), "ref_num": ("frameref",), "clip_frames": CLIP_TASKS, "inner": ("outpaint",),
                 "mask_kind": ("inpaint", "layout"), "expand_ratio": ("inpaint", "layout"),
                 "expand_iters": ("inpaint", "layout"), "invert": ("inpaint",), "edge_low": ("edges",),
-                "edge_high": ("edges",)}
+                "edge_high": ("edges",), "edge_sigma": ("edges",)}
 
 
 def _src_frames(args, total: int) -> int:
@@ -123,7 +123,7 @@ def build(args):
     if task == "gray":
         return C.v2v(PR.gray(video), "gray")
     if task == "edges":
-        return C.v2v(PR.edges(video, args.edge_low, args.edge_high), "scribble")
+        return C.v2v(PR.edges(video, args.edge_low, args.edge_high, args.edge_sigma), "scribble")
     if task == "frameref":
         return PR.frame_refs(video, args.mode or "first", args.ref_num, rng)
     if task == "outpaint":
@@ -204,7 +204,7 @@ def check_options(args) -> None:
     from vdot_jax.commands.common import check_numbers, check_video_memory
 
     check_numbers(args, positive=("frames", "height", "width", "fps", "ref_num", "clip_frames", "expand_iters"),
-                  nonnegative=("expand_ratio", "edge_low", "edge_high"), seed=("seed",))
+                  nonnegative=("expand_ratio", "edge_low", "edge_high", "edge_sigma"), seed=("seed",))
     check_video_memory(args.frames or 81, args.height, args.width)
     for name, tasks in TASK_OPTIONS.items():
         if getattr(args, name) != args.option_defaults[name] and args.task not in tasks:
@@ -297,6 +297,8 @@ def register(sub) -> None:
     o.add_argument("--invert", action="store_true", help="inpaint: regenerate everything but the mask/box")
     o.add_argument("--edge-low", type=float, default=100.0, help="edges: Canny low threshold (0-255 luma)")
     o.add_argument("--edge-high", type=float, default=200.0, help="edges: Canny high threshold")
+    o.add_argument("--edge-sigma", type=float, default=0.0, help="edges: Gaussian blur first, in pixels (default 0: "
+                                                                  "OpenCV's Canny with the L2 gradient)")
     o.add_argument("--seed", type=int, default=0, help="random frame references and mask expansion")
     s = p.add_argument_group("size")
     s.add_argument("--frames", type=int, default=None,

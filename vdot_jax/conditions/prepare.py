@@ -288,13 +288,14 @@ def layout_masks(masks: np.ndarray, thickness: int = 3) -> np.ndarray:
     return out
 
 
-def edges(video, low: float = 100.0, high: float = 200.0, sigma: float = 1.0) -> np.ndarray:
+def edges(video, low: float = 100.0, high: float = 200.0, sigma: float = 0.0) -> np.ndarray:
     """Canny edges, white on black, of each frame's luma in [0, 255] -> control frames [1, 3, T, H, W].
 
-    A model-free scribble-like control (Gaussian blur ``sigma``, Sobel gradient, non-maximum suppression along
-    the gradient, hysteresis: weak edges >= ``low`` kept where 8-connected to a strong one >= ``high``). It is
-    NOT the release's scribble annotator (a learned line-art network), so a model trained on that sees a
-    somewhat different control.
+    A model-free scribble-like control: an optional Gaussian blur ``sigma``, the 3x3 Sobel gradient's L2 norm,
+    non-maximum suppression along the gradient, hysteresis (edges >= ``low`` kept where 8-connected to one >=
+    ``high``); with ``sigma=0`` it is OpenCV's ``Canny(luma, low, high, L2gradient=True)`` (ControlNet's canny
+    control uses 100, 200). It is NOT the release's scribble annotator (a learned line-art network), so a model
+    trained on that sees a somewhat different control.
     """
     from scipy import ndimage
 
