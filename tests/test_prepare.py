@@ -210,6 +210,8 @@ def test_prepare_inpaint_mask_is_the_generate_task_inpaint(tmp_path, raw):
     back = read_back(out, row)
     np.testing.assert_array_equal(back.masks, direct.masks)
     assert np.abs(back.frames - direct.frames).max() < 0.1  # H.264 round trip
+    out, row = prepare(tmp_path, "inpaint", "--src-video", raw["video"], "--mask", raw["mask_video"], name="mv")
+    np.testing.assert_array_equal(read_back(out, row).masks, direct.masks)  # a mask video: the same mask
 
 
 def test_prepare_outpaint_and_extension_match_generate_task(tmp_path, raw):
