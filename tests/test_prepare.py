@@ -221,6 +221,16 @@ def test_prepare_outpaint_and_extension_match_generate_task(tmp_path, raw):
     np.testing.assert_array_equal(back.masks, direct.masks)
     assert back.masks[0, 0, 0, :, :8].all() and not back.masks[0, 0, 0, :, 8:40].any()  # 32 wide in the middle
     assert np.abs(back.frames - direct.frames).max() < 0.1
+    # the whole clip by default (the release's firstclip), two clips for first_last_clip
+    out, row = prepare(tmp_path, "last_clip", "--src-video", raw["video"], "--frames", "13", name="whole")
+    back = read_back(out, row)
+    assert back.masks[0, 0, :, 0, 0].tolist() == [1] * 4 + [0] * 9
+    assert np.abs(back.frames[:, :, 4:] - raw["video_arr"]).max() < 0.1 and np.abs(back.frames[:, :, :4]).max() < 0.02
+    out, row = prepare(tmp_path, "first_last_clip", "--src-video", f"{raw['video']},{raw['video']}", "--clip-frames",
+                       "3", "--frames", "17", name="two")
+    back = read_back(out, row)
+    assert back.masks[0, 0, :, 0, 0].tolist() == [0] * 3 + [1] * 11 + [0] * 3
+    assert np.abs(back.frames[:, :, 14:] - raw["video_arr"][:, :, -3:]).max() < 0.1
     out, row = prepare(tmp_path, "first_clip", "--src-video", raw["video"], "--clip-frames", "2", "--frames", "13",
                        name="ext")
     back = read_back(out, row)
@@ -274,6 +284,9 @@ def test_prepare_refusals_write_nothing(tmp_path, raw, capsys):
         (["inpaint", "--src-video", raw["video"]], "needs --mask or --box"),
         (["layout", "--track", "0:0,0,8,8;81:0,0,9,9"], "past the video's last frame 80"),
         (["first_last_frame", "--src-image", raw["ref"]], "takes 2 image"),
+        (["first_clip", "--src-video", raw["video"], "--frames", "9"], "keeps 9 frames, so --frames 9 leaves none"),
+        (["first_last_clip", "--src-video", raw["video"]], "one with --clip-frames"),
+        (["last_clip", "--src-video", raw["video"], "--clip-frames", "10", "--frames", "13"], "has 9 frames"),
         (["first_frame", "--src-image", raw["ref"], "--src-video", raw["video"]], "not both"),
         (["layout", "--box", "0,0,8,8", "--mask-kind", "hull"], "layout from boxes draws the boxes"),
         (["edges", "--src-video", raw["video"], "--edge-low", "50", "--edge-high", "20"], "--edge-low"),

@@ -48,6 +48,39 @@ def _boxes(args, total: int, src_hw, idx, dst_hw):
     return PR.map_boxes(per[idx], src_hw, dst_hw)
 
 
+def _clips(args, n: int):
+    """The clip extensions as the release's ``FrameRefExpandAnnotator`` makes them: ``first_clip``/``last_clip``
+    keep the whole clip (or its first/last --clip-frames), ``first_last_clip`` two clips (``a.mp4,b.mp4``: all of
+    a at the start, all of b at the end) or one video's first and last --clip-frames; the rest of --frames is
+    generated."""
+    from vdot_jax import conditions as C
+    from vdot_jax.conditions.files import read_clip
+
+    task, k = args.task, args.clip_frames
+    paths = [args.src_video] if os.path.exists(args.src_video) else [p for p in args.src_video.split(",") if p]
+    if len(paths) == 2 and task == "first_last_clip":
+        a, b = (read_clip(p, args.height, args.width) for p in paths)
+        for p, c in zip(paths, (a, b)):
+            if k is not None and c.shape[2] < k:
+                raise UserError(f"--src-video {p} has {c.shape[2]} frames; --clip-frames keeps {k}")
+        first, last = (a, b) if k is None else (a[:, :, :k], b[:, :, -k:])
+    elif len(paths) == 1 and (task != "first_last_clip" or k is not None):
+        clip = read_clip(paths[0], args.height, args.width)
+        k = clip.shape[2] if k is None else k
+        if clip.shape[2] < k:
+            raise UserError(f"--src-video {paths[0]} has {clip.shape[2]} frames; --clip-frames keeps {k}")
+        first = clip[:, :, :k] if task != "last_clip" else None
+        last = clip[:, :, -k:] if task != "first_clip" else None
+    else:
+        raise UserError(f"task {task} takes one video" + (" (a,b for two clips, or one with --clip-frames)"
+                                                            if task == "first_last_clip" else ""))
+    kept = sum(c.shape[2] for c in (first, last) if c is not None)
+    if kept >= n:
+        raise UserError(f"task {task} keeps {kept} frames, so --frames {n} leaves none to generate; raise --frames "
+                        f"or lower --clip-frames")
+    return C.extend(task, n, first=first, last=last)
+
+
 def build(args):
     """The task's VCU from the files the arguments name (nothing written)."""
     import numpy as np
@@ -97,8 +130,9 @@ def build(args):
             return C.extend(task, n, first=first, last=last)
         if args.src_video is None:
             raise UserError(f"task {task} needs --src-video (or --src-image for the *_frame tasks)")
-        return C.task_inputs(task, src_video=args.src_video, frames=n, height=H, width=W,
-                             clip_frames=args.clip_frames)
+        if task in CLIP_TASKS:
+            return _clips(args, n)
+        return C.task_inputs(task, src_video=args.src_video, frames=n, height=H, width=W)
     if args.src_video is None:
         raise UserError(f"task {task} needs --src-video")
 
@@ -284,7 +318,9 @@ def register(sub) -> None:
     o.add_argument("--mode", default=None, choices=("first", "last", "firstlast", "random"),
                    help="frameref: which frames are kept (default first)")
     o.add_argument("--ref-num", type=int, default=1, help="frameref: frames kept at each end, or at random (default 1)")
-    o.add_argument("--clip-frames", type=int, default=None, help="*_clip tasks: frames kept at each end")
+    o.add_argument("--clip-frames", type=int, default=None,
+                   help="*_clip tasks: frames kept of the clip (default: all of it, as the release; first_last_clip "
+                        "of one video needs it)")
     o.add_argument("--expand", default=None, help="outpaint: ratios top,bottom,left,right, e.g. 0,0,0.25,0.25")
     o.add_argument("--inner", action="store_true", help="outpaint: regenerate the frame's border instead of a larger "
                                                         "canvas")
