@@ -27,6 +27,7 @@ setup(
             "peft>=0.17",  # diffusers' load_lora_weights (LoRA export tests)
             "ftfy>=6.0",
             "scipy>=1.11",
+            "opencv-python-headless==4.10.0.84",  # the release's drawing and mask growth (tests/test_prepare.py)
             "pytest>=8.0",
             "pytest-xdist>=3.5",
             "libtpu==0.0.42.*",  # TPU compile tests (tests/test_tpu.py) on a CPU host

@@ -35,10 +35,20 @@ OPTIONS = [
     ("export", "--shift", "float", "positive"),
     ("export", "--rank", "int", "positive"),
     ("export", "--max-shard-size", "float", "size"),  # 1e308 is not written like a size (5GB): refused
+    *[("prepare", o, "int", "size") for o in ("--frames", "--height", "--width")],
+    *[("prepare", o, "int", "positive") for o in ("--ref-num", "--clip-frames", "--expand-iters")],
+    ("prepare", "--seed", "int", "seed"),
+    *[("prepare", o, "float", r) for o, r in (("--fps", "positive"), ("--expand-ratio", "nonnegative"),
+                                             ("--edge-low", "nonnegative"), ("--edge-high", "nonnegative"),
+                                             ("--edge-sigma", "nonnegative"))],
 ]
 
 
-def _base(cmd: str, tmp) -> list[str]:
+PREPARE_TASK = {"--ref-num": "frameref", "--clip-frames": "first_clip", "--edge-low": "edges", "--edge-high": "edges",
+                "--edge-sigma": "edges"}
+
+
+def _base(cmd: str, tmp, option: str = "") -> list[str]:
     """Arguments that make an otherwise valid run stop at once on a decoy (a missing file, a file as --out)."""
     missing = str(tmp / "missing")
     (tmp / "a_file").write_text("x")
@@ -50,6 +60,8 @@ def _base(cmd: str, tmp) -> list[str]:
         "demo": ["demo", "--out", str(tmp / "a_file")],
         "precompute": ["precompute", "--config", missing + ".py", "--out", str(tmp / "p")],
         "train": ["train", "--config", missing + ".py", "--workdir", str(tmp / "w")],
+        "prepare": ["prepare", PREPARE_TASK.get(option, "inpaint"), "--src-video", missing + ".mp4", "--out",
+                    str(tmp / "p")],
         "export": ["export", "--ckpt", missing, "--format", "lora", "--rank", "4", "--out",
                    str(tmp / "x")],
     }[cmd]
@@ -66,7 +78,7 @@ def _must_refuse(value: str, refuse: str) -> bool:
 @pytest.mark.parametrize("cmd, option, kind, refuse", OPTIONS, ids=[f"{c}{o}" for c, o, *_ in OPTIONS])
 def test_numeric_options_never_give_a_traceback(cmd, option, kind, refuse, tmp_path, capsys):
     for value in (INT_VALUES + BAD_ALWAYS if kind == "int" else FLOAT_VALUES):
-        argv = [*_base(cmd, tmp_path), f"{option}={value}"]
+        argv = [*_base(cmd, tmp_path, option), f"{option}={value}"]
         try:
             rc = vdot(argv)
         except SystemExit as e:  # argparse: not a number of the option's type (usage + one error line)

@@ -123,7 +123,7 @@ def read_task_inputs(src_video=None, src_mask=None, src_ref_images=None, num_fra
 # ----------------------------------------------------------------------------- every task
 
 
-def _parse_expand(expand) -> tuple[float, float, float, float]:
+def parse_expand(expand) -> tuple[float, float, float, float]:
     if isinstance(expand, str):
         try:
             expand = [float(v) for v in expand.split(",")]
@@ -136,7 +136,7 @@ def _parse_expand(expand) -> tuple[float, float, float, float]:
     return vals
 
 
-def _read_clip(path, height: int, width: int) -> np.ndarray:
+def read_clip(path, height: int, width: int) -> np.ndarray:
     """An image or a video file -> [1, 3, k, H, W] in [-1, 1], resized to cover and centre-cropped."""
     if video_io.is_image_path(path):
         return video_io.read_image(path, size=(height, width)).transpose(2, 0, 1)[None, :, None]
@@ -202,11 +202,11 @@ def task_inputs(task: str | None = None, *, src_video=None, src_mask=None, ref_i
     # Validate size and frame count before reading anything (the same rules as read_task_inputs).
     refs = read_task_inputs(None, None, ref_images, num_frames=frames, height=height, width=width).refs
     if family == "outpaint":
-        ratios = _parse_expand(expand)
+        ratios = parse_expand(expand)
         video = video_from_frames(video_io.read_video(src_video, num_frames=frames))
         return _with_refs(outpaint(video, *ratios, height=height, width=width), refs)
     k = kept_frames(task, clip_frames or 1)
-    clip = _read_clip(src_video, height, width)
+    clip = read_clip(src_video, height, width)
     if clip.shape[2] < k:
         raise ConditionError(f"{os.fspath(src_video)} has {clip.shape[2]} frames; task {task} keeps {k}.")
     return _with_refs(extension_from_video(clip, task, k, num_frames=frames), refs)
