@@ -303,10 +303,10 @@ def test_prepare_output_folder_rule(tmp_path, raw, capsys):
     out.mkdir()
     (out / "mine.txt").write_text("keep")
     argv = ["prepare", "gray", "--src-video", raw["video"], "--out", str(out), "--height", str(H), "--width", str(W)]
-    assert main(argv) == 2 and "not empty" in capsys.readouterr().err
+    assert main(argv) == 2 and "not empty and was not made by vdot prepare" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
     assert main(argv + ["--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["mine.txt", "row.json", "src_video.mp4"]
+    assert sorted(p.name for p in out.iterdir()) == [".vdot-prepare", "mine.txt", "row.json", "src_video.mp4"]
     # a masked task, then a control task over it: the stale mask goes, so the folder matches its row
     inpaint = ["prepare", "inpaint", "--src-video", raw["video"], "--box", "0,0,8,8", "--out", str(out), "--height",
                str(H), "--width", str(W), "--overwrite"]

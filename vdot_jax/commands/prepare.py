@@ -8,7 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
-from vdot_jax.commands.common import UserError, check_output_folder
+from vdot_jax.commands.common import MARKER, UserError, check_output_folder, mark_output_folder
 
 EXTENSION_TASKS = ("first_frame", "last_frame", "first_last_frame", "first_clip", "last_clip", "first_last_clip")
 PREPARE_TASKS = ("plain", "gray", "edges", "layout", "frameref", "inpaint", "outpaint") + EXTENSION_TASKS
@@ -183,9 +183,7 @@ def _check_out(args, refs: list[str]) -> Path:
     """--out is new or empty (or --overwrite), and none of the files it would get is an input (even with
     --overwrite a source is never replaced)."""
     out = Path(args.out)
-    check_output_folder(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise UserError(f"--out {out} already exists and is not empty; choose another or pass --overwrite")
+    check_output_folder(args.out, command="prepare", overwrite=args.overwrite)  # the rule of every writer
     inputs = [args.src_video, args.mask, *(args.src_image or "").split(","), *refs]
     ours = {(out / n).resolve() for n in ("src_video.mp4", "src_mask.mp4", "row.json")}
     ours |= {(out / f"ref_{i}.png").resolve() for i in range(len(refs))}
@@ -204,6 +202,8 @@ def write(vcu, out: Path, *, prompt: str | None, refs: list[str], fps: float) ->
     stage = out.absolute().parent / f".{out.name}.prepare-{os.getpid()}"
     stage.mkdir(parents=True)
     try:
+        mark_output_folder(stage, "prepare")  # so a re-run may write here again without --overwrite
+        marker = MARKER.format(command="prepare")
         video_io.write_video(stage / "src_video.mp4", C.frames_from_video(vcu.frames)[0], fps=fps)
         names = ["src_video.mp4"]
         if vcu.kind != "control":
@@ -219,7 +219,7 @@ def write(vcu, out: Path, *, prompt: str | None, refs: list[str], fps: float) ->
         if prompt is None:
             del row["prompt"]
         (stage / "row.json").write_text(json.dumps(row, indent=1) + "\n")
-        names += ref_names + ["row.json"]
+        names += ref_names + ["row.json", marker]
         if not out.exists():
             os.replace(stage, out)
             return row
