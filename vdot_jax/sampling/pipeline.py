@@ -337,9 +337,8 @@ class Pipeline:
                                 on_step=_report_step if progress else None)
         mesh_ctx = _activate(self.mesh)
         with mesh_ctx:
-            if self.mesh is not None:
-                rep = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-                args = (args[0], *jax.device_put(args[1:], rep))
+            if self.mesh is not None:  # whole videos per device (batch over data x fsdp where it divides)
+                args = (args[0], *jax.tree.map(lambda x: _by_batch(x, self.mesh), args[1:]))
             compiled, report = program.compile(*args, mesh=self.mesh, log=self.log)
             compile_s = 0.0 if report is None else report.seconds
             bar = _StepProgress(int(steps), self.log) if progress else None
@@ -440,6 +439,14 @@ class Pipeline:
 
 def _describe(mesh) -> str:
     return ",".join(f"{a}={s}" for a, s in mesh.shape.items() if s > 1) or "one device"
+
+
+def _by_batch(x, mesh):
+    """An input placed by its batch dimension under the active rules (replicated where the batch does not divide
+    data x fsdp, e.g. one video)."""
+    from vdot_jax.parallel.logical import activation_spec
+
+    return jax.device_put(x, jax.sharding.NamedSharding(mesh, activation_spec(x.shape, ("batch",))))
 
 
 def _activate(mesh):
