@@ -470,3 +470,38 @@ def test_batch_bad_rows_are_skipped_and_reported(oracle, files, tmp_path, capsys
         err = capsys.readouterr().err.strip()
         assert code == 2 and message in err and len(err.splitlines()) == 1, err
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"] and not (tmp_path / "d").exists()
+
+
+def test_batch_two_processes_write_each_row_once(oracle, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import FAST_COMPILE
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps(dict(prompt=PROMPT, seed=i, frames=5)) + "\n" for i in range(6)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "videos"
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count=2 {FAST_COMPILE}",
+               VDOT_COORDINATOR=f"127.0.0.1:{port}", VDOT_NUM_PROCESSES="2")
+    cmd = [sys.executable, "-m", "vdot_jax.cli", "generate", "--model", str(oracle[2]), "--batch", str(rows),
+           "--out", str(out), "--height", str(H), "--width", str(W), "--mesh", "data=2"]
+    procs = [subprocess.Popen(cmd, env=dict(env, VDOT_PROCESS_ID=str(i)), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1]) for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0, e[-3000:]
+    # each host sampled its three rows (lines 1, 3, 5 and 2, 4, 6) in one call of two on its own two devices
+    outs = [(o.strip().splitlines()[-1], e) for o, e in outs]  # (gloo prints its connections to stdout first)
+    for i, (o, e) in enumerate(outs):
+        assert o.startswith("3 written, 0 already done, 0 failed in 2 program call(s)"), o
+        written = re.findall(r"wrote ([\d., mp4]+) \(", e)
+        assert sorted(n for w in written for n in w.split(", ")) == [f"{line:05d}.mp4" for line in (1 + i, 3 + i, 5 + i)]
+    assert "manifest.jsonl lists 6 of 6 row(s)" in outs[0][0]
+    assert sorted(p.name for p in out.glob("*.mp4")) == [f"{line:05d}.mp4" for line in range(1, 7)]
+    assert sorted(p.name for p in out.glob("errors*.jsonl")) == ["errors.0-of-2.jsonl", "errors.1-of-2.jsonl"]

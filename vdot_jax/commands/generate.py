@@ -111,8 +111,15 @@ def run_batch(args) -> int:
         stop.restore()
     summary.failed = [(line, m) for line, m in bad if (line - 1) % n == k] + summary.failed
     B.write_errors(out / errors_name, summary.failed)
-    done = B.write_manifest(out, rows)
-    print(f"{summary.line(out / errors_name)}; manifest.jsonl lists {done} of {len(rows)} row(s)")
+    if n > 1:  # every host's videos are written before the manifest is made (and before any process exits)
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("vdot generate --batch")
+    if k == 0:
+        done = B.write_manifest(out, rows)
+        print(f"{summary.line(out / errors_name)}; manifest.jsonl lists {done} of {len(rows)} row(s)")
+    else:
+        print(summary.line(out / errors_name))
     return 1 if summary.failed or summary.stopped else 0
 
 

@@ -294,7 +294,7 @@ class Pipeline:
     def encode_text(self, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None):
         """(cond [B, L, D], uncond [B, L, D] or None): one umT5 batch for both; float32."""
         te = self.text_encoder
-        accel = jax.devices()[0]
+        accel = jax.local_devices()[0]
         if self.text_encoder_offload == "host":
             te.place(accel)
         texts = list(prompts) + list(negative_prompts or [])
@@ -355,7 +355,7 @@ class Pipeline:
         """Denoised latents (reference frames included) -> video [B, 3, F, H, W] in [-1, 1]."""
         lat = C.drop_reference_frames(jnp.asarray(latents), num_refs)
         if self.mesh is not None:
-            lat = jax.device_put(lat, jax.devices()[0])
+            lat = jax.device_put(lat, jax.local_devices()[0])
         return jax.block_until_ready(self.vae.decode(self.vae.denormalize(lat)))
 
     # ---- everything
