@@ -6,6 +6,9 @@ say per program whether it compiles and fits the chip's memory. GPU meshes are l
 
 Needs libtpu for TPU topologies (``pip install '.[tpu]'``). Architecture only: the teacher's weights need not
 exist (with no model directory at ``config.model.teacher``, ``--model PRESET`` names the architecture).
+
+Before compiling it runs the start-up checks of ``vdot_jax.train.preflight`` (each host's batch rows; the run's
+paths as the workers reach them, unless ``--model``); ``--check-only`` stops after them.
 """
 
 from __future__ import annotations
@@ -26,14 +29,16 @@ def target(topology: str) -> tuple[str, int | None]:
 
 
 def plan_config(config, topology: str, mesh: str | None, *, frames: int, height: int, width: int,
-                model: str | None = None, log=print, keep_text: bool = False, only: tuple[str, ...] = ()):
+                model: str | None = None, log=print, keep_text: bool = False, only: tuple[str, ...] = (),
+                before_compile=None):
     """Build the run of ``config`` on ``topology`` with ``mesh`` and compile (or lower) all its programs.
+    ``before_compile(run)`` runs first (the start-up checks); it returning True stops there (Plan is None).
     Returns (run, Plan)."""
     import jax
 
     from vdot_jax.commands.common import UserError
     from vdot_jax.models.attention import default_dtype, resolve
-    from vdot_jax.parallel.mesh import MeshError, describe, hbm_bytes, make_mesh, topology_devices
+    from vdot_jax.parallel.mesh import MeshError, describe, hbm_bytes, make_mesh, split_axes, topology_devices
     from vdot_jax.train.config import ConfigError
     from vdot_jax.train.loop import build
     from vdot_jax.train.plan import check, step_flops
@@ -70,6 +75,13 @@ def plan_config(config, topology: str, mesh: str | None, *, frames: int, height:
             f"{'%d GiB HBM each' % (hbm // 2**30) if hbm else 'memory measured only on a GPU'}); mesh "
             f"{describe(device_mesh)}; attention {m.attention}, compute {m.dtype}, remat {m.remat}; global batch "
             f"{run.batch_size} x {config.optim.accumulation} micro-batches; video {frames}x{height}x{width}")
+        split = split_axes(device_mesh)
+        if split:
+            log(f"ICI: {'; '.join(split.values())}. A mesh axis on part of a physical axis shares that ring's links "
+                "with another axis and has no wraparound link of its own: its collectives get less bandwidth than "
+                "on whole axes (sizes that are products of the topology's axis lengths avoid it)")
+    if before_compile is not None and before_compile(run):
+        return run, None
     # FLOPs from the same programs with XLA attention, whose matmuls are visible (a kernel's are not)
     counted = copy.deepcopy(config)
     counted.model.attention = "ulysses:xla" if m.attention.startswith("ulysses") else "xla"
@@ -100,12 +112,27 @@ def run(args) -> None:
     except ConfigError as e:
         raise UserError(str(e)) from None
     t0 = time.time()
+    log = lambda s: print(s, flush=True)  # noqa: E731
+
+    def startup_checks(run) -> bool:
+        from vdot_jax.train.preflight import layout_table, preflight
+
+        if args.model:  # an architecture, not this config's run: its paths are not what would be read
+            log(layout_table(run))
+            log("paths: not checked (--model plans an architecture; plan without it to check the run's paths)")
+        else:
+            preflight(run, workdir=args.workdir, shared=tuple(args.shared_mount or ()), log=log)
+        return args.check_only
+
     try:
         _, plan = plan_config(config, args.topology, args.mesh, frames=args.frames, height=args.height,
-                              width=args.width, model=args.model, log=lambda s: print(s, flush=True),
+                              width=args.width, model=args.model, log=log, before_compile=startup_checks,
                               only=tuple(p for p in (args.programs or "").split(",") if p))
     except (ConfigError, VdotError) as e:
         raise UserError(str(e)) from None
+    if plan is None:
+        print(f"start-up checks passed in {time.time() - t0:.0f} s (--check-only: nothing compiled)")
+        return
     print(table(plan))
     if platform == "cuda":
         print("GPU memory is only measured on a GPU: these programs were lowered for cuda (shapes and cuDNN "
@@ -129,6 +156,10 @@ def register(sub) -> None:
             "topology, and print per-device memory (arguments, outputs, temporaries, aliased, peak), FLOPs and "
             "whether each fits the chip's HBM. Exit 1 when one does not compile or does not fit. --topology "
             "gpu:N lowers for cuda instead (shapes and cuDNN placement; GPU memory is measured only on a GPU). "
+            "Before compiling it checks what every host of the topology checks at start-up: it prints each "
+            "host's batch rows and refuses, in one line naming the hosts, a path of the run (teacher, generator, "
+            "VAE, text encoder, data, --workdir, compile cache) the workers cannot reach: a local path on a "
+            "multi-host topology that is not under a --shared-mount, a gs:// input that does not exist. "
             "Config overrides (--config.KEY=VALUE) apply as in vdot train."
         ),
     )
@@ -141,8 +172,18 @@ def register(sub) -> None:
     p.add_argument("--height", type=int, default=480, help="video height (default 480)")
     p.add_argument("--width", type=int, default=832, help="video width (default 832)")
     p.add_argument("--model", default=None,
-                   help="architecture preset to plan with instead of the config's teacher (e.g. wan2.1-vace-14b)")
+                   help="architecture preset to plan with instead of the config's teacher (e.g. wan2.1-vace-14b); the "
+                        "run's paths are then not checked")
     p.add_argument("--programs", default=None,
                    help="compile only these programs, in this order (comma-separated names as in the table, e.g. "
                         "generator_dmd_ot,critic_gan); default all")
+    p.add_argument("--workdir", default=None,
+                   help="the run's workdir (gs://BUCKET/... on a multi-host slice), checked as the hosts will reach "
+                        "it; default: not checked")
+    p.add_argument("--shared-mount", action="append", metavar="PREFIX",
+                   help="a local path prefix that every worker mounts at the same place (gcsfuse, NFS): local paths "
+                        "under it count as reachable by every host (repeatable; default: none, so on a multi-host "
+                        "topology only gs:// paths are)")
+    p.add_argument("--check-only", action="store_true",
+                   help="stop after the start-up checks (per-host layout, paths): compile nothing")
     p.set_defaults(func=run, accepts_extra=True)

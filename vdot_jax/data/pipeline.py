@@ -6,8 +6,8 @@
     state = pipe.get_state()    # JSON-able; saved in every checkpoint
 
 **Samples are a function of (step, slot).** Step k's global batch has A x B slots (micro-batch a, row b: slot
-``a * B + b``); each host loads only the rows its devices hold (``host_rows``), so the global batch is the same
-for any number of hosts. Sources:
+``a * B + b``); each host loads only the rows its devices hold (``host_rows``, any set in any order), so the
+global batch is the same for any number of hosts and any mesh. Sources:
 
 * ``toy`` -- the procedural world (``vdot_jax.data.toy_world``) rendered on the fly: step k draws one task from
   the configured mix (``default_rng([seed, k])``; one task per step, so shapes are fixed within a step), slot j
@@ -71,7 +71,9 @@ class SampleError(ValueError):
 
 @dataclass(frozen=True)
 class Layout:
-    """The global batch of one step is [accumulation, batch]; this host loads rows ``host_rows`` of it."""
+    """The global batch of one step is [accumulation, batch]; this host loads rows ``host_rows`` of it, in that
+    order (any rows, any order: which ones a host's devices hold follows the mesh, see
+    ``vdot_jax.parallel.distributed.host_rows``)."""
 
     accumulation: int
     batch: int
@@ -80,8 +82,8 @@ class Layout:
     def __post_init__(self):
         rows = tuple(int(r) for r in self.host_rows)
         object.__setattr__(self, "host_rows", rows)
-        if not rows or rows != tuple(range(rows[0], rows[0] + len(rows))) or rows[-1] >= self.batch:
-            raise DataError(f"a host must load a contiguous run of the batch's {self.batch} rows, got {rows}.")
+        if not rows or len(set(rows)) != len(rows) or min(rows) < 0 or max(rows) >= self.batch:
+            raise DataError(f"a host must load distinct rows of the batch's {self.batch} rows, got {rows}.")
 
     @property
     def local_batch(self) -> int:

@@ -1,12 +1,19 @@
 """Multi-process start-up and per-host data feeding.
 
 ``initialize`` is automatic on TPU pods and under SLURM (jax detects both) and explicit for CPU processes
-or custom launchers (coordinator address, process count and id). Each host then feeds only its own
-slice of the global batch; ``global_batch`` assembles the global array without any host holding it all.
+or custom launchers (coordinator address, process count and id).
+
+**Per-host batch rows.** A training batch [A, B, ...] is sharded on its row axis B over the mesh's batch axes.
+Which rows a host's devices hold follows the mesh's device order, which on a TPU slice follows the physical
+torus: on ``v5p:4x4x4`` with ``fsdp=16,context=4`` host 0 holds rows [0, 4], with ``fsdp=-1`` [0, 4, 16, 20];
+hosts on one context group hold the same rows. ``host_rows(mesh, axes, B, p)`` is that set for process p (a pure
+function of the mesh: ``vdot plan`` prints it for every host of a topology); the host loads exactly those rows,
+in that order, and ``device_shards`` / ``global_batch`` hand each local device its rows, so any order works.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -46,8 +53,44 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     return how
 
 
-def global_batch(local: np.ndarray, mesh: Mesh, spec: PartitionSpec) -> jax.Array:
-    """The global array whose process-local part is ``local`` (the leading axis is split across hosts)."""
-    local = np.asarray(local)
-    global_shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
-    return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), local, global_shape)
+def batch_sharding(mesh: Mesh, batch_axes, ndim: int) -> NamedSharding:
+    """[A, B, ...] sharded on B over ``batch_axes`` (a mesh axis, a tuple of them, or None: replicated)."""
+    return NamedSharding(mesh, PartitionSpec(None, batch_axes, *([None] * (ndim - 2))))
+
+
+@functools.lru_cache(maxsize=64)
+def _device_rows(mesh: Mesh, batch_axes, batch: int, process: int) -> dict:
+    """{device of ``process``: the global rows it holds} (rows as a range)."""
+    index = batch_sharding(mesh, batch_axes, 2).devices_indices_map((1, batch))
+    return {d: range(*idx[1].indices(batch)) for d, idx in index.items() if d.process_index == process}
+
+
+def host_rows(mesh: Mesh, batch_axes, batch: int, process: int) -> tuple[int, ...]:
+    """The rows of a B-row batch that the devices of ``process`` hold, ascending (empty: it holds none)."""
+    return tuple(sorted({r for rows in _device_rows(mesh, batch_axes, batch, process).values() for r in rows}))
+
+
+def device_shards(local: np.ndarray, rows, mesh: Mesh, batch_axes, batch: int, process: int) -> dict:
+    """{device of ``process``: its shard [A, b_d, ...]} of the host-local batch ``local`` [A, len(rows), ...], whose
+    row i is global row ``rows[i]`` (any order). numpy only: the per-host layout is testable without the hosts."""
+    where = {int(r): i for i, r in enumerate(rows)}
+    out = {}
+    for d, need in _device_rows(mesh, batch_axes, batch, process).items():
+        missing = [r for r in need if r not in where]
+        if missing:
+            raise ValueError(f"process {process} holds batch rows {missing} on {d} but loaded only {list(rows)}")
+        out[d] = local[:, [where[r] for r in need]]
+    return out
+
+
+def global_batch(arrays: dict, rows, mesh: Mesh, batch_axes, batch: int) -> dict:
+    """Host-local numpy {key: [A, len(rows), ...]} -> global jax arrays [A, B, ...] sharded on B: every local
+    device gets its own rows (``device_shards``), whatever their order and whichever rows other hosts hold."""
+    out = {}
+    for k, v in arrays.items():
+        shards = device_shards(np.asarray(v), rows, mesh, batch_axes, batch, jax.process_index())
+        devices = list(shards)
+        placed = jax.device_put([shards[d] for d in devices], devices)
+        out[k] = jax.make_array_from_single_device_arrays((v.shape[0], batch, *v.shape[2:]),
+                                                          batch_sharding(mesh, batch_axes, v.ndim), placed)
+    return out

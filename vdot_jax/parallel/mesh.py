@@ -71,20 +71,92 @@ def make_mesh(
     dcn: str | Mapping[str, int] | None = None,
     devices: Sequence[jax.Device] | None = None,
 ) -> Mesh:
-    """A mesh over ``devices`` (default all) with axes ``AXES``; DCN axes span slices (granules)."""
+    """A mesh over ``devices`` (default all) with axes ``AXES``; DCN axes span slices (granules).
+
+    On a TPU slice each axis is laid on whole physical (ICI) axes when it can be (``jax.make_mesh``); otherwise
+    on parts of them (jax's ``allow_split_physical_axes``, as MaxText does; ``split_axes`` says which). A shape
+    that cannot be laid out even so is refused in one line listing shapes that can."""
     devices = list(devices if devices is not None else jax.devices())
     dcn_spec = parse_axes(dcn)
+    ici_spec = parse_axes(ici)
     types = (AxisType.Auto,) * len(AXES)
-    if not dcn_spec or all(v == 1 for v in dcn_spec.values()):
-        shape = resolve_shape(parse_axes(ici), len(devices))
-        return jax.make_mesh(shape, AXES, axis_types=types, devices=devices)
     from jax.experimental import mesh_utils
 
-    slices = len({getattr(d, "slice_index", 0) for d in devices})
-    dcn_shape = resolve_shape(dcn_spec, slices, what="slices")
-    ici_shape = resolve_shape(parse_axes(ici), len(devices) // slices)
-    arr = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices)
-    return Mesh(arr, AXES, axis_types=types)
+    one_slice = not dcn_spec or all(v == 1 for v in dcn_spec.values())
+    if one_slice:
+        shape = resolve_shape(ici_spec, len(devices))
+        build = lambda s, split: mesh_utils.create_device_mesh(s, devices, allow_split_physical_axes=split)
+    else:
+        slices = len({getattr(d, "slice_index", 0) for d in devices})
+        dcn_shape = resolve_shape(dcn_spec, slices, what="slices")
+        shape = resolve_shape(ici_spec, len(devices) // slices)
+        build = lambda s, split: mesh_utils.create_hybrid_device_mesh(s, dcn_shape, devices,
+                                                                       allow_split_physical_axes=split)
+    try:
+        if one_slice:
+            return jax.make_mesh(shape, AXES, axis_types=types, devices=devices)  # jax's own choice first
+        return Mesh(build(shape, False), AXES, axis_types=types)
+    except NotImplementedError:  # no whole physical axes of these sizes: split some (less ICI bandwidth)
+        pass
+    except AssertionError as e:  # jax's checks that the devices are one per chip and a block of the torus
+        if "megacore" in str(e):
+            raise MeshError(str(e).splitlines()[0][:200]) from None
+        raise MeshError(f"the {len(devices)} TPU devices do not form a whole slice or a block of it, so no mesh "
+                        "can be laid on them (does config.mesh.num_devices take part of the slice?)") from None
+    try:
+        return Mesh(build(shape, True), AXES, axis_types=types)
+    except NotImplementedError:
+        pass
+    named = [a for a in AXES if a in ici_spec] or ["fsdp"]
+    works = []
+    for sizes in _factorizations(int(np.prod(shape)), len(named)):
+        try:
+            build(tuple(dict(zip(named, sizes)).get(a, 1) for a in AXES), True)
+            works.append(",".join(f"{a}={s}" for a, s in zip(named, sizes)))
+        except NotImplementedError:
+            continue
+    raise MeshError(f"mesh {_spec_str(shape)} cannot be laid out on the physical axes of these {len(devices)} "
+                    f"devices; shapes that can: {'; '.join(works) or 'none with these axes'}")
+
+
+def _spec_str(shape) -> str:
+    return ",".join(f"{a}={s}" for a, s in zip(AXES, shape) if s > 1) or "data=1"
+
+
+def _factorizations(n: int, k: int):
+    """Every way to write n as an ordered product of k positive integers."""
+    if k == 1:
+        yield (n,)
+        return
+    for d in range(1, n + 1):
+        if n % d == 0:
+            for rest in _factorizations(n // d, k - 1):
+                yield (d, *rest)
+
+
+def split_axes(mesh: Mesh) -> dict[str, str]:
+    """{mesh axis: how it sits on the physical torus} for each axis laid on part of a physical axis (empty when
+    every axis of size > 1 uses whole physical axes, or the devices have no coordinates, e.g. CPU).
+
+    A split axis's collectives run over a sub-ring of a physical ring (no wraparound link of its own) and share
+    that ring's links with the other axis laid on it: less ICI bandwidth than an axis on whole physical axes."""
+    devs = mesh.devices
+    coords = [getattr(d, "coords", None) for d in devs.flat]
+    if any(c is None for c in coords) or len({getattr(d, "slice_index", 0) for d in devs.flat}) > 1:
+        return {}
+    full = [len({c[i] for c in coords}) for i in range(len(coords[0]))]
+    out = {}
+    for k, name in enumerate(mesh.axis_names):
+        if devs.shape[k] == 1:
+            continue
+        line = np.moveaxis(devs, k, 0).reshape(devs.shape[k], -1)[:, 0]  # the devices along this axis
+        used = [len({d.coords[i] for d in line}) for i in range(len(full))]
+        parts = [f"{u} of {f}" for u, f in zip(used, full) if 1 < u < f]
+        if parts:
+            dims = ", ".join(f"{u} of the {f} chips of physical axis {'xyz'[i]}" for i, (u, f) in
+                             enumerate(zip(used, full)) if u > 1)
+            out[name] = f"{name}={devs.shape[k]} runs on {dims}"
+    return out
 
 
 def current_mesh_shape() -> dict[str, int]:

@@ -44,13 +44,14 @@ import ml_collections
 import numpy as np
 from etils import epath
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 
 from vdot_jax.distill.critic import Critic
 from vdot_jax.models.attention import resolve
 from vdot_jax.errors import VdotError
 from vdot_jax.models.config import Runtime, WanConfig
 from vdot_jax.models.wan import WanModel
+from vdot_jax.parallel.distributed import batch_sharding, global_batch, host_rows
 from vdot_jax.parallel.logical import DEFAULT_RULES, activate, spec_for
 from vdot_jax.parallel.mesh import describe, make_mesh
 from vdot_jax.parallel.sharding import (check_replication, compile_program, device_memory_limit, init_sharded,
@@ -110,24 +111,15 @@ class Run:
     def layout(self):
         from vdot_jax.data.pipeline import Layout
 
-        a, b = int(self.config.optim.accumulation), self.batch_size
-        sh = NamedSharding(self.mesh, PartitionSpec(None, self.batch_axes))
-        rows = set()
-        for idx in sh.addressable_devices_indices_map((a, b)).values():
-            rows.update(range(*idx[1].indices(b)))
-        return Layout(a, b, tuple(sorted(rows)))
+        rows = host_rows(self.mesh, self.batch_axes, self.batch_size, jax.process_index())
+        return Layout(int(self.config.optim.accumulation), self.batch_size, rows)
 
     def batch_sharding(self, key: str, ndim: int) -> NamedSharding:
-        return NamedSharding(self.mesh, PartitionSpec(None, self.batch_axes, *([None] * (ndim - 2))))
+        return batch_sharding(self.mesh, self.batch_axes, ndim)
 
     def global_batch(self, arrays: dict) -> dict:
-        """Host-local numpy [A, b, ...] -> global jax arrays [A, B, ...] sharded over the batch axes."""
-        out = {}
-        for k, v in arrays.items():
-            sh = self.batch_sharding(k, v.ndim)
-            shape = (v.shape[0], self.batch_size, *v.shape[2:])
-            out[k] = jax.make_array_from_process_local_data(sh, v, shape)
-        return out
+        """Host-local numpy [A, b, ...] (this host's rows, ``layout()``) -> global jax arrays [A, B, ...]."""
+        return global_batch(arrays, self.layout().host_rows, self.mesh, self.batch_axes, self.batch_size)
 
     def signature(self) -> dict:
         return ckpt.signature(self.abstract_state)
