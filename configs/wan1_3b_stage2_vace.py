@@ -11,8 +11,10 @@ Teacher and critic: Wan2.1-VACE-1.3B. Generator: the stage-1 generator (a text-t
 blocks; the VACE blocks start from the VACE teacher's (how a T2V stage-1 result becomes a VACE student here).
 The manifest has the release's columns: task, src_video, src_mask, src_ref_images, caption, plus video.
 
-On TPU v5e (16 GiB chips) the smallest slice that holds this run is v5e-64 with ``--config.mesh.ici=
-fsdp=16,context=4 --config.model.remat=offload`` (every program compiled, peak 14.8 GiB: docs/scaling.md).
+Mesh and remat are the ones docs/scaling.md compiled for TPU v5e-64, the smallest v5e slice (16 GiB chips)
+that holds this run: ``fsdp=16,context=4`` with ``model.remat=offload`` (every program fits, peak 14.8 GiB); the
+launcher: ``launch/tpu_pod.sh run --accelerator v5litepod-64 --config configs/wan1_3b_stage2_vace.py ...``. On
+another device count give the mesh, e.g. 8 GPUs: ``--config.mesh.ici=fsdp=-1 --config.model.remat=full``.
 """
 
 from vdot_jax.train.config import release_config
@@ -21,6 +23,8 @@ from vdot_jax.train.config import release_config
 def get_config():
     c = release_config(teacher="models/wan2.1-vace-1.3b", generator="runs/wan1_3b_stage1",
                        manifest="data/vace_train.csv", precomputed="data/vace_1_3b", steps=1200,
-                       mesh="fsdp=-1")  # release: 1,200 steps
+                       mesh="fsdp=16,context=4")  # release: 1,200 steps
+    c.model.remat = "offload"  # docs/scaling.md: the remat that fits every phase on v5e-64
+    c.train.checkpoint_every_minutes = 30.0  # a preempted Spot slice loses at most ~30 min (plus one step)
     c.gan.taps = ()  # release taps for 30 layers: blocks 13, 21, 29
     return c

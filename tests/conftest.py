@@ -25,13 +25,14 @@ HEAVY = (
     ("test_tiny_run_of_all_phases", "test_ablations_share_the_compiled_phases",
      "test_non_finite_loss_skips_the_update"),
     ("test_a_manifest_with_a_corrupt_and_a_missing_video",),
-    ("test_sigterm_saves_and_exits_zero",),
+    ("test_sigterm_saves_and_exits_zero", "test_sigterm_inside_a_phase"),
     ("test_two_processes_train_on_per_host_shards",),
     ("test_eval_generates_scores_and_resumes",),
     ("test_precompute_command_then_a_run",),
     ("test_teacher_from_a_flow_workdir",),
     ("test_two_processes_match_one",),
     ("test_local_script_really_trains",),
+    ("test_tpu_stop_reaches_the_trainer", "test_tpu_run_recreates_a_preempted_slice"),
 )
 
 

@@ -87,3 +87,24 @@ def test_partial_restore_falls_back_too(workdir):
                                       warn=warnings.append)
     assert float(got[("w",)][0, 0]) == 1.0 and "step 2" in warnings[0]
     assert checksums(workdir / "checkpoints" / "2") == damaged
+
+
+def test_only_process_0_moves_a_damaged_checkpoint_the_others_wait(workdir, monkeypatch):
+    """Multi-host: every process finds the damage, only process 0 moves it (16 hosts renaming one folder at once
+    raced); the others wait at a barrier, then reload and resume from the step before. Seen from process 1."""
+    damaged = _damage_data(workdir)
+    seen = []
+
+    def barrier(name):  # process 0's part, while process 1 waits here
+        seen.append((name, (workdir / "checkpoints" / "2").exists()))
+        (workdir / "unreadable_checkpoints").mkdir()
+        (workdir / "checkpoints" / "2").rename(workdir / "unreadable_checkpoints" / "2")
+
+    monkeypatch.setattr(ckpt, "_is_primary", lambda: False)
+    monkeypatch.setattr(ckpt, "_barrier", barrier)
+    writer = ckpt.Checkpointer(workdir, keep=3, async_save=False)
+    step, state, *_ = writer.restore_intact(_abstract(), warn=lambda m: None)
+    writer.close()
+    assert seen == [("vdot_checkpoint_aside_2", True)]  # process 1 had not touched it before the barrier
+    assert step == 1 and float(state["w"][0, 0]) == 1.0
+    assert checksums(workdir / "unreadable_checkpoints" / "2") == damaged

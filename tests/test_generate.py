@@ -433,7 +433,7 @@ def test_batch_file_over_a_mesh_equals_single_runs_and_resumes(oracle, ours, fil
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # the others untouched
     for name in ("00002.mp4", "short_4.mp4"):
         np.testing.assert_array_equal(read(out / name), read(tmp_path / f"alone_{name}"), err_msg=name)
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".vdot-generate-batch"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".vdot-generate"]
 
 
 def test_batch_bad_rows_are_skipped_and_reported(oracle, files, tmp_path, capsys):
@@ -464,9 +464,10 @@ def test_batch_bad_rows_are_skipped_and_reported(oracle, files, tmp_path, capsys
     dup.write_text(json.dumps(dict(prompt=PROMPT, out="a.mp4")) + "\n" + json.dumps(dict(prompt="x", out="a.mp4")))
     onto = inputs / "onto_rows.jsonl"
     onto.write_text(json.dumps(dict(prompt=PROMPT, src_video="video.mp4", out="video.mp4")))
-    for rows_file, target, message in ((path, mine, "did not make"), (dup, tmp_path / "d", "lines 1 and 2 both"),
-                                       (onto, inputs, "which a row of this file writes")):
-        code = vdot(["generate", "--model", str(oracle[2]), "--batch", str(rows_file), "--out", str(target)])
+    for rows_file, target, message, extra in ((path, mine, "was not made by vdot generate", []),
+                                              (dup, tmp_path / "d", "lines 1 and 2 both", []),
+                                              (onto, inputs, "which line 1 writes", ["--overwrite"])):
+        code = vdot(["generate", "--model", str(oracle[2]), "--batch", str(rows_file), "--out", str(target), *extra])
         err = capsys.readouterr().err.strip()
         assert code == 2 and message in err and len(err.splitlines()) == 1, err
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"] and not (tmp_path / "d").exists()

@@ -16,6 +16,12 @@ Kinds (``Source.kind``), recognised in this order:
     diffusers   a diffusers pipeline folder (model_index.json) or one model's folder (config.json with _class_name)
     checkpoint  anything else ``weights/`` reads: an original Wan/VACE/VDOT, VAE or umT5 file, or a folder of shards
 
+**gs://.** A training workdir and a converted model directory may be on a bucket (``gs://BUCKET/...``): their
+JSON is read through ``etils.epath`` and their arrays by orbax (tensorstore), each host reading only its shards.
+Raw checkpoint files (safetensors, torch pickles, diffusers folders) and the umT5 tokenizer are read from local
+files: convert them (``vdot convert``) and copy the model directory to the bucket, or mount the bucket with
+gcsfuse (launch/README.md). Such a path on gs:// is refused in one line.
+
 Each component's reader is in ``weights/`` (``convert``, ``wan_vae``, ``text_encoder``), all on
 ``weights.store.load_component``; the workdir format is ``train/checkpoint`` (storage only, no trainer code).
 Dtypes: ``param_dtype`` is the dtype the parameters are loaded in; the compute dtype is ``runtime.dtype`` (DiT,
@@ -55,7 +61,7 @@ class SourceError(VdotError, ValueError):
 class Source:
     """A resolved model path (module docstring). ``step``/``ema``/``meta`` are set for workdirs only."""
 
-    path: Any  # pathlib.Path; a workdir as given (it may be gs://)
+    path: Any  # pathlib.Path, or an epath.Path for a gs:// model directory; a workdir as given (it may be gs://)
     kind: str
     step: int | None = None  # the checkpoint step whose meta was read
     pinned: bool = False  # the step was asked for (else the newest intact one, with fallback to older ones)
@@ -84,14 +90,23 @@ def resolve(path, *, step: int | None = None, ema: bool = False, what: str = "mo
                 raise SourceError(f"training workdir {path} has no finished checkpoint to take a model from.")
             step, meta = found
         return Source(path, "workdir", int(step), pinned, bool(ema and meta.get("has_ema")), meta)
-    p = Path(path)
+    remote = _is_remote(path)
+    p = epath.Path(path) if remote else Path(path)
     if not p.exists():
         raise SourceError(f"{what} {p} does not exist ({_EXPECTED}).")
     if step is not None:
         raise SourceError(f"{what} {p} is not a training workdir (it has no checkpoints/), so it has no step {step}.")
     if store.is_model_dir(p):
         return Source(p, "model_dir")
+    if remote:
+        raise SourceError(f"{what} {p} is neither a converted model directory nor a training workdir; only those are "
+                          "read from a bucket. Convert it (vdot convert) and copy the result there, or mount the "
+                          "bucket with gcsfuse and give the local path.")
     return Source(p, "diffusers" if _is_diffusers(p) else "checkpoint")
+
+
+def _is_remote(path) -> bool:
+    return "://" in os.fspath(path)
 
 
 def _is_diffusers(p: Path) -> bool:
@@ -108,7 +123,7 @@ def _is_diffusers(p: Path) -> bool:
 def has_component(path, name: str) -> bool:
     """Whether ``path`` holds component ``name`` ("vae", "text_encoder", ...): a model directory that lists it or a
     diffusers pipeline folder with that sub-folder."""
-    p = Path(path)
+    p = epath.Path(path) if _is_remote(path) else Path(path)
     if not p.is_dir():
         return False
     if store.is_model_dir(p):
@@ -199,5 +214,9 @@ def load_text_encoder(path, param_dtype: str | None = None, *, tokenizer: str | 
                       text_len: int = TEXT_LEN, runtime: Runtime | None = None, **options) -> TextEncoder:
     """The umT5 ``TextEncoder`` (network + tokenizer + prompt cache) from a model directory, diffusers or
     transformers folder or Wan's .pth; ``options`` are ``weights.text_encoder.load_text_encoder``'s."""
-    return text_encoder.load_text_encoder(_not_a_workdir(resolve(path), "text encoder"), param_dtype,
+    p = _not_a_workdir(resolve(path), "text encoder")
+    if _is_remote(p):
+        raise SourceError(f"text encoder {path}: the umT5 tokenizer is read from local files; copy the model "
+                          "directory to this host or mount the bucket with gcsfuse and give the local path.")
+    return text_encoder.load_text_encoder(p, param_dtype,
                                           tokenizer=tokenizer, text_len=text_len, runtime=runtime, **options)

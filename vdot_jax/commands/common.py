@@ -72,6 +72,12 @@ def check_video_memory(frames: int, height: int, width: int) -> None:
                         "--height, --width or --frames")
 
 
+def model_inputs(args) -> dict:
+    """The model paths of ``add_model_arguments``, as inputs for ``check_no_overlap``."""
+    return {f"--{n.replace('_', '-')}": getattr(args, n, None) for n in ("model", "transformer", "vae", "text_encoder",
+                                                                         "tokenizer")}
+
+
 def check_model_arguments(args) -> None:
     """The checks that go with ``add_model_arguments`` and the shared sampling options, for generate and eval."""
     if args.model is None and not (args.transformer and args.vae and args.text_encoder):
@@ -116,12 +122,67 @@ def _writable_folder(path: Path, flag: str, given: str) -> None:
         raise UserError(f"{flag} {given}: {q} is not writable (read-only file system or no permission)")
 
 
-def check_output_folder(path: str, flag: str = "--out") -> None:
-    """An output folder: new or a folder, somewhere writable."""
+MARKER = ".vdot-{command}"  # the file that says "vdot COMMAND made this folder" (the convert/export rule)
+
+
+def check_output_folder(path: str, flag: str = "--out", *, command: str | None = None, overwrite: bool = False,
+                        markers: tuple[str, ...] = ()) -> None:
+    """The one rule for every folder a command writes into: new, empty, one this command made earlier (its
+    ``MARKER`` file, or one of ``markers``), or ``overwrite``; and somewhere writable and local (only training
+    workdirs may be gs://). ``command=None``: only "a folder, somewhere writable" (a folder the command merely
+    reads back, e.g. demo --rescore)."""
+    if "://" in path:  # pathlib would make a local folder named "gs:"
+        raise UserError(f"{flag} {path}: this command writes local files; give a local folder (or a gcsfuse mount) "
+                        "and copy it to the bucket with `gcloud storage cp -r`")
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise UserError(f"{flag} {path} is a file; give a folder")
     _writable_folder(p, flag, path)
+    if command is None or overwrite or not p.is_dir():
+        return
+    entries = sorted(e.name for e in p.iterdir())
+    if not entries or MARKER.format(command=command) in entries or any(m in entries for m in markers):
+        return
+    other = [e[len(".vdot-"):] for e in entries if e.startswith(".vdot-")]
+    made = f" (vdot {other[0]} made it)" if other else ""
+    shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+    raise UserError(f"{flag} {path} is not empty and was not made by vdot {command}{made}: it holds {shown}; choose a "
+                    "new folder, or pass --overwrite to write into it (files of the same names are replaced)")
+
+
+def mark_output_folder(path, command: str) -> Path:
+    """Create ``path`` (after every check passed) and mark it as ``vdot COMMAND``'s, so a rerun may write there."""
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    marker = p / MARKER.format(command=command)
+    if not marker.exists():
+        marker.write_text(f"made by vdot {command}; a rerun of it may write here\n")
+    return p
+
+
+def _resolved(path) -> Path | str:
+    text = str(path)
+    return text if "://" in text else Path(os.path.expanduser(text)).resolve()  # gs://: compared as written
+
+
+def check_no_overlap(outputs: dict, inputs: dict) -> None:
+    """No output path (``{flag: path}``) is an input path or holds one, links resolved: a command never writes
+    onto what it reads. ``None`` values (options not given) are skipped; an input may be a list of paths."""
+    for oflag, out in outputs.items():
+        if out is None:
+            continue
+        o = _resolved(out)
+        for iflag, given in inputs.items():
+            for inp in (given if isinstance(given, (list, tuple)) else [given]):
+                if inp is None or str(inp) == "":
+                    continue
+                i = _resolved(inp)
+                if o == i:
+                    raise UserError(f"{oflag} {out} is the input {iflag} {inp}; choose another {oflag} (an input "
+                                    "is never written)")
+                if isinstance(o, Path) and isinstance(i, Path) and o in i.parents:
+                    raise UserError(f"{oflag} {out} holds the input {iflag} {inp}; choose another {oflag} (an "
+                                    "input is never written)")
 
 
 def check_output_video(path: str, flag: str = "--out") -> None:

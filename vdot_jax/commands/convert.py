@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from vdot_jax.commands.common import UserError, progress
+from vdot_jax.errors import read_json
 
 COMPONENTS = ("transformer", "vae", "text_encoder")
 INDEX = "vdot_model.json"  # vdot_jax.weights.store.INDEX (not imported: store pulls in jax and orbax)
@@ -41,6 +42,8 @@ def check_destination(dst: Path, writes: list[str], sources: list[Path], overwri
     if not dst.is_dir():
         return
     entries = sorted(p.name for p in dst.iterdir())
+    if INDEX in entries:
+        read_json(dst / INDEX, "model index", UserError)  # a truncated index: refused before the work, not after
     if not entries or overwrite:
         return
     if INDEX not in entries:
@@ -59,9 +62,9 @@ def commit(staging: Path, dst: Path) -> None:
     if not dst.exists():
         os.replace(staging, dst)
         return
-    index = json.loads((staging / INDEX).read_text())
-    old_index = json.loads((dst / INDEX).read_text()) if (dst / INDEX).exists() else {"format": index["format"],
-                                                                                      "components": {}}
+    index = read_json(staging / INDEX, "model index", UserError)
+    old_index = read_json(dst / INDEX, "model index", UserError) if (dst / INDEX).exists() else {
+        "format": index["format"], "components": {}}
     for name in index["components"]:
         final, old = dst / name, dst / f".{name}.old-{os.getpid()}"
         if final.exists():

@@ -6,10 +6,11 @@ import os
 
 
 def run(args) -> None:
-    from vdot_jax.commands.common import UserError, check_numbers, check_output_folder
+    from vdot_jax.commands.common import UserError, check_numbers, check_output_folder, mark_output_folder
 
     check_numbers(args, positive=("steps", "seeds"))
-    check_output_folder(args.out)
+    # --rescore reads and re-writes the report of a demo folder (checked by rescore: its clips and plan.json)
+    check_output_folder(args.out, command=None if args.rescore else "demo", overwrite=args.overwrite)
     # CPU: backend optimisation level 1 compiles the four training phases in about 40% of the default's time
     # (measured on 2 cores: ~45 s vs ~105 s per phase) and runs these tiny models as fast (set before jax
     # starts; an explicit XLA_FLAGS wins).
@@ -21,6 +22,8 @@ def run(args) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     from vdot_jax.demo import DemoPlan, rescore, run_demo, sweep_teacher
 
+    if not args.rescore:
+        mark_output_folder(args.out, "demo")
     if args.sweep_teacher:
         sweep_teacher(args.out)
         return
@@ -48,7 +51,11 @@ def register(sub) -> None:
             "write OUT/report.md, PNG plots and video grids (mp4 and GIF). Nothing is downloaded."
         ),
     )
-    p.add_argument("--out", default="vdot_demo", help="output directory (default: ./vdot_demo)")
+    p.add_argument("--out", default="vdot_demo",
+                   help="output directory: new, empty, or one vdot demo made (default: ./vdot_demo)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out that vdot demo did not make (files of the same names are "
+                        "replaced)")
     p.add_argument("--quick", action="store_true", help="a few steps and clips: checks the whole path in ~2 minutes")
     p.add_argument("--steps", type=int, default=None, help="distillation steps per student (default 150)")
     p.add_argument("--seeds", type=int, default=1,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vdot_jax.commands.common import add_model_arguments, check_model_arguments, check_output_folder
+from vdot_jax.commands.common import (add_model_arguments, check_model_arguments, check_no_overlap,
+                                      check_output_folder, mark_output_folder, model_inputs)
 
 
 def model_identity(args) -> str:
@@ -35,7 +36,8 @@ def run(args) -> None:
         if getattr(args, flag) is None:
             raise UserError(f"--{flag} is required")
     check_model_arguments(args)
-    check_output_folder(args.out)
+    check_no_overlap({"--out": args.out}, {"--root": args.root, "--index": args.index, **model_inputs(args)})
+    check_output_folder(args.out, command="eval", overwrite=args.overwrite)
     metrics = None if args.metrics is None else [m.strip() for m in args.metrics.split(",") if m.strip()]
     subtasks = None if args.subtasks is None else [t.strip() for t in args.subtasks.split(",") if t.strip()]
 
@@ -54,6 +56,7 @@ def run(args) -> None:
                           guide_scale=args.guide_scale, shift=args.shift, solver=args.solver, seed=args.seed,
                           negative_prompt=args.negative_prompt, fps=args.fps, reference_order=args.reference_order,
                           model=model_identity(args))
+    mark_output_folder(args.out, "eval")
     try:
         table = B.run_benchmark(args.index, args.root, args.out, load_pipeline=load, settings=settings,
                                 metrics=metrics, subtasks=subtasks, limit=args.limit, log=log)
@@ -83,7 +86,11 @@ def register(sub) -> None:
     d = p.add_argument_group("benchmark")
     d.add_argument("--index", default=None, help="JSONL index, one row per line")
     d.add_argument("--root", default=None, help="folder the index's paths are relative to")
-    d.add_argument("--out", default=None, help="output folder (reused when resuming)")
+    d.add_argument("--out", default=None,
+                   help="output folder: new, empty, or one vdot eval made (reused when resuming)")
+    d.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out that vdot eval did not make (its files of the same names are "
+                        "replaced)")
     d.add_argument("--subtasks", default=None, help="only these subtasks, comma-separated")
     d.add_argument("--limit", type=int, default=None, help="at most this many rows per subtask")
     d.add_argument("--metrics", default=None, help="comma-separated metric names (default: all; see --list-metrics)")

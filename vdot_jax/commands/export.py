@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import time
 from pathlib import Path
+
+from vdot_jax.errors import disk_full_error, is_disk_full
 
 FORMATS = ("diffusers", "wan", "jax", "lora")
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -208,22 +211,23 @@ def _export_lora(args, model, out: Path, ckpt: Path, log) -> str:
 
 
 def run(args) -> None:
-    from vdot_jax.commands.common import UserError, check_numbers, check_output_folder
+    from vdot_jax.commands.common import (UserError, check_no_overlap, check_numbers, check_output_folder,
+                                          mark_output_folder)
 
     t0 = time.time()
     ckpt, out = Path(args.ckpt), Path(args.out)
     check_numbers(args, positive=("shift",), nonnegative=("step",))
-    check_output_folder(args.out)
-    o, c = out.resolve(), ckpt.resolve()
-    if o == c or o in c.parents or c in o.parents:
+    inputs = {"--ckpt": args.ckpt, "--vae": args.vae, "--text-encoder": args.text_encoder,
+              "--tokenizer": args.tokenizer, "--teacher": args.teacher}
+    check_no_overlap({"--out": args.out}, inputs)
+    check_output_folder(args.out, command="export", overwrite=args.overwrite)
+    if ckpt.resolve() in out.resolve().parents:  # and not inside the checkpoint either (a workdir, a model dir)
         raise UserError(f"--out {out} overlaps --ckpt {ckpt}; export to a separate folder (a source is never modified)")
     if args.format == "lora":
         args.rank = _rank(args.rank if args.rank is not None else "")
     elif args.rank is not None or args.teacher is not None:
         raise UserError("--rank and --teacher are for --format lora")
     args.shard = parse_size(args.max_shard_size)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-        raise UserError(f"--out {out} already exists and is not empty; choose another or pass --overwrite")
 
     def log(msg: str) -> None:
         if not args.quiet:
@@ -235,16 +239,30 @@ def run(args) -> None:
         if found:
             log(found)
     model, what = load_model(ckpt, ema=args.ema, step=args.step, log=log)
+    from vdot_jax.weights.params import flat_state, non_finite
+
+    bad = non_finite(flat_state(model))  # a NaN model is not exported as if it were a result
+    if bad:
+        raise UserError(f"{what} has non-finite values in {len(bad)} tensor(s) ({', '.join(bad[:3])}"
+                        f"{', ...' if len(bad) > 3 else ''}); nothing was written to {out}")
     log(f"exporting {what}: a {model.cfg.describe()}")
-    out.mkdir(parents=True, exist_ok=True)
-    if args.format == "diffusers":
-        done = _export_diffusers(args, model, out, vae_src, te_src, log)
-    elif args.format == "wan":
-        done = _export_wan(args, model, out, vae_src, te_src, log)
-    elif args.format == "jax":
-        done = _export_jax(args, model, out, vae_src, te_src, log)
-    else:
-        done = _export_lora(args, model, out, ckpt, log)
+    new = not out.exists()
+    mark_output_folder(out, "export")
+    try:
+        if args.format == "diffusers":
+            done = _export_diffusers(args, model, out, vae_src, te_src, log)
+        elif args.format == "wan":
+            done = _export_wan(args, model, out, vae_src, te_src, log)
+        elif args.format == "jax":
+            done = _export_jax(args, model, out, vae_src, te_src, log)
+        else:
+            done = _export_lora(args, model, out, ckpt, log)
+    except BaseException as e:
+        if new:  # a failed export into a new folder leaves nothing (a full disk, Ctrl-C)
+            shutil.rmtree(out, ignore_errors=True)
+        if isinstance(e, Exception) and not isinstance(e, OSError) and is_disk_full(e):
+            raise disk_full_error(out) from None
+        raise
     print(f"exported {what} to {out} as {done}, {args.dtype}, in {time.time() - t0:.1f} s")
 
 
@@ -268,7 +286,7 @@ def register(sub) -> None:
     )
     p.add_argument("--ckpt", required=True, help="training workdir, converted model directory or transformer checkpoint")
     p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
+    p.add_argument("--out", required=True, help="output folder: new, empty, or one vdot export made, unless --overwrite")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="stored parameter dtype of the exported transformer (or LoRA factors); default float32")
     p.add_argument("--ema", action="store_true", help="export the EMA of the workdir's generator")

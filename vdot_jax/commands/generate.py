@@ -6,10 +6,9 @@ import sys
 
 from pathlib import Path
 
-from vdot_jax.commands.common import (UserError, add_model_arguments, check_model_arguments, check_numbers,
-                                      check_output_folder, check_output_video)
-
-BATCH_MARKER = ".vdot-generate-batch"  # an output folder this command made: a re-run may write there again
+from vdot_jax.commands.common import (UserError, add_model_arguments, check_model_arguments, check_no_overlap,
+                                      check_numbers, check_output_folder, check_output_video, mark_output_folder,
+                                      model_inputs)
 
 
 def run(args) -> int | None:
@@ -19,6 +18,9 @@ def run(args) -> int | None:
     if args.prompt is None:
         raise UserError("give --prompt (or --batch FILE.jsonl for many videos)")
     check_output_video(args.out)
+    refs = [r.strip() for r in args.ref_images.split(",")] if args.ref_images else None
+    check_no_overlap({"--out": args.out}, {"--src-video": args.src_video, "--src-mask": args.src_mask,
+                                           "--ref-images": refs, **model_inputs(args)})
     from vdot_jax import conditions as C  # lazy, as every command's imports: `vdot --help` stays light
     from vdot_jax.sampling import pipeline as P
 
@@ -42,16 +44,6 @@ def run(args) -> int | None:
     print(result.summary())
 
 
-def _batch_folder(out: Path) -> None:
-    """The rule of every writer: a new or empty folder, or one ``vdot generate --batch`` made (its marker)."""
-    check_output_folder(str(out))
-    if out.is_dir() and any(out.iterdir()) and not (out / BATCH_MARKER).is_file():
-        raise UserError(f"--out {out} is a non-empty folder that vdot generate --batch did not make; give a new or "
-                        "empty folder (its videos would overwrite files there)")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / BATCH_MARKER).touch()
-
-
 def run_batch(args) -> int:
     """``--batch FILE --out DIR``: every row of FILE (see vdot_jax.sampling.batch), resumable, over the mesh's
     devices; several processes (a pod, SLURM, VDOT_COORDINATOR) each take their share of the rows."""
@@ -67,13 +59,17 @@ def run_batch(args) -> int:
                         "--src-video, --src-mask and --ref-images")
     if out.suffix.lower() == ".mp4":
         raise UserError(f"--out {out} with --batch is a folder for the videos, not an mp4 file")
+    check_output_folder(args.out, command="generate", overwrite=args.overwrite)
+    check_no_overlap({"--out": args.out}, model_inputs(args))
     rows, bad = B.read_rows(args.batch, defaults)  # the whole file is checked before any model is loaded
-    outputs = {(out / r.name).resolve() for r in rows}
+    check_no_overlap({"manifest": out / B.MANIFEST, "errors": out / B.ERRORS}, {"--batch": args.batch})
+    written = {(out / r.name).resolve(): r.line for r in rows}  # a set, not check_no_overlap's pairs: 10^4 rows
     for r in rows:
         for src in [r.inputs["src_video"], r.inputs["src_mask"], *(r.inputs["ref_images"] or [])]:
-            if src is not None and Path(src).resolve() in outputs:
-                raise UserError(f"line {r.line} of {args.batch} reads {src}, which a row of this file writes")
-    _batch_folder(out)
+            if src is not None and Path(src).resolve() in written:
+                raise UserError(f"line {r.line} of {args.batch} reads {src}, which line {written[Path(src).resolve()]}"
+                                " writes; an input is never written")
+    mark_output_folder(out, "generate")
 
     from vdot_jax.parallel.distributed import initialize
     import jax
@@ -171,6 +167,8 @@ def register(sub) -> None:
     r = p.add_argument_group("output and runtime")
     r.add_argument("--out", default="out.mp4", help="output mp4 (default out.mp4); with --batch, the folder of the videos")
     r.add_argument("--fps", type=float, default=16)
+    r.add_argument("--overwrite", action="store_true",
+                   help="with --batch: write into a non-empty --out folder this command did not make")
     r.add_argument("--batch-size", type=int, default=None,
                    help="with --batch: videos per program call (default: data x fsdp of --mesh, else 1)")
     r.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),

@@ -22,10 +22,21 @@ import time
 GPU_TOPOLOGY = re.compile(r"^(gpu|cuda|h100|h200|a100|b200):(\d+)$")
 
 
+MAX_GPUS = 1024  # gpu:N stands N host CPU devices in for the GPUs; far more only spends minutes setting them up
+
+
 def target(topology: str) -> tuple[str, int | None]:
     """("tpu", None) for a TPU topology name, ("cuda", n) for ``gpu:N`` (or h100:N, h200:N, a100:N, b200:N)."""
     m = GPU_TOPOLOGY.match(topology.lower())
-    return ("cuda", int(m.group(2))) if m else ("tpu", None)
+    if not m:
+        return "tpu", None
+    n = int(m.group(2))
+    if not 1 <= n <= MAX_GPUS:
+        from vdot_jax.commands.common import UserError
+
+        raise UserError(f"--topology {topology}: the GPU count must be at least 1 and at most {MAX_GPUS} (each GPU is "
+                        "a host CPU device stand-in when lowering)")
+    return "cuda", n
 
 
 def plan_config(config, topology: str, mesh: str | None, *, frames: int, height: int, width: int,

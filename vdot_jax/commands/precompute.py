@@ -4,10 +4,11 @@ from __future__ import annotations
 
 
 def run(args) -> None:
-    from vdot_jax.commands.common import check_numbers, check_output_folder
+    from vdot_jax.commands.common import check_no_overlap, check_numbers, check_output_folder, mark_output_folder
 
     check_numbers(args, positive=("rows_per_shard",))
-    check_output_folder(args.out)
+    check_no_overlap({"--out": args.out}, {"--config": args.config.split(":")[0], "--manifest": args.manifest})
+    check_output_folder(args.out, command="precompute", overwrite=args.overwrite)
     from absl import flags
 
     flags.FLAGS.mark_as_parsed()
@@ -27,6 +28,10 @@ def run(args) -> None:
         config.data.manifest = args.manifest
     if not config.data.manifest:
         raise UserError("no manifest: give --manifest or set config.data.manifest.")
+    m = config.model
+    check_no_overlap({"--out": args.out}, {"--manifest": config.data.manifest, "config.model.teacher": m.teacher,
+                                           "config.model.vae": m.vae, "config.model.text_encoder": m.text_encoder})
+    mark_output_folder(args.out, "precompute")
     precompute(config, args.out, rows_per_shard=args.rows_per_shard)
 
 
@@ -42,7 +47,11 @@ def register(sub) -> None:
         ),
     )
     p.add_argument("--config", required=True, help="training config (sizes, encoder, model paths)")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True,
+                   help="output directory: new, empty, or one vdot precompute made (finished shards are reused when "
+                        "they were made from the same manifest, config and model)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out that vdot precompute did not make")
     p.add_argument("--manifest", default=None, help="manifest file (default: config.data.manifest)")
     p.add_argument("--rows-per-shard", type=int, default=256)
     p.set_defaults(func=run, accepts_extra=True)

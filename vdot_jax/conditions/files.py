@@ -15,6 +15,7 @@ video is decoded, then read by its family's reader below and built by its builde
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -105,7 +106,12 @@ def read_task_inputs(src_video=None, src_mask=None, src_ref_images=None, num_fra
             name = "mv2v"
 
     paths = _ref_paths(src_ref_images)
-    refs = [letterbox(video_io.read_image(p).transpose(2, 0, 1), height, width) for p in paths]
+    refs = []
+    for p in paths:
+        try:
+            refs.append(letterbox(video_io.read_image(p).transpose(2, 0, 1), height, width))
+        except ConditionError as e:
+            raise ConditionError(f"reference image {p}: {e}") from None
     refs = np.stack(refs)[None] if refs else None
     kind = TASKS["r2v" if name == "t2v" and refs is not None else name].kind
     if refs is not None:
@@ -124,7 +130,7 @@ def _parse_expand(expand) -> tuple[float, float, float, float]:
         except ValueError:
             raise ConditionError(f"outpainting expansion must be four numbers top,bottom,left,right, got {expand!r}.")
     vals = tuple(float(v) for v in expand)
-    if len(vals) != 4 or any(v < 0 for v in vals) or not any(vals):
+    if len(vals) != 4 or not all(math.isfinite(v) and v >= 0 for v in vals) or not any(vals):
         raise ConditionError(f"outpainting expansion must be four ratios top,bottom,left,right >= 0, not all zero, "
                              f"got {expand!r}.")
     return vals

@@ -249,6 +249,9 @@ def letterbox(image, height: int, width: int) -> np.ndarray:
         return a.copy()
     scale = min(height / h, width / w)
     nh, nw = int(h * scale), int(w * scale)
+    if nh < 1 or nw < 1:
+        raise ConditionError(f"a reference image of {w}x{h} pixels shrinks to {nw}x{nh} (0 pixels) in the "
+                             f"{width}x{height} frame; crop it to a less extreme aspect ratio.")
     canvas = np.ones((3, height, width), np.float32)
     top, left = (height - nh) // 2, (width - nw) // 2
     canvas[:, top:top + nh, left:left + nw] = resize(a, nh, nw, antialias=False)
@@ -354,6 +357,9 @@ def outpaint(video, top: float = 0.0, bottom: float = 0.0, left: float = 0.0, ri
         raise ConditionError("outpaint needs both height and width, or neither.")
     else:
         ih, iw = round(height / (1.0 + top + bottom)), round(width / (1.0 + left + right))
+        if ih < 1 or iw < 1:
+            raise ConditionError(f"outpainting expansion {top:g},{bottom:g},{left:g},{right:g} leaves the source "
+                                 f"{iw}x{ih} (0 pixels) in the {width}x{height} frame; use smaller ratios (--expand).")
         f = resize(f, ih, iw, antialias=True)
         h, w, ch, cw = ih, iw, int(height), int(width)
         up = round((ch - h) * top / (top + bottom)) if top + bottom > 0 else 0

@@ -21,12 +21,15 @@ the pipeline's business (a bad file skips the sample with a warning, it does not
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vdot_jax.errors import VdotError
+from etils import epath
+
+from vdot_jax.errors import VdotError, read_utf8
 
 COLUMNS = ("task", "src_video", "src_mask", "src_ref_images", "caption", "video")
 ALIASES = {"subtask": "task", "prompt": "caption", "en_prompt": "caption", "gt_video": "video",
@@ -82,6 +85,8 @@ def _resolve(path, base: Path) -> str | None:
     s = str(path).strip()
     if not s:
         return None
+    if "://" in s:  # a URI (gs://...) stays as written
+        return s
     p = Path(os.path.expanduser(s))
     return str(p if p.is_absolute() else base / p)
 
@@ -110,14 +115,15 @@ def _row(raw: dict, i: int, base: Path, src: Path) -> ManifestRow:
 
 
 def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
-    """All rows of a CSV (header row) or JSONL manifest; raises ManifestError naming the file and row."""
-    p = Path(path)
+    """All rows of a CSV (header row) or JSONL manifest; raises ManifestError naming the file and row. The manifest
+    may be on a bucket (gs://, read through etils.epath); its relative paths are then relative to its folder there."""
+    p = epath.Path(path) if "://" in os.fspath(path) else Path(path)
     if not p.is_file():
         raise ManifestError(f"manifest {p} does not exist.")
     base = p.parent
     raws: list[dict] = []
     if p.suffix.lower() in (".jsonl", ".json"):
-        for i, line in enumerate(p.read_text().splitlines()):
+        for i, line in enumerate(read_utf8(p, "manifest", ManifestError).splitlines()):
             if not line.strip():
                 continue
             try:
@@ -128,16 +134,16 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
                 raise ManifestError(f"manifest {p} line {i + 1} is not a JSON object.")
             raws.append(obj)
     elif p.suffix.lower() in (".csv", ".tsv"):
-        with p.open(newline="") as fh:
-            reader = csv.DictReader(fh, delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
-            if not reader.fieldnames:
-                raise ManifestError(f"manifest {p} is empty (a CSV manifest needs a header row).")
-            names = {ALIASES.get(n.strip(), n.strip()) for n in reader.fieldnames if n}
-            missing = [c for c in ("caption", "video") if c not in names]
-            if missing:
-                raise ManifestError(f"manifest {p} has no column {' or '.join(missing)} (columns: "
-                                    f"{', '.join(reader.fieldnames)}; expected {', '.join(COLUMNS)}).")
-            raws = list(reader)
+        text = read_utf8(p, "manifest", ManifestError)
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
+        if not reader.fieldnames:
+            raise ManifestError(f"manifest {p} is empty (a CSV manifest needs a header row).")
+        names = {ALIASES.get(n.strip(), n.strip()) for n in reader.fieldnames if n}
+        missing = [c for c in ("caption", "video") if c not in names]
+        if missing:
+            raise ManifestError(f"manifest {p} has no column {' or '.join(missing)} (columns: "
+                                f"{', '.join(reader.fieldnames)}; expected {', '.join(COLUMNS)}).")
+        raws = list(reader)
     else:
         raise ManifestError(f"manifest {p} must be .csv, .tsv or .jsonl.")
     rows = [_row(r, i, base, p) for i, r in enumerate(raws)]

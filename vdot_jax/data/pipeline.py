@@ -310,6 +310,10 @@ class PrecomputedSource:
     """ArrayRecord shards from ``vdot precompute`` (random access through grain's ArrayRecordDataSource)."""
 
     def __init__(self, config, with_context: bool):
+        if "://" in config.data.precomputed:  # array_record opens local files only (google/array_record#120)
+            raise DataError(f"data.precomputed {config.data.precomputed}: ArrayRecord shards are read from local "
+                            "files; mount the bucket with gcsfuse (launch/tpu_pod.sh --mount BUCKET mounts it at "
+                            "/mnt/gcs/BUCKET) and give that path.")
         root = Path(config.data.precomputed)
         index_path = root / PRECOMPUTED_INDEX
         if not index_path.is_file():

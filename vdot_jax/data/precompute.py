@@ -21,6 +21,7 @@ every shard is finished (after a barrier).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -41,6 +42,47 @@ def _shard_name(s: int, n: int) -> str:
     return f"shard-{s:05d}-of-{n:05d}.array_record"
 
 
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def identity(config, *, with_context: bool, rows: int, rows_per_shard: int) -> dict:
+    """What the shards in a folder were made from: the data settings (``data_spec``), the manifest's content hash,
+    the negative prompt and the models that encode (teacher, VAE, text encoder paths). A rerun reuses finished
+    shards only when all of it is the same (``check_identity``)."""
+    m, d = config.model, config.data
+    return {**data_spec(config, with_context), "rows": rows, "rows_per_shard": rows_per_shard,
+            "manifest_sha256": _sha256(d.manifest),
+            "negative_prompt_sha256": hashlib.sha256(str(d.negative_prompt).encode()).hexdigest(),
+            "model": {k: str(Path(v).resolve()) if v else "" for k, v in (("teacher", m.teacher), ("vae", m.vae),
+                                                                          ("text_encoder", m.text_encoder))}}
+
+
+def check_identity(out, ident: dict) -> None:
+    """Refuse (DataError, one line) an ``out`` holding shards made from other inputs than ``ident``."""
+    spec_file = Path(out) / "spec.json"
+    if not spec_file.exists():
+        return
+    try:
+        have = json.loads(spec_file.read_text())
+    except ValueError:
+        have = {}
+    if have == ident:
+        return
+    if have.get("manifest_sha256") != ident["manifest_sha256"]:
+        why = "another manifest (its content hash differs)"
+    elif have.get("model") != ident["model"]:
+        why = f"another model ({have.get('model')} vs {ident['model']})"
+    else:
+        why = "other settings: " + ", ".join(sorted(k for k in set(have) | set(ident) if have.get(k) != ident.get(k)))
+    raise DataError(f"{out} holds precomputed data made from {why} ({spec_file}); use another --out, or remove "
+                    "the folder to start over. Nothing was mixed in.")
+
+
 def precompute(config, out, *, rows_per_shard: int = 256, progress: bool = True, with_context: bool | None = None,
                log=None) -> dict:
     """Encode ``config.data.manifest`` into ``out`` (module docstring); returns a summary."""
@@ -56,17 +98,14 @@ def precompute(config, out, *, rows_per_shard: int = 256, progress: bool = True,
         with_context = model_arch(config).is_vace
     n_shards = max(1, math.ceil(len(rows) / rows_per_shard))
     spec = data_spec(config, with_context)
-    spec_file = out / "spec.json"
-    # before the encoders are loaded: data made with other settings is refused, never mixed or overwritten
-    if spec_file.exists() and json.loads(spec_file.read_text()) != {**spec, "rows": len(rows),
-                                                                     "rows_per_shard": rows_per_shard}:
-        raise DataError(f"{out} holds precomputed data made with other settings ({spec_file}); use another "
-                        "output directory or remove it.")
+    ident = identity(config, with_context=with_context, rows=len(rows), rows_per_shard=rows_per_shard)
+    # before the encoders are loaded: data made from other inputs is refused, never mixed or overwritten
+    check_identity(out, ident)
     encoder = make_encoder(config, with_context=with_context)
     source = ManifestSource(config, encoder, rows)
     pid, nproc = jax.process_index(), jax.process_count()
     if pid == 0:
-        spec_file.write_text(json.dumps({**spec, "rows": len(rows), "rows_per_shard": rows_per_shard}, indent=2))
+        (out / "spec.json").write_text(json.dumps(ident, indent=2))
     mine = [s for s in range(n_shards) if s % nproc == pid]
     todo = [s for s in mine if not (out / (_shard_name(s, n_shards) + ".json")).exists()]
     skipped_shards = len(mine) - len(todo)

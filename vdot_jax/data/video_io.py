@@ -157,6 +157,10 @@ def read_image(path, size=None, normalize: bool = True) -> np.ndarray:
     try:
         with Image.open(p) as img:
             img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grey: scaled, not clamped to white
+                top = 65535.0 if img.mode.startswith("I;16") or np.asarray(img).max() > 255 else 255.0
+                grey = np.asarray(img, dtype=np.float64) * (255.0 / top)
+                img = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8))
             if img.mode == "P":
                 img = img.convert("RGBA")
             if img.mode in ("RGBA", "LA", "PA"):
@@ -167,6 +171,8 @@ def read_image(path, size=None, normalize: bool = True) -> np.ndarray:
             elif img.mode != "RGB":
                 img = img.convert("RGB")
             arr = np.asarray(img, dtype=np.uint8).copy()
+    except Image.DecompressionBombError as e:  # PIL's guard against decompression bombs: not a traceback
+        raise VideoError(f"image file {p} is too large to read safely ({_short(e)}); resize it first.") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise VideoError(f"image file {p} could not be read as an image ({_short(e)}).") from None
     hw = _check_size(size)
@@ -314,16 +320,31 @@ def write_video(path, frames, fps: float = 16, quality: float = 8) -> Path:
                          "crop or pad them to even height and width first.")
     if fps <= 0:
         raise VideoError(f"fps must be positive to write {p}, got {fps}.")
-    iio = _imageio()
     p.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with iio.get_writer(p, format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p",
-                            quality=quality, macro_block_size=1, ffmpeg_log_level="error") as writer:
-            for frame in a:
-                writer.append_data(np.ascontiguousarray(frame))
-    except Exception as e:
-        raise VideoError(f"video file {p} could not be written ({_short(e)}).") from None
+        _encode(p, a, fps, quality)
+        size = p.stat().st_size
+        if size == 0:
+            raise VideoError(f"video file {p} is 0 bytes after writing (a full disk?); it was removed.")
+        got = probe_video(p).num_frames
+        if got != f:
+            raise VideoError(f"video file {p} could not be read back ({got} of {f} frames); it was removed.")
+    except BaseException as e:  # a failed or interrupted write leaves no file that looks like a result
+        p.unlink(missing_ok=True)
+        if isinstance(e, VideoError):
+            raise
+        if isinstance(e, Exception):
+            raise VideoError(f"video file {p} could not be written ({_short(e)}).") from None
+        raise
     return p
+
+
+def _encode(p: Path, a: np.ndarray, fps: float, quality: float) -> None:
+    iio = _imageio()
+    with iio.get_writer(p, format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p",
+                        quality=quality, macro_block_size=1, ffmpeg_log_level="error") as writer:
+        for frame in a:
+            writer.append_data(np.ascontiguousarray(frame))
 
 
 def is_image_path(path) -> bool:

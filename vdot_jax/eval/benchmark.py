@@ -56,7 +56,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from vdot_jax.errors import VdotError
+from vdot_jax.errors import VdotError, read_utf8
 
 FIELDS = ("subtask", "sample_id", "en_prompt", "src_video", "src_mask", "src_ref_images")
 FAMILIES = ("text", "reference", "control", "repaint", "extension", "composite")
@@ -155,7 +155,7 @@ def read_index(index: str | os.PathLike, root: str | os.PathLike) -> tuple[list[
     if not index.is_file():
         raise BenchmarkError(f"benchmark index {index} does not exist (expected a JSONL file, one row per line)")
     rows, problems, seen = [], [], set()
-    for n, text in enumerate(index.read_text().splitlines(), 1):
+    for n, text in enumerate(read_utf8(index, "benchmark index", BenchmarkError).splitlines(), 1):
         if not text.strip():
             continue
         try:

@@ -145,6 +145,9 @@ class WanConfig:
         return d
 
 
+TIMESTEP_FEATURE_DTYPES = ("float32", "bfloat16")
+
+
 @dataclass
 class Runtime:
     """How the model runs (not what its weights are)."""
@@ -154,10 +157,14 @@ class Runtime:
     dtype: str = "auto"
     attention: str = "auto"  # see vdot_jax.models.attention (auto: splash on TPU, cudnn on GPU, xla on CPU)
     remat: str = "none"  # see vdot_jax.models.layers.REMAT_POLICIES
+    # sinusoidal timestep features: float32 (Wan, diffusers, default) or bfloat16, as the VDOT release's training
+    # copy of Wan computes them (docs/release_parity.md): set it to reproduce the released student exactly
+    timestep_features_dtype: str = "float32"
     extra: dict = field(default_factory=dict)
 
     def __hash__(self) -> int:  # part of the model's static graph: graphdefs are hashed as jit/cache keys
-        return hash((self.dtype, self.attention, self.remat, tuple(sorted(self.extra.items()))))
+        return hash((self.dtype, self.attention, self.remat, self.timestep_features_dtype,
+                     tuple(sorted(self.extra.items()))))
 
     @property
     def compute_dtype(self):
@@ -173,7 +180,8 @@ class Runtime:
         from vdot_jax.models.attention import default_dtype, resolve
 
         return Runtime(dtype=default_dtype(platform) if self.dtype == "auto" else self.dtype,
-                       attention=resolve(self.attention, platform), remat=self.remat, extra=dict(self.extra))
+                       attention=resolve(self.attention, platform), remat=self.remat,
+                       timestep_features_dtype=self.timestep_features_dtype, extra=dict(self.extra))
 
     def update(self, **changes) -> None:
         """Set options by name; unknown names and remat policies are refused."""
@@ -183,6 +191,9 @@ class Runtime:
             if not hasattr(self, k):
                 raise ValueError(f"unknown runtime option {k!r}")
             setattr(self, k, v)
+        if self.timestep_features_dtype not in TIMESTEP_FEATURE_DTYPES:
+            raise ValueError(f"unknown timestep_features_dtype {self.timestep_features_dtype!r}; choose one of "
+                             f"{TIMESTEP_FEATURE_DTYPES}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"unknown remat policy {self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
 

@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from vdot_jax.errors import VdotError
+from vdot_jax.errors import VdotError, read_utf8
 
 SETTINGS = ("frames", "height", "width", "steps", "guide_scale", "shift", "solver", "context_scale")
 INPUTS = ("task", "src_video", "src_mask", "ref_images", "expand", "clip_frames")
@@ -135,10 +135,7 @@ def read_rows(path, defaults: dict) -> tuple[list[Row], list[tuple[int, str]]]:
     """(rows, [(line, error)]) of a rows file; blank lines are skipped. Two rows naming one output are an error
     of the file (BatchError): their videos would overwrite each other."""
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise BatchError(f"--batch {path} is not UTF-8 text (byte {e.start}); save it as UTF-8 JSON lines") from None
+    text = read_utf8(path, "--batch", BatchError)
     base = path.resolve().parent
     rows, errors, names = [], [], {}
     for line, raw in enumerate(text.splitlines(), 1):
@@ -187,17 +184,14 @@ def _replace_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_video_checked(path: Path, frames: np.ndarray, fps: float) -> None:
-    """Write under a temporary name, read the frame count back, rename: a killed or failed write leaves no
-    video under the final name (and no temporary file)."""
+def write_video_atomic(path: Path, frames: np.ndarray, fps: float) -> None:
+    """Write under a temporary name (``write_video`` reads it back and removes a bad file), then rename: a killed
+    or failed write leaves no video under the final name."""
     from vdot_jax.data import video_io
 
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         video_io.write_video(tmp, frames, fps=fps)
-        n = len(video_io.read_video(tmp))
-        if n != len(frames):
-            raise video_io.VideoError(f"video file {path} read back {n} of {len(frames)} frames after writing")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -336,7 +330,7 @@ def generate_rows(pipe, rows: Sequence[Row], out, *, batch_size: int = 1, fps: f
             continue
         summary.calls += 1
         for i, row in enumerate(ok):
-            write_video_checked(out / row.name, result.frames(i), fps)
+            write_video_atomic(out / row.name, result.frames(i), fps)
             _replace_text(_record_path(out, row), json.dumps(row.record(), sort_keys=True))
             summary.written.append(row.line)
         log(f"call {summary.calls}/{len(calls)}: wrote {', '.join(r.name for r in ok)} "

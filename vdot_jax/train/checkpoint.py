@@ -23,7 +23,9 @@ the differences, and nothing in it is touched.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import sys
 import time
@@ -36,7 +38,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vdot_jax.train.paths import workdir_path
 
-from vdot_jax.errors import VdotError
+from vdot_jax.errors import CheckpointError, VdotError, disk_full_error, is_disk_full
 
 FORMAT = "vdot-train-v1"
 
@@ -235,8 +237,61 @@ def _reader(root) -> ocp.CheckpointManager:
 
 
 # What a training run writes at the top of its workdir (train/loop.py, train/logging.py).
-WORKDIR_ENTRIES = frozenset({"checkpoints", "config.json", "metrics.jsonl", "metrics.jsonl.tmp", "train.log", "tb",
-                             "plots", "samples", "unreadable_checkpoints"})
+LOCK = ".vdot-train.lock"  # flock'ed by the run that uses the workdir; holds "pid N on HOST" for the message
+WORKDIR_ENTRIES = frozenset({LOCK, "checkpoints", "config.json", "metrics.jsonl", "metrics.jsonl.tmp", "train.log",
+                             "tb", "plots", "samples", "unreadable_checkpoints"})
+
+
+
+
+class WorkdirBusy(VdotError):
+    """Another live run holds the workdir's lock."""
+
+
+@contextlib.contextmanager
+def lock_workdir(workdir):
+    """Hold WORKDIR/.vdot-train.lock (``fcntl.flock``, exclusive, non-blocking) while training: a second run on the
+    same workdir is refused in one line. The kernel drops the lock when the process dies, so a crashed or killed run
+    leaves nothing stuck. Taken by process 0 only (the other processes of a run share its workdir). A ``gs://``
+    workdir is not locked (a bucket has no such lock; best effort: do not start two runs on one bucket path). The
+    lock file is removed on release, and a workdir this call created that is empty then is removed too."""
+    import fcntl
+    import os
+    import socket
+
+    from vdot_jax.train.paths import is_local
+
+    path = workdir_path(workdir)
+    if not is_local(path) or jax.process_index() != 0:
+        yield
+        return
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    lock = path / LOCK
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise WorkdirBusy(f"--workdir {workdir} is in use by another run ({holder}); wait for it to finish or "
+                              "give another --workdir") from None
+        try:  # the holder removes the file when it is done: a lock on a removed file is no lock, take it again
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.unlink(lock)  # while still held: the workdir is left as the run left it
+        os.close(fd)
+        if created and not any(path.iterdir()):
+            path.rmdir()
 
 
 def check_workdir(workdir) -> None:
@@ -326,12 +381,25 @@ def restore_subtree_intact(workdir, targets: Mapping[tuple, jax.ShapeDtypeStruct
     raise CheckpointMismatch(f"{root} holds no checkpoint that can be restored.")
 
 
+def _is_primary() -> bool:
+    return jax.process_index() == 0
+
+
+def _barrier(name: str) -> None:
+    """Wait until every process reaches ``name`` (nothing to wait for in a one-process run)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 class Checkpointer:
     """Saves and restores (state, data state, meta) under WORKDIR/checkpoints (module docstring)."""
 
     def __init__(self, workdir, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
         self.root = checkpoint_dir(workdir)
         self.read_only = read_only
+        logging.getLogger("absl").addFilter(_QUIET)  # idempotent: a filter is added once
         self.manager = ocp.CheckpointManager(self.root, item_names=ITEMS,
                                              options=_options(keep, async_save and not read_only, read_only))
         self.last_saved: int | None = self.manager.latest_step()
@@ -343,10 +411,18 @@ class Checkpointer:
         """Save (asynchronously); returns False when ``step`` is already saved."""
         if self.last_saved is not None and step <= self.last_saved:
             return False
+        from vdot_jax.weights.params import non_finite
+
+        bad = non_finite(state)  # a NaN model is never saved as if it were a result
+        if bad:
+            raise CheckpointError(f"the model at step {step} has non-finite values in {len(bad)} tensor(s) "
+                                  f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); it was not saved to "
+                                  f"{self.root} (lower the learning rate, or resume from the last checkpoint)")
         args = ocp.args.Composite(state=ocp.args.StandardSave(to_nested(state)),
                                   data=ocp.args.JsonSave(data_state),
                                   meta=ocp.args.JsonSave({**meta, "format": FORMAT, "step": int(step)}))
-        self.manager.save(step, args=args, force=True)
+        with _disk_errors(self.root):
+            self.manager.save(step, args=args, force=True)
         self.last_saved = step
         return True
 
@@ -364,10 +440,12 @@ class Checkpointer:
             where = "It was left in place."
             if not self.read_only:
                 aside = self.root.parent / "unreadable_checkpoints" / str(step)
-                aside.parent.mkdir(exist_ok=True)
                 if aside.exists():
                     aside = aside.with_name(f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-                (self.root / str(step)).rename(aside)
+                if _is_primary():  # one process moves it; the others wait, then all see it gone
+                    aside.parent.mkdir(exist_ok=True)
+                    (self.root / str(step)).rename(aside)
+                _barrier(f"vdot_checkpoint_aside_{step}")
                 self.manager.reload()
                 self.last_saved = self.manager.latest_step()
                 where = f"It was moved to {aside}."
@@ -384,8 +462,35 @@ class Checkpointer:
         return from_nested(restored["state"], abstract_state), dict(restored["data"]), dict(restored["meta"])
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with _disk_errors(self.root):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
+
+
+class _QuietDiskFull(logging.Filter):
+    """Orbax's background save threads log a full disk with a traceback per thread (and again per retry) before the
+    error reaches ``save``/``wait``, where ``_disk_errors`` turns it into one line: drop those log records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+        return not any(s in text for s in ("RESOURCE_EXHAUSTED", "No space left"))
+
+
+_QUIET = _QuietDiskFull()
+
+
+@contextlib.contextmanager
+def _disk_errors(where):
+    """A full disk, however orbax reports it (a ValueError RESOURCE_EXHAUSTED from a background thread), becomes
+    the one ``OSError(ENOSPC)`` that ``vdot`` prints as a line."""
+    try:
+        yield
+    except Exception as e:
+        if is_disk_full(e):
+            raise disk_full_error(where) from None
+        raise

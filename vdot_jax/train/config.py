@@ -20,7 +20,9 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import math
 import sys
+import traceback
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -67,6 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
     # | xla | cudnn | splash[:block_q=N,block_kv=N] | ulysses:<inner>
     m.attention = "auto"
     m.remat = "none"  # none | full | dots | dots_no_batch | offload (full, layer inputs in host memory)
+    # sinusoidal timestep features: "float32" (Wan, diffusers) or "bfloat16", as the release's training copy of Wan
+    # computes them (docs/release_parity.md); "bfloat16" reproduces the released student's numerics exactly
+    m.timestep_features_dtype = "float32"
     m.vae = ""  # model directory (or VAE checkpoint) for encoder "wan" and sample decoding
     m.text_encoder = ""  # model directory (or umT5 checkpoint) for encoder "wan"
 
@@ -128,6 +133,9 @@ def base_config() -> ml_collections.ConfigDict:
     tr.steps = 1500  # release stage 1: 1,500 steps (stage 2: 1,200)
     tr.log_every = 1
     tr.checkpoint_every = 100
+    # also save when this many minutes have passed since the last save (0 = off); process 0's clock decides, and
+    # the decision reaches every host with the step's stop flags, so all hosts save the same step
+    tr.checkpoint_every_minutes = 0.0
     tr.keep = 3  # checkpoints kept (the newest)
     tr.async_checkpoint = True
     tr.max_nonfinite = 20  # this many steps in a row with a skipped (non-finite) update stop the run
@@ -213,15 +221,27 @@ def load_config(spec: str | Path) -> ml_collections.ConfigDict:
     module_spec = importlib.util.spec_from_file_location(name, p)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module
-    try:
+    try:  # the user's Python: any failure in it is one line naming the file (and the line, when known)
         module_spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise ConfigError(f"config file {p} has no get_config() function.")
+        cfg = module.get_config(arg) if arg is not None else module.get_config()
+    except ConfigError:
+        raise
+    except SyntaxError as e:
+        raise ConfigError(f"config file {p} line {e.lineno}: syntax error ({e.msg}).") from None
+    except Exception as e:  # noqa: BLE001 - the user's code
+        tb = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == str(p)]
+        where = f" line {tb[-1].lineno}" if tb else ""
+        raise ConfigError(f"config file {p}{where} failed: {type(e).__name__}: {' '.join(str(e).split())}.") from None
     finally:
         sys.modules.pop(name, None)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {p} has no get_config() function.")
-    cfg = module.get_config(arg) if arg is not None else module.get_config()
     if not isinstance(cfg, ml_collections.ConfigDict):
         raise ConfigError(f"get_config() in {p} returned {type(cfg).__name__}, expected an ml_collections.ConfigDict.")
+    missing = [k for k, v in base_config().items() if isinstance(v, ml_collections.ConfigDict) and k not in cfg]
+    if missing:
+        raise ConfigError(f"config file {p} has no {', '.join(missing)} group(s); start get_config() from "
+                          "vdot_jax.train.config.base_config() (or release_config()) and change what differs.")
     return cfg
 
 
@@ -373,8 +393,79 @@ def parse_override_args(args: Sequence[str]) -> list[str]:
     return out
 
 
+# The range of every numeric key, checked by ``validate`` (one place) before a workdir or a model is made: NaN and
+# inf are refused everywhere. Notation: ">=0", ">0", "[0,1]", "[0,1)", "(0,1]"; "PREFIX.*" covers an open group.
+# tests/test_nothing_lost.py checks that every numeric key of ``base_config()`` has one.
+RANGES = {
+    "seed": ">=0", "model.init_seed": ">=0", "student_shift": ">0", "ttur": ">=1", "video_frames": ">=1",
+    **{f"flow.{k}": r for k, r in (("lr", ">=0"), ("b1", "[0,1)"), ("b2", "[0,1)"), ("weight_decay", ">=0"),
+                                   ("clip_norm", ">0"), ("warmup_steps", ">=0"), ("final_lr_fraction", "[0,1]"),
+                                   ("timestep_shift", ">0"), ("text_dropout", "[0,1]"), ("ema_decay", "[0,1)"),
+                                   ("ema_start", ">=0"))},
+    **{f"data.{k}": r for k, r in (("batch_size", ">=0"), ("per_device_batch", ">=1"), ("num_frames", ">=1"),
+                                   ("height", ">=1"), ("width", ">=1"), ("fps", ">=0"), ("text_len", ">=1"),
+                                   ("num_threads", ">=1"), ("prefetch", ">=0"), ("workers", ">=0"),
+                                   ("max_bad", ">=0"))},
+    **{f"data.toy.{k}": r for k, r in (("frames", ">=1"), ("height", ">=1"), ("width", ">=1"), ("text_dim", ">=1"),
+                                       ("text_len", ">=1"), ("text_seed", ">=0"), ("latent_std_floor", ">=0"),
+                                       ("task_mix.*", ">=0"))},
+    "mesh.num_devices": ">=0", "mesh.max_replicated": "[0,1]",
+    **{f"train.{k}": r for k, r in (("steps", ">=0"), ("log_every", ">=1"), ("checkpoint_every", ">=1"),
+                                    ("keep", ">=1"), ("max_nonfinite", ">=1"), ("plot_every", ">=0"),
+                                    ("checkpoint_every_minutes", ">=0"))},
+    **{f"sample.{k}": r for k, r in (("every", ">=0"), ("num", ">=1"), ("steps", ">=1"), ("shift", ">0"),
+                                     ("guidance", ">=0"), ("seed", ">=0"), ("fps", ">0"))},
+    **{f"loss.{k}": r for k, r in (("dmd_weight", ">=0"), ("ot_weight", ">=0"), ("teacher_guidance", ">=0"),
+                                   ("timestep_shift", ">0"), ("gan_timestep_shift", ">0"),
+                                   ("gan_generator_weight", ">=0"), ("gan_discriminator_weight", ">=0"))},
+    "gan.token_dim": ">=1", "gan.num_heads": ">=1", "gan.ffn_dim": ">=1",
+    **{f"optim.{k}": r for k, r in (("generator_lr", ">=0"), ("critic_lr", ">=0"), ("b1", "[0,1)"), ("b2", "[0,1)"),
+                                    ("weight_decay", ">=0"), ("clip_norm", ">0"), ("accumulation", ">=1"))},
+    "ema.decay": "[0,1)", "ema.start": ">=0",
+    **{f"ot.{k}": r for k, r in (("epsilon", ">0"), ("factor", ">=0"), ("iterations", ">=1"), ("norm_eps", ">0"),
+                                 ("pool", ">=1"), ("tau_a", "(0,1]"), ("tau_b", "(0,1]"))},
+}
+
+
+def numeric_keys(node: ml_collections.ConfigDict, prefix: str = "") -> dict:
+    """{dotted key: value} of every int/float leaf (bools are not numbers here)."""
+    out = {}
+    for k, v in node.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            out.update(numeric_keys(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[prefix + k] = v
+    return out
+
+
+def range_for(key: str) -> str | None:
+    """The RANGES entry of a dotted key (an open group's ``PREFIX.*`` included), or None."""
+    if key in RANGES:
+        return RANGES[key]
+    return RANGES.get(key.rsplit(".", 1)[0] + ".*") if "." in key else None
+
+
+def _in_range(v: float, spec: str) -> bool:
+    if spec.startswith(">="):
+        return v >= float(spec[2:])
+    if spec.startswith(">"):
+        return v > float(spec[1:])
+    lo, hi = (float(x) for x in spec[1:-1].split(","))
+    return (lo < v if spec[0] == "(" else lo <= v) and (v < hi if spec[-1] == ")" else v <= hi)
+
+
+def check_ranges(config: ml_collections.ConfigDict) -> None:
+    """Every numeric key finite and in its ``RANGES`` entry (keys without one, e.g. model.arch, only finite)."""
+    for key, v in numeric_keys(config).items():
+        spec = range_for(key)
+        if not math.isfinite(v) or (spec is not None and not _in_range(v, spec)):
+            want = f"a finite number {spec}" if spec else "a finite number"
+            raise ConfigError(f"config.{key} must be {want}, got {v}.")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks that catch a bad config before any model is built."""
+    check_ranges(config)
     if config.mode not in MODES:
         raise ConfigError(f"config.mode must be one of {MODES}, got {config.mode!r}.")
     d = config.data
@@ -394,6 +485,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("config.train.checkpoint_every must be >= 1.")
     if config.train.keep < 1:
         raise ConfigError("config.train.keep must be >= 1.")
+    tf = config.model.get("timestep_features_dtype", "float32")
+    if tf not in ("float32", "bfloat16"):
+        raise ConfigError(f"config.model.timestep_features_dtype must be 'float32' or 'bfloat16', got {tf!r}.")
     impl = config.model.get("attention") or ""
     if impl:  # before any model is loaded (a bad name used to fail only after the teacher was read)
         try:
@@ -415,3 +509,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.mode == "vdot" and not config.model.teacher and not (config.model.preset or len(config.model.arch)):
         raise ConfigError("config.model.teacher is empty and no architecture is given (config.model.preset or "
                           "config.model.arch) to initialise one at random.")
+
+
+def check_data(config: ml_collections.ConfigDict) -> None:
+    """The data checks that need no model, run by ``vdot train`` before a workdir or a model is made: every row of
+    the manifest is well formed, or the precomputed index exists and was made with this config's data settings.
+    (The pipeline checks the same again when it is built; these raise the same ``VdotError``s earlier.)"""
+    d = config.data
+    if d.source == "manifest":
+        from vdot_jax.data.manifest import read_manifest
+
+        read_manifest(d.manifest)
+    elif d.source == "precomputed":
+        from vdot_jax.data.pipeline import PrecomputedSource
+        from vdot_jax.sources import model_arch
+
+        PrecomputedSource(config, with_context=model_arch(config).is_vace)

@@ -1,7 +1,8 @@
 """Training logs: JSONL and TensorBoard scalars, a tqdm bar, PNG loss plots, sample videos (mp4 + GIF grid).
 
     WORKDIR/metrics.jsonl        one JSON object per logged step: {"step": ..., "critic_flow_loss": ..., ...}
-    WORKDIR/tb/                  TensorBoard event files (tensorboardX), the same scalars
+    WORKDIR/tb/                  TensorBoard event files (tensorboardX), the same scalars (on a bucket: written
+                                 locally, the files copied up every 30 s and at the end)
     WORKDIR/train.log            warnings and notices (bad samples, skipped updates, resume, stop reasons)
     WORKDIR/plots/losses.png     every loss against the step (raw and smoothed)
     WORKDIR/samples/step_N/      sample_K.mp4 per sample and grid.gif / grid.mp4 (one row per sample)
@@ -15,7 +16,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -34,6 +37,8 @@ class MetricLogger:
         self.enabled = enabled
         self.jsonl = self.workdir / "metrics.jsonl"
         self._tb = None
+        self._tb_dir: Path | None = None
+        self._tb_uploaded = 0.0
         self._bar = None
         if not enabled:
             return
@@ -68,16 +73,27 @@ class MetricLogger:
 
     @property
     def tb(self):
-        if self._tb is None and self.enabled and not self.local:
-            self._tb = False  # TensorBoard event files need a local folder (or TensorFlow's gfile); JSONL is there
         if self._tb is None and self.enabled:
             try:
                 from tensorboardX import SummaryWriter
             except ImportError:  # optional at run time
                 self._tb = False
             else:
-                self._tb = SummaryWriter(str(self.workdir / "tb"), flush_secs=30)
+                # a bucket has no append: the event files are written locally and copied up whole (_upload_tb)
+                self._tb_dir = self.workdir / "tb" if self.local else Path(tempfile.mkdtemp(prefix="vdot-tb-"))
+                self._tb = SummaryWriter(str(self._tb_dir), flush_secs=30)
         return self._tb or None
+
+    def _upload_tb(self, force: bool = False) -> None:
+        if self.local or not self._tb or (not force and time.time() - self._tb_uploaded < 30):
+            return
+        self._tb.flush()
+        for f in sorted(self._tb_dir.rglob("*")):
+            if f.is_file():
+                dst = self.workdir / "tb" / str(f.relative_to(self._tb_dir))
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes(f.read_bytes())
+        self._tb_uploaded = time.time()
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         if not self.enabled:
@@ -90,6 +106,7 @@ class MetricLogger:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
                     tb.add_scalar(k, v, step)
+            self._upload_tb()
 
     def advance(self, step: int, postfix: Mapping[str, float] | None = None) -> None:
         if self._bar is not None:
@@ -130,7 +147,10 @@ class MetricLogger:
         if self._bar is not None:
             self._bar.close()
         if self._tb:
+            self._upload_tb(force=True)
             self._tb.close()
+            if not self.local:
+                shutil.rmtree(self._tb_dir, ignore_errors=True)
         self._fh.close()
         self._log.close()
 

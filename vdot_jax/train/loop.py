@@ -22,8 +22,14 @@ restored into this run's shardings (any mesh or device count) and training conti
 the same mesh gives bit-identical losses and parameters to an uninterrupted run. A workdir written by an
 incompatible config is refused before anything in it is written.
 
-**Stopping.** SIGTERM (preemption) finishes the current step, saves, and returns ``preempted=True`` (the CLI
-exits 0). ``train.max_nonfinite`` steps in a row with a skipped update, or more than ``data.max_bad`` distinct
+**Stopping.** SIGTERM (preemption) is honoured at the next phase boundary (every host agrees on which): the
+phases of the current step that have run are kept, the rest wait for the resume. The state saved is the one at
+that boundary, with the data iterator positioned before the step's batch and the names of the phases done, so a
+resume re-reads the same batch, runs only the remaining phases and continues bit for bit (when the last completed
+step is already saved, the partial step is dropped instead and nothing new is written). It returns
+``preempted=True`` (the CLI exits 0). Checkpoints come every ``train.checkpoint_every`` steps and, with
+``train.checkpoint_every_minutes``, whenever that many minutes have passed since the last save.
+``train.max_nonfinite`` steps in a row with a skipped update, or more than ``data.max_bad`` distinct
 unreadable samples, stop with ``TrainingError`` / ``DataError`` (one clear sentence).
 """
 
@@ -71,7 +77,8 @@ class TrainingError(VdotError, RuntimeError):
 
 
 def runtime_of(config) -> Runtime:
-    return Runtime(dtype=config.model.dtype, attention=config.model.attention, remat=config.model.remat)
+    return Runtime(dtype=config.model.dtype, attention=config.model.attention, remat=config.model.remat,
+                   timestep_features_dtype=config.model.get("timestep_features_dtype", "float32"))
 
 
 @dataclass
@@ -314,12 +321,13 @@ class Phases:
 
 
 class _StopFlag:
-    """SIGTERM (and SIGINT when asked) -> a flag the loop checks after each step. A second SIGINT aborts at once
+    """SIGTERM (and SIGINT when asked) -> a flag the loop checks at every phase boundary. A second SIGINT aborts at once
     (KeyboardInterrupt), for a user who does not want to wait for the step and the save."""
 
     def __init__(self, catch_int: bool = False):
         self.set = False
         self.signal = None
+        self.at = 0.0  # when the signal came (time.time())
         self._old = {}
         if threading.current_thread() is not threading.main_thread():
             return
@@ -331,6 +339,8 @@ class _StopFlag:
         if self.set and signum == signal.SIGINT:
             self.restore()
             raise KeyboardInterrupt
+        if not self.set:
+            self.at = time.time()
         self.set = True
         self.signal = signal.Signals(signum).name
 
@@ -392,10 +402,11 @@ def train(config: ml_collections.ConfigDict, workdir, *, stop_after: int | None 
         checkpointer = ckpt.Checkpointer(workdir, keep=int(config.train.keep),
                                          async_save=bool(config.train.async_checkpoint))
         stack.callback(checkpointer.close)
-        data_state, bad_rows = None, {}
+        data_state, bad_rows, partial = None, {}, None
         if found is not None:
             step0, state, data_state, _ = checkpointer.restore_intact(run.abstract_state)
             bad_rows = {int(k): v for k, v in data_state.pop("bad_rows", {}).items()}
+            partial = data_state.pop("partial", None)
         else:
             step0 = 0
             state = init_state(run)
@@ -406,7 +417,9 @@ def train(config: ml_collections.ConfigDict, workdir, *, stop_after: int | None 
         log = logger.message
         if primary:
             (workdir / "config.json").write_text(json.dumps(_config_json(config), indent=2))
-        log(f"{'resumed at step ' + str(step0) if found else 'started'}: mode {config.mode}, {run.arch.describe()}, "
+        resumed = f"resumed at step {step0}" + (f" (phases {', '.join(partial['phases'])} of the next step were done)"
+                                                 if partial else "")
+        log(f"{resumed if found else 'started'}: mode {config.mode}, {run.arch.describe()}, "
             f"mesh {describe(run.mesh)}, {jax.process_count()} process(es), global batch {run.batch_size} x "
             f"{config.optim.accumulation} micro-batches")
         _sharding_report(run, log)
@@ -419,7 +432,7 @@ def train(config: ml_collections.ConfigDict, workdir, *, stop_after: int | None 
         sampler = _resolve_sampler(sampler, config, log)
         stop = _StopFlag(catch_sigint)
         stack.callback(stop.restore)
-        loop = _Loop(run, config, state, pipeline, checkpointer, logger, sampler, workdir, bad_rows, step0)
+        loop = _Loop(run, config, state, pipeline, checkpointer, logger, sampler, workdir, bad_rows, step0, partial)
         t_loop = time.time()
         stopped = None
         while loop.step < total:
@@ -428,10 +441,12 @@ def train(config: ml_collections.ConfigDict, workdir, *, stop_after: int | None 
                 break
             if loop.run_step(stop):
                 stopped = stop.signal or "SIGTERM"
-                log(f"{stopped} received: saved step {loop.step} and stopping (resume with the same command)")
                 break
         loop.save()
         checkpointer.wait()
+        if stopped not in (None, "stop_after"):
+            log(f"{stopped} received: {loop.stop_note}; checkpoint written {time.time() - stop.at:.1f} s after the "
+                "signal (resume with the same command)")
         log(f"done: step {loop.step}/{total} ({loop.ran} run now) in {time.time() - t_start:.1f} s; checkpoint at "
             f"step {checkpointer.last_saved}; {len(bad_rows)} unreadable samples"
             + (f"; stopped by {stopped}" if stopped else ""))
@@ -451,18 +466,26 @@ class _Loop:
     """The mutable part of a run: state, step counters, bad samples; one ``run_step`` per training step."""
 
     def __init__(self, run: Run, config, state, pipeline, checkpointer, logger, sampler, workdir: epath.Path,
-                 bad_rows: dict, step0: int):
+                 bad_rows: dict, step0: int, partial: dict | None = None):
         self.run, self.config, self.state, self.pipeline = run, config, state, pipeline
         self.checkpointer, self.logger, self.sampler, self.workdir = checkpointer, logger, sampler, workdir
         self.bad_rows, self.step0, self.step, self.ran = bad_rows, step0, step0, 0
         self.phases = Phases(run, logger.message)
         self.nonfinite_run = 0
         self.last_metrics: dict = {}
+        self.partial = partial  # phases of step ``step0`` run before a mid-step stop: {"phases", "metrics"}
+        if partial and tuple(run.phases(step0)[:len(partial["phases"])]) != tuple(partial["phases"]):
+            raise ConfigError(f"the checkpoint at step {step0} was saved after phases {', '.join(partial['phases'])} "
+                              f"of the next step, but this config runs {', '.join(run.phases(step0))} there (another "
+                              "ttur or loss.use_gan); resume with the config that wrote it.")
+        self.last_save_time = time.time()
+        self.stop_note = ""
 
     def run_step(self, stop: _StopFlag) -> bool:
         """One training step (all its phases), logging, checkpointing, samples; True when a stop signal came."""
         run, config, log = self.run, self.config, self.logger.message
         t0 = time.time()
+        data_before = self.pipeline.get_state()  # a mid-step stop saves this: the resume re-reads this step's batch
         arrays, info = next(self.pipeline)
         t_data = time.time() - t0
         for row, msg in info["bad"]:
@@ -480,19 +503,28 @@ class _Loop:
             with activate(run.mesh, run.rules):
                 self.phases.check_fit(self.state, batch)
         phase_metrics, times = [], {}
-        with activate(run.mesh, run.rules):
-            for name in run.phases(self.step):
-                tp = time.time()
+        done = tuple(self.partial["phases"]) if self.partial else ()
+        for name in run.phases(self.step)[len(done):]:
+            # every host stops at the same boundary (the all-gather runs outside the phases' mesh context)
+            if _host_sum(np.array([int(stop.set)], np.int64))[0]:
+                self._stop_mid_step(done + tuple(n for n, _ in phase_metrics), phase_metrics, data_before)
+                return True
+            tp = time.time()
+            with activate(run.mesh, run.rules):
                 self.state, m = self.phases(name, self.state, batch)
-                if config.train.time_phases:
-                    jax.block_until_ready(m)
-                    times[f"time/{name}"] = time.time() - tp
-                phase_metrics.append((name, m))
+            if config.train.time_phases:
+                jax.block_until_ready(m)
+                times[f"time/{name}"] = time.time() - tp
+            phase_metrics.append((name, m))
+        with activate(run.mesh, run.rules):
             self.state = self.state.replace(step=self.state.step + 1)
         self.step += 1
         self.ran += 1
         step = self.step
         metrics = _metrics_to_host(phase_metrics)
+        if self.partial:  # the phases run before the stop: the resumed step logs as one
+            metrics = {**self.partial["metrics"], **metrics}
+            self.partial = None
         dt = time.time() - t0
         metrics.update(times)
         metrics.update({"time/step": dt, "time/data": t_data, "bad_samples": len(self.bad_rows),
@@ -507,24 +539,49 @@ class _Loop:
             self.logger.log(step, metrics)
         self.logger.advance(step, {k: v for k, v in metrics.items() if k.endswith("_loss")})
 
-        flags = _host_sum(np.array([int(stop.set), int(self.nonfinite_run >= int(config.train.max_nonfinite))],
-                                   np.int64))
+        minutes = float(config.train.checkpoint_every_minutes)
+        due = minutes > 0 and jax.process_index() == 0 and time.time() - self.last_save_time >= 60 * minutes
+        flags = _host_sum(np.array([int(stop.set), int(self.nonfinite_run >= int(config.train.max_nonfinite)),
+                                    int(due)], np.int64))  # process 0's clock decides the timed save for all
         if flags[1]:
             raise TrainingError(f"{config.train.max_nonfinite} steps in a row had a non-finite loss or gradient (last "
                                 f"at step {step}); stopping. The last checkpoint (step "
                                 f"{self.checkpointer.last_saved}) is intact; lower the learning rate or check the "
                                 "data.")
-        if step % int(config.train.checkpoint_every) == 0 or step == int(config.train.steps) or flags[0]:
+        if step % int(config.train.checkpoint_every) == 0 or step == int(config.train.steps) or flags[0] or flags[2]:
             self.save()
+        if flags[0]:
+            self.stop_note = f"saved step {step}"
+        if flags[0]:  # stopping: no sample videos or plots (minutes at 14B) before the exit
+            return True
         every = int(config.sample.every)
         if self.sampler is not None and every > 0 and step % every == 0:
             _samples(self.sampler, run, step, self.state, arrays, info, self.workdir, log)
         if int(config.train.plot_every) > 0 and step % int(config.train.plot_every) == 0:
             self.logger.plot()
-        return bool(flags[0])
+        return False
 
     def save(self) -> None:
-        _save(self.checkpointer, self.run, self.step, self.state, self.pipeline, self.bad_rows, self.config)
+        if _save(self.checkpointer, self.run, self.step, self.state, self.pipeline.get_state(), self.bad_rows,
+                 self.config):
+            self.last_save_time = time.time()
+
+    def _stop_mid_step(self, done: tuple, phase_metrics: list, data_before: dict) -> None:
+        """A stop before the phases of step ``self.step + 1`` that follow ``done``: save the state at this boundary
+        (with the data iterator before the step's batch), unless the last completed step is saved already; then
+        the partial step is dropped (the resume redoes at most one step)."""
+        step, names = self.step, ", ".join(done)
+        if self.checkpointer.last_saved is not None and self.checkpointer.last_saved >= step:
+            new = ", ".join(n for n, _ in phase_metrics)  # run since the saved state; the resume runs them again
+            self.stop_note = f"step {step} is saved" + (f"; phases {new} of step {step + 1} are dropped" if new else "")
+            return
+        partial = None
+        if done:
+            metrics = dict(self.partial["metrics"]) if self.partial else {}
+            metrics.update(_metrics_to_host(phase_metrics))
+            partial = {"phases": list(done), "metrics": metrics}
+        _save(self.checkpointer, self.run, step, self.state, data_before, self.bad_rows, self.config, partial)
+        self.stop_note = f"saved step {step}" + (f" plus phases {names} of step {step + 1}" if done else "")
 
 
 def _resolve_sampler(sampler, config, log):
@@ -555,12 +612,17 @@ def _make_logger(workdir, primary, config, total, step0, resume_from):
                         progress=bool(config.train.progress), resume_from=resume_from)
 
 
-def _save(checkpointer, run: Run, step: int, state, pipeline, bad_rows: dict, config) -> None:
-    data_state = {**pipeline.get_state(), "bad_rows": {str(k): v for k, v in bad_rows.items()}}
+def _save(checkpointer, run: Run, step: int, state, data_state: dict, bad_rows: dict, config,
+          partial: dict | None = None) -> bool:
+    """Save; ``partial``: the phases of step ``step + 1`` already in ``state`` (a mid-step stop) and their metrics."""
+    data_state = {**data_state, "bad_rows": {str(k): v for k, v in bad_rows.items()}}
     meta = {"mode": config.mode, "signature": run.signature(), "models": run.models_meta(),
             "has_ema": state.ema is not None, "config": _config_json(config), "mesh": describe(run.mesh),
             "process_count": jax.process_count(), "batch_size": run.batch_size}
-    checkpointer.save(step, state, data_state, meta)
+    if partial:
+        data_state["partial"] = partial
+        meta["partial_phases"] = partial["phases"]
+    return checkpointer.save(step, state, data_state, meta)
 
 
 def _samples(sampler, run: Run, step: int, state, arrays, info, workdir: epath.Path, log) -> None:

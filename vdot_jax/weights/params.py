@@ -43,3 +43,20 @@ def assign(model: nnx.Module, flat: Mapping[tuple, object], dtype=None) -> nnx.M
 
 def path_str(path: tuple) -> str:
     return ".".join(str(p) for p in path)
+
+
+def non_finite(tree) -> list[str]:
+    """Paths of the floating-point leaves of ``tree`` (a pytree or a flat {path: array}) holding a NaN or inf:
+    checkpoints and exports refuse such a model. Host (numpy) leaves are checked with numpy; device leaves by one
+    compiled reduction over all of them, where each lives, and one transfer of the flags."""
+    import numpy as np
+
+    leaves = [(p, x) for p, x in jax.tree_util.tree_leaves_with_path(tree)
+              if jnp.issubdtype(getattr(x, "dtype", jnp.int32), jnp.inexact) and getattr(x, "size", 1)]
+    host = [(p, x) for p, x in leaves if isinstance(x, np.ndarray)]
+    dev = [(p, x) for p, x in leaves if not isinstance(x, np.ndarray)]
+    ok = {id(x): bool(np.isfinite(x).all()) for _, x in host}
+    if dev:
+        flags = jax.jit(lambda xs: jnp.stack([jnp.isfinite(x).all() for x in xs]))([x for _, x in dev])
+        ok.update({id(x): bool(f) for (_, x), f in zip(dev, jax.device_get(flags))})
+    return [jax.tree_util.keystr(p) for p, x in leaves if not ok[id(x)]]

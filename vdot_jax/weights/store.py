@@ -5,7 +5,8 @@
     DIR/<component>/params/        orbax checkpoint of the parameter tree (nested dict, str keys)
 
 Restoring goes straight into the requested dtype and shardings (abstract targets), so a large model
-is never materialised replicated on one host.
+is never materialised replicated on one host. Reading works on any ``etils.epath`` path, a ``gs://`` bucket
+included (the JSON through epath, the arrays through orbax's tensorstore); writing is local.
 
 ``load_component`` is the one loading algorithm of every component (transformer, VAE, umT5): a converted
 directory is restored in place, anything else goes through the component's reader (``weights/convert``,
@@ -24,11 +25,14 @@ from typing import Callable, Mapping
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
+from vdot_jax import errors
+from vdot_jax.errors import disk_full_error, is_disk_full
 from vdot_jax.weights.checkpoint_io import CheckpointError
 from vdot_jax.weights.keymap import check_dtype, np_dtype
-from vdot_jax.weights.params import abstract_model, assign, flat_state
+from vdot_jax.weights.params import abstract_model, assign, flat_state, non_finite
 
 FORMAT = "vdot-jax"
 INDEX = "vdot_model.json"
@@ -61,19 +65,29 @@ def save_component(
     """Write DIR/<name>/{config.json, params} atomically (a half-written component is never left)."""
     root = Path(root)
     final = root / name
+    bad = non_finite(dict(flat_params))  # a NaN model is never written as if it were one (convert, export, save_*)
+    if bad:
+        raise CheckpointError(f"the {name} to write to {root} has non-finite values in {len(bad)} tensor(s) "
+                              f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); nothing was written")
     tmp = root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    meta = {"component": name, "class": cls, "dtype": dtype, "config": config, **(extra or {})}
-    (tmp / "config.json").write_text(json.dumps(meta, indent=2))
-    tree = _nest({p: np.asarray(v) if not isinstance(v, jax.Array) else v for p, v in flat_params.items()})
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save((tmp / "params").absolute(), tree)
+    try:  # a failure (a full disk: orbax's ValueError RESOURCE_EXHAUSTED) leaves no partial hidden folder
+        tmp.mkdir(parents=True)
+        meta = {"component": name, "class": cls, "dtype": dtype, "config": config, **(extra or {})}
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2))
+        tree = _nest({p: np.asarray(v) if not isinstance(v, jax.Array) else v for p, v in flat_params.items()})
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save((tmp / "params").absolute(), tree)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, Exception) and is_disk_full(e):
+            raise disk_full_error(final) from None
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     index_path = root / INDEX
-    index = json.loads(index_path.read_text()) if index_path.exists() else {"format": FORMAT, "components": {}}
+    index = read_json(index_path, "model index") if index_path.exists() else {"format": FORMAT, "components": {}}
     index["components"][name] = name
     index_path.write_text(json.dumps(index, indent=2))
     return final
@@ -91,7 +105,7 @@ def save_module(root: str | os.PathLike, name: str, module, *, cls: str, config:
 
 def component_dir(path: str | os.PathLike, name: str) -> Path:
     """DIR/<name> of a model directory, or DIR itself when it is that component."""
-    path = Path(path)
+    path = epath.Path(path)
     if (path / "config.json").exists():
         meta = read_meta(path)
         if meta.get("component") == name:
@@ -99,27 +113,28 @@ def component_dir(path: str | os.PathLike, name: str) -> Path:
     if (path / name / "config.json").exists():
         return path / name
     if (path / INDEX).exists():
-        have = sorted(json.loads((path / INDEX).read_text()).get("components", {}))
+        have = sorted(read_json(path / INDEX, "model index").get("components", {}))
         raise CheckpointError(f"model directory {path} has no {name} (it has: {', '.join(have) or 'nothing'})")
     raise CheckpointError(f"{path} is not a converted vdot-jax model directory (no {INDEX} or {name}/config.json)")
 
 
-def read_meta(component: Path) -> dict:
-    try:
-        meta = json.loads((component / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{component}/config.json is unreadable ({e})") from None
+def read_json(path, what: str = "file") -> dict:
+    return errors.read_json(path, what, CheckpointError)
+
+
+def read_meta(component) -> dict:
+    meta = read_json(component / "config.json", "component config")
     if "component" not in meta or "config" not in meta:
         raise CheckpointError(f"{component}/config.json is not a vdot-jax component config")
     return meta
 
 
 def is_model_dir(path: str | os.PathLike) -> bool:
-    path = Path(path)
+    path = epath.Path(path)
     return (path / INDEX).exists() or ((path / "config.json").exists() and (path / "params").exists())
 
 
-def restore_params(component: Path, abstract_flat: Mapping[tuple, jax.ShapeDtypeStruct]) -> dict:
+def restore_params(component, abstract_flat: Mapping[tuple, jax.ShapeDtypeStruct]) -> dict:
     """Restore {path: jax.Array} with each leaf's shape, dtype and sharding taken from ``abstract_flat``."""
     params = (component / "params").absolute()
     if not params.exists():
@@ -145,10 +160,9 @@ def load_component(
     each parameter is restored straight into ``shardings[path]`` (default device when absent). Anything else is
     read by ``read(path, param_dtype, config, key) -> (cfg, flat numpy params)`` (``config`` overrides the
     architecture found there, ``key`` picks an entry of a nested checkpoint), then placed by ``shardings``."""
-    path = Path(path)
     shardings = shardings or {}
     if is_model_dir(path):
-        comp = component_dir(path, name)
+        comp = component_dir(path, name)  # an epath: local or gs://
         meta = read_meta(comp)
         cfg = config_type.from_dict(meta["config"])
         dtype = check_dtype(param_dtype or meta["dtype"])
@@ -156,7 +170,7 @@ def load_component(
         abstract = {p: jax.ShapeDtypeStruct(v.shape, dtype, sharding=shardings.get(p))
                     for p, v in flat_state(model).items()}
         return assign(model, restore_params(comp, abstract))
-    cfg, flat = read(path, check_dtype(param_dtype or "float32"), config, key)
+    cfg, flat = read(Path(path), check_dtype(param_dtype or "float32"), config, key)
     model = abstract_model(lambda: build(cfg))
     flat = {p: jax.device_put(v, shardings[p]) if p in shardings else v for p, v in flat.items()}
     return assign(model, flat)
