@@ -4,6 +4,7 @@
     python bench/generate.py --tiny --torch-cpu --out out/gen_tiny.json   # CPU smoke test (both sides)
     python bench/generate.py --no-text-encoder --no-teacher ...           # skip umT5-XXL / the teacher
     python bench/generate.py --memory-plan --out out/gen_memory.json      # compile only: memory per program
+    python bench/generate.py --tiny --batch 1x1,2x2,4x4,8x8 --out out/gen_batch.json  # videos/s vs devices
 
 Random weights: VACE-1.3B DiT (bf16 parameters and compute), umT5-XXL (bf16) with a WordLevel tokenizer
 built here (the real vocabulary is not needed for timing: 512 padded tokens either way), the Wan VAE
@@ -78,6 +79,12 @@ def _args():
     p.add_argument("--no-text-encoder", action="store_true",
                    help="skip umT5-XXL: random text embeddings (the text stage then reads 0)")
     p.add_argument("--no-torch", action="store_true", help="skip the diffusers reference")
+    p.add_argument("--batch", default=None, metavar="DxB,...",
+                   help="throughput of the batched sampler (vdot generate --batch): for each D devices x B videos a "
+                        "subprocess (D fake devices on a CPU host, the first D otherwise) samples calls of B videos "
+                        "over mesh data=D; videos/s and the ratio to the first item (student only, random text)")
+    p.add_argument("--batch-calls", type=int, default=3, help="timed calls per --batch item (after a warm-up call)")
+    p.add_argument("--batch-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--torch-cpu", action="store_true", help="run the diffusers reference on the CPU (smoke test)")
     p.add_argument("--memory-plan", action="store_true",
                    help="only compile (abstract parameters, nothing allocated) and report memory_analysis() of the "
@@ -311,6 +318,58 @@ def memory_plan(a, dit_cfg, vae_cfg):
     return out
 
 
+def batch_child(a, dit_cfg, vae_cfg) -> dict:
+    """One --batch item in this process: B videos a call over data=D, timed as ``vdot generate --batch`` runs them
+    (conditions, denoise, decode; text embeddings given)."""
+    d, b = (int(x) for x in a.batch_child.split("x"))
+    runtime = Runtime(dtype=a.dtype, attention=resolve(a.attention))
+    dit = _random(lambda: WanModel(dit_cfg, rngs=nnx.Rngs(0), runtime=runtime), jnp.dtype(a.dtype))
+    vae = _random(lambda: WanVAE(vae_cfg, rngs=nnx.Rngs(1))).set_runtime(dtype=a.vae_dtype)
+    from vdot_jax.parallel.mesh import make_mesh
+
+    pipe = Pipeline(dit, vae, mesh=make_mesh(f"data={d}", devices=jax.devices()[:d]) if d > 1 else None)
+    text = np.random.default_rng(0).standard_normal((b, 512, dit_cfg.text_dim)).astype(np.float32)
+    vcu = C.batch_vcus([_vcu(a.task, a.frames, a.height, a.width)] * b)
+
+    def call(seed):
+        t0 = time.perf_counter()
+        pipe.generate([""] * b, vcu=vcu, seed=seed, text_embeds=text, progress=False, **STUDENT)
+        return time.perf_counter() - t0
+
+    warm = call(0)
+    times = sorted(call(1 + i) for i in range(a.batch_calls))
+    med = times[len(times) // 2]
+    return {"devices": d, "videos_per_call": b, "warmup_s": warm, "call_s": times, "median_call_s": med,
+            "videos_per_s": b / med}
+
+
+def batch_bench(a) -> dict:
+    """Every --batch item in its own subprocess (the device count is fixed when JAX starts)."""
+    import json
+    import subprocess
+
+    items, rows = a.batch.split(","), []
+    for item in items:
+        d = int(item.split("x")[0])
+        env = dict(os.environ)
+        if jax.default_backend() == "cpu":
+            flags = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
+            env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={d}".strip()
+        with tempfile.NamedTemporaryFile(suffix=".json") as f:
+            argv = [x for x in sys.argv[1:] if x not in ("--batch", a.batch, "--out", a.out)]
+            subprocess.run([sys.executable, __file__, *argv, "--batch-child", item, "--out", f.name], env=env,
+                           check=True)
+            rows.append(json.loads(Path(f.name).read_text()))
+        rows[-1]["speedup_vs_first"] = rows[-1]["videos_per_s"] / rows[0]["videos_per_s"]
+        rows[-1]["ideal"] = rows[-1]["devices"] / rows[0]["devices"]
+        print(f"[bench] {item}: {rows[-1]['videos_per_s']:.3f} videos/s", flush=True)
+        result = {"bench": "generate_batch", "task": a.task, "video": [a.frames, a.height, a.width],
+                  "models": "tiny" if a.tiny else "wan2.1-vace-1.3b (random weights)", "dtype": a.dtype,
+                  "host_cpus": os.cpu_count(), "rows": rows, **device_info()}
+        write_json(result, a.out)  # after each item: a run cut off keeps what finished
+    return result
+
+
 def main():
     a = _args()
     dit_cfg = TINY_DIT if a.tiny else PRESETS["wan2.1-vace-1.3b"]
@@ -318,6 +377,12 @@ def main():
     te_cfg = None if a.no_text_encoder else (TINY_UMT5 if a.tiny else UMT5_XXL)
     if te_cfg is not None and te_cfg.d_model != dit_cfg.text_dim:
         raise SystemExit(f"text encoder width {te_cfg.d_model} != DiT text_dim {dit_cfg.text_dim}")
+    if a.batch_child:
+        write_json(batch_child(a, dit_cfg, vae_cfg), a.out)
+        return
+    if a.batch:
+        batch_bench(a)
+        return
     if a.memory_plan:
         write_json({"bench": "generate_memory_plan", "video": [a.frames, a.height, a.width], "dtype": a.dtype,
                     **memory_plan(a, dit_cfg, vae_cfg), **device_info()}, a.out)

@@ -1,4 +1,4 @@
-"""One command for a lent GPU (at most ~8 minutes on one H100/H200): every GPU figure docs/performance.md needs.
+"""One command for a lent GPU (at most ~9.5 minutes on one H100/H200): every GPU figure docs/performance.md needs.
 
     python bench/gpu.py --out out/gpu.json          # on the GPU machine, from the repository root
     python bench/gpu.py --tiny --out out/gpu.json   # CPU smoke test of the same sections
@@ -9,7 +9,8 @@ each (so a cut-off run keeps what finished):
 1. ``dit_forward``  VACE-1.3B DiT forward at 81x480x832, ours (cuDNN) against diffusers (SDPA)
 2. ``vae``          Wan VAE decode (and encode) in float32 and bfloat16, ours against diffusers
 3. ``student``      the 4-step student pipeline end to end (text, conditions, denoise, decode), no teacher
-4. ``generator``    one generator phase (generator_dmd_ot) and the OT term's share of it
+4. ``batch``        the batched sampler (``vdot generate --batch``): videos/s at 1 and 4 videos per call
+5. ``generator``    one generator phase (generator_dmd_ot) and the OT term's share of it
 
 The GPU image lacks some wheels; ``WHEELS`` lists them (``--wheels`` prints the pip download command). Carry
 them in ``.whl/`` (downloaded with the command ``--wheels`` prints) and install with
@@ -37,6 +38,8 @@ SECTIONS = [
     ("vae", "vae.py", ["--repeats", "2"], ["--tiny", "--torch-dtypes", ""], 120),
     ("student", "generate.py", ["--no-teacher", "--repeats", "2"], ["--tiny", "--no-teacher", "--no-torch",
                                                                      "--repeats", "1"], 150),
+    ("batch", "generate.py", ["--batch", "1x1,1x4", "--batch-calls", "2"], ["--tiny", "--batch", "1x1,1x2",
+                                                                             "--batch-calls", "1"], 90),
     ("generator", "train_step.py", ["--phases", "generator_dmd_ot", "--iters", "2"], ["--tiny", "--phases",
                                                                                       "generator_dmd_ot"], 90),
 ]
@@ -78,7 +81,7 @@ def main(argv=None) -> int:
             if name not in chosen:
                 continue
             print(f"[bench/gpu] {name} ...", flush=True)
-            # the limits keep a GPU run within ~8 minutes; a CPU smoke run takes what it takes
+            # the limits keep a GPU run within ~9.5 minutes; a CPU smoke run takes what it takes
             sec = run_section(name, script, tiny if a.tiny else real, None if a.tiny else limit,
                               Path(tmp) / f"{name}.json")
             report["sections"][name] = sec

@@ -356,3 +356,153 @@ def test_text_encoder_freed_and_reloaded_zero_latents_cached(oracle):
     b = pipe.generate(PROMPT, vcu=vcu, progress=False)  # reloads the encoder; the all-zero context is not re-encoded
     assert C.ZERO_LATENTS.misses == misses and pipe._text_encoder is None
     np.testing.assert_array_equal(a.video, b.video)
+
+
+# ----------------------------------------------------------------------------- many videos (--batch)
+
+
+def _rows(files, tmp_path):
+    """16 rows in two shapes: 10 of 9 frames (text-to-video and inpainting), 6 of 5 frames; seeds vary."""
+    prompts = [PROMPT, "a blue dog in the rain", "the sky", "a cat on grass"]
+    rows = [dict(prompt=prompts[i % 4], seed=10 + i, **({"task": "inpaint", "src_video": "video.mp4",
+                                                          "src_mask": "mask.mp4"} if i % 3 == 0 else {}))
+            for i in range(10)]
+    rows += [dict(prompt=prompts[i % 4], seed=30 + i, frames=5, out=f"short_{i}.mp4") for i in range(6)]
+    inputs = files[0]["video"].parent  # paths in rows are read from the rows file's folder
+    path = inputs / f"rows_{tmp_path.name}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path, rows
+
+
+def _single(ours, files, row):
+    """The row alone, as `vdot generate` samples it (uint8 frames)."""
+    frames = row.get("frames", T)
+    src = dict(task="inpaint", src_video=files[0]["video"], src_mask=files[0]["mask"]) if "task" in row else {}
+    vcu = P.task_inputs(frames=frames, height=H, width=W, **src)
+    return ours.generate(row["prompt"], vcu=vcu, seed=row["seed"], progress=False).frames()
+
+
+def test_batch_file_over_a_mesh_equals_single_runs_and_resumes(oracle, ours, files, tmp_path, capsys):
+    from vdot_jax.sampling import batch as B
+
+    path, rows = _rows(files, tmp_path)
+    defaults = dict(frames=T, height=H, width=W, steps=4, guide_scale=1.0, shift=SHIFT, solver="unipc",
+                    context_scale=1.0)
+    parsed, bad = B.read_rows(path, defaults)
+    calls = B.plan_calls(parsed, 4)
+    assert not bad and len(parsed) == 16 and [len(c) for c in calls] == [4, 4, 2, 4, 2]
+    single = {r.name: _single(ours, files, row) for r, row in zip(parsed, rows)}
+
+    # In batches of 4 -- on one device, and over data=2 x fsdp=2 (x context=2) with one video per device -- every
+    # row's frames are its single run's up to one level where fp32 sums in another order (batched matmuls, the
+    # mesh; 1e-5 on the latents as in the test above) round across it. Another row's seed or prompt is tens of
+    # levels off everywhere. One program per shape.
+    sharded = P.Pipeline.load(oracle[2], mesh="data=2,fsdp=2,context=2", text_encoder_offload="none")
+    batched = {}
+    for pipe in (sharded, ours):
+        for call in calls:
+            ok, failed, result = B.sample_call(pipe, call, 4)
+            assert ok == call and not failed and result.video.shape[0] == 4
+            for i, row in enumerate(call):
+                batched[row.name] = result.frames(i)
+                diff = np.abs(batched[row.name].astype(np.int16) - single[row.name])
+                assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (row.name, diff.max(), (diff > 0).mean())
+    program = model_sampler(nnx.graphdef(sharded.transformer), steps=4, shift=SHIFT, guidance=1.0, solver="unipc",
+                            context_scale=1.0, on_step=None)
+    assert len([m for m, *_ in program.compiled if m is sharded.mesh]) == 2
+
+    # The command, on one device in padded batches of 4: each row's frames of the same batch, encoded alike (the
+    # right video under each row's name), a manifest, and a re-run after deleting two videos samples exactly those.
+    out = tmp_path / "videos"
+    cli = ["generate", "--model", str(oracle[2]), "--batch", str(path), "--out", str(out), "--frames", str(T),
+           "--height", str(H), "--width", str(W), "--batch-size", "4", "--quiet"]
+    assert vdot(cli) == 0
+    assert capsys.readouterr().out.startswith("16 written, 0 already done, 0 failed in 5 program call(s)")
+    read = lambda p: imageio.v3.imread(p, plugin="FFMPEG")  # noqa: E731
+    for name, frames in batched.items():
+        video_io.write_video(tmp_path / f"alone_{name}", frames, fps=16)
+        np.testing.assert_array_equal(read(out / name), read(tmp_path / f"alone_{name}"), err_msg=name)
+    records = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in records] == list(range(1, 17)) and records[3]["seed"] == 13
+    (out / "00002.mp4").unlink()
+    (out / "short_4.mp4").unlink()
+    before = {p: p.stat().st_mtime_ns for p in out.glob("*.mp4")}
+    assert vdot(cli) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("2 written, 14 already done, 0 failed in 2 program call(s)"), line
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # the others untouched
+    for name in ("00002.mp4", "short_4.mp4"):
+        np.testing.assert_array_equal(read(out / name), read(tmp_path / f"alone_{name}"), err_msg=name)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".vdot-generate"]
+
+
+def test_batch_bad_rows_are_skipped_and_reported(oracle, files, tmp_path, capsys):
+    inputs = files[0]["video"].parent
+    path = inputs / "bad_rows.jsonl"
+    path.write_text("\n".join([
+        json.dumps(dict(prompt=PROMPT, frames=5)),
+        "{not json",
+        json.dumps(dict(prompt=PROMPT, frames=5, src_video="missing.mp4", out="missing.mp4")),
+        json.dumps(dict(prompt=PROMPT, steps=0)),
+        json.dumps(dict(prompt=PROMPT, frames=5, color="red")),
+    ]) + "\n")
+    out = tmp_path / "out"
+    code = vdot(["generate", "--model", str(oracle[2]), "--batch", str(path), "--out", str(out), "--height", str(H),
+                 "--width", str(W), "--quiet"])
+    line = capsys.readouterr().out.strip()
+    assert code == 1 and line.startswith("1 written, 0 already done, 4 failed"), line
+    errors = {e["line"]: e["error"] for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
+    assert sorted(errors) == [2, 3, 4, 5] and "not JSON" in errors[2] and "missing.mp4" in errors[3]
+    assert "steps must be > 0" in errors[4] and "unknown field(s) color" in errors[5]
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["00001.mp4"]
+
+    # a folder the command did not make, an output onto an input, two rows writing one file: refused, nothing written
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    dup = inputs / "dup_rows.jsonl"
+    dup.write_text(json.dumps(dict(prompt=PROMPT, out="a.mp4")) + "\n" + json.dumps(dict(prompt="x", out="a.mp4")))
+    onto = inputs / "onto_rows.jsonl"
+    onto.write_text(json.dumps(dict(prompt=PROMPT, src_video="video.mp4", out="video.mp4")))
+    for rows_file, target, message, extra in ((path, mine, "was not made by vdot generate", []),
+                                              (dup, tmp_path / "d", "lines 1 and 2 both", []),
+                                              (onto, inputs, "which line 1 writes", ["--overwrite"])):
+        code = vdot(["generate", "--model", str(oracle[2]), "--batch", str(rows_file), "--out", str(target), *extra])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"] and not (tmp_path / "d").exists()
+
+
+def test_batch_two_processes_write_each_row_once(oracle, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import FAST_COMPILE
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps(dict(prompt=PROMPT, seed=i, frames=5)) + "\n" for i in range(6)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "videos"
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count=2 {FAST_COMPILE}",
+               VDOT_COORDINATOR=f"127.0.0.1:{port}", VDOT_NUM_PROCESSES="2")
+    cmd = [sys.executable, "-m", "vdot_jax.cli", "generate", "--model", str(oracle[2]), "--batch", str(rows),
+           "--out", str(out), "--height", str(H), "--width", str(W), "--mesh", "data=2"]
+    procs = [subprocess.Popen(cmd, env=dict(env, VDOT_PROCESS_ID=str(i)), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1]) for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0, e[-3000:]
+    # each host sampled its three rows (lines 1, 3, 5 and 2, 4, 6) in one call of two on its own two devices
+    outs = [(o.strip().splitlines()[-1], e) for o, e in outs]  # (gloo prints its connections to stdout first)
+    for i, (o, e) in enumerate(outs):
+        assert o.startswith("3 written, 0 already done, 0 failed in 2 program call(s)"), o
+        written = re.findall(r"wrote ([\d., mp4]+) \(", e)
+        assert sorted(n for w in written for n in w.split(", ")) == [f"{line:05d}.mp4" for line in (1 + i, 3 + i, 5 + i)]
+    assert "manifest.jsonl lists 6 of 6 row(s)" in outs[0][0]
+    assert sorted(p.name for p in out.glob("*.mp4")) == [f"{line:05d}.mp4" for line in range(1, 7)]
+    assert sorted(p.name for p in out.glob("errors*.jsonl")) == ["errors.0-of-2.jsonl", "errors.1-of-2.jsonl"]

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import sys
 
-from vdot_jax.commands.common import (add_model_arguments, check_model_arguments, check_no_overlap, check_output_video,
+from pathlib import Path
+
+from vdot_jax.commands.common import (UserError, add_model_arguments, check_model_arguments, check_no_overlap,
+                                      check_numbers, check_output_folder, check_output_video, mark_output_folder,
                                       model_inputs)
 
 
-def run(args) -> None:
+def run(args) -> int | None:
     check_model_arguments(args)  # every option, before anything heavy is imported or loaded
+    if args.batch is not None:
+        return run_batch(args)
+    if args.prompt is None:
+        raise UserError("give --prompt (or --batch FILE.jsonl for many videos)")
     check_output_video(args.out)
     refs = [r.strip() for r in args.ref_images.split(",")] if args.ref_images else None
     check_no_overlap({"--out": args.out}, {"--src-video": args.src_video, "--src-mask": args.src_mask,
@@ -37,6 +44,81 @@ def run(args) -> None:
     print(result.summary())
 
 
+def run_batch(args) -> int:
+    """``--batch FILE --out DIR``: every row of FILE (see vdot_jax.sampling.batch), resumable, over the mesh's
+    devices; several processes (a pod, SLURM, VDOT_COORDINATOR) each take their share of the rows."""
+    from vdot_jax.sampling import batch as B
+
+    check_numbers(args, positive=("batch_size",))
+    out = Path(args.out)
+    defaults = dict(negative_prompt=args.negative_prompt, seed=args.seed, frames=args.frames, height=args.height,
+                    width=args.width, steps=args.steps, guide_scale=args.guide_scale, shift=args.shift,
+                    solver=args.solver, context_scale=args.context_scale)
+    if args.prompt is not None or args.task is not None or args.src_video or args.src_mask or args.ref_images:
+        raise UserError("--batch takes prompts and task inputs from its rows; leave out --prompt, --task, "
+                        "--src-video, --src-mask and --ref-images")
+    if out.suffix.lower() == ".mp4":
+        raise UserError(f"--out {out} with --batch is a folder for the videos, not an mp4 file")
+    check_output_folder(args.out, command="generate", overwrite=args.overwrite)
+    check_no_overlap({"--out": args.out}, model_inputs(args))
+    rows, bad = B.read_rows(args.batch, defaults)  # the whole file is checked before any model is loaded
+    check_no_overlap({"manifest": out / B.MANIFEST, "errors": out / B.ERRORS}, {"--batch": args.batch})
+    written = {(out / r.name).resolve(): r.line for r in rows}  # a set, not check_no_overlap's pairs: 10^4 rows
+    for r in rows:
+        for src in [r.inputs["src_video"], r.inputs["src_mask"], *(r.inputs["ref_images"] or [])]:
+            if src is not None and Path(src).resolve() in written:
+                raise UserError(f"line {r.line} of {args.batch} reads {src}, which line {written[Path(src).resolve()]}"
+                                " writes; an input is never written")
+    mark_output_folder(out, "generate")
+
+    from vdot_jax.parallel.distributed import initialize
+    import jax
+
+    initialize()  # automatic on TPU pods and SLURM; VDOT_COORDINATOR for other launchers
+    k, n = jax.process_index(), jax.process_count()
+    share = [r for r in rows if (r.line - 1) % n == k]
+    errors_name = B.ERRORS if n == 1 else f"errors.{k}-of-{n}.jsonl"
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(f"[vdot generate{f' {k}/{n}' if n > 1 else ''}] {msg}", file=sys.stderr, flush=True)
+
+    for line, msg in bad:
+        log(f"skipped: {msg}")
+    mesh = args.mesh
+    if mesh is not None:
+        from vdot_jax.parallel.mesh import make_mesh
+
+        try:
+            mesh = make_mesh(mesh, devices=jax.local_devices())  # each process samples its rows on its own chips
+        except ValueError as e:
+            raise UserError(f"--mesh {args.mesh}: {e}") from None
+    batch_size = args.batch_size or (int(mesh.shape["data"] * mesh.shape["fsdp"]) if mesh is not None else 1)
+    from vdot_jax.sampling import pipeline as P
+
+    pipe = P.Pipeline.load(args.model, transformer=args.transformer, vae=args.vae, text_encoder=args.text_encoder,
+                           tokenizer=args.tokenizer, dtype=args.dtype, vae_dtype=args.vae_dtype,
+                           attention=args.attention, mesh=mesh, text_encoder_offload="none", log=log)
+    stop = B.StopFlag()
+    try:
+        summary = B.generate_rows(pipe, share, out, batch_size=batch_size, fps=args.fps,
+                                  reference_order=args.reference_order, log=log, stop=stop)
+    finally:
+        stop.restore()
+    summary.failed = [(line, m) for line, m in bad if (line - 1) % n == k] + summary.failed
+    B.write_errors(out / errors_name, summary.failed)
+    if n > 1:  # every host's videos are written before the manifest is made (and before any process exits)
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("vdot generate --batch")
+    if k == 0:
+        done = B.write_manifest(out, rows)
+        print(f"{summary.line(out / errors_name)}; manifest.jsonl lists {done} of {len(rows)} row(s)")
+    else:
+        print(summary.line(out / errors_name))
+    return 1 if summary.failed or summary.stopped else 0
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "generate",
@@ -54,7 +136,12 @@ def register(sub) -> None:
     )
     add_model_arguments(p)
     t = p.add_argument_group("task")
-    t.add_argument("--prompt", required=True)
+    t.add_argument("--prompt", default=None, help="what to generate (required unless --batch)")
+    t.add_argument("--batch", default=None, metavar="FILE.jsonl",
+                   help="many videos: one JSON object per line (prompt; optional negative_prompt, seed, out, task "
+                        "inputs and settings named as these options with _, e.g. src_video, guide_scale); --out is "
+                        "then a folder; rows of one shape are sampled batch-size at a time; a re-run skips rows "
+                        "already written; writes manifest.jsonl and errors.jsonl there")
     t.add_argument("--negative-prompt", default="", help="used with classifier-free guidance (default: empty)")
     t.add_argument("--task", default=None,
                    help="how to build the inputs (default: from the files given): t2v, r2v, v2v or a control kind "
@@ -78,8 +165,12 @@ def register(sub) -> None:
     s.add_argument("--reference-order", default="release", choices=("release", "diffusers"),
                    help="order of several reference images: the VACE release's (default) or diffusers' (reversed)")
     r = p.add_argument_group("output and runtime")
-    r.add_argument("--out", default="out.mp4", help="output mp4 (default out.mp4; a batch adds _<i>)")
+    r.add_argument("--out", default="out.mp4", help="output mp4 (default out.mp4); with --batch, the folder of the videos")
     r.add_argument("--fps", type=float, default=16)
+    r.add_argument("--overwrite", action="store_true",
+                   help="with --batch: write into a non-empty --out folder this command did not make")
+    r.add_argument("--batch-size", type=int, default=None,
+                   help="with --batch: videos per program call (default: data x fsdp of --mesh, else 1)")
     r.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                    help="compute dtype of the transformer and text encoder (auto: bfloat16 on accelerators, "
                         "float32 on CPU)")

@@ -294,7 +294,7 @@ class Pipeline:
     def encode_text(self, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None):
         """(cond [B, L, D], uncond [B, L, D] or None): one umT5 batch for both; float32."""
         te = self.text_encoder
-        accel = jax.devices()[0]
+        accel = jax.local_devices()[0]
         if self.text_encoder_offload == "host":
             te.place(accel)
         texts = list(prompts) + list(negative_prompts or [])
@@ -337,9 +337,8 @@ class Pipeline:
                                 on_step=_report_step if progress else None)
         mesh_ctx = _activate(self.mesh)
         with mesh_ctx:
-            if self.mesh is not None:
-                rep = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-                args = (args[0], *jax.device_put(args[1:], rep))
+            if self.mesh is not None:  # whole videos per device (batch over data x fsdp where it divides)
+                args = (args[0], *jax.tree.map(lambda x: _by_batch(x, self.mesh), args[1:]))
             compiled, report = program.compile(*args, mesh=self.mesh, log=self.log)
             compile_s = 0.0 if report is None else report.seconds
             bar = _StepProgress(int(steps), self.log) if progress else None
@@ -356,7 +355,7 @@ class Pipeline:
         """Denoised latents (reference frames included) -> video [B, 3, F, H, W] in [-1, 1]."""
         lat = C.drop_reference_frames(jnp.asarray(latents), num_refs)
         if self.mesh is not None:
-            lat = jax.device_put(lat, jax.devices()[0])
+            lat = jax.device_put(lat, jax.local_devices()[0])
         return jax.block_until_ready(self.vae.decode(self.vae.denormalize(lat)))
 
     # ---- everything
@@ -440,6 +439,14 @@ class Pipeline:
 
 def _describe(mesh) -> str:
     return ",".join(f"{a}={s}" for a, s in mesh.shape.items() if s > 1) or "one device"
+
+
+def _by_batch(x, mesh):
+    """An input placed by its batch dimension under the active rules (replicated where the batch does not divide
+    data x fsdp, e.g. one video)."""
+    from vdot_jax.parallel.logical import activation_spec
+
+    return jax.device_put(x, jax.sharding.NamedSharding(mesh, activation_spec(x.shape, ("batch",))))
 
 
 def _activate(mesh):
