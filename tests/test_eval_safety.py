@@ -16,15 +16,20 @@ T, H, W = 5, 16, 16
 
 
 class FakePipe:
-    """Generates a constant video whose grey level is the seed, and counts its calls."""
+    """Generates constant videos whose grey level is the seed (carried by the noise) plus the prompt's length (mod
+    50), and counts its calls and their batch sizes."""
 
     def __init__(self):
-        self.calls = 0
+        self.calls, self.sizes = 0, []
 
-    def generate(self, prompt, *, seed, **kw):
+    def noise(self, vcu, seed):
+        return np.full((1, 1), seed, np.float32)
+
+    def generate(self, prompts, *, latents, **kw):
         self.calls += 1
-        frames = np.full((T, H, W, 3), 40 + 10 * seed, np.uint8)
-        return types.SimpleNamespace(frames=lambda i: frames, timings={})
+        self.sizes.append(len(prompts))
+        levels = [40 + 10 * int(n[0]) + len(p) % 50 for n, p in zip(latents, prompts)]
+        return types.SimpleNamespace(frames=lambda i: np.full((T, H, W, 3), levels[i], np.uint8), timings={})
 
 
 def _index(tmp_path, prompts):
@@ -34,10 +39,10 @@ def _index(tmp_path, prompts):
     return index
 
 
-def _run(tmp_path, index, pipe, **settings):
+def _run(tmp_path, index, pipe, batch_size=1, **settings):
     s = B.Settings(frames=T, height=H, width=W, **settings)
     return B.run_benchmark(index, tmp_path, tmp_path / "out", load_pipeline=lambda: pipe, settings=s,
-                           metrics=["flicker"], log=lambda m: None)
+                           metrics=["flicker"], batch_size=batch_size, log=lambda m: None)
 
 
 def test_reuse_is_keyed_on_the_generation_settings(tmp_path):
@@ -52,7 +57,19 @@ def test_reuse_is_keyed_on_the_generation_settings(tmp_path):
     from vdot_jax.data import video_io
 
     frames = video_io.read_video(tmp_path / "out" / "videos" / "t2v" / "s0.mp4", normalize=False)
-    assert abs(float(np.mean(frames)) - 40) < 3  # the last run's video (seed 0), not the seed-1 one
+    assert abs(float(np.mean(frames)) - 45) < 3  # the last run's video (seed 0), not the seed-1 one
+
+
+def test_batched_generation_writes_each_row_its_own_video(tmp_path):
+    from vdot_jax.data import video_io
+
+    prompts = ["a", "a dog", "a cat on grass"]
+    pipe = FakePipe()
+    table = _run(tmp_path, _index(tmp_path, prompts), pipe, batch_size=2, seed=1)
+    assert table["subtasks"]["all"]["generated"] == 3 and pipe.sizes == [2, 2]  # the last call padded to 2
+    for i, p in enumerate(prompts):
+        frames = video_io.read_video(tmp_path / "out" / "videos" / "t2v" / f"s{i}.mp4", normalize=False)
+        assert abs(float(np.mean(frames)) - (50 + len(p))) < 1.5, p
 
 
 def test_long_non_ascii_prompts_and_ids_make_short_unique_names(tmp_path):

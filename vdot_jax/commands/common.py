@@ -83,7 +83,8 @@ def check_model_arguments(args) -> None:
     if args.model is None and not (args.transformer and args.vae and args.text_encoder):
         raise UserError("give --model DIR (a converted model directory or a diffusers pipeline folder) or all of "
                         "--transformer, --vae and --text-encoder")
-    check_numbers(args, positive=("steps", "frames", "height", "width", "shift", "fps", "limit", "clip_frames"),
+    check_numbers(args, positive=("steps", "frames", "height", "width", "shift", "fps", "limit", "clip_frames",
+                                  "batch_size"),
                   nonnegative=("guide_scale",), seed=("seed",))
     check_video_memory(args.frames, args.height, args.width)
     check_attention(getattr(args, "attention", None))

@@ -59,7 +59,8 @@ def run(args) -> None:
     mark_output_folder(args.out, "eval")
     try:
         table = B.run_benchmark(args.index, args.root, args.out, load_pipeline=load, settings=settings,
-                                metrics=metrics, subtasks=subtasks, limit=args.limit, log=log)
+                                metrics=metrics, subtasks=subtasks, limit=args.limit,
+                                batch_size=args.batch_size or _mesh_batch(args.mesh), log=log)
     except B.BenchmarkError as e:
         raise UserError(str(e)) from None
     a = table["subtasks"]["all"]
@@ -67,6 +68,18 @@ def run(args) -> None:
     print(f"evaluated {a['rows']} rows of {len(table['subtasks']) - 1} subtask(s): {a['generated']} generated, "
           f"{a['reused']} reused{skipped}; {len(table['metrics'])} metric(s), "
           f"{len(table['skipped_metrics'])} skipped; table in {args.out}/table.md ({table['seconds']:.1f} s)")
+
+
+def _mesh_batch(mesh: str | None) -> int:
+    """data x fsdp of a --mesh option: every device then holds whole videos."""
+    if not mesh:
+        return 1
+    import jax
+
+    from vdot_jax.parallel.mesh import AXES, parse_axes, resolve_shape
+
+    shape = dict(zip(AXES, resolve_shape(parse_axes(mesh), jax.device_count())))
+    return shape["data"] * shape["fsdp"]
 
 
 def register(sub) -> None:
@@ -115,5 +128,7 @@ def register(sub) -> None:
     r.add_argument("--vae-dtype", default="float32", choices=("float32", "bfloat16"), help="VAE compute dtype")
     r.add_argument("--attention", default="auto", help="auto: cudnn on GPU, splash on TPU, xla elsewhere")
     r.add_argument("--mesh", default=None, help="device mesh for the transformer, e.g. fsdp=4,context=2")
+    r.add_argument("--batch-size", type=int, default=None,
+                   help="videos per program call (default: data x fsdp of --mesh, else 1), as vdot generate --batch")
     r.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)

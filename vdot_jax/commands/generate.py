@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from vdot_jax.commands.common import (UserError, add_model_arguments, check_model_arguments, check_no_overlap,
-                                      check_numbers, check_output_folder, check_output_video, mark_output_folder,
+                                      check_output_folder, check_output_video, mark_output_folder,
                                       model_inputs)
 
 
@@ -49,7 +49,6 @@ def run_batch(args) -> int:
     devices; several processes (a pod, SLURM, VDOT_COORDINATOR) each take their share of the rows."""
     from vdot_jax.sampling import batch as B
 
-    check_numbers(args, positive=("batch_size",))
     out = Path(args.out)
     defaults = dict(negative_prompt=args.negative_prompt, seed=args.seed, frames=args.frames, height=args.height,
                     width=args.width, steps=args.steps, guide_scale=args.guide_scale, shift=args.shift,

@@ -318,11 +318,14 @@ def _finite(v):
 
 def run_benchmark(index, root, out, *, load_pipeline: Callable[[], object], settings: Settings | None = None,
                   metrics: Sequence[str] | None = None, subtasks: Sequence[str] | None = None,
-                  limit: int | None = None, log: Callable[[str], None] = print) -> dict:
+                  limit: int | None = None, batch_size: int = 1, log: Callable[[str], None] = print) -> dict:
     """Generate, save and score every row; returns the table (also written as table.json / table.md).
 
     ``load_pipeline`` is called once, and only if some row needs generating. ``metrics`` names registry entries
-    (default: all); ``subtasks`` keeps only those rows; ``limit`` caps the rows per subtask.
+    (default: all); ``subtasks`` keeps only those rows; ``limit`` caps the rows per subtask; ``batch_size`` videos
+    are sampled per program call (``vdot generate --batch``'s sampler: rows with as many reference images
+    together, each with the seed's own noise, so a row's video does not depend on its batch but for float
+    rounding).
     """
     s = settings or Settings()
     out = Path(out)
@@ -335,8 +338,10 @@ def run_benchmark(index, root, out, *, load_pipeline: Callable[[], object], sett
     pipe = _LazyPipeline(load_pipeline, log)
     records = []
     t_start = time.perf_counter()
+    generated = _generate_rows(rows, out, s, pipe, batch_size, log)
     for i, row in enumerate(rows, 1):
-        rec = _run_row(row, out, s, pipe, names[row.key], previous.get(row.key, {}), per_video, batch)
+        rec = _run_row(row, out, s, generated.get(row.key), names[row.key], previous.get(row.key, {}), per_video,
+                       batch)
         log(f"[{i}/{len(rows)}] {row.key}: {rec['status']}"
             + (f" ({rec['reason']})" if "reason" in rec else "")
             + (f" in {rec['seconds']:.1f} s" if "seconds" in rec else ""))
@@ -421,10 +426,62 @@ class _LazyPipeline:
         return self._pipe
 
 
-def _run_row(row: Row, out: Path, s: Settings, pipe: _LazyPipeline, vbench_name: str, old: dict,
+def _generate_rows(rows: Sequence[Row], out: Path, s: Settings, pipe: _LazyPipeline, batch_size: int,
+                   log: Callable[[str], None]) -> dict:
+    """Generate every usable row whose video is not reusable, ``batch_size`` at a time: {row key: its status
+    record (generated with timings, or failed with a reason)}. Each video is written whole or not at all, with
+    its settings sidecar."""
+    from vdot_jax.sampling.batch import sample_vcus
+
+    groups: dict[int, list[Row]] = {}  # one program per number of reference images (the settings are shared)
+    for row in rows:
+        if check_row(row) is None and not reusable(video_path(out, row), s):
+            groups.setdefault(len(row.refs), []).append(row)
+    done = {}
+    for group in groups.values():
+        for start in range(0, len(group), batch_size):
+            chunk, vcus = [], []
+            for row in group[start:start + batch_size]:
+                try:
+                    vcus.append(_vcu(row, s))
+                    chunk.append(row)
+                except ValueError:
+                    continue  # reported by _run_row, which reads it again
+            if not chunk:
+                continue
+            t0 = time.perf_counter()
+            try:
+                result = sample_vcus(pipe.get(), [r.prompt for r in chunk], [s.negative_prompt] * len(chunk), vcus,
+                                     [s.seed] * len(chunk), batch_size, steps=s.steps, guide_scale=s.guide_scale,
+                                     shift=s.shift, solver=s.solver, reference_order=s.reference_order)
+            except ValueError as e:
+                done.update({r.key: {"status": "failed", "reason": str(e)} for r in chunk})
+                continue
+            share = 1.0 / len(chunk)
+            for i, row in enumerate(chunk):
+                _write_video(video_path(out, row), result.frames(i), s)
+                done[row.key] = dict(status="generated", seconds=(time.perf_counter() - t0) * share,
+                                     denoise_seconds=result.timings.get("denoise", 0.0) * share,
+                                     compile_seconds=result.timings.get("compile", 0.0) * share)
+    return done
+
+
+def _write_video(path: Path, frames, s: Settings) -> None:
+    from vdot_jax.data.video_io import write_video
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial.mp4")
+    write_video(tmp, frames, fps=s.fps)
+    os.replace(tmp, path)
+    _settings_file(path).write_text(json.dumps({"generation_key": s.generation_key(),
+                                                "settings": dataclasses.asdict(s)}, ensure_ascii=False))
+
+
+def _run_row(row: Row, out: Path, s: Settings, generated: dict | None, vbench_name: str, old: dict,
              per_video: Sequence[str], batch: Sequence[str]) -> dict:
-    """One row's record: skipped or failed (with a reason), or generated / reused, linked into the VBench folder
-    and scored with the per-video metrics (values of an unchanged file are reused from ``old``)."""
+    """One row's record: skipped or failed (with a reason), or generated (``generated``, by ``_generate_rows``) /
+    reused, linked into the VBench folder and scored with the per-video metrics (values of an unchanged file are
+    reused from ``old``)."""
     rec = {"key": row.key, "line": row.line, "subtask": row.subtask, "sample_id": row.sample_id,
            "family": row.route.family, "routed_by_files": row.routed_by_files, "prompt": row.prompt}
     reason = check_row(row)
@@ -436,13 +493,14 @@ def _run_row(row: Row, out: Path, s: Settings, pipe: _LazyPipeline, vbench_name:
         vcu = _vcu(row, s)
     except ValueError as e:
         return {**rec, "status": "failed", "reason": f"inputs unreadable: {e}"}
-    if reusable(path, s):
+    if generated is not None:
+        rec.update(generated)
+        if generated["status"] == "failed":
+            return rec
+    elif reusable(path, s):
         rec["status"] = "reused"
-    else:
-        try:
-            rec.update(_generate(pipe.get(), row, vcu, path, s))
-        except ValueError as e:
-            return {**rec, "status": "failed", "reason": str(e)}
+    else:  # not generated though it needed to be: its inputs could not be read when its batch was made
+        return {**rec, "status": "failed", "reason": "not generated"}
     _link(path, out / "vbench" / _safe(row.subtask) / vbench_name)
     rec["vbench_video"] = str(Path("vbench") / _safe(row.subtask) / vbench_name)
     st = path.stat()
@@ -450,25 +508,6 @@ def _run_row(row: Row, out: Path, s: Settings, pipe: _LazyPipeline, vbench_name:
     cached = old.get("metrics", {}) if old.get("stamp") == stamp else {}
     rec.update(stamp=stamp, metrics=_row_metrics(row, path, vcu, cached, per_video, batch))
     return rec
-
-
-def _generate(pipe, row: Row, vcu, path: Path, s: Settings) -> dict:
-    """Generate the row's video into ``path`` (written whole or not at all) with its settings sidecar; the
-    record's status and timings."""
-    from vdot_jax.data.video_io import write_video
-
-    t0 = time.perf_counter()
-    result = pipe.generate(row.prompt, negative_prompt=s.negative_prompt, vcu=vcu, steps=s.steps,
-                           guide_scale=s.guide_scale, shift=s.shift, solver=s.solver, seed=s.seed,
-                           reference_order=s.reference_order, progress=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial.mp4")
-    write_video(tmp, result.frames(0), fps=s.fps)
-    os.replace(tmp, path)
-    _settings_file(path).write_text(json.dumps({"generation_key": s.generation_key(),
-                                                "settings": dataclasses.asdict(s)}, ensure_ascii=False))
-    return dict(status="generated", seconds=time.perf_counter() - t0,
-                denoise_seconds=result.timings.get("denoise"), compile_seconds=result.timings.get("compile"))
 
 
 def _row_metrics(row: Row, path: Path, vcu, cached: dict, per_video: Sequence[str], batch: Sequence[str]) -> dict:

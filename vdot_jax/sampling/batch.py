@@ -267,19 +267,26 @@ def plan_calls(rows: Iterable[Row], batch_size: int) -> list[list[Row]]:
     return [g[i:i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
 
 
-def row_noise(pipe, vcu, seed: int) -> np.ndarray:
-    """One video's initial noise, drawn exactly as ``Pipeline.generate`` draws it for this seed."""
-    import jax
-    import jax.numpy as jnp
-
+def sample_vcus(pipe, prompts: Sequence[str], negative_prompts: Sequence[str], vcus: Sequence, seeds: Sequence[int],
+                batch_size: int, *, steps: int, guide_scale: float, shift: float, solver: str = "unipc",
+                context_scale: float = 1.0, reference_order: str = "release"):
+    """One program call for videos of one shape (one-sample VCUs), each with its own seed's noise, padded to
+    ``batch_size`` with copies of the last (their outputs dropped) so a group compiles one program; the
+    GenerationResult holds ``batch_size`` videos, the first ``len(vcus)`` being these."""
     from vdot_jax import conditions as C
 
-    return np.asarray(jax.random.normal(jax.random.key(int(seed)), C.noise_shape(vcu, pipe.vae), jnp.float32))
+    pad = batch_size - len(vcus)
+    prompts, negs = list(prompts) + [prompts[-1]] * pad, list(negative_prompts) + [negative_prompts[-1]] * pad
+    vcus, seeds = list(vcus) + [vcus[-1]] * pad, list(seeds) + [seeds[-1]] * pad
+    return pipe.generate(prompts, negative_prompt=negs, vcu=C.batch_vcus(vcus),
+                         latents=np.concatenate([np.asarray(pipe.noise(v, seed)) for v, seed in zip(vcus, seeds)]),
+                         steps=steps, guide_scale=guide_scale, shift=shift, solver=solver,
+                         context_scale=context_scale, reference_order=reference_order, progress=False)
 
 
 def sample_call(pipe, call: Sequence[Row], batch_size: int, reference_order: str = "release"):
     """One program call for rows of one group: (rows sampled, [(line, error)], GenerationResult or None). Rows
-    whose inputs cannot be read fail alone; the batch is padded to ``batch_size`` with its last row."""
+    whose inputs cannot be read fail alone."""
     from vdot_jax import conditions as C
 
     vcus, ok, failed = [], [], []
@@ -291,15 +298,12 @@ def sample_call(pipe, call: Sequence[Row], batch_size: int, reference_order: str
             failed.append((row.line, f"line {row.line}: {e}"))
     if not ok:
         return ok, failed, None
-    pad = batch_size - len(ok)  # copies of the last row keep the batch shape (one program per group)
-    vcus, batch = vcus + [vcus[-1]] * pad, ok + [ok[-1]] * pad
     s = ok[0].settings
     try:
-        result = pipe.generate([r.prompt for r in batch], negative_prompt=[r.negative_prompt for r in batch],
-                               vcu=C.batch_vcus(vcus),
-                               latents=np.concatenate([row_noise(pipe, v, r.seed) for v, r in zip(vcus, batch)]),
-                               steps=s["steps"], guide_scale=s["guide_scale"], shift=s["shift"], solver=s["solver"],
-                               context_scale=s["context_scale"], reference_order=reference_order, progress=False)
+        result = sample_vcus(pipe, [r.prompt for r in ok], [r.negative_prompt for r in ok], vcus,
+                             [r.seed for r in ok], batch_size, steps=s["steps"], guide_scale=s["guide_scale"],
+                             shift=s["shift"], solver=s["solver"], context_scale=s["context_scale"],
+                             reference_order=reference_order)
     except VdotError as e:  # a setting this model cannot sample (e.g. a VACE task on a text-to-video model)
         return [], failed + [(r.line, f"line {r.line}: {e}") for r in ok], None
     return ok, failed, result

@@ -291,6 +291,11 @@ class Pipeline:
 
     # ---- stages
 
+    def noise(self, vcu: C.VCU, seed: int) -> jax.Array:
+        """The initial noise of a VCU (reference frames included) for ``seed``: the one draw of ``generate``, and
+        of ``vdot generate --batch``, which concatenates one-video draws so a row's noise is its single run's."""
+        return jax.random.normal(jax.random.key(int(seed)), C.noise_shape(vcu, self.vae), jnp.float32)
+
     def encode_text(self, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None):
         """(cond [B, L, D], uncond [B, L, D] or None): one umT5 batch for both; float32."""
         te = self.text_encoder
@@ -391,7 +396,7 @@ class Pipeline:
         guided = float(guide_scale) != 1.0
         shape = C.noise_shape(vcu, self.vae)
         if latents is None:
-            noise = jax.random.normal(jax.random.key(int(seed)), shape, jnp.float32)
+            noise = self.noise(vcu, seed)
         else:
             noise = jnp.asarray(latents, jnp.float32)
             if tuple(noise.shape) != tuple(shape):
