@@ -506,3 +506,26 @@ def test_batch_two_processes_write_each_row_once(oracle, tmp_path):
     assert "manifest.jsonl lists 6 of 6 row(s)" in outs[0][0]
     assert sorted(p.name for p in out.glob("*.mp4")) == [f"{line:05d}.mp4" for line in range(1, 7)]
     assert sorted(p.name for p in out.glob("errors*.jsonl")) == ["errors.0-of-2.jsonl", "errors.1-of-2.jsonl"]
+
+
+def test_prepared_rows_feed_the_batch(oracle, files, tmp_path, capsys):
+    """Your own video in two commands: `vdot prepare ... --rows` then `vdot generate --batch`; each row's video is
+    the single `vdot generate` run of the files and task its row names."""
+    rows = tmp_path / "jobs.jsonl"
+    size = ["--frames", str(T), "--height", str(H), "--width", str(W)]
+    for task, extra in (("inpaint", ["--box", "8,8,24,20"]), ("first_frame", [])):
+        assert vdot(["prepare", task, "--src-video", str(files[0]["video"]), "--out", str(tmp_path / task),
+                     "--prompt", PROMPT, "--rows", str(rows), *size, *extra]) == 0
+    capsys.readouterr()
+    out = tmp_path / "videos"
+    assert vdot(["generate", "--model", str(oracle[2]), "--batch", str(rows), "--out", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith("2 written, 0 already done, 0 failed")
+    read = lambda p: imageio.v3.imread(p, plugin="FFMPEG")  # noqa: E731
+    for line, row in enumerate(map(json.loads, rows.read_text().splitlines()), 1):
+        single = tmp_path / f"single_{line}.mp4"
+        files_args = ["--src-video", str(rows.parent / row["src_video"])]
+        if row.get("src_mask"):
+            files_args += ["--src-mask", str(rows.parent / row["src_mask"])]
+        assert vdot(["generate", "--model", str(oracle[2]), "--prompt", PROMPT, "--task", row["task"], *size,
+                     *files_args, "--out", str(single), "--quiet"]) == 0
+        np.testing.assert_array_equal(read(out / f"{line:05d}.mp4"), read(single))

@@ -299,7 +299,7 @@ def register(sub) -> None:
         ),
     )
     p.add_argument("task", choices=PREPARE_TASKS, help="which task's inputs to build")
-    p.add_argument("--out", required=True, help="output folder (new or empty, unless --overwrite)")
+    p.add_argument("--out", required=True, help="output folder (new, empty or made by vdot prepare, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out (replacing its files)")
     i = p.add_argument_group("inputs")
     i.add_argument("--src-video", default=None, help="the raw video")
