@@ -207,3 +207,16 @@ def test_a_raw_manifest_trains_every_task_of_the_mix_and_resumes_with_identical_
     want = losses(tmp_path / "whole")
     assert [s for s, _ in want] == list(range(1, 7)) and all(np.isfinite(v) for _, v in want)
     assert losses(tmp_path / "cut") == want
+
+
+def test_a_host_loading_some_rows_gets_the_same_samples_as_one_loading_all(raw):
+    """The draw is keyed by the global slot (a * B + b), not by a host's local position."""
+    from vdot_jax.data.pipeline import Layout, _LoadOne, make_source
+
+    c = config(raw, *ALL, "data.batch_size=4")
+    sampler, _ = make_source(c, make_encoder(c, with_context=True), True, 4)
+    one, host = _LoadOne(sampler, Layout(1, 4, (0, 1, 2, 3))), _LoadOne(sampler, Layout(1, 4, (3, 1)))
+    for k_host, k_all in ((2 * 2 + 0, 2 * 4 + 3), (2 * 2 + 1, 2 * 4 + 1)):  # step 2: rows 3 and 1
+        a, b = host(k_host), one(k_all)
+        assert a["task"] == b["task"] and a["row"] == b["row"]
+        np.testing.assert_array_equal(a["context"], b["context"])

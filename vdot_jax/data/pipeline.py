@@ -318,12 +318,14 @@ class ManifestSource:
     def num_refs(self, i: int) -> int:
         return self.rows[i].num_refs
 
-    def load(self, i: int, step: int = 0, slot: int = 0) -> dict:
+    def load(self, i: int, step: int | None = None, slot: int | None = None) -> dict:
+        """Row i, encoded; a raw row derived at (step, slot) -- without them (``vdot precompute``) at (0, i): one
+        draw per row, frozen in the shards."""
         row = self.rows[i]
         task = row.task
         try:
             if row.raw:
-                video, vcu, task = self.derive(row, step, slot)
+                video, vcu, task = self.derive(row, *((0, i) if step is None else (step, slot)))
                 return {**self.encoder.encode(video, vcu, row.caption), "task": task, "caption": row.caption}
             vcu = C.read_task_inputs(row.src_video, row.src_mask, row.src_ref_images or None, self.num_frames,
                                      self.height, self.width, task=row.task, sampling=self.sampling, fps=self.fps,
@@ -349,6 +351,8 @@ def data_spec(config, with_context: bool) -> dict:
     spec = {"encoder": d.encoder, "num_frames": int(d.num_frames), "height": int(d.height), "width": int(d.width),
             "fps": float(d.fps), "sampling": d.sampling, "negative_prompt": d.negative_prompt,
             "with_context": bool(with_context)}
+    if raw_mix(config):  # only when set, so data precomputed before the key existed still matches
+        spec["raw_task_mix"] = {k: v for k, v in sorted(raw_mix(config).items())}
     if d.encoder == "toy":
         spec["toy_text"] = [int(d.toy.text_dim), int(d.toy.text_len), int(d.toy.text_seed)]
         spec["toy_latent_std_floor"] = float(d.toy.latent_std_floor)
@@ -439,7 +443,7 @@ class PrecomputedSource:
     def num_refs(self, i: int) -> int:
         return int(self.records[i]["num_refs"])
 
-    def load(self, i: int, step: int = 0, slot: int = 0) -> dict:
+    def load(self, i: int, step: int | None = None, slot: int | None = None) -> dict:
         try:
             out = decode_record(self._src()[i])
         except (OSError, ValueError, KeyError) as e:
