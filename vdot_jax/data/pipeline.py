@@ -254,7 +254,8 @@ def check_raw_rows(rows: Sequence[ManifestRow], config) -> None:
             elif mix:
                 D.draw_task(mix, np.random.default_rng(0), region)
         except C.ConditionError as e:
-            raise ManifestError(f"manifest {config.data.manifest} row {row.index + 1}: {e}") from None
+            where = f"manifest {config.data.manifest}" if config.data.manifest else "manifest"
+            raise ManifestError(f"{where} row {row.index + 1}: {e}") from None
 
 
 class ManifestSource:
