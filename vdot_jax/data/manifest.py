@@ -8,6 +8,13 @@ Columns (the VACE/VDOT release's names, plus the ground truth the GAN term needs
     src_ref_images  reference images: a JSON list, or one comma-separated string; optional
     caption         the prompt
     video           the ground-truth video (the latent the GAN term calls real); required
+    boxes           a raw row's region: x1,y1,x2,y2 in source pixels (one box, or one per source frame separated by
+                    ';'), or a keyframe track FRAME:x1,y1,x2,y2;FRAME:...; optional
+    mask            a raw row's region: a mask video or image of the video's size (white = the region); optional
+
+A **raw row** has no src_video and no src_ref_images: the pipeline derives its task's inputs from ``video`` on the
+fly (``vdot_jax.conditions.derive``), the task drawn from ``config.data.raw_task_mix`` when the row names none
+(``task_given`` False; with an empty mix such a row is t2v, as before). ``boxes`` / ``mask`` are for raw rows only.
 
 Accepted aliases: ``subtask`` for task (UVCBench), ``prompt`` / ``en_prompt`` for caption, ``gt_video`` /
 ``target_video`` for video. Relative paths are relative to the manifest's folder. Empty cells mean "none".
@@ -31,7 +38,7 @@ from etils import epath
 
 from vdot_jax.errors import VdotError, read_utf8
 
-COLUMNS = ("task", "src_video", "src_mask", "src_ref_images", "caption", "video")
+COLUMNS = ("task", "src_video", "src_mask", "src_ref_images", "caption", "video", "boxes", "mask")
 ALIASES = {"subtask": "task", "prompt": "caption", "en_prompt": "caption", "gt_video": "video",
            "target_video": "video"}
 
@@ -48,18 +55,28 @@ class ManifestRow:
     src_video: str | None = None
     src_mask: str | None = None
     src_ref_images: list[str] = field(default_factory=list)
+    boxes: str | None = None  # a raw row's region (the text of the boxes column)
+    mask: str | None = None  # a raw row's region (a mask file)
+    task_given: bool = True  # False: the task column was empty (a raw row then draws one from the mix)
     index: int = 0  # position in the manifest (0-based)
+
+    @property
+    def raw(self) -> bool:
+        """No condition files: the task's inputs are derived from ``video`` (``conditions.derive``)."""
+        return self.src_video is None and not self.src_ref_images
 
     @property
     def num_refs(self) -> int:
         return len(self.src_ref_images)
 
     def files(self) -> list[str]:
-        return [p for p in (self.video, self.src_video, self.src_mask, *self.src_ref_images) if p]
+        return [p for p in (self.video, self.src_video, self.src_mask, self.mask, *self.src_ref_images) if p]
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("index")
+        if not d.pop("task_given"):
+            d["task"] = None
         return d
 
 
@@ -109,9 +126,17 @@ def _row(raw: dict, i: int, base: Path, src: Path) -> ManifestRow:
     src_video, src_mask = _resolve(d.get("src_video"), base), _resolve(d.get("src_mask"), base)
     if src_mask and not src_video:
         raise ManifestError(f"manifest {src} row {i + 1} has a src_mask but no src_video to apply it to.")
-    return ManifestRow(caption=str(caption), video=video, task=str(d.get("task") or "t2v").strip(),
-                       src_video=src_video, src_mask=src_mask,
-                       src_ref_images=[_resolve(p, base) for p in _refs(d.get("src_ref_images"))], index=i)
+    refs = [_resolve(p, base) for p in _refs(d.get("src_ref_images"))]
+    boxes = str(d.get("boxes")).strip() if d.get("boxes") not in (None, "") else None
+    mask = _resolve(d.get("mask"), base)
+    if (boxes or mask) and (src_video or refs):
+        raise ManifestError(f"manifest {src} row {i + 1} has boxes/mask and condition files; boxes and mask mark a "
+                            "region of a raw row's video (a row without src_video and src_ref_images).")
+    if boxes and mask:
+        raise ManifestError(f"manifest {src} row {i + 1} has boxes and a mask; give one region.")
+    task = str(d.get("task") or "").strip()
+    return ManifestRow(caption=str(caption), video=video, task=task or "t2v", src_video=src_video,
+                       src_mask=src_mask, src_ref_images=refs, boxes=boxes, mask=mask, task_given=bool(task), index=i)
 
 
 def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:

@@ -15,7 +15,11 @@ global batch is the same for any number of hosts and any mesh. Sources:
   ``vdot_jax.conditions.vace_context``, exactly as the demo encodes.
 * ``manifest`` -- rows of a CSV/JSONL manifest (``vdot_jax.data.manifest``), decoded with imageio (resize to cover,
   centre crop, frames re-timed to ``fps`` and sampled), VCU built by ``conditions.read_task_inputs``, then encoded
-  by the configured encoder (``toy``, or ``wan``: the Wan VAE and umT5 on the local device).
+  by the configured encoder (``toy``, or ``wan``: the Wan VAE and umT5 on the local device). A raw row (only
+  ``video`` and ``caption``, maybe ``task`` / ``boxes`` / ``mask``) gets its task's inputs derived from the decoded
+  video (``conditions.derive``): the task (unless the row names one) from ``data.raw_task_mix`` and its parameters
+  from ``default_rng([seed, step, slot])`` -- a function of the global slot, so every host and every resume sees
+  the same batch. Raw rows of tasks that need an annotator model are refused before training (``check_raw_rows``).
 * ``precomputed`` -- ArrayRecord shards written by ``vdot precompute`` (same arrays, no decoding at train time).
 
 **Order.** Rows are grouped by their number of reference images (the latent frame count, hence the compiled
@@ -226,16 +230,88 @@ class ToySource:
         return {**out, "task": task, "caption": tb.caption[0], "bad": "", "row": -1}
 
 
+def raw_mix(config) -> dict[str, float]:
+    """``data.raw_task_mix``'s tasks with a positive weight."""
+    return {k: float(v) for k, v in config.data.get("raw_task_mix", {}).items() if float(v) > 0}
+
+
+def check_raw_rows(rows: Sequence[ManifestRow], config) -> None:
+    """Every raw row's task can be derived from its video (``conditions.derive``) and its boxes parse: a
+    ``ManifestError`` naming the row otherwise (before any video is decoded)."""
+    from vdot_jax.conditions import derive as D
+    from vdot_jax.conditions import prepare as PR
+
+    mix = raw_mix(config)
+    for row in rows:
+        if not row.raw:
+            continue
+        region = row.boxes is not None or row.mask is not None
+        try:
+            if row.boxes is not None:
+                PR.parse_track(row.boxes) if ":" in row.boxes else PR.parse_boxes(row.boxes)
+            if row.task_given:
+                D.check_task(row.task, region)
+            elif mix:
+                D.draw_task(mix, np.random.default_rng(0), region)
+        except C.ConditionError as e:
+            where = f"manifest {config.data.manifest}" if config.data.manifest else "manifest"
+            raise ManifestError(f"{where} row {row.index + 1}: {e}") from None
+
+
 class ManifestSource:
-    """Manifest rows, decoded and encoded on demand."""
+    """Manifest rows, decoded and encoded on demand (raw rows: inputs derived per (step, slot))."""
 
     def __init__(self, config, encoder: Encoder, rows: list[ManifestRow] | None = None):
         d = config.data
         self.rows = rows if rows is not None else read_manifest(d.manifest)
+        check_raw_rows(self.rows, config)
         self.encoder = encoder
         self.num_frames, self.height, self.width = int(d.num_frames), int(d.height), int(d.width)
         self.fps = float(d.fps) if d.fps else None
         self.sampling = d.sampling
+        self.mix, self.seed = raw_mix(config), int(config.seed)
+
+    def _boxes(self, row: ManifestRow) -> np.ndarray:
+        """The row's boxes (source pixels and frames) -> one per decoded frame, in output pixels."""
+        from vdot_jax.conditions import prepare as PR
+
+        info = video_io.probe_video(row.video)
+        src_hw = (info.height, info.width)
+        if ":" in row.boxes:
+            per = PR.boxes_per_frame(PR.interpolate_track(PR.parse_track(row.boxes), info.num_frames),
+                                     info.num_frames, src_hw)
+        else:
+            per = PR.boxes_per_frame(PR.parse_boxes(row.boxes), info.num_frames, src_hw)
+        idx = video_io.select_frame_indices(info.num_frames, self.num_frames, self.sampling, info.fps, self.fps)
+        return PR.map_boxes(per[idx], src_hw, (self.height, self.width))
+
+    def draw_task(self, row: ManifestRow, step: int, slot: int) -> tuple[np.random.Generator, str]:
+        """A raw row's task at (step, slot): its own, or drawn from the mix (first draw of the slot's generator,
+        which then draws the task's parameters)."""
+        from vdot_jax.conditions import derive as D
+
+        rng = np.random.default_rng([self.seed, int(step), int(slot)])
+        if row.task_given or not self.mix:
+            return rng, row.task
+        return rng, D.draw_task(self.mix, rng, row.boxes is not None or row.mask is not None)
+
+    def derive(self, row: ManifestRow, step: int, slot: int) -> tuple[np.ndarray, C.VCU, str]:
+        """A raw row at (step, slot) -> (ground-truth video [1, 3, T, H, W], its task's VCU, the task)."""
+        from vdot_jax.conditions import derive as D
+
+        rng, task = self.draw_task(row, step, slot)
+        if row.mask is not None:  # the video and its mask, read alike (read_task_inputs' checks included)
+            base = C.read_task_inputs(row.video, row.mask, None, self.num_frames, self.height, self.width,
+                                      sampling=self.sampling, fps=self.fps, stride=self.encoder.stride,
+                                      patch=self.encoder.patch)
+            video, region = base.frames, ("mask", base.masks)
+        else:
+            video = C.video_from_frames(video_io.read_video(row.video, num_frames=self.num_frames,
+                                                            size=(self.height, self.width), fps=self.fps,
+                                                            sampling=self.sampling))
+            region = ("boxes", self._boxes(row)) if row.boxes is not None else None
+        params = D.draw_params(task, rng, self.num_frames, self.height, self.width, region is not None)
+        return video, D.derive(task, video, params, region), task
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -243,9 +319,15 @@ class ManifestSource:
     def num_refs(self, i: int) -> int:
         return self.rows[i].num_refs
 
-    def load(self, i: int) -> dict:
+    def load(self, i: int, step: int | None = None, slot: int | None = None) -> dict:
+        """Row i, encoded; a raw row derived at (step, slot) -- without them (``vdot precompute``) at (0, i): one
+        draw per row, frozen in the shards."""
         row = self.rows[i]
+        task = row.task
         try:
+            if row.raw:
+                video, vcu, task = self.derive(row, *((0, i) if step is None else (step, slot)))
+                return {**self.encoder.encode(video, vcu, row.caption), "task": task, "caption": row.caption}
             vcu = C.read_task_inputs(row.src_video, row.src_mask, row.src_ref_images or None, self.num_frames,
                                      self.height, self.width, task=row.task, sampling=self.sampling, fps=self.fps,
                                      stride=self.encoder.stride, patch=self.encoder.patch)
@@ -254,9 +336,9 @@ class ManifestSource:
             video = C.video_from_frames(frames)
             out = self.encoder.encode(video, vcu, row.caption)
         except (video_io.VideoError, C.ConditionError, ManifestError, OSError) as e:
-            raise SampleError(f"manifest row {i + 1} ({row.task}): {e}") from None
+            raise SampleError(f"manifest row {i + 1} ({task}): {e}") from None
         except ValueError as e:  # anything else a bad file can trigger in decoding or resizing
-            raise SampleError(f"manifest row {i + 1} ({row.task}, video {row.video}): {e}") from None
+            raise SampleError(f"manifest row {i + 1} ({task}, video {row.video}): {e}") from None
         return {**out, "task": row.task, "caption": row.caption}
 
 
@@ -270,6 +352,8 @@ def data_spec(config, with_context: bool) -> dict:
     spec = {"encoder": d.encoder, "num_frames": int(d.num_frames), "height": int(d.height), "width": int(d.width),
             "fps": float(d.fps), "sampling": d.sampling, "negative_prompt": d.negative_prompt,
             "with_context": bool(with_context)}
+    if raw_mix(config):  # only when set, so data precomputed before the key existed still matches
+        spec["raw_task_mix"] = {k: v for k, v in sorted(raw_mix(config).items())}
     if d.encoder == "toy":
         spec["toy_text"] = [int(d.toy.text_dim), int(d.toy.text_len), int(d.toy.text_seed)]
         spec["toy_latent_std_floor"] = float(d.toy.latent_std_floor)
@@ -360,7 +444,7 @@ class PrecomputedSource:
     def num_refs(self, i: int) -> int:
         return int(self.records[i]["num_refs"])
 
-    def load(self, i: int) -> dict:
+    def load(self, i: int, step: int | None = None, slot: int | None = None) -> dict:
         try:
             out = decode_record(self._src()[i])
         except (OSError, ValueError, KeyError) as e:
@@ -450,7 +534,7 @@ class RowSampler:
                 bad.append(f"{row}\t{self.known_bad[row]}")
                 continue
             try:
-                out = self.source.load(row)
+                out = self.source.load(row, step, slot)
             except SampleError as e:
                 with self._lock:
                     self.known_bad[row] = str(e)

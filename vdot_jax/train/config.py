@@ -110,6 +110,11 @@ def base_config() -> ml_collections.ConfigDict:
     d.prefetch = 4  # steps loaded ahead
     d.workers = 0  # grain worker processes (0: threads in the trainer; needed for encoder "wan")
     d.max_bad = 100  # distinct unreadable samples tolerated before training stops
+    # raw manifest rows (only video + caption, vdot_jax.conditions.derive): task -> weight, the task drawn per
+    # sample from default_rng([seed, step, slot]); empty: a raw row without a task is t2v. Model-free tasks only:
+    # t2v plain gray edges layout frameref inpaint outpaint first_frame last_frame first_clip last_clip
+    # first_last_frame first_last_clip (e.g. --config.data.raw_task_mix.inpaint=1)
+    d.raw_task_mix = ml_collections.ConfigDict()
     t = d.toy = ml_collections.ConfigDict()
     t.frames = 9
     t.height = 32
@@ -349,7 +354,7 @@ def set_value(config: ml_collections.ConfigDict, key: str, text: str) -> None:
         node[leaf] = value
 
 
-_OPEN_GROUPS = {"model.arch", "mesh.rules", "data.toy.task_mix"}
+_OPEN_GROUPS = {"model.arch", "mesh.rules", "data.toy.task_mix", "data.raw_task_mix"}
 
 
 def _unknown(config, key: str, why: str) -> str:
@@ -405,7 +410,7 @@ RANGES = {
     **{f"data.{k}": r for k, r in (("batch_size", ">=0"), ("per_device_batch", ">=1"), ("num_frames", ">=1"),
                                    ("height", ">=1"), ("width", ">=1"), ("fps", ">=0"), ("text_len", ">=1"),
                                    ("num_threads", ">=1"), ("prefetch", ">=0"), ("workers", ">=0"),
-                                   ("max_bad", ">=0"))},
+                                   ("max_bad", ">=0"), ("raw_task_mix.*", ">=0"))},
     **{f"data.toy.{k}": r for k, r in (("frames", ">=1"), ("height", ">=1"), ("width", ">=1"), ("text_dim", ">=1"),
                                        ("text_len", ">=1"), ("text_seed", ">=0"), ("latent_std_floor", ">=0"),
                                        ("task_mix.*", ">=0"))},
@@ -506,6 +511,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
         weights = [float(v) for v in d.toy.task_mix.values()]
         if any(w < 0 for w in weights) or not any(w > 0 for w in weights):
             raise ConfigError("config.data.toy.task_mix needs non-negative weights with at least one positive.")
+    if len(d.raw_task_mix):
+        from vdot_jax.conditions.derive import RAW_TASKS
+
+        unknown = sorted(set(d.raw_task_mix) - set(RAW_TASKS))
+        if unknown:
+            raise ConfigError(f"config.data.raw_task_mix has task(s) {unknown} that cannot be derived from a video "
+                              f"alone; model-free tasks are {list(RAW_TASKS)}.")
+        if not any(float(w) > 0 for w in d.raw_task_mix.values()):
+            raise ConfigError("config.data.raw_task_mix needs at least one positive weight (or leave it empty).")
     if config.mode == "vdot" and not config.model.teacher and not (config.model.preset or len(config.model.arch)):
         raise ConfigError("config.model.teacher is empty and no architecture is given (config.model.preset or "
                           "config.model.arch) to initialise one at random.")
@@ -518,8 +532,9 @@ def check_data(config: ml_collections.ConfigDict) -> None:
     d = config.data
     if d.source == "manifest":
         from vdot_jax.data.manifest import read_manifest
+        from vdot_jax.data.pipeline import check_raw_rows
 
-        read_manifest(d.manifest)
+        check_raw_rows(read_manifest(d.manifest), config)
     elif d.source == "precomputed":
         from vdot_jax.data.pipeline import PrecomputedSource
         from vdot_jax.sources import model_arch
