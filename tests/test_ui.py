@@ -1,0 +1,163 @@
+"""``vdot ui``: the page served by a real ``vdot ui`` process (toy teacher, 5x32x32), driven through gradio_client
+and a real headless browser (Debian's chromium + chromedriver, Selenium)."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+gradio_client = pytest.importorskip("gradio_client", reason='the ui extra: pip install -e ".[ui]"')
+from gradio_client import Client, handle_file  # noqa: E402
+
+from vdot_jax.data.video_io import read_video, write_video  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TOY = "toy teacher (shipped)"
+PROMPT = "a red circle moving left"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("ui") / "server.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "vdot_jax.cli", "ui", "--port", str(port), "--max-frames", "9"],
+                                stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                client = Client(url, verbose=False)
+                break
+            except Exception:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"vdot ui did not start:\n{log.read_text()[-3000:]}")
+                time.sleep(1)
+        yield url, client
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _args(task="t2v", prompt=PROMPT, frames=5, height=32, width=32, steps=4, guide=2.0, shift=6.0, seed=0,
+          expand="0,0,0.25,0.25", clip=1, video=None, mask=None, refs=None):
+    files = [handle_file(str(video)) if video else None, handle_file(str(mask)) if mask else None,
+             [handle_file(str(r)) for r in refs or []]]
+    return [TOY, task, prompt, "", frames, height, width, steps, guide, shift, seed, expand, clip, *files]
+
+
+def _video_path(out) -> str:
+    return out["video"] if isinstance(out, dict) else out
+
+
+def _check_mp4(path, frames=5, size=32) -> np.ndarray:
+    """A playable mp4 (H.264, what browsers play) of the asked size."""
+    import imageio.v2 as imageio
+
+    with imageio.get_reader(path, format="ffmpeg") as r:
+        assert r.get_meta_data()["codec"] == "h264"
+    video = read_video(path)
+    assert video.shape == (frames, size, size, 3)
+    return video
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clips")
+    rng = np.random.default_rng(0)
+    write_video(d / "video.mp4", (rng.random((5, 32, 32, 3)) * 255).astype(np.uint8))
+    mask = np.zeros((5, 32, 32, 3), np.uint8)
+    mask[:, 8:24, 8:24] = 255
+    write_video(d / "mask.mp4", mask)
+    write_video(d / "mask_48.mp4", np.zeros((5, 48, 32, 3), np.uint8))
+    (d / "corrupt.mp4").write_bytes(b"not a video" * 100)
+    return d
+
+
+def test_text_to_video_returns_a_playable_mp4(server):
+    _, client = server
+    video, summary, command = client.predict(*_args(seed=3), api_name="/generate")
+    frames = _check_mp4(_video_path(video))
+    assert frames.std() > 0.05  # not a blank clip (values in [-1, 1])
+    assert "generated t2v 1x5x32x32 (4 unipc steps, shift 6, CFG 2)" in summary
+    assert "vdot generate" in command and "--seed 3" in command and "--task t2v" in command
+
+
+def test_inpaint_preview_then_generate(server, clips):
+    """The preview shows the video greyed where the mask is white, beside the mask; generation keeps the rest."""
+    _, client = server
+    args = _args(task="inpaint", video=clips / "video.mp4", mask=clips / "mask.mp4")
+    preview = read_video(_video_path(client.predict(*args[1:], api_name="/preview")))
+    assert preview.shape == (5, 32, 64, 3)
+    video_half, mask_half = preview[:, :, :32], preview[:, :, 32:]
+    assert abs(video_half[:, 12:20, 12:20].mean()) < 0.05  # greyed hole (grey 127 is 0)
+    assert mask_half[:, 12:20, 12:20].mean() > 0.9 and mask_half[:, :4, :4].mean() < -0.9
+    video, _, command = client.predict(*args, api_name="/generate")
+    _check_mp4(_video_path(video))
+    assert "--src-mask mask.mp4" in command
+
+
+def test_two_requests_at_once_both_come_back_in_order(server):
+    _, client = server
+    from gradio_client.utils import Status
+
+    first = client.submit(*_args(seed=11), api_name="/generate")
+    while first.status().code not in (Status.IN_QUEUE, Status.PROCESSING, Status.PROGRESS, Status.FINISHED):
+        time.sleep(0.02)  # the first has joined the queue: the second is submitted behind it, while it runs
+    jobs = [first, client.submit(*_args(seed=12), api_name="/generate")]
+    outs = [j.result(timeout=120) for j in jobs]
+    assert [f"--seed {s}" in o[2] for s, o in zip((11, 12), outs)] == [True, True]
+    names = [Path(_video_path(o[0])).name for o in outs]
+    assert names == sorted(names) and names[0] != names[1], names  # the server numbers results as it runs them
+    assert not np.array_equal(read_video(_video_path(outs[0][0])), read_video(_video_path(outs[1][0])))
+
+
+@pytest.mark.parametrize("case,message", [
+    ("corrupt", "corrupt.mp4"),
+    ("mask_size", "must be the same size"),
+    ("frames", "1 + 4k"),
+    ("too_many_frames", "more than this server allows"),
+    ("empty_field", "must be a finite number"),
+    ("vocabulary", "toy vocabulary"),
+])
+def test_bad_input_gives_its_message_and_the_server_keeps_serving(server, clips, case, message):
+    from gradio_client.exceptions import AppError
+
+    _, client = server
+    args = {
+        "corrupt": dict(task="inpaint", video=clips / "corrupt.mp4", mask=clips / "mask.mp4"),
+        "mask_size": dict(task="inpaint", video=clips / "video.mp4", mask=clips / "mask_48.mp4"),
+        "frames": dict(frames=6),
+        "too_many_frames": dict(frames=13),
+        "empty_field": dict(guide=None),  # a cleared number field
+        "vocabulary": dict(prompt="a purple elephant"),
+    }[case]
+    with pytest.raises(AppError) as e:
+        client.predict(*_args(**args), api_name="/generate")
+    text = str(e.value)
+    assert message in text and "Traceback" not in text and "\n" not in text.strip(), text
+    video, _, _ = client.predict(*_args(), api_name="/generate")
+    _check_mp4(_video_path(video))
+
+
+@pytest.mark.parametrize("name,value", [("guide_scale", float("inf")), ("shift", float("nan")), ("steps", 2.5)])
+def test_settings_refuse_non_finite_and_fractional_numbers(name, value):
+    """JSON cannot carry NaN or inf to the page, but Settings is the one check every request passes."""
+    from vdot_jax.ui.backend import Settings, UIError
+
+    with pytest.raises(UIError, match="finite" if name != "steps" else "whole number"):
+        Settings(**{name: value}).check(max_frames=81)
+    Settings().check(max_frames=81)  # the defaults pass
