@@ -20,6 +20,7 @@ from vdot_jax.data.video_io import read_video, write_video  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 TOY = "toy teacher (shipped)"
 PROMPT = "a red circle moving left"
+CAPTION = "a yellow circle moving up"  # the uploaded clip's
 
 
 def _free_port() -> int:
@@ -77,8 +78,12 @@ def _check_mp4(path, frames=5, size=32) -> np.ndarray:
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     d = tmp_path_factory.mktemp("clips")
-    rng = np.random.default_rng(0)
-    write_video(d / "video.mp4", (rng.random((5, 32, 32, 3)) * 255).astype(np.uint8))
+    from vdot_jax.data.toy_world import ToyWorld
+    from vdot_jax.data.video_io import to_uint8
+
+    # a clip of the toy teacher's world (its caption: CAPTION), 5 x 32 x 32
+    video = to_uint8(ToyWorld(frames=5).sample_batch(np.random.default_rng(0), 1, ["t2v"]).video[0].transpose(1, 2, 3, 0))
+    write_video(d / "video.mp4", video)
     mask = np.zeros((5, 32, 32, 3), np.uint8)
     mask[:, 8:24, 8:24] = 255
     write_video(d / "mask.mp4", mask)
@@ -92,14 +97,15 @@ def test_text_to_video_returns_a_playable_mp4(server):
     video, summary, command = client.predict(*_args(seed=3), api_name="/generate")
     frames = _check_mp4(_video_path(video))
     assert frames.std() > 0.05  # not a blank clip (values in [-1, 1])
-    assert "generated t2v 1x5x32x32 (4 unipc steps, shift 6, CFG 2)" in summary
+    assert "generated t2v 1x5x32x32 (4 unipc steps, shift 6, CFG 2)" in summary and summary.endswith("seed 3")
+    assert "/tmp" not in summary  # no server path in the page
     assert "vdot generate" in command and "--seed 3" in command and "--task t2v" in command
 
 
 def test_inpaint_preview_then_generate(server, clips):
     """The preview shows the video greyed where the mask is white, beside the mask; generation keeps the rest."""
     _, client = server
-    args = _args(task="inpaint", video=clips / "video.mp4", mask=clips / "mask.mp4")
+    args = _args(task="inpaint", prompt=CAPTION, video=clips / "video.mp4", mask=clips / "mask.mp4")
     preview = read_video(_video_path(client.predict(*args[1:], api_name="/preview")))
     assert preview.shape == (5, 32, 64, 3)
     video_half, mask_half = preview[:, :, :32], preview[:, :, 32:]
@@ -161,3 +167,101 @@ def test_settings_refuse_non_finite_and_fractional_numbers(name, value):
     with pytest.raises(UIError, match="finite" if name != "steps" else "whole number"):
         Settings(**{name: value}).check(max_frames=81)
     Settings().check(max_frames=81)  # the defaults pass
+
+
+# ----------------------------------------------------------------------------- a real browser
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        if os.environ.get("CI"):
+            pytest.fail("CI: chromium and chromium-driver are missing (apt-get install -y chromium chromium-driver)")
+        pytest.skip("no chromium/chromedriver (apt-get install -y chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not download a browser or driver
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1500"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def _result_video(driver, timeout=120) -> dict:
+    """Wait until the result's <video> has loaded its source; -> its src, size and duration as the browser sees."""
+    deadline = time.time() + timeout
+    js = ("const v = document.querySelector('#result video');"
+          "return v ? {src: v.currentSrc, ready: v.readyState, w: v.videoWidth, h: v.videoHeight, "
+          "d: v.duration, err: v.error && v.error.code} : null;")
+    while time.time() < deadline:
+        state = driver.execute_script(js)
+        if state and state["ready"] >= 1 and state["w"]:
+            return state
+        time.sleep(0.25)
+    raise AssertionError(f"no playable result video in the page: {driver.execute_script(js)}")
+
+
+def test_browser_text_to_video_and_inpaint(server, browser, clips, tmp_path):
+    """The page in chromium: generate (text-to-video, the defaults), the result <video> plays (the browser decoded
+    its size and duration); then upload a video and a mask, pick inpaint, preview, generate again; saves a
+    screenshot (README's docs/ui.png: VDOT_UI_SCREENSHOT=docs/ui.png python -m pytest tests/test_ui.py -k browser)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    url, _ = server
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(url)
+    WebDriverWait(browser, 60).until(EC.element_to_be_clickable((By.ID, "generate"))).click()
+    first = _result_video(browser)
+    assert (first["w"], first["h"]) == (32, 32) and first["d"] > 0 and first["err"] is None, first
+
+    task = browser.find_element(By.CSS_SELECTOR, "#task input")
+    task.click()
+    task.send_keys(Keys.CONTROL, "a")
+    task.send_keys("inpaint", Keys.ENTER)
+    prompt = browser.find_element(By.CSS_SELECTOR, "#prompt textarea")
+    prompt.clear()
+    prompt.send_keys(CAPTION)
+    browser.find_element(By.CSS_SELECTOR, "#src_video input[type=file]").send_keys(str(clips / "video.mp4"))
+    browser.find_element(By.CSS_SELECTOR, "#src_mask input[type=file]").send_keys(str(clips / "mask.mp4"))
+    time.sleep(1)  # the uploads finish
+    browser.find_element(By.XPATH, "//button[text()='preview inputs']").click()
+    WebDriverWait(browser, 60).until(lambda d: d.execute_script(
+        "const v = document.querySelector('#preview video'); return v && v.readyState >= 1 && v.videoWidth == 64;"))
+    browser.find_element(By.ID, "generate").click()
+    deadline = time.time() + 120
+    while "--task inpaint" not in browser.find_element(By.ID, "info").text + _command(browser):
+        assert time.time() < deadline, "the inpainting request did not come back"
+        time.sleep(0.25)
+    second = _result_video(browser)
+    assert second["src"] != first["src"] and second["w"] == 32, second
+    browser.execute_script("window.scrollTo(0, 0)")
+    shot = Path(os.environ.get("VDOT_UI_SCREENSHOT") or tmp_path / "ui.png")
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+
+def test_ui_without_gradio_says_how_to_install_it(monkeypatch, capsys):
+    from vdot_jax.cli import main
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if the ui extra were not installed
+    assert main(["ui"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == 'vdot ui: error: the web page needs gradio: pip install -e ".[ui]"', err
+
+
+def test_only_the_page_module_imports_gradio():
+    """gradio is an extra: a ``import gradio`` anywhere else in the package would break the CLI without it."""
+    importers = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "vdot_jax").rglob("*.py")
+                       if "import gradio" in p.read_text() or "from gradio" in p.read_text())
+    assert importers == ["vdot_jax/ui/app.py"], importers
+
+
+def _command(driver) -> str:
+    return driver.execute_script("return document.body.innerText")

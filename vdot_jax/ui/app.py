@@ -34,13 +34,13 @@ def build(server: Server) -> gr.Blocks:
         with gr.Row():
             with gr.Column():
                 model = gr.Dropdown(server.choices, value=server.choices[0], label="model")
-                task = gr.Dropdown(list(TASK_CHOICES), value="t2v", label="task")
+                task = gr.Dropdown(list(TASK_CHOICES), value="t2v", label="task", elem_id="task")
                 prompt = gr.Textbox(d.get("prompt", ""), label="prompt", elem_id="prompt")
                 negative = gr.Textbox("", label="negative prompt (used with guidance != 1)")
                 src_video = gr.File(label="source video or image (inpaint, outpaint, extension)",
-                                    file_types=["video", "image"])
+                                    file_types=["video", "image"], elem_id="src_video")
                 src_mask = gr.File(label="mask video or image (inpaint): white = generate, black = keep",
-                                   file_types=["video", "image"])
+                                   file_types=["video", "image"], elem_id="src_mask")
                 refs = gr.File(label="reference images (any task)", file_count="multiple", file_types=["image"])
                 with gr.Row():
                     expand = gr.Textbox("0,0,0.25,0.25", label="outpaint: expand top,bottom,left,right")
@@ -60,7 +60,7 @@ def build(server: Server) -> gr.Blocks:
                     go = gr.Button("generate", variant="primary", elem_id="generate")
             with gr.Column():
                 preview = gr.Video(label="task input: video (grey = generated) | mask (white = generated)",
-                                   interactive=False)
+                                   interactive=False, elem_id="preview")
                 result = gr.Video(label="result", elem_id="result", interactive=False)
                 info = gr.Textbox(label="settings and timings", elem_id="info")
                 cmd = gr.Code(label="the same with vdot generate", language="shell")

@@ -176,9 +176,10 @@ class Server:
             result = pipe.generate(s.prompt, negative_prompt=s.negative_prompt, vcu=vcu, steps=s.steps,
                                    guide_scale=s.guide_scale, shift=s.shift, seed=s.seed,
                                    progress=on_step is not None)
+            summary = result.summary()  # before writing: the page shows no server path
             path = self._path("result")
             result.write(path)
-            return path, result.summary(), command(model, s, src_video, src_mask, ref_images)
+            return path, f"{summary}, seed {s.seed}", command(model, s, src_video, src_mask, ref_images)
 
 
 def command(model: str, s: Settings, src_video=None, src_mask=None, ref_images=None) -> str:
