@@ -2,10 +2,12 @@
 and a real headless browser (Debian's chromium + chromedriver, Selenium)."""
 
 import os
+import pty
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -36,9 +38,26 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("ui") / "server.log"
-    with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "vdot_jax.cli", "ui", "--port", str(port), "--max-frames", "9"],
-                                stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    # on a terminal, as people run it (a tqdm bar there once hid the steps from the page's progress)
+    master, terminal = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "vdot_jax.cli", "ui", "--port", str(port), "--max-frames", "9"],
+                            stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, cwd=ROOT,
+                            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    os.close(terminal)
+
+    def drain():  # keep the terminal's buffer from filling up
+        with open(log, "wb") as f:
+            while True:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                f.write(chunk)
+                f.flush()
+
+    threading.Thread(target=drain, daemon=True).start()
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.time() + 120
@@ -54,6 +73,7 @@ def server(tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        os.close(master)
 
 
 def _args(task="t2v", prompt=PROMPT, frames=5, height=32, width=32, steps=4, guide=2.0, shift=6.0, seed=0,
@@ -132,6 +152,20 @@ def test_two_requests_at_once_both_come_back_in_order(server):
     names = [Path(_video_path(o[0])).name for o in outs]
     assert names == sorted(names) and names[0] != names[1], names  # the server numbers results as it runs them
     assert not np.array_equal(read_video(_video_path(outs[0][0])), read_video(_video_path(outs[1][0])))
+
+
+def test_progress_reports_each_denoising_step(server):
+    """The page's progress bar is fed from inside the compiled loop (a callback thread): a client sees steps k/N."""
+    _, client = server
+    job = client.submit(*_args(steps=120), api_name="/generate")
+    seen = set()
+    while not job.done():
+        for p in job.status().progress_data or []:
+            if p.unit == "steps" and p.index is not None:
+                seen.add((p.index, p.length))
+        time.sleep(0.005)
+    job.result()
+    assert seen and all(n == 120 and 0 < k <= 120 for k, n in seen), seen
 
 
 @pytest.mark.parametrize("case,message", [

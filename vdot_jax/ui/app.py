@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import re
 
 import gradio as gr
@@ -82,10 +83,14 @@ def build(server: Server) -> gr.Blocks:
         def do_generate(name, *args, progress=gr.Progress()):
             *values, video, mask, ref = args
 
+            # The denoising loop reports each step from an XLA callback thread, where gradio's request context
+            # (which progress() reads) is unset: run it in a copy of this thread's context.
+            context = contextvars.copy_context()
+
             def on_step(msg):
                 m = _STEP.search(msg)
                 if m:
-                    progress((int(m[1]), int(m[2])), desc="denoising", unit="steps")
+                    context.run(progress, (int(m[1]), int(m[2])), desc="denoising", unit="steps")
 
             progress(0, desc="encoding the prompt and the task inputs")
             try:

@@ -175,7 +175,7 @@ class Server:
             pipe.log = on_step or (lambda msg: None)
             result = pipe.generate(s.prompt, negative_prompt=s.negative_prompt, vcu=vcu, steps=s.steps,
                                    guide_scale=s.guide_scale, shift=s.shift, seed=s.seed,
-                                   progress=on_step is not None)
+                                   progress="log" if on_step is not None else False)
             summary = result.summary()  # before writing: the page shows no server path
             path = self._path("result")
             result.write(path)
