@@ -21,6 +21,7 @@ if not REQUIRED:
 from gradio_client import Client, handle_file  # noqa: E402
 
 from vdot_jax.data.video_io import read_video, write_video  # noqa: E402
+from vdot_jax.errors import VdotError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TOY = "toy teacher (shipped)"
@@ -40,7 +41,8 @@ def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("ui") / "server.log"
     # on a terminal, as people run it (a tqdm bar there once hid the steps from the page's progress)
     master, terminal = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "vdot_jax.cli", "ui", "--port", str(port), "--max-frames", "9"],
+    proc = subprocess.Popen([sys.executable, "-m", "vdot_jax.cli", "ui", "--port", str(port), "--max-frames", "9",
+                             "--max-file-size", "1mb"],
                             stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, cwd=ROOT,
                             env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
     os.close(terminal)
@@ -112,6 +114,7 @@ def clips(tmp_path_factory):
     write_video(d / "mask.mp4", mask)
     write_video(d / "mask_48.mp4", np.zeros((5, 48, 32, 3), np.uint8))
     (d / "corrupt.mp4").write_bytes(b"not a video" * 100)
+    (d / "big.mp4").write_bytes(os.urandom(2 * 2**20))  # over the server's --max-file-size 1mb
     return d
 
 
@@ -152,6 +155,17 @@ def test_two_requests_at_once_both_come_back_in_order(server):
     names = [Path(_video_path(o[0])).name for o in outs]
     assert names == sorted(names) and names[0] != names[1], names  # the server numbers results as it runs them
     assert not np.array_equal(read_video(_video_path(outs[0][0])), read_video(_video_path(outs[1][0])))
+
+
+def test_upload_over_the_size_limit_is_refused_by_the_server(server, clips):
+    """--max-file-size is enforced by the server (a browser or client that does not check gets a clear refusal)."""
+    import httpx
+
+    url, client = server
+    r = httpx.post(f"{url}gradio_api/upload", files={"files": ("big.mp4", (clips / "big.mp4").read_bytes())})
+    assert r.status_code == 413 and "maximum allowed size of 1048576 bytes" in r.text, (r.status_code, r.text)
+    video, _, _ = client.predict(*_args(), api_name="/generate")  # still serving
+    _check_mp4(_video_path(video))
 
 
 def test_progress_reports_each_denoising_step(server):
@@ -305,3 +319,31 @@ def test_only_the_page_module_imports_gradio():
 
 def _command(driver) -> str:
     return driver.execute_script("return document.body.innerText")
+
+
+def test_model_directory_serves_what_pipeline_generates(tmp_path):
+    """--model DIR: the page's settings reach Pipeline.generate unchanged (the same video as calling the loaded
+    pipeline directly; a swapped or dropped setting changes it), the command line names them, and a model the server
+    was not started with is refused."""
+    pytest.importorskip("diffusers")
+    sys.path.insert(0, str(ROOT / "tests"))
+    from oracles import tiny_vace_pipeline
+
+    from vdot_jax.models.config import WanConfig
+    from vdot_jax.ui.backend import Server, Settings
+
+    dit = WanConfig(dim=32, ffn_dim=40, num_heads=2, num_layers=1, in_channels=4, out_channels=4, text_dim=32,
+                    freq_dim=32, rope_max_seq_len=64, vace_layers=(0,), vace_in_channels=2 * 4 + 64)
+    model = str(tiny_vace_pipeline(tmp_path, dit, ["a", "red", "cat"], latents_mean=[0.0] * 4,
+                                   latents_std=[1.0] * 4)[2])
+    server = Server([model], out_dir=str(tmp_path / "out"))
+    s = Settings(prompt="a red cat", frames=5, height=32, width=48, steps=3, guide_scale=3.0, shift=5.0, seed=7)
+    path, summary, line = server.generate(model, s)
+    want = server.pipeline(model).generate("a red cat", frames=5, height=32, width=48, steps=3, guide_scale=3.0,
+                                         shift=5.0, seed=7, progress=False)
+    got = read_video(path)
+    np.testing.assert_allclose(got, read_video(want.write(tmp_path / "want.mp4")[0]), atol=1e-6)
+    assert f"--model {model} --task t2v" in line and "--guide-scale 3 --shift 5 --seed 7" in line
+    assert "(3 unipc steps, shift 5, CFG 3)" in summary
+    with pytest.raises(VdotError, match="unknown model"):
+        server.generate("/elsewhere", s)
