@@ -142,6 +142,24 @@ def test_inpaint_preview_then_generate(server, clips):
     assert "--src-mask mask.mp4" in command
 
 
+@pytest.mark.parametrize("task,generated", [
+    # which pixels the model generates (mask white), [frame, row, column] of the 5 x 32 x 32 preview
+    ("outpaint", (slice(None), slice(None), np.r_[0:5, 27:32])),  # expand 0,0,0.25,0.25: side borders
+    ("first_frame", (slice(1, 5), slice(None), slice(None))),  # frame 0 kept
+    ("last_clip", (slice(0, 3), slice(None), slice(None))),  # clip frames 2: the last two kept
+])
+def test_preview_of_outpaint_and_extension(server, clips, task, generated):
+    _, client = server
+    args = _args(task=task, video=clips / "video.mp4", clip=2)
+    preview = read_video(_video_path(client.predict(*args[1:], api_name="/preview")))
+    mask = preview[:, :, 32:].mean(-1) > 0  # the right half: the mask, white = generated
+    want = np.zeros((5, 32, 32), bool)
+    want[generated] = True
+    interior = ~(np.abs(np.diff(want.astype(int), axis=2, prepend=0)).astype(bool))  # away from mp4-blurred edges
+    assert (mask == want)[interior].mean() > 0.98
+    assert abs(preview[:, :, :32][want & interior].mean()) < 0.1  # generated pixels are grey in the video
+
+
 def test_two_requests_at_once_both_come_back_in_order(server):
     _, client = server
     from gradio_client.utils import Status
