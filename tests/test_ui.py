@@ -186,6 +186,27 @@ def test_upload_over_the_size_limit_is_refused_by_the_server(server, clips):
     _check_mp4(_video_path(video))
 
 
+def test_serves_no_file_of_the_server_but_its_own(server):
+    """No path reaches the server's disk: its source tree and system files are refused through the file route."""
+    import httpx
+
+    url, _ = server
+    for path in ("/etc/passwd", str(ROOT / "README.md"), str(ROOT / "vdot_jax" / "ui" / "app.py")):
+        r = httpx.get(f"{url}gradio_api/file={path}")
+        assert r.status_code in (403, 404) and "root:x:" not in r.text and "import" not in r.text, (path, r.text)
+
+
+def test_reference_image_is_added_to_the_task(server, tmp_path):
+    from vdot_jax.data.video_io import write_image
+
+    _, client = server
+    ref = np.full((20, 12, 3), 255, np.uint8)
+    ref[4:16, 2:10] = (230, 30, 30)
+    _, summary, command = client.predict(*_args(refs=[write_image(tmp_path / "red.png", ref)]),
+                                         api_name="/generate")
+    assert "generated r2v 1x5x32x32" in summary and "--ref-images red.png" in command
+
+
 def test_progress_reports_each_denoising_step(server):
     """The page's progress bar is fed from inside the compiled loop (a callback thread): a client sees steps k/N."""
     _, client = server
@@ -333,6 +354,14 @@ def test_only_the_page_module_imports_gradio():
     importers = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "vdot_jax").rglob("*.py")
                        if "import gradio" in p.read_text() or "from gradio" in p.read_text())
     assert importers == ["vdot_jax/ui/app.py"], importers
+
+
+def test_ui_refuses_a_missing_model_folder_in_one_line(tmp_path, capsys):
+    from vdot_jax.cli import main
+
+    assert main(["ui", "--model", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vdot ui: error:") and "nope" in err and "\n" not in err, err
 
 
 def _command(driver) -> str:
