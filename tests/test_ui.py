@@ -44,7 +44,7 @@ def server(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "vdot_jax.cli", "ui", "--port", str(port), "--max-frames", "9",
                              "--max-file-size", "1mb"],
                             stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, cwd=ROOT,
-                            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+                            env={k: v for k, v in os.environ.items() if k != "GRADIO_ANALYTICS_ENABLED"})
     os.close(terminal)
 
     def drain():  # keep the terminal's buffer from filling up
@@ -107,7 +107,8 @@ def clips(tmp_path_factory):
     from vdot_jax.data.video_io import to_uint8
 
     # a clip of the toy teacher's world (its caption: CAPTION), 5 x 32 x 32
-    video = to_uint8(ToyWorld(frames=5).sample_batch(np.random.default_rng(0), 1, ["t2v"]).video[0].transpose(1, 2, 3, 0))
+    clip = ToyWorld(frames=5).sample_batch(np.random.default_rng(0), 1, ["t2v"]).video[0]  # [3, T, H, W]
+    video = to_uint8(clip.transpose(1, 2, 3, 0))
     write_video(d / "video.mp4", video)
     mask = np.zeros((5, 32, 32, 3), np.uint8)
     mask[:, 8:24, 8:24] = 255

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 from vdot_jax.errors import VdotError
 
@@ -16,6 +17,8 @@ def run(args) -> None:
         raise UIUnavailable('the web page needs gradio: pip install -e ".[ui]"')
     if args.max_frames < 1:
         raise VdotError(f"--max-frames must be at least 1, got {args.max_frames}")
+    # no usage reports or version checks to gradio's servers unless the user's environment asks for them
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from vdot_jax import sources
     from vdot_jax.ui.app import launch
     from vdot_jax.ui.backend import Server
