@@ -35,7 +35,9 @@ setup(
         "torch": ["torch==2.13.0"],
         # `vdot plan` for TPU topologies on any host (and running on TPU VMs); matches jax 0.10.2
         "tpu": ["libtpu==0.0.42.*"],
-        "gcs": ["gcsfs>=2024.2"],  # gs:// training workdirs (etils.epath reads and writes them through fsspec)
+        "gcs": ["gcsfs>=2024.2"],
+        # `vdot ui` (the web page); gradio_client drives it in tests/test_ui.py, selenium drives Debian's chromium
+        "ui": ["gradio>=6.31,<7", "gradio_client>=2.7,<3", "selenium>=4.30,<5"],  # gs:// training workdirs (etils.epath reads and writes them through fsspec)
     },
     entry_points={"console_scripts": ["vdot=vdot_jax.cli:main"]},
 )

@@ -161,10 +161,11 @@ def _report_step(_probe) -> None:
 class _StepProgress:
     """Advanced by the compiled loop's callbacks: a tqdm bar on a terminal, else one ``log`` line per step."""
 
-    def __init__(self, total: int, log: Callable[[str], None], desc: str = "denoising"):
+    def __init__(self, total: int, log: Callable[[str], None], desc: str = "denoising", log_only: bool = False):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, desc=desc, unit="step", leave=False, disable=None, file=sys.stderr)
+        # log_only (progress="log"): a log line per step even on a terminal (vdot ui feeds its page from them)
+        self.bar = tqdm(total=total, desc=desc, unit="step", leave=False, disable=log_only or None, file=sys.stderr)
         self.total, self.log, self.count, self.start = total, log, 0, time.perf_counter()
 
     def __call__(self) -> None:
@@ -346,7 +347,7 @@ class Pipeline:
                 args = (args[0], *jax.tree.map(lambda x: _by_batch(x, self.mesh), args[1:]))
             compiled, report = program.compile(*args, mesh=self.mesh, log=self.log)
             compile_s = 0.0 if report is None else report.seconds
-            bar = _StepProgress(int(steps), self.log) if progress else None
+            bar = _StepProgress(int(steps), self.log, log_only=progress == "log") if progress else None
             _STEP_HOOK[0] = bar
             try:
                 out = jax.block_until_ready(compiled(*args))

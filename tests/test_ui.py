@@ -1,0 +1,405 @@
+"""``vdot ui``: the page served by a real ``vdot ui`` process (toy teacher, 5x32x32), driven through gradio_client
+and a real headless browser (Debian's chromium + chromedriver, Selenium)."""
+
+import os
+import pty
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# CI (and .ci/run, which installs the ui extra and Debian's chromium) fails instead of skipping
+REQUIRED = bool(os.environ.get("CI") or os.environ.get("VDOT_REQUIRE_BROWSER"))
+if not REQUIRED:
+    pytest.importorskip("gradio_client", reason='the ui extra: pip install -e ".[ui]"')
+from gradio_client import Client, handle_file  # noqa: E402
+
+from vdot_jax.data.video_io import read_video, write_video  # noqa: E402
+from vdot_jax.errors import VdotError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TOY = "toy teacher (shipped)"
+PROMPT = "a red circle moving left"
+CAPTION = "a yellow circle moving up"  # the uploaded clip's
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("ui") / "server.log"
+    # on a terminal, as people run it (a tqdm bar there once hid the steps from the page's progress)
+    master, terminal = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "vdot_jax.cli", "ui", "--port", str(port), "--max-frames", "9",
+                             "--max-file-size", "1mb"],
+                            stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, cwd=ROOT,
+                            env={k: v for k, v in os.environ.items() if k != "GRADIO_ANALYTICS_ENABLED"})
+    os.close(terminal)
+
+    def drain():  # keep the terminal's buffer from filling up
+        with open(log, "wb") as f:
+            while True:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                f.write(chunk)
+                f.flush()
+
+    threading.Thread(target=drain, daemon=True).start()
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                client = Client(url, verbose=False)
+                break
+            except Exception:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"vdot ui did not start:\n{log.read_text()[-3000:]}")
+                time.sleep(1)
+        yield url, client
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        os.close(master)
+
+
+def _args(task="t2v", prompt=PROMPT, frames=5, height=32, width=32, steps=4, guide=2.0, shift=6.0, seed=0,
+          expand="0,0,0.25,0.25", clip=1, video=None, mask=None, refs=None):
+    files = [handle_file(str(video)) if video else None, handle_file(str(mask)) if mask else None,
+             [handle_file(str(r)) for r in refs or []]]
+    return [TOY, task, prompt, "", frames, height, width, steps, guide, shift, seed, expand, clip, *files]
+
+
+def _video_path(out) -> str:
+    return out["video"] if isinstance(out, dict) else out
+
+
+def _check_mp4(path, frames=5, size=32) -> np.ndarray:
+    """A playable mp4 (H.264, what browsers play) of the asked size."""
+    import imageio.v2 as imageio
+
+    with imageio.get_reader(path, format="ffmpeg") as r:
+        assert r.get_meta_data()["codec"] == "h264"
+    video = read_video(path)
+    assert video.shape == (frames, size, size, 3)
+    return video
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clips")
+    from vdot_jax.data.toy_world import ToyWorld
+    from vdot_jax.data.video_io import to_uint8
+
+    # a clip of the toy teacher's world (its caption: CAPTION), 5 x 32 x 32
+    clip = ToyWorld(frames=5).sample_batch(np.random.default_rng(0), 1, ["t2v"]).video[0]  # [3, T, H, W]
+    video = to_uint8(clip.transpose(1, 2, 3, 0))
+    write_video(d / "video.mp4", video)
+    mask = np.zeros((5, 32, 32, 3), np.uint8)
+    mask[:, 8:24, 8:24] = 255
+    write_video(d / "mask.mp4", mask)
+    write_video(d / "mask_48.mp4", np.zeros((5, 48, 32, 3), np.uint8))
+    (d / "corrupt.mp4").write_bytes(b"not a video" * 100)
+    (d / "big.mp4").write_bytes(os.urandom(2 * 2**20))  # over the server's --max-file-size 1mb
+    return d
+
+
+def test_text_to_video_returns_a_playable_mp4(server):
+    _, client = server
+    video, summary, command = client.predict(*_args(seed=3), api_name="/generate")
+    frames = _check_mp4(_video_path(video))
+    assert frames.std() > 0.05  # not a blank clip (values in [-1, 1])
+    assert "generated t2v 1x5x32x32 (4 unipc steps, shift 6, CFG 2)" in summary and summary.endswith("seed 3")
+    assert "/tmp" not in summary  # no server path in the page
+    assert "vdot generate" in command and "--seed 3" in command and "--task t2v" in command
+
+
+def test_inpaint_preview_then_generate(server, clips):
+    """The preview shows the video greyed where the mask is white, beside the mask; generation keeps the rest."""
+    _, client = server
+    args = _args(task="inpaint", prompt=CAPTION, video=clips / "video.mp4", mask=clips / "mask.mp4")
+    preview = read_video(_video_path(client.predict(*args[1:], api_name="/preview")))
+    assert preview.shape == (5, 32, 64, 3)
+    video_half, mask_half = preview[:, :, :32], preview[:, :, 32:]
+    assert abs(video_half[:, 12:20, 12:20].mean()) < 0.05  # greyed hole (grey 127 is 0)
+    assert mask_half[:, 12:20, 12:20].mean() > 0.9 and mask_half[:, :4, :4].mean() < -0.9
+    video, _, command = client.predict(*args, api_name="/generate")
+    _check_mp4(_video_path(video))
+    assert "--src-mask mask.mp4" in command
+
+
+@pytest.mark.parametrize("task,generated", [
+    # which pixels the model generates (mask white), [frame, row, column] of the 5 x 32 x 32 preview
+    ("outpaint", (slice(None), slice(None), np.r_[0:5, 27:32])),  # expand 0,0,0.25,0.25: side borders
+    ("first_frame", (slice(1, 5), slice(None), slice(None))),  # frame 0 kept
+    ("last_clip", (slice(0, 3), slice(None), slice(None))),  # clip frames 2: the last two kept
+])
+def test_preview_of_outpaint_and_extension(server, clips, task, generated):
+    _, client = server
+    args = _args(task=task, video=clips / "video.mp4", clip=2)
+    preview = read_video(_video_path(client.predict(*args[1:], api_name="/preview")))
+    mask = preview[:, :, 32:].mean(-1) > 0  # the right half: the mask, white = generated
+    want = np.zeros((5, 32, 32), bool)
+    want[generated] = True
+    interior = ~(np.abs(np.diff(want.astype(int), axis=2, prepend=0)).astype(bool))  # away from mp4-blurred edges
+    assert (mask == want)[interior].mean() > 0.98
+    assert abs(preview[:, :, :32][want & interior].mean()) < 0.1  # generated pixels are grey in the video
+
+
+def test_two_requests_at_once_both_come_back_in_order(server):
+    """Two users at once: the second waits in the queue (shown its place) while the first runs, one at a time."""
+    _, client = server
+    from gradio_client.utils import Status
+
+    first = client.submit(*_args(seed=11, steps=30), api_name="/generate")
+    while first.status().code not in (Status.IN_QUEUE, Status.PROCESSING, Status.PROGRESS, Status.FINISHED):
+        time.sleep(0.02)  # the first has joined the queue: the second is submitted behind it, while it runs
+    second = client.submit(*_args(seed=12), api_name="/generate")
+    waiting = set()
+    while not first.done():
+        st = second.status()
+        if st.code == Status.IN_QUEUE and st.rank is not None:
+            waiting.add(st.rank)
+        time.sleep(0.01)
+    outs = [first.result(timeout=120), second.result(timeout=120)]
+    assert waiting, "the second request never waited in the queue while the first ran"
+    assert [f"--seed {s}" in o[2] for s, o in zip((11, 12), outs)] == [True, True]
+    names = [Path(_video_path(o[0])).name for o in outs]
+    assert names == sorted(names) and names[0] != names[1], names  # the server numbers results as it runs them
+    assert not np.array_equal(read_video(_video_path(outs[0][0])), read_video(_video_path(outs[1][0])))
+
+
+def test_upload_over_the_size_limit_is_refused_by_the_server(server, clips):
+    """--max-file-size is enforced by the server (a browser or client that does not check gets a clear refusal)."""
+    import httpx
+
+    url, client = server
+    r = httpx.post(f"{url}gradio_api/upload", files={"files": ("big.mp4", (clips / "big.mp4").read_bytes())})
+    assert r.status_code == 413 and "maximum allowed size of 1048576 bytes" in r.text, (r.status_code, r.text)
+    video, _, _ = client.predict(*_args(), api_name="/generate")  # still serving
+    _check_mp4(_video_path(video))
+
+
+def test_serves_no_file_of_the_server_but_its_own(server):
+    """No path reaches the server's disk: its source tree and system files are refused through the file route."""
+    import httpx
+
+    url, _ = server
+    for path in ("/etc/passwd", str(ROOT / "README.md"), str(ROOT / "vdot_jax" / "ui" / "app.py")):
+        r = httpx.get(f"{url}gradio_api/file={path}")
+        assert r.status_code in (403, 404) and "root:x:" not in r.text and "import" not in r.text, (path, r.text)
+
+
+def test_reference_image_is_added_to_the_task(server, tmp_path):
+    from vdot_jax.data.video_io import write_image
+
+    _, client = server
+    ref = np.full((20, 12, 3), 255, np.uint8)
+    ref[4:16, 2:10] = (230, 30, 30)
+    _, summary, command = client.predict(*_args(refs=[write_image(tmp_path / "red.png", ref)]),
+                                         api_name="/generate")
+    assert "generated r2v 1x5x32x32" in summary and "--ref-images red.png" in command
+
+
+def test_progress_reports_each_denoising_step(server):
+    """The page's progress bar is fed from inside the compiled loop (a callback thread): a client sees steps k/N."""
+    _, client = server
+    job = client.submit(*_args(steps=40), api_name="/generate")
+    seen = set()
+    while not job.done():
+        for p in job.status().progress_data or []:
+            if p.unit == "steps" and p.index is not None:
+                seen.add((p.index, p.length))
+        time.sleep(0.005)
+    job.result()
+    assert seen and all(n == 40 and 0 < k <= 40 for k, n in seen), seen
+
+
+@pytest.mark.parametrize("case,message", [
+    ("corrupt", "corrupt.mp4"),
+    ("mask_size", "must be the same size"),
+    ("frames", "1 + 4k"),
+    ("too_many_frames", "more than this server allows"),
+    ("empty_field", "must be a finite number"),
+    ("vocabulary", "toy vocabulary"),
+])
+def test_bad_input_gives_its_message_and_the_server_keeps_serving(server, clips, case, message):
+    from gradio_client.exceptions import AppError
+
+    _, client = server
+    args = {
+        "corrupt": dict(task="inpaint", video=clips / "corrupt.mp4", mask=clips / "mask.mp4"),
+        "mask_size": dict(task="inpaint", video=clips / "video.mp4", mask=clips / "mask_48.mp4"),
+        "frames": dict(frames=6),
+        "too_many_frames": dict(frames=13),
+        "empty_field": dict(guide=None),  # a cleared number field
+        "vocabulary": dict(prompt="a purple elephant"),
+    }[case]
+    with pytest.raises(AppError) as e:
+        client.predict(*_args(**args), api_name="/generate")
+    text = str(e.value)
+    assert message in text and "Traceback" not in text and "\n" not in text.strip(), text
+    video, _, _ = client.predict(*_args(), api_name="/generate")
+    _check_mp4(_video_path(video))
+
+
+@pytest.mark.parametrize("name,value", [("guide_scale", float("inf")), ("shift", float("nan")), ("steps", 2.5)])
+def test_settings_refuse_non_finite_and_fractional_numbers(name, value):
+    """JSON cannot carry NaN or inf to the page, but Settings is the one check every request passes."""
+    from vdot_jax.ui.backend import Settings, UIError
+
+    with pytest.raises(UIError, match="finite" if name != "steps" else "whole number"):
+        Settings(**{name: value}).check(max_frames=81)
+    Settings().check(max_frames=81)  # the defaults pass
+
+
+# ----------------------------------------------------------------------------- a real browser
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        if REQUIRED:
+            pytest.fail("CI: chromium and chromium-driver are missing (apt-get install -y chromium chromium-driver)")
+        pytest.skip("no chromium/chromedriver (apt-get install -y chromium chromium-driver)")
+    if REQUIRED:
+        from selenium import webdriver
+    else:
+        webdriver = pytest.importorskip("selenium.webdriver")
+    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not download a browser or driver
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1500"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def _result_video(driver, timeout=120) -> dict:
+    """Wait until the result's <video> has loaded its source; -> its src, size and duration as the browser sees."""
+    deadline = time.time() + timeout
+    js = ("const v = document.querySelector('#result video');"
+          "return v ? {src: v.currentSrc, ready: v.readyState, w: v.videoWidth, h: v.videoHeight, "
+          "d: v.duration, err: v.error && v.error.code} : null;")
+    while time.time() < deadline:
+        state = driver.execute_script(js)
+        if state and state["ready"] >= 1 and state["w"]:
+            return state
+        time.sleep(0.25)
+    raise AssertionError(f"no playable result video in the page: {driver.execute_script(js)}")
+
+
+def test_browser_text_to_video_and_inpaint(server, browser, clips, tmp_path):
+    """The page in chromium: generate (text-to-video, the defaults), the result <video> plays (the browser decoded
+    its size and duration); then upload a video and a mask, pick inpaint, preview, generate again; saves a
+    screenshot (README's docs/ui.png: VDOT_UI_SCREENSHOT=docs/ui.png python -m pytest tests/test_ui.py -k browser)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    url, _ = server
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(url)
+    WebDriverWait(browser, 60).until(EC.element_to_be_clickable((By.ID, "generate"))).click()
+    first = _result_video(browser)
+    assert (first["w"], first["h"]) == (32, 32) and first["d"] > 0 and first["err"] is None, first
+
+    task = browser.find_element(By.CSS_SELECTOR, "#task input")
+    task.click()
+    task.send_keys(Keys.CONTROL, "a")
+    task.send_keys("inpaint", Keys.ENTER)
+    prompt = browser.find_element(By.CSS_SELECTOR, "#prompt textarea")
+    prompt.clear()
+    prompt.send_keys(CAPTION)
+    browser.find_element(By.CSS_SELECTOR, "#src_video input[type=file]").send_keys(str(clips / "video.mp4"))
+    browser.find_element(By.CSS_SELECTOR, "#src_mask input[type=file]").send_keys(str(clips / "mask.mp4"))
+    time.sleep(1)  # the uploads finish
+    browser.find_element(By.XPATH, "//button[text()='preview inputs']").click()
+    WebDriverWait(browser, 60).until(lambda d: d.execute_script(
+        "const v = document.querySelector('#preview video'); return v && v.readyState >= 1 && v.videoWidth == 64;"))
+    browser.find_element(By.ID, "generate").click()
+    deadline = time.time() + 120
+    while "--task inpaint" not in browser.find_element(By.ID, "info").text + _command(browser):
+        assert time.time() < deadline, "the inpainting request did not come back"
+        time.sleep(0.25)
+    second = _result_video(browser)
+    assert second["src"] != first["src"] and second["w"] == 32, second
+    browser.execute_script("window.scrollTo(0, 0)")
+    shot = Path(os.environ.get("VDOT_UI_SCREENSHOT") or tmp_path / "ui.png")
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+
+def test_ui_without_gradio_says_how_to_install_it(monkeypatch, capsys):
+    from vdot_jax.cli import main
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if the ui extra were not installed
+    assert main(["ui"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == 'vdot ui: error: the web page needs gradio: pip install -e ".[ui]"', err
+
+
+def test_only_the_page_module_imports_gradio():
+    """gradio is an extra: a ``import gradio`` anywhere else in the package would break the CLI without it."""
+    importers = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "vdot_jax").rglob("*.py")
+                       if "import gradio" in p.read_text() or "from gradio" in p.read_text())
+    assert importers == ["vdot_jax/ui/app.py"], importers
+
+
+def test_ui_refuses_a_missing_model_folder_in_one_line(tmp_path, capsys):
+    from vdot_jax.cli import main
+
+    assert main(["ui", "--model", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vdot ui: error:") and "nope" in err and "\n" not in err, err
+
+
+def _command(driver) -> str:
+    return driver.execute_script("return document.body.innerText")
+
+
+def test_model_directory_serves_what_pipeline_generates(tmp_path):
+    """--model DIR: the page's settings reach Pipeline.generate unchanged (the same video as calling the loaded
+    pipeline directly; a swapped or dropped setting changes it), the command line names them, and a model the server
+    was not started with is refused."""
+    pytest.importorskip("diffusers")
+    sys.path.insert(0, str(ROOT / "tests"))
+    from oracles import tiny_vace_pipeline
+
+    from vdot_jax.models.config import WanConfig
+    from vdot_jax.ui.backend import Server, Settings
+
+    dit = WanConfig(dim=32, ffn_dim=40, num_heads=2, num_layers=1, in_channels=4, out_channels=4, text_dim=32,
+                    freq_dim=32, rope_max_seq_len=64, vace_layers=(0,), vace_in_channels=2 * 4 + 64)
+    model = str(tiny_vace_pipeline(tmp_path, dit, ["a", "red", "cat"], latents_mean=[0.0] * 4,
+                                   latents_std=[1.0] * 4)[2])
+    server = Server([model], out_dir=str(tmp_path / "out"))
+    s = Settings(prompt="a red cat", frames=5, height=32, width=48, steps=3, guide_scale=3.0, shift=5.0, seed=7)
+    path, summary, line = server.generate(model, s)
+    want = server.pipeline(model).generate("a red cat", frames=5, height=32, width=48, steps=3, guide_scale=3.0,
+                                         shift=5.0, seed=7, progress=False)
+    got = read_video(path)
+    np.testing.assert_allclose(got, read_video(want.write(tmp_path / "want.mp4")[0]), atol=1e-6)
+    assert f"--model {model} --task t2v" in line and "--guide-scale 3 --shift 5 --seed 7" in line
+    assert "(3 unipc steps, shift 5, CFG 3)" in summary
+    with pytest.raises(VdotError, match="unknown model"):
+        server.generate("/elsewhere", s)

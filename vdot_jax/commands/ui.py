@@ -1,0 +1,50 @@
+"""``vdot ui``: a web page for generation (Gradio; ``pip install -e ".[ui]"``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from vdot_jax.errors import VdotError
+
+
+class UIUnavailable(VdotError, RuntimeError):
+    """The ``ui`` extra is not installed."""
+
+
+def run(args) -> None:
+    if importlib.util.find_spec("gradio") is None:
+        raise UIUnavailable('the web page needs gradio: pip install -e ".[ui]"')
+    if args.max_frames < 1:
+        raise VdotError(f"--max-frames must be at least 1, got {args.max_frames}")
+    # no usage reports or version checks to gradio's servers unless the user's environment asks for them
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from vdot_jax import sources
+    from vdot_jax.ui.app import launch
+    from vdot_jax.ui.backend import Server
+
+    for m in args.model or []:  # a missing or wrong folder is one line now, not a failed request later
+        sources.resolve(m, what="model directory")
+    server = Server(args.model, max_frames=args.max_frames)
+    print(f"[vdot ui] serving on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
+    launch(server, host=args.host, port=args.port, share=args.share, max_file_size=args.max_file_size)
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "ui", help="a web page for generation: pick a task, upload its files, preview, generate",
+        description=(
+            "Serve a web page (Gradio) for text-to-video, inpainting, outpainting and the extension tasks. "
+            "Uploads only (no server path is typed), one model in memory, requests queued one at a time. Without "
+            "--model it serves the shipped toy teacher, which generates in seconds on a CPU. Needs the ui extra: "
+            'pip install -e ".[ui]".'),
+    )
+    p.add_argument("--model", action="append", default=None,
+                   help="converted model directory (vdot convert); repeat for a model picker (default: the toy "
+                        "teacher)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="default 7860")
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    p.add_argument("--max-frames", type=int, default=81, help="longest video a request may ask for (default 81)")
+    p.add_argument("--max-file-size", default="200mb", help="largest upload (default 200mb)")
+    p.set_defaults(func=run)
