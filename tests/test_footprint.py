@@ -1,0 +1,102 @@
+"""The train state's footprint: split over every device of a model replica (fsdp x context), and the sharded
+update equal to the one-device update. On 8 fake CPU devices."""
+
+import jax
+import numpy as np
+import pytest
+from absl import flags
+
+from vdot_jax.parallel.mesh import make_mesh
+from vdot_jax.train.config import apply_overrides, load_config
+from vdot_jax.train.loop import build, init_state
+from vdot_jax.train.plan import latent_grid
+
+flags.FLAGS.mark_as_parsed()
+
+
+def state_bytes(run) -> tuple[int, int]:
+    """(total bytes of the train state, bytes on the fullest device)."""
+    total, per_device = 0, {}
+    for leaf, sh in zip(jax.tree.leaves(run.abstract_state), jax.tree.leaves(run.state_sharding)):
+        item = leaf.dtype.itemsize
+        total += int(np.prod(leaf.shape)) * item
+        for d, idx in sh.devices_indices_map(leaf.shape).items():
+            n = int(np.prod([len(range(*s.indices(dim))) for s, dim in zip(idx, leaf.shape)])) * item
+            per_device[d] = per_device.get(d, 0) + n
+    return total, max(per_device.values())
+
+
+@pytest.mark.parametrize("mesh_spec", ["fsdp=2,context=2", "fsdp=4,context=2", "data=2,fsdp=2,context=2"])
+def test_state_per_device_is_the_total_over_the_replica(mesh_spec):
+    """VACE-1.3B's distillation state (fp32 generator, critic, their AdamW moments and EMA, the teacher), built
+    abstractly: each device of a data replica holds 1/(fsdp x context) of it. Replicated over context (the old
+    rule) it would be 2x that."""
+    c = load_config("configs/wan1_3b_stage2_vace.py")
+    apply_overrides(c, ["model.preset=wan2.1-vace-1.3b", "model.teacher=", "model.generator="])
+    mesh = make_mesh(mesh_spec, devices=jax.devices()[: 8 if "data" in mesh_spec or "fsdp=4" in mesh_spec else 4])
+    run = build(c, mesh=mesh)
+    total, fullest = state_bytes(run)
+    replica = mesh.shape["fsdp"] * mesh.shape["context"]
+    assert total / replica <= fullest < 1.01 * total / replica, (total / fullest, replica)
+
+
+def flow_config(**overrides):
+    c = load_config("configs/tiny.py:flow")
+    c.data.batch_size = 4
+    c.optim.accumulation = 2
+    c.flow.ema_decay = 0.5
+    apply_overrides(c, [f"{k}={v}" for k, v in overrides.items()])
+    return c
+
+
+def batch_for(run, seed=0):
+    c, a = run.config, run.arch
+    f, h, w = latent_grid(c, int(c.data.toy.frames), int(c.data.toy.height), int(c.data.toy.width))
+    acc, b, tl = int(c.optim.accumulation), run.batch_size, int(c.data.toy.text_len)
+    r = np.random.default_rng(seed)
+    shapes = {"latents": (acc, b, a.in_channels, f, h, w), "text": (acc, b, tl, a.text_dim),
+              "neg_text": (acc, b, tl, a.text_dim), "context": (acc, b, a.vace_in_channels, f, h, w)}
+    return run.global_batch({k: r.normal(size=s).astype(np.float32) for k, s in shapes.items()})
+
+
+def steps(mesh_spec: str | None, n: int = 3, **overrides):
+    """The tiny flow run's state after ``n`` updates (2 micro-batches each) on this mesh (None: one device)."""
+    c = flow_config(**({"mesh.num_devices": 1} if mesh_spec is None else {"mesh.ici": mesh_spec}), **overrides)
+    run = build(c)
+    state = init_state(run)
+    batches = [batch_for(run, seed=i) for i in range(n)]
+    phase = run.trainer.phase("flow", run.state_sharding, {k: v.sharding for k, v in batches[0].items()})
+    from vdot_jax.parallel.logical import activate
+
+    with activate(run.mesh, run.rules):
+        for b in batches:
+            state, m = phase(state, b)
+            assert float(m["finite"]) == 1.0
+    return run, state
+
+
+@pytest.fixture(scope="module")
+def one_device():
+    return steps(None)
+
+
+def assert_same_state(got, want):
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6, err_msg=str(path))
+
+
+@pytest.mark.parametrize("mesh_spec", ["fsdp=4,context=2"])
+def test_sharded_updates_equal_the_one_device_updates(one_device, mesh_spec):
+    """Three flow-matching updates with AdamW on fsdp x context equal those on one device: parameters, moments
+    and EMA. The state really is split over context (a kernel's embed dimension over both axes)."""
+    _, want = one_device
+    run, got = steps(mesh_spec)
+    kernel = got.params["blocks"]["attn1"]["to_q"]["kernel"].value
+    assert kernel.sharding.spec[1] == ("fsdp", "context"), kernel.sharding.spec
+    assert np.prod(kernel.sharding.shard_shape(kernel.shape)) * 8 == np.prod(kernel.shape)
+    assert_same_state(got, want)
+    moved = 0.0
+    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(init_state(run).params)):
+        moved = max(moved, float(np.abs(np.asarray(a) - np.asarray(b)).max()))
+    assert moved > 1e-4  # the updates did something
+
