@@ -100,3 +100,14 @@ def test_sharded_updates_equal_the_one_device_updates(one_device, mesh_spec):
         moved = max(moved, float(np.abs(np.asarray(a) - np.asarray(b)).max()))
     assert moved > 1e-4  # the updates did something
 
+
+def test_optimizer_state_and_ema_in_host_memory_give_the_same_updates(one_device):
+    """``mesh.opt_state_memory=host``: between steps the AdamW moments and the EMA sit in pinned host memory
+    (the compiled step's inputs and outputs say so), parameters on the device; three updates on fsdp=2 x
+    context=2 equal the one-device updates with everything on the device."""
+    _, want = one_device
+    run, got = steps("fsdp=2,context=2", **{"mesh.num_devices": 4, "mesh.opt_state_memory": "host"})
+    kinds = lambda tree: {a.sharding.memory_kind for a in jax.tree.leaves(tree)}  # noqa: E731
+    assert kinds(got.opt) == kinds(got.ema) == {"pinned_host"}
+    assert kinds(got.params) == {"device"}
+    assert_same_state(got, want)

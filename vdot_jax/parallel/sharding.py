@@ -41,6 +41,20 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: Rules | None = None) -> nn
     return assign(model, flat)
 
 
+def in_host_memory(shardings, fields: tuple[str, ...]):
+    """A train state's shardings with the leaves under the top-level ``fields`` (e.g. the optimizer state and the
+    EMA) placed in the host's pinned memory: same split over the mesh, ``memory_kind="pinned_host"``."""
+    def place(path, s):
+        first = path[0]
+        name = getattr(first, "name", getattr(first, "key", None))
+        return s.with_memory_kind("pinned_host") if name in fields else s
+
+    return jax.tree_util.tree_map_with_path(place, shardings)
+
+
+HOST_FIELDS = ("opt", "generator_opt", "critic_opt", "ema")  # the state a step reads only in its update
+
+
 @dataclass
 class ShardingStats:
     total_bytes: int
