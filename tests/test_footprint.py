@@ -111,3 +111,41 @@ def test_optimizer_state_and_ema_in_host_memory_give_the_same_updates(one_device
     assert kinds(got.opt) == kinds(got.ema) == {"pinned_host"}
     assert kinds(got.params) == {"device"}
     assert_same_state(got, want)
+
+
+def test_update_with_host_state_compiles_for_tpu_with_the_moments_in_host_memory():
+    """Compiled for a real TPU topology (libtpu, no TPU): with ``in_host`` the AdamW moments are host arguments
+    and host outputs of the program (memory_analysis), the parameters device ones; the device arguments hold
+    the parameters and the batch only."""
+    pytest.importorskip("libtpu", reason="TPU compile tests need libtpu (pip install '.[tpu]')")
+    import jax.numpy as jnp
+    import optax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from vdot_jax.parallel.mesh import make_mesh, topology_devices
+    from vdot_jax.train.update import update
+
+    mesh = make_mesh("fsdp=2,context=2", devices=topology_devices("v5e:2x2"))
+    w = NamedSharding(mesh, P(("fsdp", "context"), None))
+    host = w.with_memory_kind("pinned_host")
+    tx = optax.adamw(1e-3)
+    params = {"w": jax.ShapeDtypeStruct((1024, 256), jnp.float32, sharding=w)}
+    opt = jax.eval_shape(tx.init, params)
+    opt_sh = jax.tree.map(lambda a: host if a.ndim else NamedSharding(mesh, P()).with_memory_kind("pinned_host"),
+                          opt)
+    batch = jax.ShapeDtypeStruct((2, 4, 1024), jnp.float32, sharding=NamedSharding(mesh, P(None, "fsdp")))
+    loss = lambda p, b, k: (jnp.mean((b @ p["w"]) ** 2), {})  # noqa: E731
+
+    def step(p, o, b):
+        new_p, new_o, _, _ = update(loss, tx, p, o, b, jax.random.key(0), in_host=True)
+        return new_p, new_o
+
+    c = jax.jit(step, in_shardings=(w, opt_sh, batch.sharding), out_shardings=(w, opt_sh),
+                donate_argnums=(0, 1)).lower(params, opt, batch).compile()
+    mem = c.memory_analysis()
+    moments = 2 * 1024 * 256 * 4 // 4  # mu and nu, fp32, a quarter per chip
+    assert moments <= mem.host_argument_size_in_bytes < moments + 1024
+    assert moments <= mem.host_output_size_in_bytes < moments + 1024
+    assert mem.argument_size_in_bytes < moments  # the parameters (256 KiB per chip) and the batch
+    assert {s.memory_kind for s in jax.tree.leaves(c.output_shardings[1])} == {"pinned_host"}
