@@ -149,3 +149,21 @@ def test_update_with_host_state_compiles_for_tpu_with_the_moments_in_host_memory
     assert moments <= mem.host_output_size_in_bytes < moments + 1024
     assert mem.argument_size_in_bytes < moments  # the parameters (256 KiB per chip) and the batch
     assert {s.memory_kind for s in jax.tree.leaves(c.output_shardings[1])} == {"pinned_host"}
+
+
+@pytest.mark.parametrize("name,preset_name,devices", [("wan14b_stage2_vace_v5p8", "wan2.1-vace-14b", 4),
+                                                      ("wan1_3b_stage2_vace_v5e8", "wan2.1-vace-1.3b", 8)])
+def test_small_slice_configs_split_the_state_over_every_chip_and_keep_moments_in_host(name, preset_name, devices):
+    """The small-slice configs at full size, abstractly: every parameter-sized leaf split over all chips, the
+    AdamW moments (and EMA, if kept) in host memory, the parameters and teacher on the device."""
+    c = load_config(f"configs/{name}.py")
+    apply_overrides(c, [f"model.preset={preset_name}", "model.teacher=", "model.generator="])
+    run = build(c, mesh=make_mesh(c.mesh.ici, devices=jax.devices()[:devices]))
+    assert run.mesh.size == devices and run.mesh.shape["context"] == 4
+    total, fullest = state_bytes(run)
+    assert fullest < 1.01 * total / devices
+    host_fields = {"generator_opt", "critic_opt", "ema"}
+    for field in ("generator", "generator_opt", "critic", "critic_opt", "teacher", "ema"):
+        want = "pinned_host" if field in host_fields else "device"
+        leaves = jax.tree.leaves(getattr(run.state_sharding, field))
+        assert {s.memory_kind for s in leaves} <= {want}, field
