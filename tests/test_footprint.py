@@ -167,3 +167,26 @@ def test_small_slice_configs_split_the_state_over_every_chip_and_keep_moments_in
         want = "pinned_host" if field in host_fields else "device"
         leaves = jax.tree.leaves(getattr(run.state_sharding, field))
         assert {s.memory_kind for s in leaves} <= {want}, field
+
+
+def test_plan_refuses_a_program_above_the_host_budget():
+    """``vdot plan``'s host column sums what a program keeps in host memory (state and offloaded temporaries);
+    above the budget per chip (75 % of the TPU VM's RAM per chip) the program does not fit."""
+    from types import SimpleNamespace
+
+    from vdot_jax.parallel.sharding import CompileReport
+    from vdot_jax.train.plan import Plan, host_budget_bytes, table
+
+    gib = 2**30
+    r = CompileReport("critic_gan", True, measured=True, argument_bytes=3 * gib, temp_bytes=10 * gib,
+                      host_argument_bytes=20 * gib, host_output_bytes=20 * gib, host_alias_bytes=20 * gib,
+                      host_temp_bytes=15 * gib)
+    assert r.host_bytes == 35 * gib and r.peak_bytes == 13 * gib
+    v5e, v5p = SimpleNamespace(device_kind="TPU v5 lite"), SimpleNamespace(device_kind="TPU v5")
+    assert host_budget_bytes(v5e) == int(0.75 * 384e9 / 8) and host_budget_bytes(v5p) == int(0.75 * 448e9 / 4)
+    assert host_budget_bytes(SimpleNamespace(device_kind="TPU v4")) is None
+    over = Plan([r], hbm_bytes=16 * gib, host_budget=host_budget_bytes(v5e))  # 33.5 GiB per chip
+    assert over.failures() == ["program critic_gan keeps 35.00 GiB per chip in host memory but the host budget "
+                               "is 33.5 GiB per chip"]
+    assert "NO (host)" in table(over)
+    assert Plan([r], hbm_bytes=16 * gib, host_budget=host_budget_bytes(v5p)).failures() == []
