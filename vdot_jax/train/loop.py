@@ -59,8 +59,8 @@ from vdot_jax.parallel.sharding import (HOST_FIELDS, check_replication, compile_
 from vdot_jax.sources import load_transformer, model_arch, source_arch
 from vdot_jax.train import checkpoint as ckpt
 from vdot_jax.train.config import ConfigError, validate
-from vdot_jax.train.update import state_in_host
 from vdot_jax.train.paths import local_dir, workdir_path
+from vdot_jax.train.update import state_in_host
 from vdot_jax.weights.params import assign, flat_state
 
 

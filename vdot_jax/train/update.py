@@ -14,7 +14,8 @@ leaves parameters and optimizer state as they were (``finite`` says so; the call
 With ``in_host`` (``config.mesh.opt_state_memory = "host"``) the optimizer state and the EMA live in the host's
 pinned memory between steps (their shardings say ``memory_kind="pinned_host"``): the update brings them to the
 device only after the gradients are accumulated, so they never share HBM with the activations, and sends the
-new values back. The values are those of the device placement.
+new values back. The values are those of the device placement. XLA brings them in all at once (measured,
+docs/scaling.md): the update itself still holds them on the device.
 """
 
 from __future__ import annotations
