@@ -77,7 +77,7 @@ def test_sharded_forward_equals_single_device(setup, mesh_spec):
     kernel = sharded.blocks.attn1.to_q.kernel[...]  # [layers, embed, heads]
     P = jax.sharding.PartitionSpec
     expected = {"data=8": P(None, None, None), "data=2,fsdp=4": P(None, "fsdp", None),
-                "data=2,context=2,tensor=2": P(None, None, "tensor")}[mesh_spec]
+                "data=2,context=2,tensor=2": P(None, "context", "tensor")}[mesh_spec]
     assert kernel.sharding.spec == expected
 
 

@@ -52,7 +52,7 @@ def plan_config(config, topology: str, mesh: str | None, *, frames: int, height:
     from vdot_jax.parallel.mesh import MeshError, describe, hbm_bytes, make_mesh, split_axes, topology_devices
     from vdot_jax.train.config import ConfigError
     from vdot_jax.train.loop import build
-    from vdot_jax.train.plan import check, step_flops
+    from vdot_jax.train.plan import check, host_budget_bytes, step_flops
 
     platform, n = target(topology)
     if platform == "tpu":
@@ -81,9 +81,11 @@ def plan_config(config, topology: str, mesh: str | None, *, frames: int, height:
         m.dtype = default_dtype(gpu)
     run = build(config, device_mesh)
     hbm = hbm_bytes(devices[0]) if platform == "tpu" else None
+    host = host_budget_bytes(devices[0]) if platform == "tpu" else None
     if log:
         log(f"{run.arch.describe()}; {topology} ({len(devices)} devices, "
-            f"{'%d GiB HBM each' % (hbm // 2**30) if hbm else 'memory measured only on a GPU'}); mesh "
+            f"{'%d GiB HBM each' % (hbm // 2**30) if hbm else 'memory measured only on a GPU'}"
+            f"{', host budget %.1f GiB per chip' % (host / 2**30) if host else ''}); mesh "
             f"{describe(device_mesh)}; attention {m.attention}, compute {m.dtype}, remat {m.remat}; global batch "
             f"{run.batch_size} x {config.optim.accumulation} micro-batches; video {frames}x{height}x{width}")
         split = split_axes(device_mesh)
@@ -98,7 +100,7 @@ def plan_config(config, topology: str, mesh: str | None, *, frames: int, height:
     counted.model.attention = "ulysses:xla" if m.attention.startswith("ulysses") else "xla"
     flops = step_flops(build(counted, device_mesh), frames, height, width, only)
     plan = check(run, frames, height, width, hbm_bytes=hbm, platform="cuda" if platform == "cuda" else None,
-                 log=log, keep_text=keep_text, only=only, flops=flops)
+                 log=log, keep_text=keep_text, only=only, flops=flops, host_budget=host)
     return run, plan
 
 
@@ -165,7 +167,8 @@ def register(sub) -> None:
             "Compile ahead of time, on this host, every program a run of CONFIG executes (the distillation phases "
             "or the flow-matching step, the 4-step student denoise, the teacher's CFG denoise) for a real TPU "
             "topology, and print per-device memory (arguments, outputs, temporaries, aliased, peak), FLOPs and "
-            "whether each fits the chip's HBM. Exit 1 when one does not compile or does not fit. --topology "
+            "whether each fits the chip's HBM and the host memory budget per chip (a share of the TPU VM's RAM, "
+            "docs/scaling.md). Exit 1 when one does not compile or does not fit. --topology "
             "gpu:N lowers for cuda instead (shapes and cuDNN placement; GPU memory is measured only on a GPU). "
             "Before compiling it checks what every host of the topology checks at start-up: it prints each "
             "host's batch rows and refuses, in one line naming the hosts, a path of the run (teacher, generator, "

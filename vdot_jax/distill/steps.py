@@ -37,7 +37,7 @@ from vdot_jax.distill.ot import ot_direction, ot_loss
 from vdot_jax.distill.timesteps import (add_noise, rollout, sample_gan_timesteps,
                                         sample_loss_timesteps, student_schedule, x0_from_velocity)
 from vdot_jax.models.wan import WanModel
-from vdot_jax.train.update import StepPrograms, ema_update, update
+from vdot_jax.train.update import StepPrograms, ema_update, state_in_host, update
 
 PHASES = ("critic_flow", "critic_gan", "generator_dmd_ot", "generator_gan")
 _EXIT_TAG = len(PHASES)  # fold_in tag of the per-step exit index (after the phases' own tags)
@@ -277,6 +277,7 @@ class Distiller:
         is_gen = name.startswith("generator")
         loss_fn = getattr(self, f"_loss_{name}")
         tx = self.gen_tx if is_gen else self.critic_tx
+        host = state_in_host(self.config)
 
         def step(state: TrainState, batch: dict):
             self.trace_counts[name] += 1  # runs at trace time only: counts compilations
@@ -286,12 +287,14 @@ class Distiller:
             key = jax.random.fold_in(key, PHASES.index(name))
             exit_i = exit_index(state.rng, state.step, self.schedule.steps)
             new_params, new_opt, finite, metrics = update(
-                lambda p, b, k: loss_fn(p, state, b, k, exit_i), tx, params, opt_state, self._layout(batch), key)
+                lambda p, b, k: loss_fn(p, state, b, k, exit_i), tx, params, opt_state, self._layout(batch), key,
+                in_host=host)
             metrics = {**metrics, "exit_index": exit_i.astype(jnp.float32)}
             skipped = state.skipped + (~finite).astype(jnp.int32)
             if is_gen:
                 # Before ema.start (counted in training steps, as the release) the EMA tracks the generator.
-                ema = ema_update(state.ema, new_params, state.step, self.config.ema.start, self.config.ema.decay)
+                ema = ema_update(state.ema, new_params, state.step, self.config.ema.start, self.config.ema.decay,
+                                 in_host=host)
                 return state.replace(generator=new_params, generator_opt=new_opt, ema=ema, skipped=skipped), metrics
             return state.replace(critic=new_params, critic_opt=new_opt, skipped=skipped), metrics
 

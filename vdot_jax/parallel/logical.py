@@ -29,32 +29,38 @@ from vdot_jax.parallel.mesh import current_mesh_shape
 
 Rules = Mapping[str, Sequence[str] | str | None]
 
-# Release-scale default: ZeRO-3 style fsdp on the embed dimension of every weight, Megatron-style tensor
-# parallelism on heads and MLP width, batch over data x fsdp, video tokens over context (Ulysses).
+# Release-scale default: batch over data x fsdp, video tokens over context (Ulysses), Megatron-style tensor
+# parallelism on heads and MLP width, and ZeRO-3 style state: the embed dimension of every weight (and so of its
+# gradient, AdamW moments and EMA) split over fsdp AND context -- every device of a data replica holds a
+# different slice of the same model, gathered one layer at a time inside the scans. ``data`` keeps full
+# replicas: it is the axis that may span slices over DCN, where a per-layer gather would be slow (a run that
+# wants the state split over more chips of a slice puts them on fsdp). Activations have their own name for the
+# embed dimension (``embed``), so a token's features are never split over context, only the weights'.
 DEFAULT_RULES: dict[str, tuple[str, ...]] = {
     "batch": ("data", "fsdp"),
     "seq": ("context",),
     "heads": ("tensor",),
     "mlp": ("tensor",),
-    "embed": ("fsdp",),
+    "embed": ("fsdp",),  # activations (the text encoder's hidden states)
+    "param_embed": ("fsdp", "context"),  # parameters
     "vocab": ("tensor", "fsdp"),
     "layers": (),
 }
 
 # Parameter path (dotted, per layer: without the stacked-layer axis) -> logical names, first match wins.
-# Paths of every model in vdot_jax are covered; a 2D kernel with no specific rule is fsdp-sharded on
+# Paths of every model in vdot_jax are covered; a 2D kernel with no specific rule is split (fsdp, context) on
 # whichever dimension divides.
 PARAM_AXES: list[tuple[str, tuple[str | None, ...]]] = [
-    (r"(^|\.)attn\d?\.to_[qkv]\.kernel$", ("embed", "heads")),
+    (r"(^|\.)attn\d?\.to_[qkv]\.kernel$", ("param_embed", "heads")),
     (r"(^|\.)attn\d?\.to_[qkv]\.bias$", ("heads",)),
-    (r"(^|\.)attn\d?\.to_out\.0\.kernel$", ("heads", "embed")),
+    (r"(^|\.)attn\d?\.to_out\.0\.kernel$", ("heads", "param_embed")),
     (r"(^|\.)attn\d?\.norm_[qk]\.scale$", ("heads",)),
-    (r"(^|\.)ffn\.net\.0\.proj\.kernel$", ("embed", "mlp")),
+    (r"(^|\.)ffn\.net\.0\.proj\.kernel$", ("param_embed", "mlp")),
     (r"(^|\.)ffn\.net\.0\.proj\.bias$", ("mlp",)),
-    (r"(^|\.)ffn\.net\.2\.kernel$", ("mlp", "embed")),
-    (r"scale_shift_table$", (None, None, "embed")),
-    (r"(^|\.)(vace_)?patch_embedding\.kernel$", (None, None, None, None, "embed")),
-    (r"\.kernel$", ("embed", "embed")),
+    (r"(^|\.)ffn\.net\.2\.kernel$", ("mlp", "param_embed")),
+    (r"scale_shift_table$", (None, None, "param_embed")),
+    (r"(^|\.)(vace_)?patch_embedding\.kernel$", (None, None, None, None, "param_embed")),
+    (r"\.kernel$", ("param_embed", "param_embed")),
     (r".*", ()),  # biases and norm scales: small, replicated
 ]
 STACKED = ("blocks", "vace_blocks")

@@ -41,6 +41,20 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: Rules | None = None) -> nn
     return assign(model, flat)
 
 
+def in_host_memory(shardings, fields: tuple[str, ...]):
+    """A train state's shardings with the leaves under the top-level ``fields`` (e.g. the optimizer state and the
+    EMA) placed in the host's pinned memory: same split over the mesh, ``memory_kind="pinned_host"``."""
+    def place(path, s):
+        first = path[0]
+        name = getattr(first, "name", getattr(first, "key", None))
+        return s.with_memory_kind("pinned_host") if name in fields else s
+
+    return jax.tree_util.tree_map_with_path(place, shardings)
+
+
+HOST_FIELDS = ("opt", "generator_opt", "critic_opt", "ema")  # the state a step reads only in its update
+
+
 @dataclass
 class ShardingStats:
     total_bytes: int
@@ -120,6 +134,9 @@ class CompileReport:
     alias_bytes: int = 0
     code_bytes: int = 0
     host_temp_bytes: int = 0  # temporaries in host memory (remat="offload"), not in the peak
+    host_argument_bytes: int = 0  # arguments in host memory (mesh.opt_state_memory="host"), not in the peak
+    host_output_bytes: int = 0
+    host_alias_bytes: int = 0
     step_flops: float | None = None  # matmul FLOPs of one execution per device, loops multiplied out
     measured: bool = False  # memory figures present (the backend gave a memory analysis)
     text: str = ""  # the lowered StableHLO, when asked for
@@ -129,13 +146,18 @@ class CompileReport:
         """Arguments, outputs and temporaries live at once; donated (aliased) outputs reuse argument buffers."""
         return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
 
+    @property
+    def host_bytes(self) -> int:
+        """The same sum for the program's buffers in host memory (state and offloaded activations), per chip."""
+        return self.host_argument_bytes + self.host_output_bytes - self.host_alias_bytes + self.host_temp_bytes
+
     def line(self) -> str:
         if not self.ok:
             return f"{self.name}: did not compile: {self.error}"
         gib = lambda v: f"{v / 2**30:.3f}"  # noqa: E731
         mem = (f"per device GiB: arguments {gib(self.argument_bytes)}, outputs {gib(self.output_bytes)}, "
                f"temporaries {gib(self.temp_bytes)}, aliased {gib(self.alias_bytes)}, peak {gib(self.peak_bytes)}"
-               + (f"; in host memory {gib(self.host_temp_bytes)}" if self.host_temp_bytes else "")
+               + (f"; in host memory {gib(self.host_bytes)}" if self.host_bytes else "")
                if self.measured else "memory not measured on this backend")
         flops = f", {self.step_flops / 1e12:.2f} TFLOP per step" if self.step_flops else ""
         return f"{self.name}: compiled in {self.seconds:.1f} s; {mem}{flops}"
@@ -176,7 +198,8 @@ def compile_program(jitted, *args, name: str = "program", mesh: Mesh | None = No
         report.temp_bytes = int(mem.temp_size_in_bytes)
         report.alias_bytes = int(mem.alias_size_in_bytes)
         report.code_bytes = int(getattr(mem, "generated_code_size_in_bytes", 0) or 0)
-        report.host_temp_bytes = int(getattr(mem, "host_temp_size_in_bytes", 0) or 0)
+        for field in ("temp", "argument", "output", "alias"):
+            setattr(report, f"host_{field}_bytes", int(getattr(mem, f"host_{field}_size_in_bytes", 0) or 0))
     if log:
         log(report.line())
     return compiled, report

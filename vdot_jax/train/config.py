@@ -131,8 +131,11 @@ def base_config() -> ml_collections.ConfigDict:
     mesh.ici = ""  # e.g. "fsdp=4,context=2"; data takes what is left (vdot_jax.parallel.mesh)
     mesh.dcn = ""  # across slices, e.g. "data=2"
     mesh.num_devices = 0  # 0 = all devices; n = the first n (debugging, tests)
-    mesh.rules = ml_collections.ConfigDict()  # logical name -> mesh axes overrides, e.g. {"embed": ("fsdp",)}
+    mesh.rules = ml_collections.ConfigDict()  # logical name -> mesh axes overrides, e.g. {"param_embed": ("fsdp",)}
     mesh.max_replicated = 1.0  # fail at start-up if more than this fraction of parameter bytes is replicated
+    # where the AdamW moments and the EMA live between steps: "device" (HBM) or "host" (pinned host memory; the
+    # update moves them in after the backward and back out; docs/scaling.md)
+    mesh.opt_state_memory = "device"
 
     tr = c.train = ml_collections.ConfigDict()
     tr.steps = 1500  # release stage 1: 1,500 steps (stage 2: 1,200)
@@ -486,6 +489,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.optim.accumulation must be >= 1, got {config.optim.accumulation}.")
     if config.train.steps < 0:
         raise ConfigError(f"config.train.steps must be >= 0, got {config.train.steps}.")
+    if config.mesh.get("opt_state_memory", "device") not in ("device", "host"):
+        raise ConfigError(f"config.mesh.opt_state_memory must be 'device' or 'host', got "
+                          f"{config.mesh.opt_state_memory!r}.")
     if config.train.checkpoint_every < 1:
         raise ConfigError("config.train.checkpoint_every must be >= 1.")
     if config.train.keep < 1:

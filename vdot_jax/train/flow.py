@@ -30,7 +30,7 @@ from flax import nnx
 from vdot_jax.distill.losses import flow_loss
 from vdot_jax.distill.timesteps import add_noise, sample_shifted
 from vdot_jax.models.wan import WanModel
-from vdot_jax.train.update import StepPrograms, ema_update, update
+from vdot_jax.train.update import StepPrograms, ema_update, state_in_host, update
 
 PHASES = ("flow",)
 
@@ -107,9 +107,10 @@ class FlowTrainer:
     def _step(self, state: FlowState, batch: dict):
         self.trace_counts["flow"] += 1  # trace time only: counts compilations
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        params, opt, finite, metrics = update(self._loss, self.tx, state.params, state.opt, batch, key)
+        host = state_in_host(self.config)
+        params, opt, finite, metrics = update(self._loss, self.tx, state.params, state.opt, batch, key, in_host=host)
         f = self.config.flow
-        ema = ema_update(state.ema, params, state.step, f.ema_start, f.ema_decay)
+        ema = ema_update(state.ema, params, state.step, f.ema_start, f.ema_decay, in_host=host)
         metrics = {**metrics, "lr": jnp.asarray(self.schedule(state.step), jnp.float32)}
         return state.replace(params=params, opt=opt, ema=ema,
                              skipped=state.skipped + (~finite).astype(jnp.int32)), metrics

@@ -60,12 +60,14 @@ from vdot_jax.models.wan import WanModel
 from vdot_jax.parallel.distributed import batch_sharding, global_batch, host_rows
 from vdot_jax.parallel.logical import DEFAULT_RULES, activate, spec_for
 from vdot_jax.parallel.mesh import describe, make_mesh
-from vdot_jax.parallel.sharding import (check_replication, compile_program, device_memory_limit, init_sharded,
-                                        model_shardings, sharding_stats, sharding_table)
+from vdot_jax.parallel.sharding import (HOST_FIELDS, check_replication, compile_program, device_memory_limit,
+                                        in_host_memory, init_sharded, model_shardings, sharding_stats,
+                                        sharding_table)
 from vdot_jax.sources import load_transformer, model_arch, source_arch
 from vdot_jax.train import checkpoint as ckpt
 from vdot_jax.train.config import ConfigError, validate
 from vdot_jax.train.paths import local_dir, workdir_path
+from vdot_jax.train.update import state_in_host
 from vdot_jax.weights.params import assign, flat_state
 
 
@@ -193,6 +195,8 @@ def build(config, mesh=None) -> Run:
         field_models = dict(FlowTrainer.state_models)
     pshard = {name: model_shardings(m, mesh, rules) for name, m in models.items()}
     state_sharding = ckpt.state_shardings(abstract, field_models, pshard, mesh)
+    if state_in_host(config):
+        state_sharding = in_host_memory(state_sharding, HOST_FIELDS)
     abstract = ckpt.abstract_with_shardings(abstract, state_sharding)
 
     d = config.data

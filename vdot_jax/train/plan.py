@@ -38,6 +38,7 @@ class Plan:
     reports: list[CompileReport] = field(default_factory=list)
     hbm_bytes: int | None = None
     texts: dict = field(default_factory=dict)  # name -> lowered StableHLO (when asked for)
+    host_budget: int | None = None  # host memory per chip a program may keep there (``host_budget_bytes``)
 
     def failures(self) -> list[str]:
         """One sentence per program that did not compile or does not fit."""
@@ -48,7 +49,27 @@ class Plan:
             elif self.hbm_bytes and r.measured and r.peak_bytes > self.hbm_bytes:
                 out.append(f"program {r.name} needs {r.peak_bytes / 2**30:.2f} GiB per device but a device has "
                            f"{self.hbm_bytes / 2**30:.0f} GiB")
-        return out
+        return out + self.host_failures()
+
+    def host_failures(self) -> list[str]:
+        """One sentence per program keeping more in host memory per chip than the host budget."""
+        return [f"program {r.name} keeps {r.host_bytes / 2**30:.2f} GiB per chip in host memory but the host "
+                f"budget is {self.host_budget / 2**30:.1f} GiB per chip" for r in self.reports
+                if self.host_budget and r.ok and r.measured and r.host_bytes > self.host_budget]
+
+
+# Host RAM of one TPU VM and its chips (Cloud TPU docs, "VM, host and slice properties" / "VM types":
+# v5p ct5p-hightpu-4t 448 GB for 4 chips; v5e ct5lp-hightpu-8t 384 GB for 8). A program may keep
+# HOST_FRACTION of its chip's share in host memory: the rest is the process, the data pipeline and the
+# checkpointer's host copies.
+TPU_HOST_RAM = {"TPU v5": (448e9, 4), "TPU v5p": (448e9, 4), "TPU v5 lite": (384e9, 8), "TPU v5e": (384e9, 8)}
+HOST_FRACTION = 0.75
+
+
+def host_budget_bytes(device) -> int | None:
+    """Host memory per chip a plan may use on this TPU (None where the VM's RAM is not listed)."""
+    ram = TPU_HOST_RAM.get(getattr(device, "device_kind", ""))
+    return None if ram is None else int(HOST_FRACTION * ram[0] / ram[1])
 
 
 def latent_grid(config, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
@@ -130,10 +151,10 @@ def step_flops(run, frames: int, height: int, width: int, only: tuple[str, ...] 
 
 def check(run, frames: int, height: int, width: int, *, hbm_bytes: int | None = None, platform: str | None = None,
           log: Callable[[str], None] | None = print, keep_text: bool = False, only: tuple[str, ...] = (),
-          flops: dict[str, float] | None = None) -> Plan:
+          flops: dict[str, float] | None = None, host_budget: int | None = None) -> Plan:
     """Compile (TPU, CPU) or lower (``platform="cuda"``, on a host without GPUs) every program of ``run`` (or
     those named in ``only``, in that order); ``flops`` (from ``step_flops``) go into the reports."""
-    plan = Plan(hbm_bytes=hbm_bytes)
+    plan = Plan(hbm_bytes=hbm_bytes, host_budget=host_budget)
     listed = {name: (jitted, args) for name, jitted, args in programs(run, frames, height, width)}
     unknown = [n for n in only if n not in listed]
     if unknown:
@@ -194,14 +215,17 @@ def table(plan: Plan) -> str:
             continue
         fits = ("-" if not (r.ok and r.measured and plan.hbm_bytes) else
                 "yes" if r.peak_bytes <= plan.hbm_bytes else "NO")
+        if plan.host_budget and r.ok and r.measured and r.host_bytes > plan.host_budget:
+            fits = "NO (host)"
         status = ("compiled" if r.measured else "lowered") if r.ok else "FAILED"
         lines.append(f"{r.name:22s} {status:10s} {g(r.argument_bytes)} {g(r.output_bytes)} {g(r.temp_bytes)} "
-                     f"{g(r.alias_bytes)} {g(r.peak_bytes)} {g(r.host_temp_bytes)} {tf(r)} {r.seconds:9.1f}  {fits}")
+                     f"{g(r.alias_bytes)} {g(r.peak_bytes)} {g(r.host_bytes)} {tf(r)} {r.seconds:9.1f}  {fits}")
     lines.append(FLOPS_NOTE)
     return "\n".join(lines)
 
 
-FLOPS_NOTE = ("host: temporaries kept in host memory (model.remat=offload), outside the peak. TFLOP/step: matmul "
+FLOPS_NOTE = ("host: bytes per chip in the host's memory, outside the peak: state kept there (mesh.opt_state_memory="
+              "host) and offloaded temporaries (model.remat=offload). TFLOP/step: matmul "
               "and attention FLOPs of one execution per chip, counted from the traced program with every loop "
               "multiplied out (the rollout's random-length loop at its mean): attention as each chip runs it, the "
               "other matmuls as the whole mesh's work divided by its chips")

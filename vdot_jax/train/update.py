@@ -10,6 +10,12 @@ FlowTrainer (``vdot_jax.train.flow``).
 micro-batch axis A. Accumulation is a ``lax.scan`` over A (one micro-batch's activations live at a time), each
 micro-batch with its own key from ``split(key, A)``; the sums are divided by A. A non-finite loss or gradient
 leaves parameters and optimizer state as they were (``finite`` says so; the caller counts it).
+
+With ``in_host`` (``config.mesh.opt_state_memory = "host"``) the optimizer state and the EMA live in the host's
+pinned memory between steps (their shardings say ``memory_kind="pinned_host"``): the update brings them to the
+device only after the gradients are accumulated, so they never share HBM with the activations, and sends the
+new values back. The values are those of the device placement. XLA brings them in all at once (measured,
+docs/scaling.md): the update itself still holds them on the device.
 """
 
 from __future__ import annotations
@@ -49,27 +55,45 @@ def accumulate_gradients(loss_fn: LossFn, params, batch, key: jax.Array) -> tupl
     return jax.tree.map(lambda a: a / accum, (loss, metrics, grads))
 
 
-def update(loss_fn: LossFn, tx: optax.GradientTransformation, params, opt_state, batch, key: jax.Array):
+def state_in_host(config) -> bool:
+    """Whether the run keeps its optimizer state and EMA in host memory (``mesh.opt_state_memory``)."""
+    mesh = config.get("mesh") or {}
+    return mesh.get("opt_state_memory", "device") == "host"
+
+
+def to_device(tree, in_host: bool):
+    """``tree`` moved from host memory to the device's inside a jitted step (no-op unless ``in_host``)."""
+    return jax.device_put(tree, jax.memory.Space.Device) if in_host and tree is not None else tree
+
+
+def to_host(tree, in_host: bool):
+    return jax.device_put(tree, jax.memory.Space.Host) if in_host and tree is not None else tree
+
+
+def update(loss_fn: LossFn, tx: optax.GradientTransformation, params, opt_state, batch, key: jax.Array,
+           in_host: bool = False):
     """One optimizer update from the accumulated gradient: (params, opt_state, finite, metrics). When the loss
     or a gradient is not finite, ``params`` and ``opt_state`` come back unchanged. ``metrics`` adds
-    ``grad_norm`` (of the accumulated gradient) and ``finite`` (1.0 or 0.0) to the loss's own."""
+    ``grad_norm`` (of the accumulated gradient) and ``finite`` (1.0 or 0.0) to the loss's own. ``in_host``:
+    ``opt_state`` arrives in host memory and goes back there."""
     loss, metrics, grads = accumulate_gradients(loss_fn, params, batch, key)
+    opt_state = to_device(opt_state, in_host)
     updates, new_opt = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     finite = jnp.isfinite(loss) & all_finite(grads)
     new_params = tree_where(finite, new_params, params)
-    new_opt = tree_where(finite, new_opt, opt_state)
+    new_opt = to_host(tree_where(finite, new_opt, opt_state), in_host)
     metrics = {**metrics, "grad_norm": optax.global_norm(grads), "finite": finite.astype(jnp.float32)}
     return new_params, new_opt, finite, metrics
 
 
-def ema_update(ema, params, step: jax.Array, start: int, decay: float):
+def ema_update(ema, params, step: jax.Array, start: int, decay: float, in_host: bool = False):
     """``decay * ema + (1 - decay) * params``; before training step ``start`` the EMA is a copy of ``params``
-    (decay 0, as the release). ``ema`` None (no EMA kept) stays None."""
+    (decay 0, as the release). ``ema`` None (no EMA kept) stays None. ``in_host``: as ``update``'s."""
     if ema is None:
         return None
     d = jnp.where(step >= start, decay, 0.0)
-    return jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)
+    return to_host(jax.tree.map(lambda e, p: d * e + (1 - d) * p, to_device(ema, in_host), params), in_host)
 
 
 def _sharding_key(tree) -> tuple:

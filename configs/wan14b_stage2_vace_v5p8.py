@@ -1,0 +1,24 @@
+"""Stage 2 for 14B on the smallest v5p slice, v5p-8 (4 chips, one host), as the release trains on 4 GPUs.
+
+    vdot train --config configs/wan14b_stage2_vace_v5p8.py --workdir runs/wan14b_stage2
+    JAX_PLATFORMS=cpu vdot plan --config configs/wan14b_stage2_vace_v5p8.py --model wan2.1-vace-14b \\
+        --topology v5p:2x2x1
+
+configs/wan14b_stage2_vace.py (the release recipe) with every lever of docs/scaling.md for a small slice: one
+video split over the 4 chips by sequence (``context=4``, Ulysses over 40 heads; global batch 1 x 3
+micro-batches), the train state split over all 4 chips (ZeRO-3 over fsdp x context), the AdamW moments and
+the EMA in the host's memory, and each layer's input offloaded there in the backward. What the compiler
+measured for each program is in docs/scaling.md ("Small slices").
+"""
+
+from vdot_jax.train.config import release_config
+
+
+def get_config():
+    c = release_config(teacher="models/wan2.1-vace-14b", generator="runs/wan14b_stage1",
+                       manifest="data/vace_train.csv", precomputed="data/vace_14b", steps=1200,
+                       mesh="fsdp=1,context=4")
+    c.gan.taps = ()  # release taps for 40 layers: blocks 23, 31, 39
+    c.model.remat = "offload"
+    c.mesh.opt_state_memory = "host"
+    return c

@@ -1,0 +1,192 @@
+"""The train state's footprint: split over every device of a model replica (fsdp x context), and the sharded
+update equal to the one-device update. On 8 fake CPU devices."""
+
+import jax
+import numpy as np
+import pytest
+from absl import flags
+
+from vdot_jax.parallel.mesh import make_mesh
+from vdot_jax.train.config import apply_overrides, load_config
+from vdot_jax.train.loop import build, init_state
+from vdot_jax.train.plan import latent_grid
+
+flags.FLAGS.mark_as_parsed()
+
+
+def state_bytes(run) -> tuple[int, int]:
+    """(total bytes of the train state, bytes on the fullest device)."""
+    total, per_device = 0, {}
+    for leaf, sh in zip(jax.tree.leaves(run.abstract_state), jax.tree.leaves(run.state_sharding)):
+        item = leaf.dtype.itemsize
+        total += int(np.prod(leaf.shape)) * item
+        for d, idx in sh.devices_indices_map(leaf.shape).items():
+            n = int(np.prod([len(range(*s.indices(dim))) for s, dim in zip(idx, leaf.shape)])) * item
+            per_device[d] = per_device.get(d, 0) + n
+    return total, max(per_device.values())
+
+
+@pytest.mark.parametrize("mesh_spec", ["fsdp=2,context=2", "fsdp=4,context=2", "data=2,fsdp=2,context=2"])
+def test_state_per_device_is_the_total_over_the_replica(mesh_spec):
+    """VACE-1.3B's distillation state (fp32 generator, critic, their AdamW moments and EMA, the teacher), built
+    abstractly: each device of a data replica holds 1/(fsdp x context) of it. Replicated over context (the old
+    rule) it would be 2x that."""
+    c = load_config("configs/wan1_3b_stage2_vace.py")
+    apply_overrides(c, ["model.preset=wan2.1-vace-1.3b", "model.teacher=", "model.generator="])
+    mesh = make_mesh(mesh_spec, devices=jax.devices()[: 8 if "data" in mesh_spec or "fsdp=4" in mesh_spec else 4])
+    run = build(c, mesh=mesh)
+    total, fullest = state_bytes(run)
+    replica = mesh.shape["fsdp"] * mesh.shape["context"]
+    assert total / replica <= fullest < 1.01 * total / replica, (total / fullest, replica)
+
+
+def flow_config(**overrides):
+    c = load_config("configs/tiny.py:flow")
+    c.data.batch_size = 4
+    c.optim.accumulation = 2
+    c.flow.ema_decay = 0.5
+    apply_overrides(c, [f"{k}={v}" for k, v in overrides.items()])
+    return c
+
+
+def batch_for(run, seed=0):
+    c, a = run.config, run.arch
+    f, h, w = latent_grid(c, int(c.data.toy.frames), int(c.data.toy.height), int(c.data.toy.width))
+    acc, b, tl = int(c.optim.accumulation), run.batch_size, int(c.data.toy.text_len)
+    r = np.random.default_rng(seed)
+    shapes = {"latents": (acc, b, a.in_channels, f, h, w), "text": (acc, b, tl, a.text_dim),
+              "neg_text": (acc, b, tl, a.text_dim), "context": (acc, b, a.vace_in_channels, f, h, w)}
+    return run.global_batch({k: r.normal(size=s).astype(np.float32) for k, s in shapes.items()})
+
+
+def steps(mesh_spec: str | None, n: int = 3, **overrides):
+    """The tiny flow run's state after ``n`` updates (2 micro-batches each) on this mesh (None: one device)."""
+    c = flow_config(**({"mesh.num_devices": 1} if mesh_spec is None else {"mesh.ici": mesh_spec}), **overrides)
+    run = build(c)
+    state = init_state(run)
+    batches = [batch_for(run, seed=i) for i in range(n)]
+    phase = run.trainer.phase("flow", run.state_sharding, {k: v.sharding for k, v in batches[0].items()})
+    from vdot_jax.parallel.logical import activate
+
+    with activate(run.mesh, run.rules):
+        for b in batches:
+            state, m = phase(state, b)
+            assert float(m["finite"]) == 1.0
+    return run, state
+
+
+@pytest.fixture(scope="module")
+def one_device():
+    return steps(None)
+
+
+def assert_same_state(got, want):
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6, err_msg=str(path))
+
+
+@pytest.mark.parametrize("mesh_spec", ["fsdp=4,context=2"])
+def test_sharded_updates_equal_the_one_device_updates(one_device, mesh_spec):
+    """Three flow-matching updates with AdamW on fsdp x context equal those on one device: parameters, moments
+    and EMA. The state really is split over context (a kernel's embed dimension over both axes)."""
+    _, want = one_device
+    run, got = steps(mesh_spec)
+    kernel = got.params["blocks"]["attn1"]["to_q"]["kernel"].value
+    assert kernel.sharding.spec[1] == ("fsdp", "context"), kernel.sharding.spec
+    assert np.prod(kernel.sharding.shard_shape(kernel.shape)) * 8 == np.prod(kernel.shape)
+    assert_same_state(got, want)
+    moved = 0.0
+    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(init_state(run).params)):
+        moved = max(moved, float(np.abs(np.asarray(a) - np.asarray(b)).max()))
+    assert moved > 1e-4  # the updates did something
+
+
+def test_optimizer_state_and_ema_in_host_memory_give_the_same_updates(one_device):
+    """``mesh.opt_state_memory=host``: between steps the AdamW moments and the EMA sit in pinned host memory
+    (the compiled step's inputs and outputs say so), parameters on the device; three updates on fsdp=2 x
+    context=2 equal the one-device updates with everything on the device."""
+    _, want = one_device
+    run, got = steps("fsdp=2,context=2", **{"mesh.num_devices": 4, "mesh.opt_state_memory": "host"})
+    kinds = lambda tree: {a.sharding.memory_kind for a in jax.tree.leaves(tree)}  # noqa: E731
+    assert kinds(got.opt) == kinds(got.ema) == {"pinned_host"}
+    assert kinds(got.params) == {"device"}
+    assert_same_state(got, want)
+
+
+def test_update_with_host_state_compiles_for_tpu_with_the_moments_in_host_memory():
+    """Compiled for a real TPU topology (libtpu, no TPU): with ``in_host`` the AdamW moments are host arguments
+    and host outputs of the program (memory_analysis), the parameters device ones; the device arguments hold
+    the parameters and the batch only."""
+    pytest.importorskip("libtpu", reason="TPU compile tests need libtpu (pip install '.[tpu]')")
+    import jax.numpy as jnp
+    import optax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from vdot_jax.parallel.mesh import make_mesh, topology_devices
+    from vdot_jax.train.update import update
+
+    mesh = make_mesh("fsdp=2,context=2", devices=topology_devices("v5e:2x2"))
+    w = NamedSharding(mesh, P(("fsdp", "context"), None))
+    host = w.with_memory_kind("pinned_host")
+    tx = optax.adamw(1e-3)
+    params = {"w": jax.ShapeDtypeStruct((1024, 256), jnp.float32, sharding=w)}
+    opt = jax.eval_shape(tx.init, params)
+    opt_sh = jax.tree.map(lambda a: host if a.ndim else NamedSharding(mesh, P()).with_memory_kind("pinned_host"),
+                          opt)
+    batch = jax.ShapeDtypeStruct((2, 4, 1024), jnp.float32, sharding=NamedSharding(mesh, P(None, "fsdp")))
+    loss = lambda p, b, k: (jnp.mean((b @ p["w"]) ** 2), {})  # noqa: E731
+
+    def step(p, o, b):
+        new_p, new_o, _, _ = update(loss, tx, p, o, b, jax.random.key(0), in_host=True)
+        return new_p, new_o
+
+    c = jax.jit(step, in_shardings=(w, opt_sh, batch.sharding), out_shardings=(w, opt_sh),
+                donate_argnums=(0, 1)).lower(params, opt, batch).compile()
+    mem = c.memory_analysis()
+    moments = 2 * 1024 * 256 * 4 // 4  # mu and nu, fp32, a quarter per chip
+    assert moments <= mem.host_argument_size_in_bytes < moments + 1024
+    assert moments <= mem.host_output_size_in_bytes < moments + 1024
+    assert mem.argument_size_in_bytes < moments  # the parameters (256 KiB per chip) and the batch
+    assert {s.memory_kind for s in jax.tree.leaves(c.output_shardings[1])} == {"pinned_host"}
+
+
+@pytest.mark.parametrize("name,preset_name,devices", [("wan14b_stage2_vace_v5p8", "wan2.1-vace-14b", 4),
+                                                      ("wan1_3b_stage2_vace_v5e8", "wan2.1-vace-1.3b", 8)])
+def test_small_slice_configs_split_the_state_over_every_chip_and_keep_moments_in_host(name, preset_name, devices):
+    """The small-slice configs at full size, abstractly: every parameter-sized leaf split over all chips, the
+    AdamW moments (and EMA, if kept) in host memory, the parameters and teacher on the device."""
+    c = load_config(f"configs/{name}.py")
+    apply_overrides(c, [f"model.preset={preset_name}", "model.teacher=", "model.generator="])
+    run = build(c, mesh=make_mesh(c.mesh.ici, devices=jax.devices()[:devices]))
+    assert run.mesh.size == devices and run.mesh.shape["context"] == 4
+    total, fullest = state_bytes(run)
+    assert fullest < 1.01 * total / devices
+    host_fields = {"generator_opt", "critic_opt", "ema"}
+    for field in ("generator", "generator_opt", "critic", "critic_opt", "teacher", "ema"):
+        want = "pinned_host" if field in host_fields else "device"
+        leaves = jax.tree.leaves(getattr(run.state_sharding, field))
+        assert {s.memory_kind for s in leaves} <= {want}, field
+
+
+def test_plan_refuses_a_program_above_the_host_budget():
+    """``vdot plan``'s host column sums what a program keeps in host memory (state and offloaded temporaries);
+    above the budget per chip (75 % of the TPU VM's RAM per chip) the program does not fit."""
+    from types import SimpleNamespace
+
+    from vdot_jax.parallel.sharding import CompileReport
+    from vdot_jax.train.plan import Plan, host_budget_bytes, table
+
+    gib = 2**30
+    r = CompileReport("critic_gan", True, measured=True, argument_bytes=3 * gib, temp_bytes=10 * gib,
+                      host_argument_bytes=20 * gib, host_output_bytes=20 * gib, host_alias_bytes=20 * gib,
+                      host_temp_bytes=15 * gib)
+    assert r.host_bytes == 35 * gib and r.peak_bytes == 13 * gib
+    v5e, v5p = SimpleNamespace(device_kind="TPU v5 lite"), SimpleNamespace(device_kind="TPU v5")
+    assert host_budget_bytes(v5e) == int(0.75 * 384e9 / 8) and host_budget_bytes(v5p) == int(0.75 * 448e9 / 4)
+    assert host_budget_bytes(SimpleNamespace(device_kind="TPU v4")) is None
+    over = Plan([r], hbm_bytes=16 * gib, host_budget=host_budget_bytes(v5e))  # 33.5 GiB per chip
+    assert over.failures() == ["program critic_gan keeps 35.00 GiB per chip in host memory but the host budget "
+                               "is 33.5 GiB per chip"]
+    assert "NO (host)" in table(over)
+    assert Plan([r], hbm_bytes=16 * gib, host_budget=host_budget_bytes(v5p)).failures() == []
