@@ -399,8 +399,8 @@ def test_batch_file_over_a_mesh_equals_single_runs_and_resumes(oracle, ours, fil
     # levels off everywhere. One program per shape.
     sharded = P.Pipeline.load(oracle[2], mesh="data=2,fsdp=2,context=2", text_encoder_offload="none")
     batched = {}
-    for pipe in (sharded, ours):
-        for call in calls:
+    for pipe, some in ((sharded, (calls[0], calls[3])), (ours, calls)):  # the mesh: one call of each shape
+        for call in some:
             ok, failed, result = B.sample_call(pipe, call, 4)
             assert ok == call and not failed and result.video.shape[0] == 4
             for i, row in enumerate(call):
