@@ -38,8 +38,8 @@ from vdot_jax.train.config import base_config
 
 
 def get_config(stage: str = "scratch"):
-    if stage not in ("scratch", "continue"):
-        raise ValueError(f"configs/toy_teacher.py takes the stage 'scratch' or 'continue', not {stage!r}.")
+    if stage not in ("scratch", "continue", "long"):
+        raise ValueError(f"configs/toy_teacher.py takes the stage 'scratch', 'continue' or 'long', not {stage!r}.")
     c = base_config()
     c.mode = "flow"
     c.seed = 0
@@ -94,5 +94,22 @@ def get_config(stage: str = "scratch"):
         c.flow.lr = 3e-4
         c.flow.warmup_steps = 50
         c.train.steps = 1500
+        c.sample.every = 0
+    if stage == "long":
+        # Stage 3 (issue 26): the shipped teacher (stage 2's EMA, converted from vdot_jax/assets/toy_teacher) trained
+        # ~10x longer across sessions. Its workdir is tracked (teacher_run/, only the latest checkpoint kept) so
+        # each session resumes it exactly; the schedule is fixed up front so the result equals one long run.
+        c.seed = 2
+        c.model.teacher = "runs/toy_teacher_shipped"
+        c.model.teacher_ema = False
+        c.model.arch = ml_collections.ConfigDict()
+        c.flow.lr = 3e-4
+        c.flow.warmup_steps = 100
+        c.flow.ema_decay = 0.9995  # a long run: average over ~2,000 steps
+        c.flow.ema_start = 0
+        c.train.steps = 30000
+        c.train.checkpoint_every = 500
+        c.train.keep = 1
+        c.train.plot_every = 500
         c.sample.every = 0
     return c
