@@ -121,8 +121,32 @@ def test_teacher_config_stages_match_the_shipped_teacher():
     assert dataclasses.asdict(model_arch(scratch)) == dataclasses.asdict(shipped)  # stage 1 builds this architecture
     assert cont.model.teacher == "runs/toy_teacher" and cont.model.teacher_ema and cont.seed != scratch.seed
     assert cont.train.steps == 1500 and scratch.train.steps == 4000
+    long = load_config("configs/toy_teacher.py:long")  # issue 26: the shipped weights trained on, exactly resumable
+    assert long.model.teacher == "runs/toy_teacher_shipped" and not long.model.teacher_ema
+    assert long.seed not in (scratch.seed, cont.seed) and long.train.steps == 30000 and long.train.keep == 1
     with pytest.raises((ValueError, ConfigError), match="scratch"):
         load_config("configs/toy_teacher.py:wider")
+
+
+def test_teacher_probe_table_marks_where_50_steps_win(tmp_path):
+    from vdot_jax.demo import PROBE_KEYS, PROBE_SETTINGS, _draw_probes
+
+    fifty, four = (_teacher_name(n, g, s) for n, g, s in PROBE_SETTINGS)
+    row = lambda acc, frag: {"all/attr_acc": acc, "all/detect": 0.5, "all/fragmented": frag,  # noqa: E731
+                             "all/artifact": 0.1}
+    # step 4,750: 50 steps more accurate but more fragmented; 9,750: better on both (fragmented: lower is better)
+    probes = {"9750": {"rows": {fifty: row(0.6, 0.3), four: row(0.5, 0.4)}},
+              "4750": {"rows": {fifty: row(0.6, 0.7), four: row(0.5, 0.5)}}}
+    _draw_probes(tmp_path, probes)
+    lines = [ln for ln in (tmp_path / "teacher_probe.md").read_text().splitlines() if ln.startswith("| 4,750")
+             or ln.startswith("| 9,750")]
+    assert [ln.split(" | ")[:2] for ln in lines] == [["| 4,750", fifty], ["| 4,750", four], ["| 9,750", fifty],
+                                                     ["| 9,750", four]]  # sorted by step, 50 then 4
+    cells = [ln.strip("| ").split(" | ")[2:] for ln in lines]
+    assert len(cells[0]) == len(PROBE_KEYS)
+    assert cells[0][0] == "**0.600**" and cells[0][2] == "0.700" and cells[2][2] == "**0.300**"
+    assert cells[0][1] == "0.500" and not any("**" in c for c in cells[1] + cells[3])  # a tie is not a win
+    assert (tmp_path / "teacher_probe.png").stat().st_size > 0
 
 
 @pytest.mark.slow  # ~2 min on the loaded 2-core CPU (evaluation set, metrics, 11 grids as mp4 + GIF)

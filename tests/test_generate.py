@@ -410,6 +410,10 @@ def test_batch_file_over_a_mesh_equals_single_runs_and_resumes(oracle, ours, fil
     program = model_sampler(nnx.graphdef(sharded.transformer), steps=4, shift=SHIFT, guidance=1.0, solver="unipc",
                             context_scale=1.0, on_step=None)
     assert len([m for m, *_ in program.compiled if m is sharded.mesh]) == 2
+    # The VAE decode is split by batch over the mesh as well (a batch of 4 on data x fsdp = 4), values as on one device.
+    video = sharded.decode(result.latents)
+    assert len({d for d in video.sharding.device_set}) == 8 and not video.sharding.is_fully_replicated
+    np.testing.assert_allclose(np.asarray(video), np.asarray(ours.decode(result.latents)), atol=1e-5)
 
     # The command, on one device in padded batches of 4: each row's frames of the same batch, encoded alike (the
     # right video under each row's name), a manifest, and a re-run after deleting two videos samples exactly those.

@@ -756,3 +756,80 @@ def sweep_teacher(out_dir: str | os.PathLike, plan: DemoPlan | None = None, grid
     log(f"teacher sweep: chosen {best}; beats every {few}-step setting on {', '.join(beats) or 'nothing'}; "
         f"wrote {out / 'teacher_sweep.md'}")
     return {"best": best, "beats": beats, "loses": loses, "rows": rows}
+
+
+# The premise the toy teacher must show (issue 26): 50 steps beat 4 at the same CFG on these metrics.
+PROBE_SETTINGS = [(50, 2.0, 6.0), (4, 2.0, 6.0)]  # (steps, guidance, shift): the demo's teacher rows
+PROBE_KEYS = ["all/attr_acc", "all/detect", "all/fragmented", "all/artifact"]
+SHIPPED_STEPS = 4750  # training steps behind the shipped teacher (stage 1 4,000 + stage 2 750)
+
+
+def probe_teacher(out_dir: str | os.PathLike, teacher=None, log: Callable[[str], None] = _log) -> dict:
+    """A lighter ``sweep_teacher``: the teacher at ``teacher`` (a workdir -- its EMA at the newest step -- or a model
+    folder; default the shipped one) at 50 and 4 steps with the demo's CFG, on the sweep's held-out clips. The
+    row is added to OUT/teacher_probe.json under its training step (counted from stage 1's start), and
+    OUT/teacher_probe.md / .png are re-drawn over every row there, so probing each checkpoint draws the curve."""
+    from flax import nnx
+
+    from vdot_jax.sources import load_transformer, resolve
+
+    total = SHIPPED_STEPS
+    if teacher is not None:
+        src = resolve(teacher, ema=True)
+        if src.kind == "workdir":
+            total += src.step
+        model = load_transformer(teacher, ema=True)
+    else:
+        model = load_teacher()
+    plan = DemoPlan(eval_seed=HOLDOUT_SEED, eval_per_task=2, coverage_per_prompt=6)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    graphdef, params = nnx.split(model)
+    ev = eval_set(plan)
+    methods = {_teacher_name(n, g, s): (params, n, s, g) for n, g, s in PROBE_SETTINGS}
+    rows, _ = evaluate_methods(plan, graphdef, methods, ev, log)
+    path = out / "teacher_probe.json"
+    probes = json.loads(path.read_text()) if path.exists() else {}
+    probes[str(total)] = {"teacher": str(teacher or "shipped"), "minutes": (time.time() - t0) / 60, "rows": rows}
+    path.write_text(json.dumps(probes, indent=2, default=float))
+    _draw_probes(out, probes)
+    log(f"teacher probe at step {total}: wrote {out / 'teacher_probe.md'}")
+    return probes[str(total)]
+
+
+def _draw_probes(out: Path, probes: dict) -> None:
+    steps = sorted(probes, key=int)
+    names = [_teacher_name(n, g, s) for n, g, s in PROBE_SETTINGS]
+    headers = dict((k, h) for k, h, _ in SUMMARY)
+    lines = ["# The toy teacher over training: 50 vs 4 steps at the same CFG",
+             "",
+             f"`vdot demo --probe-teacher PATH` on the {HOLDOUT_SEED}-seed held-out clips of `teacher_sweep.md`. "
+             "A metric is **bold** where the 50-step row is better than the 4-step row.",
+             "",
+             "| training step | sampler | " + " | ".join(headers[k] for k in PROBE_KEYS) + " |",
+             "|---|---|" + "---|" * len(PROBE_KEYS)]
+    for st in steps:
+        rows = probes[st]["rows"]
+        for name in names:
+            cells = []
+            for k in PROBE_KEYS:
+                v = rows[name][k]
+                better = goodness(k, rows[names[0]][k]) > goodness(k, rows[names[1]][k])
+                cells.append(f"**{v:.3f}**" if better and name == names[0] else f"{v:.3f}")
+            lines.append(f"| {int(st):,} | {name} | " + " | ".join(cells) + " |")
+    (out / "teacher_probe.md").write_text("\n".join(lines) + "\n")
+    from vdot_jax.eval.report import _plt
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(PROBE_KEYS), figsize=(4 * len(PROBE_KEYS), 3), squeeze=False)
+    x = [int(s) for s in steps]
+    for ax, k in zip(axes[0], PROBE_KEYS):
+        for name in names:
+            ax.plot(x, [probes[s]["rows"][name][k] for s in steps], marker="o", label=name)
+        ax.set_title(headers[k] + (" (lower is better)" if k in LOWER_IS_BETTER else ""))
+        ax.set_xlabel("teacher training step")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "teacher_probe.png", dpi=100)
+    plt.close(fig)

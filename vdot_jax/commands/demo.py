@@ -10,6 +10,8 @@ def run(args) -> None:
 
     check_numbers(args, positive=("steps", "seeds"))
     # --rescore reads and re-writes the report of a demo folder (checked by rescore: its clips and plan.json)
+    if args.probe_teacher not in (None, "shipped") and not os.path.exists(args.probe_teacher):
+        raise UserError(f"--probe-teacher {args.probe_teacher}: no such workdir or model folder.")
     check_output_folder(args.out, command=None if args.rescore else "demo", overwrite=args.overwrite)
     # CPU: backend optimisation level 1 compiles the four training phases in about 40% of the default's time
     # (measured on 2 cores: ~45 s vs ~105 s per phase) and runs these tiny models as fast (set before jax
@@ -20,12 +22,15 @@ def run(args) -> None:
     cache = os.path.expanduser(os.environ.get("VDOT_COMPILATION_CACHE", "~/.cache/vdot-jax/xla"))
     jax.config.update("jax_compilation_cache_dir", cache)  # a second run skips compilation
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    from vdot_jax.demo import DemoPlan, rescore, run_demo, sweep_teacher
+    from vdot_jax.demo import DemoPlan, probe_teacher, rescore, run_demo, sweep_teacher
 
     if not args.rescore:
         mark_output_folder(args.out, "demo")
     if args.sweep_teacher:
         sweep_teacher(args.out)
+        return
+    if args.probe_teacher:
+        probe_teacher(args.out, None if args.probe_teacher == "shipped" else args.probe_teacher)
         return
     if args.rescore:
         try:
@@ -70,4 +75,9 @@ def register(sub) -> None:
     p.add_argument("--sweep-teacher", action="store_true",
                    help="instead: measure the teacher's sampling settings (steps, CFG, shift) on held-out clips and "
                         "write OUT/teacher_sweep.md (how docs/demo/teacher_sweep.md was made)")
+    p.add_argument("--probe-teacher", metavar="PATH", default=None,
+                   help="instead: sample the teacher at PATH (a vdot train workdir -- its EMA at the newest step -- or "
+                        "a model folder; 'shipped' for the shipped one) at 50 and 4 steps with the demo's CFG on the "
+                        "held-out clips, add the row to OUT/teacher_probe.json and re-draw OUT/teacher_probe.md/.png "
+                        "(how docs/demo/teacher_probe.* are made, one checkpoint at a time)")
     p.set_defaults(func=run)

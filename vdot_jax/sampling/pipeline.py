@@ -360,9 +360,27 @@ class Pipeline:
     def decode(self, latents, num_refs: int = 0) -> jax.Array:
         """Denoised latents (reference frames included) -> video [B, 3, F, H, W] in [-1, 1]."""
         lat = C.drop_reference_frames(jnp.asarray(latents), num_refs)
+        vae = self.vae
         if self.mesh is not None:
-            lat = jax.device_put(lat, jax.local_devices()[0])
-        return jax.block_until_ready(self.vae.decode(self.vae.denormalize(lat)))
+            with _activate(self.mesh):
+                placed = _by_batch(lat, self.mesh)
+            if placed.sharding.is_fully_replicated:  # one video (or a batch that does not divide): one device
+                lat = jax.device_put(lat, jax.local_devices()[0])
+            else:  # whole videos per device, like the denoising: the decode is split by batch too
+                lat, vae = placed, self._vae_on_mesh()
+        return jax.block_until_ready(vae.decode(vae.denormalize(lat)))
+
+    def _vae_on_mesh(self):
+        """The VAE with its parameters replicated over the mesh (made once), so a batch-sharded decode runs each
+        device's videos where they are; the toy VAE has no parameters."""
+        if getattr(self, "_vae_mesh", None) is None:
+            if isinstance(self.vae, nnx.Module):
+                graphdef, state = nnx.split(self.vae)
+                replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+                self._vae_mesh = nnx.merge(graphdef, jax.device_put(state, replicated))
+            else:
+                self._vae_mesh = self.vae
+        return self._vae_mesh
 
     # ---- everything
 
