@@ -12,12 +12,16 @@ from vdot_jax.commands.common import MARKER, UserError, check_output_folder, mar
 
 EXTENSION_TASKS = ("first_frame", "last_frame", "first_last_frame", "first_clip", "last_clip", "first_last_clip")
 PREPARE_TASKS = ("plain", "gray", "edges", "layout", "frameref", "inpaint", "outpaint") + EXTENSION_TASKS
+# the tasks of conditions.annotators.BACKENDS (test_annotators keeps them equal; importing conditions loads jax,
+# which `vdot --help` does not): they need the annotators extra and --weights
+ANNOTATOR_TASKS = ("depth", "flow")
+PREPARE_TASKS += ANNOTATOR_TASKS
 CLIP_TASKS = ("first_clip", "last_clip", "first_last_clip")
 # options that only some tasks use: given to another task they are refused, not silently ignored
 TASK_OPTIONS = {"mode": ("frameref",), "ref_num": ("frameref",), "clip_frames": CLIP_TASKS, "inner": ("outpaint",),
                 "mask_kind": ("inpaint", "layout"), "expand_ratio": ("inpaint", "layout"),
                 "expand_iters": ("inpaint", "layout"), "invert": ("inpaint",), "edge_low": ("edges",),
-                "edge_high": ("edges",), "edge_sigma": ("edges",)}
+                "edge_high": ("edges",), "edge_sigma": ("edges",), "weights": ANNOTATOR_TASKS}
 
 
 def _src_frames(args, total: int) -> int:
@@ -86,6 +90,7 @@ def build(args):
     import numpy as np
 
     from vdot_jax import conditions as C
+    from vdot_jax.conditions import annotators as AN
     from vdot_jax.conditions import prepare as PR
     from vdot_jax.conditions.files import parse_expand
     from vdot_jax.conditions.vcu import check_num_frames
@@ -136,8 +141,12 @@ def build(args):
     if args.src_video is None:
         raise UserError(f"task {task} needs --src-video")
 
+    if task in ANNOTATOR_TASKS:
+        AN.check(task, args.weights)  # packages and weights path, before any video is read
     info = video_io.probe_video(args.src_video)
     n = _src_frames(args, info.num_frames)
+    if task in ANNOTATOR_TASKS:
+        AN.check_size(task, n, H, W)
     src_hw = (info.height, info.width)
     idx = video_io.select_frame_indices(info.num_frames, n)
     if task == "layout" and has_boxes:  # the video gives the frame count and size only
@@ -152,6 +161,8 @@ def build(args):
         video = C.video_from_frames(video_io.read_video(args.src_video, num_frames=n, size=(H, W)))
         masks = PR.box_masks(_boxes(args, info.num_frames, src_hw, idx, (H, W)), H, W) if has_boxes else None
 
+    if task in ANNOTATOR_TASKS:
+        return C.v2v(AN.annotate(AN.load(task, args.weights), video), AN.BACKENDS[task].kind)
     if task == "plain":
         return C.VCU(video, np.ones((1, 1) + video.shape[2:], np.float32), task="v2v", kind="control")
     if task == "gray":
@@ -175,7 +186,7 @@ def build(args):
 def row_task(vcu) -> str:
     """The ``task`` a row of these files is read as (``conditions.files.task_inputs``)."""
     if vcu.kind == "control":
-        return vcu.task if vcu.task in ("gray", "layout") else "v2v"
+        return vcu.task if vcu.task in ("gray", "layout") + ANNOTATOR_TASKS else "v2v"
     return "mv2v"
 
 
@@ -294,8 +305,11 @@ def register(sub) -> None:
             "(--mode first|last|firstlast|random, --ref-num), inpaint (--mask, or --box/--track; --mask-kind "
             "original|bbox|hull[_expand]|random, --invert), outpaint (--expand; --inner regenerates the frame's own "
             "border), and the extension tasks first_frame, last_frame, first_last_frame, first_clip, last_clip, "
-            "first_last_clip (--clip-frames). Depth, pose, flow, the release's scribble, tracking and face need "
-            "annotator models and are not built in yet."
+            "first_last_clip (--clip-frames). "
+            "With the annotators extra (pip install -e '.[annotators]') and a model given by --weights (nothing is "
+            "downloaded): depth (Depth-Anything-V2, a transformers folder) and flow (torchvision RAFT, a state dict "
+            "file), post-processed as the release's annotators. Pose, the release's scribble, tracking and face are "
+            "not built in yet."
         ),
     )
     p.add_argument("task", choices=PREPARE_TASKS, help="which task's inputs to build")
@@ -335,6 +349,9 @@ def register(sub) -> None:
     o.add_argument("--edge-high", type=float, default=200.0, help="edges: Canny high threshold")
     o.add_argument("--edge-sigma", type=float, default=0.0, help="edges: Gaussian blur first, in pixels (default 0: "
                                                                   "OpenCV's Canny with the L2 gradient)")
+    o.add_argument("--weights", default=None,
+                   help="depth, flow: the annotator model (depth: a Depth-Anything-V2 transformers folder; flow: a "
+                        "torchvision RAFT state dict file)")
     o.add_argument("--seed", type=int, default=0, help="random frame references and mask expansion")
     s = p.add_argument_group("size")
     s.add_argument("--frames", type=int, default=None,

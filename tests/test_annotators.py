@@ -1,0 +1,206 @@
+"""Annotator backends (``conditions.annotators``): output conventions against the release's post-processing on
+known values, end to end on random weights of the real architectures, and the one-line refusals.
+
+The numpy parts run everywhere; a backend's network needs its packages (the ``annotators`` extra; depth's --
+torch, transformers, OpenCV -- are in the test extra too) and is skipped without them."""
+
+import importlib
+import json
+import re
+import sys
+
+import numpy as np
+import pytest
+
+from vdot_jax import conditions as C
+from vdot_jax.cli import main
+from vdot_jax.conditions import annotators as AN
+from vdot_jax.conditions.annotators import depth as D
+from vdot_jax.conditions.annotators import flow as FL
+from vdot_jax.data import video_io
+
+T, H, W = 5, 32, 48
+
+
+def need(*names):
+    """Skip unless every package imports (torchvision from PyPI raises RuntimeError beside a CPU-only torch)."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001
+            pytest.skip(f"{name} unavailable: {type(e).__name__}")
+
+
+def moving_video(t=T, h=H, w=W):
+    """uint8 [t, h, w, 3]: a bright square on a colour ramp, moving 2 pixels right per frame."""
+    y, x = np.mgrid[0:h, 0:w]
+    out = np.stack([np.stack([x * 4 % 256, y * 6 % 256, np.full_like(x, 90)], -1)] * t).astype(np.uint8)
+    for k in range(t):
+        out[k, h // 4:h // 4 + h // 3, 4 + 2 * k:4 + 2 * k + w // 4] = 240
+    return out
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    d = tmp_path_factory.mktemp("anno")
+    return str(video_io.write_video(d / "raw.mp4", moving_video(), fps=16))
+
+
+@pytest.fixture(scope="module")
+def depth_model(tmp_path_factory):
+    """A random Depth-Anything-V2 (DINOv2 backbone + DPT head) of tiny width, saved as transformers saves it."""
+    need("torch", "transformers", "cv2")
+    import torch
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+    backbone = Dinov2Config(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32,
+                            patch_size=14, image_size=518, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
+    cfg = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=16, neck_hidden_sizes=[8, 16, 16, 16],
+                              fusion_hidden_size=8, head_hidden_size=8, patch_size=14, initializer_range=0.3)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("depth") / "da2"
+    DepthAnythingForDepthEstimation(cfg).eval().save_pretrained(path)
+    return str(path)
+
+
+def prepare(tmp_path, *argv, h=H, w=W):
+    out = tmp_path / "out"
+    code = main(["prepare", *argv, "--out", str(out), "--height", str(h), "--width", str(w)])
+    return code, out
+
+
+# ----------------------------------------------------------------------------- depth
+
+
+def test_depth_post_processing_known_values():
+    # the release's Resize: aspect kept, both sides >= 518, each rounded (half to even) to a multiple of 14
+    assert D.net_size(32, 48) == (518, 784)  # 777 = 55.5 x 14 -> 56 x 14
+    assert D.net_size(480, 832) == (518, 896) and D.net_size(832, 480) == (896, 518)
+    assert D.net_size(600, 600) == (518, 518)
+    # a depth ramp a + b x becomes 0..255 across the frame, truncated (not rounded), grey in three channels
+    ramp = 3.0 + 0.5 * np.arange(256, dtype=np.float32)[None, None, :].repeat(2, 1)
+    out = D.depth_to_frames(np.concatenate([ramp, -2 * ramp]))
+    assert out.shape == (2, 2, 256, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[0, 0, :, 0], np.arange(256))  # per-frame normalisation, near = white
+    np.testing.assert_array_equal(out[1, 0, :, 0], 255 - np.arange(256) - (np.arange(256) % 1))
+    assert (out[..., 0] == out[..., 2]).all()
+    third = D.depth_to_frames(np.array([[[0.0, 1.0, 3.0]]]))[0, 0, :, 0]
+    np.testing.assert_array_equal(third, [0, 85, 255])  # 255 / 3 = 85.0
+    assert (D.depth_to_frames(np.full((1, 4, 4), 7.0)) == 0).all()  # constant: black, not NaN
+
+
+def test_depth_network_follows_the_release_chain(depth_model):
+    """Our preprocessing + network + post-processing equals the release's ``infer_image`` steps written out
+    (cvtColor BGR2RGB of the RGB frame, bicubic resize, ImageNet normalisation, bilinear align-corners back)."""
+    import cv2
+    import torch
+    import torch.nn.functional as F
+
+    model = D.load(depth_model)
+    model.side = 70  # small network input for speed; the chain is the same at 518
+    frames = moving_video(3)
+    got = model(frames)
+    for k, f in enumerate(frames):
+        img = cv2.cvtColor(f, cv2.COLOR_BGR2RGB) / 255.0
+        img = cv2.resize(img, (112, 70), interpolation=cv2.INTER_CUBIC)  # 70 x 105 -> 70 x 112 (7.5 -> 8 x 14)
+        img = (img - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+        x = torch.from_numpy(img.transpose(2, 0, 1)[None].astype(np.float32))
+        with torch.no_grad():
+            d = model.model(pixel_values=x).predicted_depth
+        d = F.interpolate(d[:, None], (H, W), mode="bilinear", align_corners=True)[0, 0].numpy()
+        d = d - d.min()
+        d = d / d.max()
+        want = (d * 255.0).clip(0, 255).astype(np.uint8)
+        assert np.abs(got[k, :, :, 1].astype(int) - want).max() <= 1  # float32 summation order
+        assert got[k].min() == 0 and got[k].max() == 255
+    assert not (got[0] == got[1]).all()  # a moving square changes the map
+
+
+def test_prepare_depth_end_to_end(tmp_path, video, depth_model):
+    code, out = prepare(tmp_path, "depth", "--src-video", video, "--weights", depth_model)
+    assert code == 0
+    row = json.loads((out / "row.json").read_text())
+    assert row["task"] == "depth" and row["src_mask"] is None and (row["frames"], row["height"]) == (T, H)
+    back = C.task_inputs(row["task"], src_video=str(out / "src_video.mp4"), frames=T, height=H, width=W)
+    assert back.kind == "control" and back.frames.shape == (1, 3, T, H, W)
+    frames = video_io.read_video(video, num_frames=T, size=(H, W))
+    want = AN.annotate(D.load(depth_model), C.video_from_frames(frames[[0, -1]]))  # frame by frame: two suffice
+    assert np.abs(back.frames[:, :, [0, -1]] - want).mean() < 0.03  # H.264 of the written control
+    assert np.abs(back.frames[0, 0] - back.frames[0, 2]).max() < 0.1  # grey
+
+
+# ----------------------------------------------------------------------------- flow
+
+
+def test_flow_colour_wheel_known_values():
+    wheel = FL.colour_wheel()
+    assert wheel.shape == (55, 3)
+    np.testing.assert_array_equal(wheel[[0, 15, 21, 25, 36, 49, 54]],
+                                  [[255, 0, 0], [255, 255, 0], [0, 255, 0], [0, 255, 255], [0, 0, 255],
+                                   [255, 0, 255], [255, 0, 43]])
+    f = np.zeros((2, 3, 2))
+    f[0, 0], f[0, 1], f[0, 2], f[1, 0] = [4, 0], [-4, 0], [2, 0], [0, 4]
+    rgb = FL.flow_to_rgb(f)
+    np.testing.assert_array_equal(rgb[0], [[255, 0, 0], [0, 209, 255], [255, 127, 127]])  # right, left, half
+    np.testing.assert_array_equal(rgb[1], [[255, 229, 0], [255, 255, 255], [255, 255, 255]])  # down; still: white
+    np.testing.assert_array_equal(FL.flow_to_rgb(f * 10), rgb)  # scaled by the pair's largest magnitude
+    assert FL.repeat_first(["a", "b", "c"]) == ["a", "a", "b", "c"]  # T - 1 flows -> T frames
+
+
+@pytest.mark.slow  # RAFT's 20 refinements on CPU: ~30 s
+def test_prepare_flow_end_to_end(tmp_path):
+    need("torch", "torchvision")
+    import torch
+    from torchvision.models.optical_flow import raft_small
+
+    torch.manual_seed(0)
+    weights = tmp_path / "raft_small.pth"
+    torch.save(raft_small(weights=None).state_dict(), weights)
+    src = str(video_io.write_video(tmp_path / "v.mp4", moving_video(3, 128, 128), fps=16))
+    code, out = prepare(tmp_path, "flow", "--src-video", src, "--weights", str(weights), "--frames", "3", h=128,
+                        w=128)
+    assert code == 0 and json.loads((out / "row.json").read_text())["task"] == "flow"
+    back = video_io.read_video(out / "src_video.mp4", normalize=False)
+    assert back.shape == (3, 128, 128, 3) and np.abs(back[0] - back[1]).max() < 8  # the first flow repeated
+    model = AN.load("flow", str(weights))
+    flows = model.flows(video_io.read_video(src, num_frames=3, size=(128, 128), normalize=False).astype(np.uint8))
+    assert flows.shape == (2, 128, 128, 2)
+    np.testing.assert_allclose(back[2], FL.flow_to_rgb(flows[1]), atol=12)
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+def test_every_backend_is_a_prepare_task():
+    from vdot_jax.commands import prepare
+
+    assert prepare.ANNOTATOR_TASKS == AN.ANNOTATOR_TASKS
+    assert all(b.kind in C.CONTROL_KINDS for b in AN.BACKENDS.values())
+
+
+def test_annotator_refusals_write_nothing(tmp_path, video, capsys, monkeypatch):
+    missing = str(tmp_path / "nowhere")
+    cases = [
+        (["depth", "--src-video", video], "needs its model's weights: give --weights, a Depth-Anything-V2"),
+        (["depth", "--src-video", video, "--weights", missing], "do not exist"),
+        (["gray", "--src-video", video, "--weights", missing], "--weights is for tasks depth, flow, not gray"),
+        (["depth", "--src-video", video, "--weights", video], "cannot load depth weights"),
+        (["depth", "--src-video", str(tmp_path / "bad.mp4"), "--weights", video], "bad.mp4"),
+    ]
+    try:
+        importlib.import_module("torchvision")
+        cases.append((["flow", "--src-video", video, "--weights", video], "at least 128 pixels a side"))
+    except Exception:  # noqa: BLE001
+        cases.append((["flow", "--src-video", video, "--weights", video], "needs the Python package torchvision"))
+    for argv, msg in cases:
+        if argv[0] == "depth" and "--weights" in argv and argv[-1] == video:
+            need("torch", "transformers", "cv2")
+        code, out = prepare(tmp_path, *argv)
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and re.search(re.escape(msg), err), (argv, err)
+        assert not out.exists() and not list(tmp_path.glob(".out*"))
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if the extra were not installed
+    code, out = prepare(tmp_path, "depth", "--src-video", video, "--weights", video)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "needs the Python package transformers, which is not installed: pip install -e " \
+                         "\".[annotators]\"" in err and not out.exists()
