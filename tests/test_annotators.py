@@ -204,3 +204,68 @@ def test_annotator_refusals_write_nothing(tmp_path, video, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert code == 2 and "needs the Python package transformers, which is not installed: pip install -e " \
                          "\".[annotators]\"" in err and not out.exists()
+
+
+# ----------------------------------------------------------------------------- vdot precompute --annotate
+
+
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
+def test_precompute_annotate_rows_resumable_sharded_bad_rows_counted(tmp_path, depth_model, capsys):
+    from pathlib import Path
+
+    from vdot_jax.commands.common import mark_output_folder
+    from vdot_jax.data import precompute as P
+    from vdot_jax.data.manifest import read_manifest
+    from vdot_jax.train.config import load_config
+
+    tiny = str(Path(__file__).resolve().parents[1] / "configs/tiny.py")
+    vid = video_io.write_video(tmp_path / "v.mp4", moving_video(5, 32, 32), fps=16)
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    rows = [{"task": "depth", "caption": "a", "video": "v.mp4"},
+            {"task": "depth", "caption": "b", "video": "broken.mp4"},
+            {"caption": "c", "video": "v.mp4"},  # raw, no task: passed through (derived at training)
+            {"task": "depth", "caption": "d", "video": "v.mp4"},
+            {"task": "depth", "caption": "e", "video": "v.mp4", "src_video": "v.mp4"}]  # has its files
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "ann"
+    argv = ["precompute", "--config", tiny + ":flow", "--manifest", str(manifest), "--out", str(out),
+            "--config.data.num_frames=1"]  # one frame of the five: the depth network at 518 x 518 is the cost
+    # refused before anything is written: a depth row and no depth weights; an unknown task
+    for extra, msg in ((["--annotate", "flow=" + depth_model], "rows 1, 2, 4 are task depth without condition "
+                                                               "files: give --annotate depth=WEIGHTS"),
+                       (["--annotate", "pose=" + depth_model], "no annotator for task pose"),
+                       (["--annotate", "depth"], "TASK=WEIGHTS")):
+        assert main(argv + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and msg in err, err
+        assert not out.exists()
+
+    # process 1 of 2 first (indices 1 and 3 are its share: 1 is bad, 3 is done)
+    config = load_config(tiny + ":flow")
+    config.data.manifest, config.data.num_frames = str(manifest), 1
+    targets = P.annotation_targets(read_manifest(manifest), {"depth": depth_model})
+    assert targets == {0: "depth", 1: "depth", 3: "depth"}
+    mark_output_folder(out, "precompute")  # as the command does
+    half = P.annotate_rows(config, out, {"depth": depth_model}, targets, pid=1, nproc=2, log=lambda m: None)
+    assert half == {"annotated_now": 1, "bad_now": 1, "skipped_finished": 0}
+    assert sorted(p.name for p in (out / "conditions").iterdir()) == ["row-000001.depth.bad.json",
+                                                                      "row-000003.depth.mp4"]
+    done3 = (out / "conditions/row-000003.depth.mp4").stat().st_mtime_ns
+    # the whole command: the rest is done, the finished row kept, the bad row retried and counted
+    assert main(argv + ["--annotate", "depth=" + depth_model]) == 0
+    assert (out / "conditions/row-000003.depth.mp4").stat().st_mtime_ns == done3
+    report = json.loads((out / "annotated_report.json").read_text())
+    assert (report["annotated"], report["passed_through"], len(report["bad"])) == (2, 2, 1)
+    assert report["bad"][0]["row"] == 1 and "broken.mp4" in report["bad"][0]["error"]
+    got = read_manifest(out / P.ANNOTATED_MANIFEST)
+    assert [r.caption for r in got] == ["a", "c", "d", "e"] and not got[0].raw and got[1].raw
+    assert got[0].src_video == str(out / "conditions/row-000000.depth.mp4") and got[3].src_video == str(vid)
+    control = video_io.read_video(got[0].src_video)
+    assert control.shape == (1, 32, 32, 3)  # the config's frames and size
+    frames = video_io.read_video(vid, num_frames=1, size=(32, 32))
+    want = AN.annotate(D.load(depth_model), C.video_from_frames(frames[:1]))
+    assert np.abs(C.video_from_frames(control[:1]) - want).mean() < 0.03
+    # another size over the same folder is refused, nothing mixed in
+    assert main(argv + ["--annotate", "depth=" + depth_model, "--config.data.height=48"]) == 2
+    assert "annotations made with other settings (height" in capsys.readouterr().err
