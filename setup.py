@@ -34,10 +34,11 @@ setup(
         ],
         "torch": ["torch==2.13.0"],
         # `vdot prepare depth|flow` and `vdot precompute --annotate` (conditions/annotators): the networks come from
-        # these packages, their weights by path (nothing is downloaded). torchvision's PyPI wheels are CUDA builds:
-        # beside the CPU torch they fail to load (flow then says so); install the build matching your torch.
-        "annotators": ["torch==2.13.0", "transformers>=4.57", "opencv-python-headless==4.10.0.84",
-                       "torchvision==0.28.0"],
+        # these packages, their weights by path (nothing is downloaded). flow also needs torchvision 0.28.0 built
+        # for YOUR torch, so it is not listed: PyPI's wheels are CUDA builds, which beside the CPU torch fail to load
+        # and then break transformers too (measured: DepthAnything no longer loads). CPU torch: pip install
+        # torchvision==0.28.0 --index-url https://download.pytorch.org/whl/cpu
+        "annotators": ["torch==2.13.0", "transformers>=4.57", "opencv-python-headless==4.10.0.84"],
         # `vdot plan` for TPU topologies on any host (and running on TPU VMs); matches jax 0.10.2
         "tpu": ["libtpu==0.0.42.*"],
         "gcs": ["gcsfs>=2024.2"],

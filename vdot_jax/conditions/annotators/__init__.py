@@ -39,6 +39,7 @@ class Backend:
     packages: tuple[str, ...]  # import names the backend needs
     weights: str  # what --weights points at
     release: str  # the release's weights file, and how to use it here
+    install: str = INSTALL  # how to get the packages
     min_frames: int = 1
     min_side: int = 1  # the network's smallest input side
 
@@ -54,6 +55,8 @@ BACKENDS = {
         "a torchvision RAFT state dict file (raft_large or raft_small, e.g. raft_large_C_T_V1-22a6c225.pth, the "
         "paper's weights ported)",
         "raft-things.pth, whose port torchvision ships as raft_large_C_T_V1",
+        install=INSTALL + " and torchvision==0.28.0 built for your torch (CPU torch: pip install torchvision==0.28.0 "
+                          "--index-url https://download.pytorch.org/whl/cpu)",
         min_frames=2, min_side=128),  # flow is between frames; RAFT's correlation pyramid needs 16 x 8 pixels
 }
 ANNOTATOR_TASKS = tuple(BACKENDS)
@@ -74,7 +77,7 @@ def check(task: str, weights) -> Backend:
             importlib.import_module(name)
         except Exception as e:  # noqa: BLE001 -- a missing package, or one that cannot load beside this torch
             why = "is not installed" if isinstance(e, ModuleNotFoundError) else f"cannot be loaded ({_short(e)})"
-            raise AnnotatorError(f"task {task} needs the Python package {name}, which {why}: {INSTALL}, then give "
+            raise AnnotatorError(f"task {task} needs the Python package {name}, which {why}: {b.install}; then give "
                                  f"--weights: {b.weights}.") from None
     if not weights:
         raise AnnotatorError(f"task {task} needs its model's weights: give --weights, {b.weights}; nothing is "
