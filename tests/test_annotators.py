@@ -63,8 +63,8 @@ def depth_model(tmp_path_factory):
     return str(path)
 
 
-def prepare(tmp_path, *argv, h=H, w=W):
-    out = tmp_path / "out"
+def prepare(tmp_path, *argv, h=H, w=W, name="out"):
+    out = tmp_path / name
     code = main(["prepare", *argv, "--out", str(out), "--height", str(h), "--width", str(w)])
     return code, out
 
@@ -269,3 +269,115 @@ def test_precompute_annotate_rows_resumable_sharded_bad_rows_counted(tmp_path, d
     # another size over the same folder is refused, nothing mixed in
     assert main(argv + ["--annotate", "depth=" + depth_model, "--config.data.height=48"]) == 2
     assert "annotations made with other settings (height" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- pose
+
+
+# DWPose test networks with the release's signatures (YOLOX: [1, 3, 640, 640] -> [1, 8400, 85]; RTMPose 384 x 288:
+# -> SimCC x [1, 133, 576], y [1, 133, 768]) whose outputs are designed: one person box, and peaks placing the nose,
+# both shoulders and one face point at known pixels of a 1024 x 1024 frame (its drawing canvas is the frame itself).
+BOX = (256, 128, 768, 896)  # the person, in canvas pixels
+# mmpose index -> SimCC bins (x, y); the box maps bin b to x = 1.25 b + 152, y = 1.25 b + 32 (box grown 1.25x to the
+# model's 3:4 aspect: 720 x 960 around (512, 512))
+PEAKS = {0: (288, 160), 5: (376, 260), 6: (200, 260), 40: (288, 100)}
+
+
+def pose_models(d):
+    need("torch", "onnxruntime", "cv2")
+    import torch
+
+    class Const(torch.nn.Module):
+        """Designed outputs, tied to the input so the graph has one."""
+
+        def __init__(self, *outs):
+            super().__init__()
+            for i, o in enumerate(outs):
+                self.register_buffer(f"o{i}", o)
+            self.n = len(outs)
+
+        def forward(self, x):
+            z = 0 * x.mean()
+            outs = tuple(getattr(self, f"o{i}") + z for i in range(self.n))
+            return outs if self.n > 1 else outs[0]
+
+    det = torch.zeros(1, 8400, 85)
+    det[0, 8000 + 10 * 20 + 10] = torch.tensor([0.0, 0.0, np.log(10.0), np.log(15.0), 1.0, 1.0] + [0.0] * 79)
+    sx, sy = torch.zeros(1, 133, 576), torch.zeros(1, 133, 768)
+    for k, (bx, by) in PEAKS.items():
+        sx[0, k, bx], sy[0, k, by] = 1.0, 1.0
+    paths = (d / "det.onnx", d / "pose.onnx")
+    for model, shape, path, names in ((Const(det), (1, 3, 640, 640), paths[0], ["output"]),
+                                      (Const(sx, sy), (1, 3, 384, 288), paths[1], ["simcc_x", "simcc_y"])):
+        torch.onnx.export(model, (torch.zeros(shape),), str(path), input_names=["input"], output_names=names,
+                          dynamo=False)
+    return ",".join(map(str, paths))
+
+
+@pytest.fixture(scope="module")
+def pose_weights(tmp_path_factory):
+    return pose_models(tmp_path_factory.mktemp("pose"))
+
+
+def test_pose_detection_and_simcc_decoding_known_values():
+    from vdot_jax.conditions.annotators import pose as PO
+
+    assert PO.canvas_size(480, 832) == (1024, 1792) and PO.canvas_size(256, 256) == (1024, 1024)
+    raw = np.zeros((8400, 85))
+    raw[8210, :6] = [0, 0, np.log(10), np.log(15), 1, 1]  # stride-32 cell (10, 10): centre 320, 320 at 640
+    raw[8211, :6] = [0, 0, np.log(10), np.log(15), 0.9, 1]  # overlapping, weaker: suppressed
+    raw[100, :6] = [0, 0, 1, 1, 0.25, 1]  # a weak person (0.25 <= 0.3): dropped
+    raw[200, [0, 1, 2, 3, 4, 6]] = [0, 0, 1, 1, 1, 1]  # class 1, not a person
+    np.testing.assert_allclose(PO.decode_detections(raw, 0.625), [BOX])
+    keypoints, scores = PO.decode_simcc(np.eye(3, 576) * [[1], [0.5], [0]], np.eye(3, 768)[::-1] * 0.8, (288, 384),
+                                        np.array([512.0, 512.0]), np.array([720.0, 960.0]))
+    np.testing.assert_allclose(keypoints[:2], [[152, 32 + 1.25 * 2], [152 + 1.25, 32 + 1.25]])
+    np.testing.assert_allclose(scores, [0.8, 0.5, 0])  # the smaller of the two maxima
+    kp, sc = PO.openpose_order(np.arange(133 * 2, dtype=float).reshape(1, 133, 2), np.ones((1, 133)))
+    assert kp.shape == (1, 134, 2)
+    np.testing.assert_allclose(kp[0, 1], [11, 12])  # the neck: mean of the shoulders (10, 11) and (12, 13)
+    np.testing.assert_allclose(kp[0, [0, 2, 5, 6, 11, 8]], [[0, 1], [12, 13], [10, 11], [14, 15], [22, 23],
+                                                            [24, 25]])  # nose, r/l shoulder, l elbow, l/r hip
+
+
+def test_pose_draws_the_release_skeleton_on_black(pose_weights):
+    from vdot_jax.conditions.annotators import pose as PO
+
+    model = AN.load("pose", pose_weights)
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (1024, 1024, 3), np.uint8)  # the picture does not matter: the networks are fixed
+    out = model(frame[None])[0]
+    at = lambda b: (int(1.25 * b[1] + 32), int(1.25 * b[0] + 152))  # noqa: E731  (row, column)
+    # joints: full colour, drawn in BGR then reversed: nose (255, 0, 0) -> blue; neck (255, 85, 0) -> (0, 85, 255)
+    nose, rs, ls, face = at(PEAKS[0]), at(PEAKS[6]), at(PEAKS[5]), at(PEAKS[40])
+    np.testing.assert_array_equal(out[nose], [0, 0, 255])
+    np.testing.assert_array_equal(out[(357, 512)], [0, 85, 255])  # neck: mean of the shoulders
+    np.testing.assert_array_equal(out[rs], [0, 170, 255])  # OpenPose joint 2 (right shoulder) colour (255, 170, 0)
+    np.testing.assert_array_equal(out[ls], [0, 255, 85])  # joint 5 (left shoulder) colour (85, 255, 0)
+    np.testing.assert_array_equal(out[face], [255, 255, 255])  # face points white
+    # limbs at 60 %: neck-right shoulder (255, 0, 0), neck-left shoulder (255, 85, 0), neck-nose (0, 0, 255)
+    np.testing.assert_array_equal(out[357, 457], [0, 0, 153])
+    np.testing.assert_array_equal(out[357, 567], [0, 51, 153])
+    np.testing.assert_array_equal(out[(232 + 357) // 2, 512], [153, 0, 0])
+    assert (out[:100] == 0).all() and (out[:, :300] == 0).all() and (out[500:] == 0).all()  # black elsewhere
+    # nothing visible (all scores 0) -> a black frame
+    keypoints, scores = PO.openpose_order(np.zeros((1, 133, 2)), np.zeros((1, 133)))
+    assert (PO.draw(keypoints, scores, 64, 64) == 0).all()
+
+
+def test_prepare_pose_end_to_end(tmp_path, pose_weights, capsys):
+    src = str(video_io.write_video(tmp_path / "p.mp4", moving_video(5, 256, 256), fps=16))
+    code, out = prepare(tmp_path, "pose", "--src-video", src, "--weights", pose_weights, h=256, w=256)
+    assert code == 0 and json.loads((out / "row.json").read_text())["task"] == "pose"
+    back = video_io.read_video(out / "src_video.mp4", normalize=False)
+    assert back.shape == (5, 256, 256, 3)
+    want = AN.load("pose", pose_weights)(video_io.read_video(src, num_frames=1, size=(256, 256),
+                                                             normalize=False).astype(np.uint8))
+    assert np.abs(back[0] - want[0]).mean() < 3 and want[0].max() > 200 and (want[0, :20] == 0).all()
+    det = pose_weights.split(",")[0]
+    code, out = prepare(tmp_path, "pose", "--src-video", src, "--weights", det, h=256, w=256, name="never")
+    assert code == 2 and "pose weights are 2 path(s) separated by ','" in capsys.readouterr().err
+    code, out = prepare(tmp_path, "pose", "--src-video", src, "--weights", f"{src},{det}", h=256, w=256, name="never")
+    err = capsys.readouterr().err
+    assert code == 2 and f"cannot load pose weights from {src},{det} ({src} does not load as an ONNX model" in err
+    assert not out.exists()

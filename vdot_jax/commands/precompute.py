@@ -56,7 +56,8 @@ def _annotate(args, config) -> None:
     from vdot_jax.data.precompute import annotate, check_annotation
 
     weights = parse_annotate(args.annotate)
-    check_no_overlap({"--out": args.out}, {"--manifest": config.data.manifest, "--annotate": list(weights.values())})
+    paths = [p for v in weights.values() for p in v.split(",")]
+    check_no_overlap({"--out": args.out}, {"--manifest": config.data.manifest, "--annotate": paths})
     check_annotation(config, args.out, weights)  # every refusal before the folder is made
     mark_output_folder(args.out, "precompute")
     annotate(config, args.out, weights)
@@ -72,9 +73,10 @@ def register(sub) -> None:
             "Train on them with --config.data.source=precomputed --config.data.precomputed=OUT. Resumable: a "
             "rerun skips finished shards. Unreadable rows are skipped with a warning and listed in the index. "
             "With --annotate TASK=WEIGHTS (the annotators extra): instead of encoding, run that annotator over the "
-            "ground-truth video of every row of TASK without condition files (depth, flow), at the config's frames "
-            "and size, into OUT/conditions/, and write OUT/annotated.jsonl (all rows, those with their new src_video; "
-            "unreadable rows left out and listed in OUT/annotated_report.json) to train on or to precompute. "
+            "ground-truth video of every row of TASK without condition files (depth, flow, pose), at the config's "
+            "frames and size, into OUT/conditions/, and write OUT/annotated.jsonl (all rows, those with their new "
+            "src_video; unreadable rows left out and listed in OUT/annotated_report.json) to train on or to "
+            "precompute. "
             "Resumable and sharded alike (row i by process i mod P)."
         ),
     )
@@ -88,5 +90,6 @@ def register(sub) -> None:
     p.add_argument("--rows-per-shard", type=int, default=256)
     p.add_argument("--annotate", action="append", default=[], metavar="TASK=WEIGHTS",
                    help="annotate instead of encoding: e.g. depth=models/Depth-Anything-V2-Large-hf, "
-                        "flow=models/raft_large_C_T_V1.pth (repeat per task; weights by path, nothing is downloaded)")
+                        "flow=models/raft_large_C_T_V1.pth, pose=yolox_l.onnx,dw-ll_ucoco_384.onnx (repeat per task; "
+                        "weights by path, nothing is downloaded)")
     p.set_defaults(func=run, accepts_extra=True)

@@ -14,7 +14,7 @@ EXTENSION_TASKS = ("first_frame", "last_frame", "first_last_frame", "first_clip"
 PREPARE_TASKS = ("plain", "gray", "edges", "layout", "frameref", "inpaint", "outpaint") + EXTENSION_TASKS
 # the tasks of conditions.annotators.BACKENDS (test_annotators keeps them equal; importing conditions loads jax,
 # which `vdot --help` does not): they need the annotators extra and --weights
-ANNOTATOR_TASKS = ("depth", "flow")
+ANNOTATOR_TASKS = ("depth", "flow", "pose")
 PREPARE_TASKS += ANNOTATOR_TASKS
 CLIP_TASKS = ("first_clip", "last_clip", "first_last_clip")
 # options that only some tasks use: given to another task they are refused, not silently ignored
@@ -307,9 +307,9 @@ def register(sub) -> None:
             "border), and the extension tasks first_frame, last_frame, first_last_frame, first_clip, last_clip, "
             "first_last_clip (--clip-frames). "
             "With the annotators extra (pip install -e '.[annotators]') and a model given by --weights (nothing is "
-            "downloaded): depth (Depth-Anything-V2, a transformers folder) and flow (torchvision RAFT, a state dict "
-            "file), post-processed as the release's annotators. Pose, the release's scribble, tracking and face are "
-            "not built in yet."
+            "downloaded): depth (Depth-Anything-V2, a transformers folder), flow (torchvision RAFT, a state dict "
+            "file) and pose (DWPose: its two ONNX files, DET.onnx,POSE.onnx; body and face on black), post-processed "
+            "as the release's annotators. The release's scribble, tracking and face are not built in yet."
         ),
     )
     p.add_argument("task", choices=PREPARE_TASKS, help="which task's inputs to build")
@@ -350,8 +350,8 @@ def register(sub) -> None:
     o.add_argument("--edge-sigma", type=float, default=0.0, help="edges: Gaussian blur first, in pixels (default 0: "
                                                                   "OpenCV's Canny with the L2 gradient)")
     o.add_argument("--weights", default=None,
-                   help="depth, flow: the annotator model (depth: a Depth-Anything-V2 transformers folder; flow: a "
-                        "torchvision RAFT state dict file)")
+                   help="depth, flow, pose: the annotator model (depth: a Depth-Anything-V2 transformers folder; flow: "
+                        "a torchvision RAFT state dict file; pose: the DWPose detector and pose ONNX files, DET,POSE)")
     o.add_argument("--seed", type=int, default=0, help="random frame references and mask expansion")
     s = p.add_argument_group("size")
     s.add_argument("--frames", type=int, default=None,

@@ -40,6 +40,7 @@ class Backend:
     weights: str  # what --weights points at
     release: str  # the release's weights file, and how to use it here
     install: str = INSTALL  # how to get the packages
+    parts: int = 1  # paths in --weights, comma-separated
     min_frames: int = 1
     min_side: int = 1  # the network's smallest input side
 
@@ -58,6 +59,10 @@ BACKENDS = {
         install=INSTALL + " and torchvision==0.28.0 built for your torch (CPU torch: pip install torchvision==0.28.0 "
                           "--index-url https://download.pytorch.org/whl/cpu)",
         min_frames=2, min_side=128),  # flow is between frames; RAFT's correlation pyramid needs 16 x 8 pixels
+    "pose": Backend(
+        "pose", "pose", "pose", ("onnxruntime", "cv2"),
+        "the two DWPose ONNX files, detector then pose model: DET.onnx,POSE.onnx",
+        "yolox_l.onnx,dw-ll_ucoco_384.onnx (give those two)", parts=2),
 }
 ANNOTATOR_TASKS = tuple(BACKENDS)
 
@@ -82,8 +87,12 @@ def check(task: str, weights) -> Backend:
     if not weights:
         raise AnnotatorError(f"task {task} needs its model's weights: give --weights, {b.weights}; nothing is "
                              f"downloaded (the release uses {b.release}).")
-    if not Path(weights).exists():
-        raise AnnotatorError(f"{task} weights {weights} do not exist; give {b.weights}.")
+    paths = str(weights).split(",")
+    if len(paths) != b.parts:
+        raise AnnotatorError(f"{task} weights are {b.parts} path(s) separated by ',': {b.weights}; got {weights}.")
+    for p in paths:
+        if not Path(p).exists():
+            raise AnnotatorError(f"{task} weights {p} do not exist; give {b.weights}.")
     return b
 
 
