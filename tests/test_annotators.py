@@ -175,7 +175,7 @@ def test_every_backend_is_a_prepare_task():
     from vdot_jax.commands import prepare
 
     assert prepare.ANNOTATOR_TASKS == AN.ANNOTATOR_TASKS
-    assert all(b.kind in C.CONTROL_KINDS for b in AN.BACKENDS.values())
+    assert all(AN.BACKENDS[t].kind in C.CONTROL_KINDS for t in AN.ANNOTATOR_TASKS)
 
 
 def test_annotator_refusals_write_nothing(tmp_path, video, capsys, monkeypatch):
@@ -381,3 +381,73 @@ def test_prepare_pose_end_to_end(tmp_path, pose_weights, capsys):
     err = capsys.readouterr().err
     assert code == 2 and f"cannot load pose weights from {src},{det} ({src} does not load as an ONNX model" in err
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- tracking (SAM 2)
+
+
+@pytest.fixture(scope="module")
+def sam2_model(tmp_path_factory):
+    """A random SAM 2 video model (Hiera backbone, prompt encoder, mask decoder, memory attention and encoder) at a
+    256-pixel input instead of 1024, saved as transformers saves it."""
+    need("torch", "transformers")
+    import torch
+    from transformers import Sam2HieraDetConfig, Sam2VideoConfig, Sam2VideoModel, Sam2VisionConfig
+
+    backbone = Sam2HieraDetConfig(hidden_size=8, num_attention_heads=1, blocks_per_stage=[1, 2, 1, 1],
+                                  embed_dim_per_stage=[8, 16, 32, 64], num_attention_heads_per_stage=[1, 1, 1, 1],
+                                  global_attention_blocks=[2], image_size=[256, 256])
+    vision = Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=[64, 32, 16, 8],
+                              backbone_feature_sizes=[[64, 64], [32, 32], [16, 16]])
+    cfg = Sam2VideoConfig(vision_config=vision, image_size=256, prompt_encoder_config={"image_size": 256},
+                          mask_decoder_config={"num_hidden_layers": 1}, memory_attention_num_layers=1,
+                          memory_fuser_num_layers=1, memory_attention_rope_feat_sizes=[16, 16])
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("sam2") / "sam2"
+    Sam2VideoModel(cfg).eval().save_pretrained(path)
+    return str(path)
+
+
+def test_sam2_tracker_and_its_refusals(tmp_path, sam2_model, capsys):
+    """Fast: the tracker on two frames (binary masks of the frame's size, not constant, the same on a rerun) and
+    the one-line refusals of --track-model (nothing written)."""
+    tracker = AN.load("track", sam2_model)
+    frames = moving_video(2, 32, 48)
+    masks = tracker(frames, np.array([8.0, 8, 30, 24]))
+    assert masks.shape == (2, H, W) and set(np.unique(masks)) <= {0.0, 1.0}
+    assert 0.02 < masks.mean() < 0.98  # random weights: some object, not all (catches a constant mask)
+    np.testing.assert_array_equal(tracker(frames, np.array([8.0, 8, 30, 24])), masks)
+    src = str(video_io.write_video(tmp_path / "v.mp4", moving_video(5, 32, 48), fps=16))
+    capsys.readouterr()
+    for argv, msg in ((["--track", "0:8,8,30,24", "--track-model", sam2_model], "give one box"),
+                      (["--box", "8,8,30,24", "--track-model", str(tmp_path / "none")], "track weights"),
+                      (["--box", "8,8,30,24", "--track-model", src], "cannot load track weights")):
+        code, out = prepare(tmp_path, "inpaint", "--src-video", src, *argv, name="never")
+        err = capsys.readouterr().err.strip().splitlines()[-1]  # (transformers' loading bar may come first)
+        assert code == 2 and msg in err and not out.exists(), err
+    code, out = prepare(tmp_path, "gray", "--src-video", src, "--track-model", sam2_model, name="never")
+    assert code == 2 and "--track-model is for tasks inpaint, layout, not gray" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~40 s: SAM 2 over 5 frames, three times
+def test_prepare_inpaint_tracks_the_box_with_sam2(tmp_path, sam2_model):
+    src = str(video_io.write_video(tmp_path / "v.mp4", moving_video(5, 32, 48), fps=16))
+    code, out = prepare(tmp_path, "inpaint", "--src-video", src, "--box", "8,8,30,24", "--track-model", sam2_model,
+                        "--frames", "5")
+    assert code == 0
+    row = json.loads((out / "row.json").read_text())
+    back = C.task_inputs(row["task"], src_video=str(out / "src_video.mp4"), src_mask=str(out / "src_mask.mp4"),
+                         frames=5, height=H, width=W)
+    frames = video_io.read_video(src, num_frames=5, size=(H, W))
+    masks = AN.load("track", sam2_model)(AN.to_uint8(C.video_from_frames(frames)), np.array([8.0, 8, 30, 24]))
+    assert (np.abs(back.masks[0, 0] - masks) > 0.5).mean() < 0.01  # white = the tracked object (H.264 edges)
+    want = C.inpaint(C.video_from_frames(frames), masks[None, None])  # the one inpainting builder: grey there
+    assert np.abs(back.frames - want.frames).mean() < 0.03
+    # --mask-kind acts on the tracked masks as on a given mask (the one mask_aug)
+    code, out = prepare(tmp_path, "inpaint", "--src-video", src, "--box", "8,8,30,24", "--track-model", sam2_model,
+                        "--frames", "5", "--mask-kind", "bbox", name="bbox")
+    assert code == 0
+    boxed = C.task_inputs("mv2v", src_video=str(out / "src_video.mp4"), src_mask=str(out / "src_mask.mp4"),
+                          frames=5, height=H, width=W).masks[0, 0]
+    ys, xs = np.nonzero(masks[0])
+    assert boxed[0, ys.min():ys.max() + 1, xs.min():xs.max() + 1].mean() > 0.95

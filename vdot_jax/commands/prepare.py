@@ -21,7 +21,8 @@ CLIP_TASKS = ("first_clip", "last_clip", "first_last_clip")
 TASK_OPTIONS = {"mode": ("frameref",), "ref_num": ("frameref",), "clip_frames": CLIP_TASKS, "inner": ("outpaint",),
                 "mask_kind": ("inpaint", "layout"), "expand_ratio": ("inpaint", "layout"),
                 "expand_iters": ("inpaint", "layout"), "invert": ("inpaint",), "edge_low": ("edges",),
-                "edge_high": ("edges",), "edge_sigma": ("edges",), "weights": ANNOTATOR_TASKS}
+                "edge_high": ("edges",), "edge_sigma": ("edges",), "weights": ANNOTATOR_TASKS,
+                "track_model": ("inpaint", "layout")}
 
 
 def _src_frames(args, total: int) -> int:
@@ -141,6 +142,11 @@ def build(args):
     if args.src_video is None:
         raise UserError(f"task {task} needs --src-video")
 
+    if args.track_model is not None:
+        if args.box is None or ";" in args.box:
+            raise UserError("--track-model follows one --box x1,y1,x2,y2 from the first frame; give one box (not "
+                            "--track or a box per frame)")
+        AN.check("track", args.track_model, "--track-model")
     if task in ANNOTATOR_TASKS:
         AN.check(task, args.weights)  # packages and weights path, before any video is read
     info = video_io.probe_video(args.src_video)
@@ -149,7 +155,7 @@ def build(args):
         AN.check_size(task, n, H, W)
     src_hw = (info.height, info.width)
     idx = video_io.select_frame_indices(info.num_frames, n)
-    if task == "layout" and has_boxes:  # the video gives the frame count and size only
+    if task == "layout" and has_boxes and args.track_model is None:  # the video gives the frame count and size
         return C.v2v(PR.layout_boxes(_boxes(args, info.num_frames, src_hw, idx, (H, W)), H, W), "layout")
     if task == "outpaint" and not args.inner:
         return C.task_inputs("outpaint", src_video=args.src_video, frames=n, height=H, width=W, expand=args.expand)
@@ -160,6 +166,9 @@ def build(args):
     else:
         video = C.video_from_frames(video_io.read_video(args.src_video, num_frames=n, size=(H, W)))
         masks = PR.box_masks(_boxes(args, info.num_frames, src_hw, idx, (H, W)), H, W) if has_boxes else None
+    if args.track_model is not None:  # the box on the first frame, followed by SAM 2
+        box = _boxes(args, info.num_frames, src_hw, idx, (H, W))[0]
+        masks = AN.load("track", args.track_model, "--track-model")(AN.to_uint8(video), box)[None, None]
 
     if task in ANNOTATOR_TASKS:
         return C.v2v(AN.annotate(AN.load(task, args.weights), video), AN.BACKENDS[task].kind)
@@ -309,7 +318,8 @@ def register(sub) -> None:
             "With the annotators extra (pip install -e '.[annotators]') and a model given by --weights (nothing is "
             "downloaded): depth (Depth-Anything-V2, a transformers folder), flow (torchvision RAFT, a state dict "
             "file) and pose (DWPose: its two ONNX files, DET.onnx,POSE.onnx; body and face on black), post-processed "
-            "as the release's annotators. The release's scribble, tracking and face are not built in yet."
+            "as the release's annotators; inpaint and layout --box B --track-model SAM2_FOLDER follow the box's "
+            "object with SAM 2 (the release's bboxtrack). The release's scribble, face and salient are not built in yet."
         ),
     )
     p.add_argument("task", choices=PREPARE_TASKS, help="which task's inputs to build")
@@ -352,6 +362,9 @@ def register(sub) -> None:
     o.add_argument("--weights", default=None,
                    help="depth, flow, pose: the annotator model (depth: a Depth-Anything-V2 transformers folder; flow: "
                         "a torchvision RAFT state dict file; pose: the DWPose detector and pose ONNX files, DET,POSE)")
+    o.add_argument("--track-model", default=None,
+                   help="inpaint, layout: follow the --box of the first frame through the video with this SAM 2 "
+                        "model (a transformers Sam2VideoModel folder; the annotators extra) instead of keeping the box")
     o.add_argument("--seed", type=int, default=0, help="random frame references and mask expansion")
     s = p.add_argument_group("size")
     s.add_argument("--frames", type=int, default=None,

@@ -63,8 +63,14 @@ BACKENDS = {
         "pose", "pose", "pose", ("onnxruntime", "cv2"),
         "the two DWPose ONNX files, detector then pose model: DET.onnx,POSE.onnx",
         "yolox_l.onnx,dw-ll_ucoco_384.onnx (give those two)", parts=2),
+    # not a control: masks of the object a box marks on the first frame, for inpainting and layout
+    "track": Backend(
+        "track", "mask", "sam2", ("torch", "transformers"),
+        "a SAM 2 video model folder in transformers' layout (config.json + model.safetensors, e.g. "
+        "facebook/sam2.1-hiera-large)",
+        "sam2.1_hiera_large.pt, which transformers' convert_sam2_to_hf.py converts"),
 }
-ANNOTATOR_TASKS = tuple(BACKENDS)
+ANNOTATOR_TASKS = tuple(k for k, b in BACKENDS.items() if b.kind != "mask")  # those that make a control video
 
 
 def backend(task: str) -> Backend:
@@ -73,7 +79,7 @@ def backend(task: str) -> Backend:
     return BACKENDS[task]
 
 
-def check(task: str, weights) -> Backend:
+def check(task: str, weights, flag: str = "--weights") -> Backend:
     """The backend of ``task`` if its packages import and ``weights`` exists; else one ``AnnotatorError`` line
     naming what to install or where the weights go (nothing is read or written before this)."""
     b = backend(task)
@@ -83,9 +89,9 @@ def check(task: str, weights) -> Backend:
         except Exception as e:  # noqa: BLE001 -- a missing package, or one that cannot load beside this torch
             why = "is not installed" if isinstance(e, ModuleNotFoundError) else f"cannot be loaded ({_short(e)})"
             raise AnnotatorError(f"task {task} needs the Python package {name}, which {why}: {b.install}; then give "
-                                 f"--weights: {b.weights}.") from None
+                                 f"{flag}: {b.weights}.") from None
     if not weights:
-        raise AnnotatorError(f"task {task} needs its model's weights: give --weights, {b.weights}; nothing is "
+        raise AnnotatorError(f"task {task} needs its model's weights: give {flag}, {b.weights}; nothing is "
                              f"downloaded (the release uses {b.release}).")
     paths = str(weights).split(",")
     if len(paths) != b.parts:
@@ -110,9 +116,9 @@ def _short(e: BaseException) -> str:
     return " ".join(str(e).split())[:160] or type(e).__name__
 
 
-def load(task: str, weights):
+def load(task: str, weights, flag: str = "--weights"):
     """``check``, then the backend's model loaded from ``weights`` (an ``AnnotatorError`` if it cannot be)."""
-    b = check(task, weights)
+    b = check(task, weights, flag)
     module = importlib.import_module(f"{__name__}.{b.module}")
     try:
         return module.load(str(weights))
