@@ -319,7 +319,8 @@ def register(sub) -> None:
             "downloaded): depth (Depth-Anything-V2, a transformers folder), flow (torchvision RAFT, a state dict "
             "file) and pose (DWPose: its two ONNX files, DET.onnx,POSE.onnx; body and face on black), post-processed "
             "as the release's annotators; inpaint and layout --box B --track-model SAM2_FOLDER follow the box's "
-            "object with SAM 2 (the release's bboxtrack). The release's scribble, face and salient are not built in yet."
+            "object with SAM 2 (the release's bboxtrack). The release's scribble, face and salient are not built in "
+            "yet."
         ),
     )
     p.add_argument("task", choices=PREPARE_TASKS, help="which task's inputs to build")
