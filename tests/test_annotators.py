@@ -183,7 +183,7 @@ def test_annotator_refusals_write_nothing(tmp_path, video, capsys, monkeypatch):
     cases = [
         (["depth", "--src-video", video], "needs its model's weights: give --weights, a Depth-Anything-V2"),
         (["depth", "--src-video", video, "--weights", missing], "do not exist"),
-        (["gray", "--src-video", video, "--weights", missing], "--weights is for tasks depth, flow, not gray"),
+        (["gray", "--src-video", video, "--weights", missing], "--weights is for tasks depth, flow, pose, not gray"),
         (["depth", "--src-video", video, "--weights", video], "cannot load depth weights"),
         (["depth", "--src-video", str(tmp_path / "bad.mp4"), "--weights", video], "bad.mp4"),
     ]
@@ -234,7 +234,7 @@ def test_precompute_annotate_rows_resumable_sharded_bad_rows_counted(tmp_path, d
     # refused before anything is written: a depth row and no depth weights; an unknown task
     for extra, msg in ((["--annotate", "flow=" + depth_model], "rows 1, 2, 4 are task depth without condition "
                                                                "files: give --annotate depth=WEIGHTS"),
-                       (["--annotate", "pose=" + depth_model], "no annotator for task pose"),
+                       (["--annotate", "scribble=" + depth_model], "no annotator for task scribble"),
                        (["--annotate", "depth"], "TASK=WEIGHTS")):
         assert main(argv + extra) == 2
         err = capsys.readouterr().err.strip()

@@ -279,7 +279,8 @@ def check_annotation(config, out, weights: dict) -> tuple[dict[int, str], dict]:
         AN.check_size(task, int(d.num_frames), int(d.height), int(d.width))
     spec = {"num_frames": int(d.num_frames), "height": int(d.height), "width": int(d.width),
             "fps": float(d.fps or 0), "sampling": d.sampling, "manifest_sha256": _sha256(d.manifest),
-            "weights": {k: str(Path(v).resolve()) for k, v in sorted(weights.items())}}
+            "weights": {k: ",".join(str(Path(p).resolve()) for p in v.split(","))
+                        for k, v in sorted(weights.items())}}
     spec_file = Path(out) / ANNOTATE_SPEC
     if spec_file.exists():
         have = json.loads(spec_file.read_text())
