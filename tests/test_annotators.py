@@ -147,7 +147,7 @@ def test_flow_colour_wheel_known_values():
     assert FL.repeat_first(["a", "b", "c"]) == ["a", "a", "b", "c"]  # T - 1 flows -> T frames
 
 
-@pytest.mark.slow  # RAFT's 20 refinements on CPU: ~30 s
+@pytest.mark.slow  # RAFT's 20 refinements on CPU: ~1 min
 def test_prepare_flow_end_to_end(tmp_path):
     need("torch", "torchvision")
     import torch
@@ -156,16 +156,18 @@ def test_prepare_flow_end_to_end(tmp_path):
     torch.manual_seed(0)
     weights = tmp_path / "raft_small.pth"
     torch.save(raft_small(weights=None).state_dict(), weights)
-    src = str(video_io.write_video(tmp_path / "v.mp4", moving_video(3, 128, 128), fps=16))
-    code, out = prepare(tmp_path, "flow", "--src-video", src, "--weights", str(weights), "--frames", "3", h=128,
+    src = str(video_io.write_video(tmp_path / "v.mp4", moving_video(5, 128, 128), fps=16))
+    code, out = prepare(tmp_path, "flow", "--src-video", src, "--weights", str(weights), "--frames", "5", h=128,
                         w=128)
     assert code == 0 and json.loads((out / "row.json").read_text())["task"] == "flow"
     back = video_io.read_video(out / "src_video.mp4", normalize=False)
-    assert back.shape == (3, 128, 128, 3) and np.abs(back[0] - back[1]).max() < 8  # the first flow repeated
+    assert back.shape == (5, 128, 128, 3) and np.abs(back[0] - back[1]).max() < 8  # the first flow repeated
     model = AN.load("flow", str(weights))
-    flows = model.flows(video_io.read_video(src, num_frames=3, size=(128, 128), normalize=False).astype(np.uint8))
+    frames = video_io.read_video(src, num_frames=5, size=(128, 128), normalize=False)[:3]
+    flows = model.flows(np.rint(frames).astype(np.uint8))
     assert flows.shape == (2, 128, 128, 2)
-    np.testing.assert_allclose(back[2], FL.flow_to_rgb(flows[1]), atol=12)
+    want = FL.flow_to_rgb(flows[1]).astype(float)
+    assert np.abs(back[2] - want).mean() < 3 and (np.abs(back[2] - want) > 12).mean() < 0.01  # H.264 (chroma)
 
 
 # ----------------------------------------------------------------------------- refusals
