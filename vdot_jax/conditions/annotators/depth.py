@@ -80,5 +80,7 @@ class DepthAnything:
 
 def load(path: str) -> DepthAnything:
     from transformers import DepthAnythingForDepthEstimation
+    from transformers.utils import logging
 
+    logging.disable_progress_bar()  # vdot's output stays its own lines
     return DepthAnything(DepthAnythingForDepthEstimation.from_pretrained(path, local_files_only=True).eval())

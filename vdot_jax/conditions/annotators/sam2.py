@@ -59,5 +59,7 @@ class Sam2Tracker:
 
 def load(path: str) -> Sam2Tracker:
     from transformers import Sam2VideoModel
+    from transformers.utils import logging
 
+    logging.disable_progress_bar()  # vdot's output stays its own lines
     return Sam2Tracker(Sam2VideoModel.from_pretrained(path, local_files_only=True).eval())
