@@ -28,11 +28,21 @@ setup(
             "ftfy>=6.0",
             "scipy>=1.11",
             "opencv-python-headless==4.10.0.84",  # the release's drawing and mask growth (tests/test_prepare.py)
+            # DWPose on designed ONNX networks (tests/test_annotators.py): CPU wheels, ~22 s into a fresh venv
+            "onnxruntime==1.32.0",
+            "onnx==1.23.2",
             "pytest>=8.0",
             "pytest-xdist>=3.5",
             "libtpu==0.0.42.*",  # TPU compile tests (tests/test_tpu.py) on a CPU host
         ],
         "torch": ["torch==2.13.0"],
+        # `vdot prepare depth|flow|pose` and `vdot precompute --annotate` (conditions/annotators): the networks come
+        # from these packages, their weights by path (nothing is downloaded). flow also needs torchvision 0.28.0 built
+        # for YOUR torch, so it is not listed: PyPI's wheels are CUDA builds, which beside the CPU torch fail to load
+        # and then break transformers too (measured: DepthAnything no longer loads). CPU torch: pip install
+        # torchvision==0.28.0 --index-url https://download.pytorch.org/whl/cpu
+        "annotators": ["torch==2.13.0", "transformers>=4.57", "opencv-python-headless==4.10.0.84",
+                       "onnxruntime==1.32.0"],
         # `vdot plan` for TPU topologies on any host (and running on TPU VMs); matches jax 0.10.2
         "tpu": ["libtpu==0.0.42.*"],
         "gcs": ["gcsfs>=2024.2"],

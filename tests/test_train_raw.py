@@ -173,7 +173,7 @@ def test_rows_needing_an_annotator_are_refused_in_one_line_before_training(raw, 
     bad = raw.parent / "depth.jsonl"
     bad.write_text(json.dumps({"task": "depth", "caption": "a red square", "video": "v0.mp4"}) + "\n")
     with pytest.raises(ManifestError, match=r"row 1: task depth needs an annotator model .*`vdot precompute "
-                                            r"--annotate`\) is future work"):
+                                            r"--annotate depth=WEIGHTS` writes them"):
         check_data(config(bad))
     wd = tmp_path / "run"
     assert main(["train", "--config", TINY + ":flow", "--workdir", str(wd), "--config.data.source=manifest",

@@ -12,12 +12,17 @@ from vdot_jax.commands.common import MARKER, UserError, check_output_folder, mar
 
 EXTENSION_TASKS = ("first_frame", "last_frame", "first_last_frame", "first_clip", "last_clip", "first_last_clip")
 PREPARE_TASKS = ("plain", "gray", "edges", "layout", "frameref", "inpaint", "outpaint") + EXTENSION_TASKS
+# the tasks of conditions.annotators.BACKENDS (test_annotators keeps them equal; importing conditions loads jax,
+# which `vdot --help` does not): they need the annotators extra and --weights
+ANNOTATOR_TASKS = ("depth", "flow", "pose")
+PREPARE_TASKS += ANNOTATOR_TASKS
 CLIP_TASKS = ("first_clip", "last_clip", "first_last_clip")
 # options that only some tasks use: given to another task they are refused, not silently ignored
 TASK_OPTIONS = {"mode": ("frameref",), "ref_num": ("frameref",), "clip_frames": CLIP_TASKS, "inner": ("outpaint",),
                 "mask_kind": ("inpaint", "layout"), "expand_ratio": ("inpaint", "layout"),
                 "expand_iters": ("inpaint", "layout"), "invert": ("inpaint",), "edge_low": ("edges",),
-                "edge_high": ("edges",), "edge_sigma": ("edges",)}
+                "edge_high": ("edges",), "edge_sigma": ("edges",), "weights": ANNOTATOR_TASKS,
+                "track_model": ("inpaint", "layout")}
 
 
 def _src_frames(args, total: int) -> int:
@@ -86,6 +91,7 @@ def build(args):
     import numpy as np
 
     from vdot_jax import conditions as C
+    from vdot_jax.conditions import annotators as AN
     from vdot_jax.conditions import prepare as PR
     from vdot_jax.conditions.files import parse_expand
     from vdot_jax.conditions.vcu import check_num_frames
@@ -136,11 +142,20 @@ def build(args):
     if args.src_video is None:
         raise UserError(f"task {task} needs --src-video")
 
+    if args.track_model is not None:
+        if args.box is None or ";" in args.box:
+            raise UserError("--track-model follows one --box x1,y1,x2,y2 from the first frame; give one box (not "
+                            "--track or a box per frame)")
+        AN.check("track", args.track_model, "--track-model")
+    if task in ANNOTATOR_TASKS:
+        AN.check(task, args.weights)  # packages and weights path, before any video is read
     info = video_io.probe_video(args.src_video)
     n = _src_frames(args, info.num_frames)
+    if task in ANNOTATOR_TASKS:
+        AN.check_size(task, n, H, W)
     src_hw = (info.height, info.width)
     idx = video_io.select_frame_indices(info.num_frames, n)
-    if task == "layout" and has_boxes:  # the video gives the frame count and size only
+    if task == "layout" and has_boxes and args.track_model is None:  # the video gives the frame count and size
         return C.v2v(PR.layout_boxes(_boxes(args, info.num_frames, src_hw, idx, (H, W)), H, W), "layout")
     if task == "outpaint" and not args.inner:
         return C.task_inputs("outpaint", src_video=args.src_video, frames=n, height=H, width=W, expand=args.expand)
@@ -151,7 +166,12 @@ def build(args):
     else:
         video = C.video_from_frames(video_io.read_video(args.src_video, num_frames=n, size=(H, W)))
         masks = PR.box_masks(_boxes(args, info.num_frames, src_hw, idx, (H, W)), H, W) if has_boxes else None
+    if args.track_model is not None:  # the box on the first frame, followed by SAM 2
+        box = _boxes(args, info.num_frames, src_hw, idx, (H, W))[0]
+        masks = AN.load("track", args.track_model, "--track-model")(AN.to_uint8(video), box)[None, None]
 
+    if task in ANNOTATOR_TASKS:
+        return C.v2v(AN.annotate(AN.load(task, args.weights), video), AN.BACKENDS[task].kind)
     if task == "plain":
         return C.VCU(video, np.ones((1, 1) + video.shape[2:], np.float32), task="v2v", kind="control")
     if task == "gray":
@@ -175,7 +195,7 @@ def build(args):
 def row_task(vcu) -> str:
     """The ``task`` a row of these files is read as (``conditions.files.task_inputs``)."""
     if vcu.kind == "control":
-        return vcu.task if vcu.task in ("gray", "layout") else "v2v"
+        return vcu.task if vcu.task in ("gray", "layout") + ANNOTATOR_TASKS else "v2v"
     return "mv2v"
 
 
@@ -294,8 +314,13 @@ def register(sub) -> None:
             "(--mode first|last|firstlast|random, --ref-num), inpaint (--mask, or --box/--track; --mask-kind "
             "original|bbox|hull[_expand]|random, --invert), outpaint (--expand; --inner regenerates the frame's own "
             "border), and the extension tasks first_frame, last_frame, first_last_frame, first_clip, last_clip, "
-            "first_last_clip (--clip-frames). Depth, pose, flow, the release's scribble, tracking and face need "
-            "annotator models and are not built in yet."
+            "first_last_clip (--clip-frames). "
+            "With the annotators extra (pip install -e '.[annotators]') and a model given by --weights (nothing is "
+            "downloaded): depth (Depth-Anything-V2, a transformers folder), flow (torchvision RAFT, a state dict "
+            "file) and pose (DWPose: its two ONNX files, DET.onnx,POSE.onnx; body and face on black), post-processed "
+            "as the release's annotators; inpaint and layout --box B --track-model SAM2_FOLDER follow the box's "
+            "object with SAM 2 (the release's bboxtrack). The release's scribble, face and salient are not built in "
+            "yet."
         ),
     )
     p.add_argument("task", choices=PREPARE_TASKS, help="which task's inputs to build")
@@ -335,6 +360,12 @@ def register(sub) -> None:
     o.add_argument("--edge-high", type=float, default=200.0, help="edges: Canny high threshold")
     o.add_argument("--edge-sigma", type=float, default=0.0, help="edges: Gaussian blur first, in pixels (default 0: "
                                                                   "OpenCV's Canny with the L2 gradient)")
+    o.add_argument("--weights", default=None,
+                   help="depth, flow, pose: the annotator model (depth: a Depth-Anything-V2 transformers folder; flow: "
+                        "a torchvision RAFT state dict file; pose: the DWPose detector and pose ONNX files, DET,POSE)")
+    o.add_argument("--track-model", default=None,
+                   help="inpaint, layout: follow the --box of the first frame through the video with this SAM 2 "
+                        "model (a transformers Sam2VideoModel folder; the annotators extra) instead of keeping the box")
     o.add_argument("--seed", type=int, default=0, help="random frame references and mask expansion")
     s = p.add_argument_group("size")
     s.add_argument("--frames", type=int, default=None,

@@ -46,8 +46,8 @@ def check_task(task: str, has_region: bool) -> None:
     """A one-sentence ``ConditionError`` unless ``task`` can be derived from a row's video (and region)."""
     if task in ANNOTATOR_TASKS:
         raise ConditionError(f"task {task} needs an annotator model and the row has no condition files (src_video); "
-                             f"give them, or train a model-free task ({', '.join(RAW_TASKS)}) -- deriving {task} "
-                             f"on the fly (`vdot precompute --annotate`) is future work.")
+                             f"make them first (`vdot precompute --annotate {task}=WEIGHTS` writes them and a "
+                             f"manifest naming them), or train a model-free task ({', '.join(RAW_TASKS)}).")
     if task not in RAW_TASKS:
         raise ConditionError(f"task {task} cannot be derived from the video alone (it needs src_video / "
                              f"src_ref_images files); model-free tasks are {', '.join(RAW_TASKS)}.")

@@ -35,6 +35,7 @@ import numpy as np
 from vdot_jax.data.manifest import read_manifest
 from vdot_jax.data.pipeline import (PRECOMPUTED_FORMAT, PRECOMPUTED_INDEX, DataError, ManifestSource, SampleError,
                                     data_spec, encode_record, make_encoder)
+from vdot_jax.errors import is_disk_full
 from vdot_jax.sources import model_arch
 
 
@@ -163,4 +164,154 @@ def precompute(config, out, *, rows_per_shard: int = 256, progress: bool = True,
         summary.update(records=len(records), bad=len(bad_all))
         log(f"precompute: {len(records)} samples in {len(shards)} shards at {out} ({len(bad_all)} unreadable rows "
             f"skipped; {written} encoded now in {summary['wall_s']:.1f} s)")
+    return summary
+
+
+# ----------------------------------------------------------------------------- annotation (--annotate)
+
+ANNOTATED_MANIFEST, ANNOTATE_SPEC = "annotated.jsonl", "annotate.json"
+
+
+def _condition_name(i: int, task: str) -> str:
+    return f"conditions/row-{i:06d}.{task}.mp4"
+
+
+def annotation_targets(rows, weights: dict) -> dict[int, str]:
+    """Row index -> annotator task, for the raw rows (no condition files) whose task needs an annotator. A
+    ``DataError`` naming the rows when a task of theirs has no ``--annotate TASK=PATH``, or when a task given is
+    not an annotator's."""
+    from vdot_jax.conditions.annotators import ANNOTATOR_TASKS
+
+    unknown = sorted(set(weights) - set(ANNOTATOR_TASKS))
+    if unknown:
+        raise DataError(f"--annotate {unknown[0]}=...: no annotator for task {unknown[0]}; annotator tasks are "
+                        f"{', '.join(ANNOTATOR_TASKS)}.")
+    targets = {r.index: r.task for r in rows if r.raw and r.task_given and r.task in ANNOTATOR_TASKS}
+    for task in sorted(set(targets.values()) - set(weights)):
+        which = [i + 1 for i, t in targets.items() if t == task]
+        raise DataError(f"manifest rows {', '.join(map(str, which[:5]))}{' ...' if len(which) > 5 else ''} are task "
+                        f"{task} without condition files: give --annotate {task}=WEIGHTS.")
+    return targets
+
+
+def annotate_rows(config, out, weights: dict, targets: dict[int, str], *, pid: int = 0, nproc: int = 1,
+                  log=None) -> dict:
+    """This process's share (row i when i mod nproc == pid) of ``targets``: each row's ground-truth video read at
+    the config's frames and size, its annotator's control written to ``out/conditions/row-NNNNNN.TASK.mp4``
+    (staged, then renamed, so a file there is finished). Finished rows are skipped (resumable); a row whose video
+    cannot be read is skipped, its error kept beside it (``.bad.json``, retried by a rerun)."""
+    from vdot_jax import conditions as C
+    from vdot_jax.conditions import annotators as AN
+    from vdot_jax.data import video_io
+
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    d = config.data
+    rows = read_manifest(d.manifest)
+    n, h, w = int(d.num_frames), int(d.height), int(d.width)
+    fps = float(d.fps) if d.fps else None
+    (Path(out) / "conditions").mkdir(parents=True, exist_ok=True)
+    mine = [i for i in sorted(targets) if i % nproc == pid]
+    todo = [i for i in mine if not (Path(out) / _condition_name(i, targets[i])).exists()]
+    models, done, bad = {}, 0, 0
+    for i in todo:
+        task = targets[i]
+        dst = Path(out) / _condition_name(i, task)
+        bad_file = dst.with_suffix(".bad.json")
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.mp4")
+        try:
+            AN.check_size(task, n, h, w)
+            frames = video_io.read_video(rows[i].video, num_frames=n, size=(h, w), fps=fps, sampling=d.sampling)
+            if task not in models:  # loaded once, at the first row that needs it
+                models[task] = AN.load(task, weights[task])
+            control = AN.annotate(models[task], C.video_from_frames(frames))
+            # the rate only matters with data.fps set: without, the pipeline takes all num_frames frames as they are
+            video_io.write_video(tmp, C.frames_from_video(control)[0], fps=fps or 16.0)
+            os.replace(tmp, dst)
+        except (video_io.VideoError, C.ConditionError, OSError, ValueError) as e:
+            tmp.unlink(missing_ok=True)
+            if is_disk_full(e):
+                raise  # the machine, not the row
+            bad_file.write_text(json.dumps({"row": i, "task": task, "error": " ".join(str(e).split())}))
+            log(f"warning: skipped manifest row {i + 1} ({task}): {e}")
+            bad += 1
+        else:
+            bad_file.unlink(missing_ok=True)
+            done += 1
+    return {"annotated_now": done, "bad_now": bad, "skipped_finished": len(mine) - len(todo)}
+
+
+def finish_annotation(config, out, targets: dict[int, str]) -> dict:
+    """Process 0, once every process has finished: ``out/annotated.jsonl``, the manifest with each annotated
+    row's ``src_video`` set to its control (bad rows left out, other rows as they were) and ``out/annotate.json``
+    (counts and the bad rows with their errors)."""
+    from vdot_jax.data.manifest import write_manifest
+
+    rows, kept, bad = read_manifest(config.data.manifest), [], []
+    for r in rows:
+        if r.index in targets:
+            name = _condition_name(r.index, targets[r.index])
+            if not (Path(out) / name).exists():
+                bad_file = (Path(out) / name).with_suffix(".bad.json")
+                bad.append(json.loads(bad_file.read_text()) if bad_file.exists() else
+                           {"row": r.index, "task": targets[r.index], "error": "not annotated (a process stopped?)"})
+                continue
+            r.src_video = name  # relative to the manifest written in out
+        kept.append(r)
+    tmp = Path(out) / (ANNOTATED_MANIFEST + ".tmp.jsonl")
+    write_manifest(kept, tmp)
+    os.replace(tmp, Path(out) / ANNOTATED_MANIFEST)
+    report = {"rows": len(rows), "annotated": len(targets) - len(bad), "passed_through": len(rows) - len(targets),
+              "bad": bad}
+    (Path(out) / "annotated_report.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def check_annotation(config, out, weights: dict) -> tuple[dict[int, str], dict]:
+    """Everything ``annotate`` refuses, before anything is read or written: rows without weights for their task,
+    missing packages or weights, frames too small for a network, an ``out`` annotated with other settings.
+    Returns the targets and the settings recorded in ``out/annotate.json``."""
+    from vdot_jax.conditions import annotators as AN
+
+    d = config.data
+    targets = annotation_targets(read_manifest(d.manifest), weights)
+    for task in sorted(set(targets.values())):
+        AN.check(task, weights[task])
+        AN.check_size(task, int(d.num_frames), int(d.height), int(d.width))
+    spec = {"num_frames": int(d.num_frames), "height": int(d.height), "width": int(d.width),
+            "fps": float(d.fps or 0), "sampling": d.sampling, "manifest_sha256": _sha256(d.manifest),
+            "weights": {k: ",".join(str(Path(p).resolve()) for p in v.split(","))
+                        for k, v in sorted(weights.items())}}
+    spec_file = Path(out) / ANNOTATE_SPEC
+    if spec_file.exists():
+        have = json.loads(spec_file.read_text())
+        if have != spec:
+            why = ", ".join(sorted(k for k in set(have) | set(spec) if have.get(k) != spec.get(k)))
+            raise DataError(f"{out} holds annotations made with other settings ({why}; {spec_file}); use another "
+                            f"--out, or remove the folder to start over. Nothing was mixed in.")
+    return targets, spec
+
+
+def annotate(config, out, weights: dict, *, log=None) -> dict:
+    """``vdot precompute --annotate``: every raw row whose task needs an annotator gets its control video, then
+    ``out/annotated.jsonl`` lists all rows with those files (train on it, or ``vdot precompute`` it). Sharded as
+    ``precompute`` is (row i by process i mod P, process 0 writes the manifest after a barrier); resumable."""
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    t0 = time.time()
+    out = Path(out)
+    targets, spec = check_annotation(config, out, weights)
+    out.mkdir(parents=True, exist_ok=True)
+    spec_file = out / ANNOTATE_SPEC
+    pid, nproc = jax.process_index(), jax.process_count()
+    if pid == 0:
+        spec_file.write_text(json.dumps(spec, indent=1))
+    summary = annotate_rows(config, out, weights, targets, pid=pid, nproc=nproc, log=log)
+    if nproc > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("vdot_annotate_rows")
+    if pid == 0:
+        summary.update(finish_annotation(config, out, targets))
+        log(f"annotate: {summary['annotated']} rows annotated, {len(summary['bad'])} unreadable skipped, "
+            f"{summary['passed_through']} passed through, in {time.time() - t0:.1f} s; manifest "
+            f"{out / ANNOTATED_MANIFEST}")
     return summary

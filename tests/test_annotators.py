@@ -1,0 +1,455 @@
+"""Annotator backends (``conditions.annotators``): output conventions against the release's post-processing on
+known values, end to end on random weights of the real architectures, and the one-line refusals.
+
+The numpy parts run everywhere; a backend's network needs its packages (the ``annotators`` extra; depth's --
+torch, transformers, OpenCV -- are in the test extra too) and is skipped without them."""
+
+import importlib
+import json
+import re
+import sys
+
+import numpy as np
+import pytest
+
+from vdot_jax import conditions as C
+from vdot_jax.cli import main
+from vdot_jax.conditions import annotators as AN
+from vdot_jax.conditions.annotators import depth as D
+from vdot_jax.conditions.annotators import flow as FL
+from vdot_jax.data import video_io
+
+T, H, W = 5, 32, 48
+
+
+def need(*names):
+    """Skip unless every package imports (torchvision from PyPI raises RuntimeError beside a CPU-only torch)."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001
+            pytest.skip(f"{name} unavailable: {type(e).__name__}")
+
+
+def moving_video(t=T, h=H, w=W):
+    """uint8 [t, h, w, 3]: a bright square on a colour ramp, moving 2 pixels right per frame."""
+    y, x = np.mgrid[0:h, 0:w]
+    out = np.stack([np.stack([x * 4 % 256, y * 6 % 256, np.full_like(x, 90)], -1)] * t).astype(np.uint8)
+    for k in range(t):
+        out[k, h // 4:h // 4 + h // 3, 4 + 2 * k:4 + 2 * k + w // 4] = 240
+    return out
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    d = tmp_path_factory.mktemp("anno")
+    return str(video_io.write_video(d / "raw.mp4", moving_video(), fps=16))
+
+
+@pytest.fixture(scope="module")
+def depth_model(tmp_path_factory):
+    """A random Depth-Anything-V2 (DINOv2 backbone + DPT head) of tiny width, saved as transformers saves it."""
+    need("torch", "transformers", "cv2")
+    import torch
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+    backbone = Dinov2Config(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32,
+                            patch_size=14, image_size=518, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
+    cfg = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=16, neck_hidden_sizes=[8, 16, 16, 16],
+                              fusion_hidden_size=8, head_hidden_size=8, patch_size=14, initializer_range=0.3)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("depth") / "da2"
+    DepthAnythingForDepthEstimation(cfg).eval().save_pretrained(path)
+    return str(path)
+
+
+def prepare(tmp_path, *argv, h=H, w=W, name="out"):
+    out = tmp_path / name
+    code = main(["prepare", *argv, "--out", str(out), "--height", str(h), "--width", str(w)])
+    return code, out
+
+
+# ----------------------------------------------------------------------------- depth
+
+
+def test_depth_post_processing_known_values():
+    # the release's Resize: aspect kept, both sides >= 518, each rounded (half to even) to a multiple of 14
+    assert D.net_size(32, 48) == (518, 784)  # 777 = 55.5 x 14 -> 56 x 14
+    assert D.net_size(480, 832) == (518, 896) and D.net_size(832, 480) == (896, 518)
+    assert D.net_size(600, 600) == (518, 518)
+    # a depth ramp a + b x becomes 0..255 across the frame, truncated (not rounded), grey in three channels
+    ramp = 3.0 + 0.5 * np.arange(256, dtype=np.float32)[None, None, :].repeat(2, 1)
+    out = D.depth_to_frames(np.concatenate([ramp, -2 * ramp]))
+    assert out.shape == (2, 2, 256, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[0, 0, :, 0], np.arange(256))  # per-frame normalisation, near = white
+    np.testing.assert_array_equal(out[1, 0, :, 0], 255 - np.arange(256) - (np.arange(256) % 1))
+    assert (out[..., 0] == out[..., 2]).all()
+    third = D.depth_to_frames(np.array([[[0.0, 1.0, 3.0]]]))[0, 0, :, 0]
+    np.testing.assert_array_equal(third, [0, 85, 255])  # 255 / 3 = 85.0
+    assert (D.depth_to_frames(np.full((1, 4, 4), 7.0)) == 0).all()  # constant: black, not NaN
+
+
+def test_depth_network_follows_the_release_chain(depth_model):
+    """Our preprocessing + network + post-processing equals the release's ``infer_image`` steps written out
+    (cvtColor BGR2RGB of the RGB frame, bicubic resize, ImageNet normalisation, bilinear align-corners back)."""
+    import cv2
+    import torch
+    import torch.nn.functional as F
+
+    model = D.load(depth_model)
+    model.side = 70  # small network input for speed; the chain is the same at 518
+    frames = moving_video(3)
+    got = model(frames)
+    for k, f in enumerate(frames):
+        img = cv2.cvtColor(f, cv2.COLOR_BGR2RGB) / 255.0
+        img = cv2.resize(img, (112, 70), interpolation=cv2.INTER_CUBIC)  # 70 x 105 -> 70 x 112 (7.5 -> 8 x 14)
+        img = (img - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+        x = torch.from_numpy(img.transpose(2, 0, 1)[None].astype(np.float32))
+        with torch.no_grad():
+            d = model.model(pixel_values=x).predicted_depth
+        d = F.interpolate(d[:, None], (H, W), mode="bilinear", align_corners=True)[0, 0].numpy()
+        d = d - d.min()
+        d = d / d.max()
+        want = (d * 255.0).clip(0, 255).astype(np.uint8)
+        assert np.abs(got[k, :, :, 1].astype(int) - want).max() <= 1  # float32 summation order
+        assert got[k].min() == 0 and got[k].max() == 255
+    assert not (got[0] == got[1]).all()  # a moving square changes the map
+
+
+def test_prepare_depth_end_to_end(tmp_path, video, depth_model):
+    code, out = prepare(tmp_path, "depth", "--src-video", video, "--weights", depth_model)
+    assert code == 0
+    row = json.loads((out / "row.json").read_text())
+    assert row["task"] == "depth" and row["src_mask"] is None and (row["frames"], row["height"]) == (T, H)
+    back = C.task_inputs(row["task"], src_video=str(out / "src_video.mp4"), frames=T, height=H, width=W)
+    assert back.kind == "control" and back.frames.shape == (1, 3, T, H, W)
+    frames = video_io.read_video(video, num_frames=T, size=(H, W))
+    want = AN.annotate(D.load(depth_model), C.video_from_frames(frames[[0, -1]]))  # frame by frame: two suffice
+    assert np.abs(back.frames[:, :, [0, -1]] - want).mean() < 0.03  # H.264 of the written control
+    assert np.abs(back.frames[0, 0] - back.frames[0, 2]).max() < 0.1  # grey
+
+
+# ----------------------------------------------------------------------------- flow
+
+
+def test_flow_colour_wheel_known_values():
+    wheel = FL.colour_wheel()
+    assert wheel.shape == (55, 3)
+    np.testing.assert_array_equal(wheel[[0, 15, 21, 25, 36, 49, 54]],
+                                  [[255, 0, 0], [255, 255, 0], [0, 255, 0], [0, 255, 255], [0, 0, 255],
+                                   [255, 0, 255], [255, 0, 43]])
+    f = np.zeros((2, 3, 2))
+    f[0, 0], f[0, 1], f[0, 2], f[1, 0] = [4, 0], [-4, 0], [2, 0], [0, 4]
+    rgb = FL.flow_to_rgb(f)
+    np.testing.assert_array_equal(rgb[0], [[255, 0, 0], [0, 209, 255], [255, 127, 127]])  # right, left, half
+    np.testing.assert_array_equal(rgb[1], [[255, 229, 0], [255, 255, 255], [255, 255, 255]])  # down; still: white
+    np.testing.assert_array_equal(FL.flow_to_rgb(f * 10), rgb)  # scaled by the pair's largest magnitude
+    assert FL.repeat_first(["a", "b", "c"]) == ["a", "a", "b", "c"]  # T - 1 flows -> T frames
+
+
+@pytest.mark.slow  # RAFT's 20 refinements on CPU: ~1 min
+def test_prepare_flow_end_to_end(tmp_path):
+    need("torch", "torchvision")
+    import torch
+    from torchvision.models.optical_flow import raft_small
+
+    torch.manual_seed(0)
+    weights = tmp_path / "raft_small.pth"
+    torch.save(raft_small(weights=None).state_dict(), weights)
+    src = str(video_io.write_video(tmp_path / "v.mp4", moving_video(5, 128, 128), fps=16))
+    code, out = prepare(tmp_path, "flow", "--src-video", src, "--weights", str(weights), "--frames", "5", h=128,
+                        w=128)
+    assert code == 0 and json.loads((out / "row.json").read_text())["task"] == "flow"
+    back = video_io.read_video(out / "src_video.mp4", normalize=False)
+    assert back.shape == (5, 128, 128, 3) and np.abs(back[0] - back[1]).max() < 8  # the first flow repeated
+    model = AN.load("flow", str(weights))
+    frames = video_io.read_video(src, num_frames=5, size=(128, 128), normalize=False)[:3]
+    flows = model.flows(np.rint(frames).astype(np.uint8))
+    assert flows.shape == (2, 128, 128, 2)
+    want = FL.flow_to_rgb(flows[1]).astype(float)
+    assert np.abs(back[2] - want).mean() < 3 and (np.abs(back[2] - want) > 12).mean() < 0.01  # H.264 (chroma)
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+def test_every_backend_is_a_prepare_task():
+    from vdot_jax.commands import prepare
+
+    assert prepare.ANNOTATOR_TASKS == AN.ANNOTATOR_TASKS
+    assert all(AN.BACKENDS[t].kind in C.CONTROL_KINDS for t in AN.ANNOTATOR_TASKS)
+
+
+def test_annotator_refusals_write_nothing(tmp_path, video, capsys, monkeypatch):
+    missing = str(tmp_path / "nowhere")
+    cases = [
+        (["depth", "--src-video", video], "needs its model's weights: give --weights, a Depth-Anything-V2"),
+        (["depth", "--src-video", video, "--weights", missing], "do not exist"),
+        (["gray", "--src-video", video, "--weights", missing], "--weights is for tasks depth, flow, pose, not gray"),
+        (["depth", "--src-video", video, "--weights", video], "cannot load depth weights"),
+        (["depth", "--src-video", str(tmp_path / "bad.mp4"), "--weights", video], "bad.mp4"),
+    ]
+    try:
+        importlib.import_module("torchvision")
+        cases.append((["flow", "--src-video", video, "--weights", video], "at least 128 pixels a side"))
+    except Exception:  # noqa: BLE001
+        cases.append((["flow", "--src-video", video, "--weights", video], "needs the Python package torchvision"))
+    for argv, msg in cases:
+        if argv[0] == "depth" and "--weights" in argv and argv[-1] == video:
+            need("torch", "transformers", "cv2")
+        code, out = prepare(tmp_path, *argv)
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and re.search(re.escape(msg), err), (argv, err)
+        assert not out.exists() and not list(tmp_path.glob(".out*"))
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if the extra were not installed
+    code, out = prepare(tmp_path, "depth", "--src-video", video, "--weights", video)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "needs the Python package transformers, which is not installed: pip install -e " \
+                         "\".[annotators]\"" in err and not out.exists()
+
+
+# ----------------------------------------------------------------------------- vdot precompute --annotate
+
+
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
+def test_precompute_annotate_rows_resumable_sharded_bad_rows_counted(tmp_path, depth_model, capsys):
+    from pathlib import Path
+
+    from vdot_jax.commands.common import mark_output_folder
+    from vdot_jax.data import precompute as P
+    from vdot_jax.data.manifest import read_manifest
+    from vdot_jax.train.config import load_config
+
+    tiny = str(Path(__file__).resolve().parents[1] / "configs/tiny.py")
+    vid = video_io.write_video(tmp_path / "v.mp4", moving_video(5, 32, 32), fps=16)
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    rows = [{"task": "depth", "caption": "a", "video": "v.mp4"},
+            {"task": "depth", "caption": "b", "video": "broken.mp4"},
+            {"caption": "c", "video": "v.mp4"},  # raw, no task: passed through (derived at training)
+            {"task": "depth", "caption": "d", "video": "v.mp4"},
+            {"task": "depth", "caption": "e", "video": "v.mp4", "src_video": "v.mp4"}]  # has its files
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "ann"
+    argv = ["precompute", "--config", tiny + ":flow", "--manifest", str(manifest), "--out", str(out),
+            "--config.data.num_frames=1"]  # one frame of the five: the depth network at 518 x 518 is the cost
+    # refused before anything is written: a depth row and no depth weights; an unknown task
+    for extra, msg in ((["--annotate", "flow=" + depth_model], "rows 1, 2, 4 are task depth without condition "
+                                                               "files: give --annotate depth=WEIGHTS"),
+                       (["--annotate", "scribble=" + depth_model], "no annotator for task scribble"),
+                       (["--annotate", "depth"], "TASK=WEIGHTS")):
+        assert main(argv + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and msg in err, err
+        assert not out.exists()
+
+    # process 1 of 2 first (indices 1 and 3 are its share: 1 is bad, 3 is done)
+    config = load_config(tiny + ":flow")
+    config.data.manifest, config.data.num_frames = str(manifest), 1
+    targets = P.annotation_targets(read_manifest(manifest), {"depth": depth_model})
+    assert targets == {0: "depth", 1: "depth", 3: "depth"}
+    mark_output_folder(out, "precompute")  # as the command does
+    half = P.annotate_rows(config, out, {"depth": depth_model}, targets, pid=1, nproc=2, log=lambda m: None)
+    assert half == {"annotated_now": 1, "bad_now": 1, "skipped_finished": 0}
+    assert sorted(p.name for p in (out / "conditions").iterdir()) == ["row-000001.depth.bad.json",
+                                                                      "row-000003.depth.mp4"]
+    done3 = (out / "conditions/row-000003.depth.mp4").stat().st_mtime_ns
+    # the whole command: the rest is done, the finished row kept, the bad row retried and counted
+    assert main(argv + ["--annotate", "depth=" + depth_model]) == 0
+    assert (out / "conditions/row-000003.depth.mp4").stat().st_mtime_ns == done3
+    report = json.loads((out / "annotated_report.json").read_text())
+    assert (report["annotated"], report["passed_through"], len(report["bad"])) == (2, 2, 1)
+    assert report["bad"][0]["row"] == 1 and "broken.mp4" in report["bad"][0]["error"]
+    got = read_manifest(out / P.ANNOTATED_MANIFEST)
+    assert [r.caption for r in got] == ["a", "c", "d", "e"] and not got[0].raw and got[1].raw
+    assert got[0].src_video == str(out / "conditions/row-000000.depth.mp4") and got[3].src_video == str(vid)
+    control = video_io.read_video(got[0].src_video)
+    assert control.shape == (1, 32, 32, 3)  # the config's frames and size
+    frames = video_io.read_video(vid, num_frames=1, size=(32, 32))
+    want = AN.annotate(D.load(depth_model), C.video_from_frames(frames[:1]))
+    assert np.abs(C.video_from_frames(control[:1]) - want).mean() < 0.03
+    # another size over the same folder is refused, nothing mixed in
+    assert main(argv + ["--annotate", "depth=" + depth_model, "--config.data.height=48"]) == 2
+    assert "annotations made with other settings (height" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- pose
+
+
+# DWPose test networks with the release's signatures (YOLOX: [1, 3, 640, 640] -> [1, 8400, 85]; RTMPose 384 x 288:
+# -> SimCC x [1, 133, 576], y [1, 133, 768]) whose outputs are designed: one person box, and peaks placing the nose,
+# both shoulders and one face point at known pixels of a 1024 x 1024 frame (its drawing canvas is the frame itself).
+BOX = (256, 128, 768, 896)  # the person, in canvas pixels
+# mmpose index -> SimCC bins (x, y); the box maps bin b to x = 1.25 b + 152, y = 1.25 b + 32 (box grown 1.25x to the
+# model's 3:4 aspect: 720 x 960 around (512, 512))
+PEAKS = {0: (288, 160), 5: (376, 260), 6: (200, 260), 40: (288, 100)}
+
+
+def pose_models(d):
+    need("torch", "onnxruntime", "cv2")
+    import torch
+
+    class Const(torch.nn.Module):
+        """Designed outputs, tied to the input so the graph has one."""
+
+        def __init__(self, *outs):
+            super().__init__()
+            for i, o in enumerate(outs):
+                self.register_buffer(f"o{i}", o)
+            self.n = len(outs)
+
+        def forward(self, x):
+            z = 0 * x.mean()
+            outs = tuple(getattr(self, f"o{i}") + z for i in range(self.n))
+            return outs if self.n > 1 else outs[0]
+
+    det = torch.zeros(1, 8400, 85)
+    det[0, 8000 + 10 * 20 + 10] = torch.tensor([0.0, 0.0, np.log(10.0), np.log(15.0), 1.0, 1.0] + [0.0] * 79)
+    sx, sy = torch.zeros(1, 133, 576), torch.zeros(1, 133, 768)
+    for k, (bx, by) in PEAKS.items():
+        sx[0, k, bx], sy[0, k, by] = 1.0, 1.0
+    paths = (d / "det.onnx", d / "pose.onnx")
+    for model, shape, path, names in ((Const(det), (1, 3, 640, 640), paths[0], ["output"]),
+                                      (Const(sx, sy), (1, 3, 384, 288), paths[1], ["simcc_x", "simcc_y"])):
+        torch.onnx.export(model, (torch.zeros(shape),), str(path), input_names=["input"], output_names=names,
+                          dynamo=False)
+    return ",".join(map(str, paths))
+
+
+@pytest.fixture(scope="module")
+def pose_weights(tmp_path_factory):
+    return pose_models(tmp_path_factory.mktemp("pose"))
+
+
+def test_pose_detection_and_simcc_decoding_known_values():
+    from vdot_jax.conditions.annotators import pose as PO
+
+    assert PO.canvas_size(480, 832) == (1024, 1792) and PO.canvas_size(256, 256) == (1024, 1024)
+    raw = np.zeros((8400, 85))
+    raw[8210, :6] = [0, 0, np.log(10), np.log(15), 1, 1]  # stride-32 cell (10, 10): centre 320, 320 at 640
+    raw[8211, :6] = [0, 0, np.log(10), np.log(15), 0.9, 1]  # overlapping, weaker: suppressed
+    raw[100, :6] = [0, 0, 1, 1, 0.25, 1]  # a weak person (0.25 <= 0.3): dropped
+    raw[200, [0, 1, 2, 3, 4, 6]] = [0, 0, 1, 1, 1, 1]  # class 1, not a person
+    np.testing.assert_allclose(PO.decode_detections(raw, 0.625), [BOX])
+    keypoints, scores = PO.decode_simcc(np.eye(3, 576) * [[1], [0.5], [0]], np.eye(3, 768)[::-1] * 0.8, (288, 384),
+                                        np.array([512.0, 512.0]), np.array([720.0, 960.0]))
+    np.testing.assert_allclose(keypoints[:2], [[152, 32 + 1.25 * 2], [152 + 1.25, 32 + 1.25]])
+    np.testing.assert_allclose(scores, [0.8, 0.5, 0])  # the smaller of the two maxima
+    kp, sc = PO.openpose_order(np.arange(133 * 2, dtype=float).reshape(1, 133, 2), np.ones((1, 133)))
+    assert kp.shape == (1, 134, 2)
+    np.testing.assert_allclose(kp[0, 1], [11, 12])  # the neck: mean of the shoulders (10, 11) and (12, 13)
+    np.testing.assert_allclose(kp[0, [0, 2, 5, 6, 11, 8]], [[0, 1], [12, 13], [10, 11], [14, 15], [22, 23],
+                                                            [24, 25]])  # nose, r/l shoulder, l elbow, l/r hip
+
+
+def test_pose_draws_the_release_skeleton_on_black(pose_weights):
+    from vdot_jax.conditions.annotators import pose as PO
+
+    model = AN.load("pose", pose_weights)
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (1024, 1024, 3), np.uint8)  # the picture does not matter: the networks are fixed
+    out = model(frame[None])[0]
+    at = lambda b: (int(1.25 * b[1] + 32), int(1.25 * b[0] + 152))  # noqa: E731  (row, column)
+    # joints: full colour, drawn in BGR then reversed: nose (255, 0, 0) -> blue; neck (255, 85, 0) -> (0, 85, 255)
+    nose, rs, ls, face = at(PEAKS[0]), at(PEAKS[6]), at(PEAKS[5]), at(PEAKS[40])
+    np.testing.assert_array_equal(out[nose], [0, 0, 255])
+    np.testing.assert_array_equal(out[(357, 512)], [0, 85, 255])  # neck: mean of the shoulders
+    np.testing.assert_array_equal(out[rs], [0, 170, 255])  # OpenPose joint 2 (right shoulder) colour (255, 170, 0)
+    np.testing.assert_array_equal(out[ls], [0, 255, 85])  # joint 5 (left shoulder) colour (85, 255, 0)
+    np.testing.assert_array_equal(out[face], [255, 255, 255])  # face points white
+    # limbs at 60 %: neck-right shoulder (255, 0, 0), neck-left shoulder (255, 85, 0), neck-nose (0, 0, 255)
+    np.testing.assert_array_equal(out[357, 457], [0, 0, 153])
+    np.testing.assert_array_equal(out[357, 567], [0, 51, 153])
+    np.testing.assert_array_equal(out[(232 + 357) // 2, 512], [153, 0, 0])
+    assert (out[:100] == 0).all() and (out[:, :300] == 0).all() and (out[500:] == 0).all()  # black elsewhere
+    # nothing visible (all scores 0) -> a black frame
+    keypoints, scores = PO.openpose_order(np.zeros((1, 133, 2)), np.zeros((1, 133)))
+    assert (PO.draw(keypoints, scores, 64, 64) == 0).all()
+
+
+def test_prepare_pose_end_to_end(tmp_path, pose_weights, capsys):
+    src = str(video_io.write_video(tmp_path / "p.mp4", moving_video(5, 256, 256), fps=16))
+    code, out = prepare(tmp_path, "pose", "--src-video", src, "--weights", pose_weights, h=256, w=256)
+    assert code == 0 and json.loads((out / "row.json").read_text())["task"] == "pose"
+    back = video_io.read_video(out / "src_video.mp4", normalize=False)
+    assert back.shape == (5, 256, 256, 3)
+    want = AN.load("pose", pose_weights)(video_io.read_video(src, num_frames=1, size=(256, 256),
+                                                             normalize=False).astype(np.uint8))
+    assert np.abs(back[0] - want[0]).mean() < 3 and want[0].max() > 200 and (want[0, :20] == 0).all()
+    det = pose_weights.split(",")[0]
+    code, out = prepare(tmp_path, "pose", "--src-video", src, "--weights", det, h=256, w=256, name="never")
+    assert code == 2 and "pose weights are 2 path(s) separated by ','" in capsys.readouterr().err
+    code, out = prepare(tmp_path, "pose", "--src-video", src, "--weights", f"{src},{det}", h=256, w=256, name="never")
+    err = capsys.readouterr().err
+    assert code == 2 and f"cannot load pose weights from {src},{det} ({src} does not load as an ONNX model" in err
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- tracking (SAM 2)
+
+
+@pytest.fixture(scope="module")
+def sam2_model(tmp_path_factory):
+    """A random SAM 2 video model (Hiera backbone, prompt encoder, mask decoder, memory attention and encoder) at a
+    256-pixel input instead of 1024, saved as transformers saves it."""
+    need("torch", "transformers")
+    import torch
+    from transformers import Sam2HieraDetConfig, Sam2VideoConfig, Sam2VideoModel, Sam2VisionConfig
+
+    backbone = Sam2HieraDetConfig(hidden_size=8, num_attention_heads=1, blocks_per_stage=[1, 2, 1, 1],
+                                  embed_dim_per_stage=[8, 16, 32, 64], num_attention_heads_per_stage=[1, 1, 1, 1],
+                                  global_attention_blocks=[2], image_size=[256, 256])
+    vision = Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=[64, 32, 16, 8],
+                              backbone_feature_sizes=[[64, 64], [32, 32], [16, 16]])
+    cfg = Sam2VideoConfig(vision_config=vision, image_size=256, prompt_encoder_config={"image_size": 256},
+                          mask_decoder_config={"num_hidden_layers": 1}, memory_attention_num_layers=1,
+                          memory_fuser_num_layers=1, memory_attention_rope_feat_sizes=[16, 16])
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("sam2") / "sam2"
+    Sam2VideoModel(cfg).eval().save_pretrained(path)
+    return str(path)
+
+
+def test_sam2_tracker_and_its_refusals(tmp_path, sam2_model, capsys):
+    """Fast: the tracker on two frames (binary masks of the frame's size, not constant, the same on a rerun) and
+    the one-line refusals of --track-model (nothing written)."""
+    tracker = AN.load("track", sam2_model)
+    frames = moving_video(2, 32, 48)
+    masks = tracker(frames, np.array([8.0, 8, 30, 24]))
+    assert masks.shape == (2, H, W) and set(np.unique(masks)) <= {0.0, 1.0}
+    assert 0.02 < masks.mean() < 0.98  # random weights: some object, not all (catches a constant mask)
+    np.testing.assert_array_equal(tracker(frames, np.array([8.0, 8, 30, 24])), masks)
+    src = str(video_io.write_video(tmp_path / "v.mp4", moving_video(5, 32, 48), fps=16))
+    capsys.readouterr()
+    for argv, msg in ((["--track", "0:8,8,30,24", "--track-model", sam2_model], "give one box"),
+                      (["--box", "8,8,30,24", "--track-model", str(tmp_path / "none")], "track weights"),
+                      (["--box", "8,8,30,24", "--track-model", src], "cannot load track weights")):
+        code, out = prepare(tmp_path, "inpaint", "--src-video", src, *argv, name="never")
+        err = capsys.readouterr().err.strip().splitlines()[-1]  # (transformers' loading bar may come first)
+        assert code == 2 and msg in err and not out.exists(), err
+    code, out = prepare(tmp_path, "gray", "--src-video", src, "--track-model", sam2_model, name="never")
+    assert code == 2 and "--track-model is for tasks inpaint, layout, not gray" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~40 s: SAM 2 over 5 frames, three times
+def test_prepare_inpaint_tracks_the_box_with_sam2(tmp_path, sam2_model):
+    src = str(video_io.write_video(tmp_path / "v.mp4", moving_video(5, 32, 48), fps=16))
+    code, out = prepare(tmp_path, "inpaint", "--src-video", src, "--box", "8,8,30,24", "--track-model", sam2_model,
+                        "--frames", "5")
+    assert code == 0
+    row = json.loads((out / "row.json").read_text())
+    back = C.task_inputs(row["task"], src_video=str(out / "src_video.mp4"), src_mask=str(out / "src_mask.mp4"),
+                         frames=5, height=H, width=W)
+    frames = video_io.read_video(src, num_frames=5, size=(H, W))
+    masks = AN.load("track", sam2_model)(AN.to_uint8(C.video_from_frames(frames)), np.array([8.0, 8, 30, 24]))
+    assert (np.abs(back.masks[0, 0] - masks) > 0.5).mean() < 0.01  # white = the tracked object (H.264 edges)
+    want = C.inpaint(C.video_from_frames(frames), masks[None, None])  # the one inpainting builder: grey there
+    assert np.abs(back.frames - want.frames).mean() < 0.03
+    # --mask-kind acts on the tracked masks as on a given mask (the one mask_aug)
+    code, out = prepare(tmp_path, "inpaint", "--src-video", src, "--box", "8,8,30,24", "--track-model", sam2_model,
+                        "--frames", "5", "--mask-kind", "bbox", name="bbox")
+    assert code == 0
+    boxed = C.task_inputs("mv2v", src_video=str(out / "src_video.mp4"), src_mask=str(out / "src_mask.mp4"),
+                          frames=5, height=H, width=W).masks[0, 0]
+    ys, xs = np.nonzero(masks[0])
+    assert boxed[0, ys.min():ys.max() + 1, xs.min():xs.max() + 1].mean() > 0.95
