@@ -161,6 +161,9 @@ def test_output_folder_rules(made, tmp_path, capsys):
     assert "not made by vdot data" in capsys.readouterr().err
     assert main(["data", str(made["src"]), "--out", str(made["src"] / "o")]) == 2
     assert "inside SRC" in capsys.readouterr().err
+    (tmp_path / "list.txt").write_text(next((made["out"] / "clips").iterdir()).as_posix() + "\n")
+    assert main(["data", str(tmp_path / "list.txt"), "--out", str(made["out"])]) == 2
+    assert "holds the input SRC" in capsys.readouterr().err
     (tmp_path / "list.txt").write_text("")
     assert main(["data", str(tmp_path / "list.txt"), "--out", str(tmp_path / "o2")]) == 2
     assert "holds no videos" in capsys.readouterr().err
@@ -178,3 +181,18 @@ def test_detectors_on_arrays():
     assert CU.hash_distance(h, CU.clip_hash(other)[None])[0] > 0.3
     assert CU.hist_distance(CU.histogram(np.zeros((4, 4, 3), np.uint8)),
                             CU.histogram(np.full((4, 4, 3), 255, np.uint8))) == 1.0
+
+
+def test_clip_writer_leaves_a_whole_file_or_nothing(tmp_path):
+    """Catches a writer that leaves a partial clip (which a rerun would then keep as done)."""
+    frames = scene(1, (100, 100, 100), frames=6)
+    with pytest.raises(RuntimeError):
+        with video_io.ClipWriter(tmp_path / "c.mp4", 16) as w:
+            for f in frames[:3]:
+                w.append(f)
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    with video_io.ClipWriter(tmp_path / "c.mp4", 16) as w:
+        for f in frames:
+            w.append(f)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.mp4"] and video_io.probe_video(tmp_path / "c.mp4").num_frames == 6

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vdot_jax.commands.common import UserError, check_numbers, check_output_folder, mark_output_folder
+from vdot_jax.commands.common import UserError, check_no_overlap, check_numbers, check_output_folder, mark_output_folder
 
 
 def run(args) -> None:
@@ -35,6 +35,7 @@ def run(args) -> None:
         sources = CU.list_sources(args.src, args.captions)
     except CU.CurateError as e:
         raise UserError(str(e)) from None
+    check_no_overlap({"--out": args.out}, {"SRC": [s.path for s in sources]})  # clips of a run are never its sources
     mark_output_folder(args.out, "data")
     result = CU.curate(sources, args.out, opts, captioner)
     c = result["counts"]
