@@ -10,7 +10,9 @@ Everything is decided on small per-frame features, computed while the video stre
   (16 bins per RGB channel of a 64x64 thumbnail; half the L1 distance per channel, averaged over the channels: 0 =
   the same colours, 1 = none in common). A shot's frames stay far below 0.1 under motion (a histogram ignores
   where things are); a cut to another scene is usually above 0.4. A cut between two shots of the same colours is
-  missed (no detector without a model sees those).
+  missed (no detector without a model sees those), and so are gradual transitions (a dissolve or fade changes
+  the colours a little each frame: it stays inside one clip); a flash frame cuts twice (its one-frame clip is then
+  too short).
 * **Too long** (``max_seconds``, default 10): a shot longer than that is cut into equal pieces no longer than it
   (training samples ``data.num_frames`` spread over the whole clip, so a minute-long clip would train as a
   fast-forward).
