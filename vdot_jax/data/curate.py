@@ -454,6 +454,13 @@ def contact_sheet(clips: list[Clip], path: Path, count: int, seed: int) -> Path 
     return path
 
 
+def _write_text(path: Path, text: str) -> None:
+    """Whole or not at all: an interrupted run leaves the previous run's file."""
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _markdown(result: dict) -> str:
     lines = ["# vdot data report", "", f"{result['sources']} source videos -> {result['clips']} clips, "
              f"{result['counts']['kept']} kept ({result['kept_seconds']:.1f} s).", "", "| outcome | clips |",
@@ -525,7 +532,7 @@ def curate(sources: list[Source], out, options: Options, captioner: Callable[[st
                 f.unlink()
     rows = [{"video": c.video, "caption": c.caption, "frames": c.frames, "fps": c.fps, "height": c.height // 2 * 2,
              "width": c.width // 2 * 2, "source": c.source, "start": c.start, "end": c.end} for c in kept]
-    (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _write_text(out / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     counts = {"kept": len(kept), **{r: sum(c.status == r for c in clips) for r in REASONS}}
     result = {"sources": len(sources), "clips": len(clips), "counts": counts,
               "kept_seconds": float(sum(c.frames / (c.fps or 16.0) for c in kept)),
@@ -533,6 +540,6 @@ def curate(sources: list[Source], out, options: Options, captioner: Callable[[st
               "entries": [c.to_dict() for c in clips]}
     sheet = contact_sheet(clips, out / "contact_sheet.png", options.sheet, options.seed)
     result["contact_sheet"] = sheet.name if sheet else None
-    (out / "report.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "report.md").write_text(_markdown(result))
+    _write_text(out / "report.json", json.dumps(result, indent=1) + "\n")
+    _write_text(out / "report.md", _markdown(result))
     return result
