@@ -196,3 +196,97 @@ def test_clip_writer_leaves_a_whole_file_or_nothing(tmp_path):
         for f in frames:
             w.append(f)
     assert [p.name for p in tmp_path.iterdir()] == ["c.mp4"] and video_io.probe_video(tmp_path / "c.mp4").num_frames == 6
+
+
+# ----------------------------------------------------------------------------- resolution/length buckets
+
+BUCKETS = "5x32x32,5x32x64,9x32x64"
+
+
+@pytest.fixture(scope="module")
+def bucketed(tmp_path_factory):
+    """`vdot data` clips of three kinds -> buckets: square 64x64 (24 frames) -> 5x32x32; wide 32x64 (24 frames) ->
+    9x32x64 (the longest of the two wide buckets); wide and 6 frames -> 5x32x64 (too short for 9)."""
+    d = tmp_path_factory.mktemp("buckets")
+    kinds = {"sq": dict(size=64), "wide": dict(size=64), "short": dict(size=64, frames=6)}
+    n = 0
+    for kind, count in (("sq", 3), ("wide", 3), ("short", 2)):
+        for k in range(count):
+            n += 1
+            v = scene(100 + n, (60 + 20 * n, 200 - 15 * n, 90), **kinds[kind])
+            if kind != "sq":
+                v = v[:, 16:48]  # 32x64
+            video_io.write_video(d / "src" / f"{kind}{k}.mp4", v, fps=16)
+            (d / "src" / f"{kind}{k}.txt").write_text("a red square\n")
+    out = d / "out"
+    assert main(["data", str(d / "src"), "--out", str(out), "--min-frames", "5", "--fps", "0", "--min-size", "32",
+                 "--max-seconds", "0"]) == 0
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 8
+    bare = out / "bare.jsonl"  # the same rows without the size columns: probed
+    bare.write_text("".join(json.dumps({"video": r["video"], "caption": r["caption"]}) + "\n" for r in rows))
+    want = [{"sq": 0, "wi": 2, "sh": 1}[Path(r["source"]).name[:2]] for r in rows]
+    return out / "manifest.jsonl", bare, want
+
+
+def bucket_config(manifest, accumulation=1):
+    from vdot_jax.train.config import apply_overrides, load_config
+
+    c = load_config(f"{ROOT / 'configs/tiny.py'}:flow")
+    apply_overrides(c, ["mesh.num_devices=1", "data.source=manifest", f"data.manifest={manifest}", "seed=3"])
+    c.optim.accumulation = accumulation
+    c.data.buckets = BUCKETS  # not a key of the default config (train/config.py): set here as a config file would
+    return c
+
+
+def test_bucket_assignment_known_values(bucketed):
+    from vdot_jax.data.pipeline import DataError, ManifestSource, assign_bucket, make_encoder, parse_buckets
+
+    b = parse_buckets(BUCKETS)
+    assert b == [(5, 32, 32), (5, 32, 64), (9, 32, 64)]
+    assert assign_bucket((24, 16.0, 64, 64), b, None) == 0  # the aspect decides first
+    assert assign_bucket((24, 16.0, 720, 1280), b, None) == 2  # 16:9 is nearer 2:1 than 1:1; the longest of those
+    assert assign_bucket((24, 16.0, 720, 1280), b, 4.0) == 1  # re-timed to 4 fps: 6 frames, too few for 9
+    assert assign_bucket((3, 16.0, 64, 64), b, None) == 0  # too short for all: the shortest (fails there, replaced)
+    for manifest in bucketed[:2]:  # from the size columns, and probed
+        c = bucket_config(manifest)
+        assert ManifestSource(c, make_encoder(c, with_context=True)).bucket == bucketed[2]
+    with pytest.raises(DataError, match="buckets 5x30x32"):
+        c.data.buckets = "5x30x32"
+        ManifestSource(c, make_encoder(c, with_context=True))
+
+
+def test_buckets_one_shape_per_step_resumable_and_the_same_on_every_host(bucketed):
+    """Catches a step that mixes buckets (no single batch shape), a resume that changes the order, and hosts that
+    disagree: each step's rows share a bucket and its latents have that bucket's shape; an epoch covers every row
+    once; a pipeline restored from a saved state continues identically; a host loading one row of the batch gets
+    exactly that row of the full batch."""
+    from vdot_jax.data.pipeline import DataPipeline, Layout, parse_buckets
+
+    manifest, _, want = bucketed
+    c = bucket_config(manifest)
+    full = Layout(1, 2, (0, 1))
+    pipe = DataPipeline(c, full, with_context=True)
+    st = pipe.sampler.source.encoder.stride
+    steps = [next(pipe) for _ in range(5)]  # one epoch: ceil(3/2) + ceil(3/2) + ceil(2/2)
+    seen = []
+    for arrays, info in steps:
+        (bucket,) = {want[r] for r in info["row"]}
+        f, h, w = parse_buckets(BUCKETS)[bucket]
+        assert arrays["latents"].shape[-3:] == ((f - 1) // st[0] + 1, h // st[1], w // st[2])
+        seen += info["row"]
+    assert sorted(set(seen)) == list(range(8)) and len(seen) == 10  # two groups of 3 wrap once each
+    a = DataPipeline(c, full, with_context=True)
+    [next(a) for _ in range(2)]
+    state = json.loads(json.dumps(a.get_state()))
+    a.close()
+    b = DataPipeline(c, full, with_context=True, state=state)
+    for (x, xi), (y, yi) in zip(steps[2:], [next(b) for _ in range(3)]):
+        assert xi["row"] == yi["row"] and all(np.array_equal(x[k], y[k]) for k in x)
+    b.close()
+    one = DataPipeline(c, Layout(1, 2, (1,)), with_context=True)
+    for arrays, info in steps[:3]:
+        got, gi = next(one)
+        assert gi["row"] == info["row"][1:] and np.array_equal(got["latents"][:, 0], arrays["latents"][:, 1])
+    one.close()
+    pipe.close()
