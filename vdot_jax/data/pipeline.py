@@ -27,6 +27,15 @@ shape, depends on it); every epoch each group is shuffled (``default_rng([seed, 
 steps of A x B rows (the last step of a group wraps around), and the steps of all groups are shuffled together
 (``default_rng([seed, epoch])``). Deterministic for a seed; resumable at any step.
 
+**Buckets.** With ``data.buckets`` ("FxHxW,...", e.g. "81x480x832,81x832x480,49x480x832"; a config file sets it,
+``config.data.buckets = ...``) each manifest row is decoded at its bucket's size instead of data.num_frames x
+height x width: the bucket nearest its aspect ratio among those it has the frames for (at data.fps), then the
+longest (``assign_bucket``; the size from the row's ``frames``/``fps``/``height``/``width`` columns, which
+``vdot data`` writes, else probed once at start). Groups are then (reference count, bucket) (seeded
+``[seed, epoch, R, bucket]``), so every step's global batch has one shape -- no padding -- and the order is a
+function of the rows and the seed, the same on every host and under resume. Each new shape compiles when first
+met.
+
 **Bad data.** A row whose files are missing, unreadable, corrupt, too short, or whose mask does not match its
 video is replaced by the next row of the same group in that epoch's order (deterministically), and reported in
 ``info["bad"]`` of every batch where it was met, as ``(row, message)`` pairs naming the file (it is decoded only
