@@ -41,7 +41,8 @@ import numpy as np  # noqa: E402
 PREPARE = {  # task -> its extra arguments (boxes in source pixels of the 1280x720 / 48x32 source)
     "plain": [], "gray": [], "edges": [], "frameref": ["--mode", "random", "--ref-num", "4"],
     "inpaint": ["--box", "{box}"], "layout": ["--box", "{box}"], "outpaint": ["--expand", "0,0,0.25,0.25"],
-    "outpaint_inner": ["--expand", "0.1,0.1,0.1,0.1", "--inner"], "first_frame": [], "first_clip": ["--clip-frames", "4"],
+    "outpaint_inner": ["--expand", "0.1,0.1,0.1,0.1", "--inner"], "first_frame": [],
+    "first_clip": ["--clip-frames", "4"],
     "first_last_clip": ["--clip-frames", "4"],
 }
 

@@ -195,7 +195,8 @@ def test_clip_writer_leaves_a_whole_file_or_nothing(tmp_path):
     with video_io.ClipWriter(tmp_path / "c.mp4", 16) as w:
         for f in frames:
             w.append(f)
-    assert [p.name for p in tmp_path.iterdir()] == ["c.mp4"] and video_io.probe_video(tmp_path / "c.mp4").num_frames == 6
+    assert [p.name for p in tmp_path.iterdir()] == ["c.mp4"]
+    assert video_io.probe_video(tmp_path / "c.mp4").num_frames == 6
 
 
 # ----------------------------------------------------------------------------- resolution/length buckets

@@ -82,7 +82,8 @@ def register(sub) -> None:
                    help="scene cut when consecutive frames' colour histograms differ by more than this (0..1, "
                         f"default {d.cut_threshold})")
     p.add_argument("--max-seconds", type=float, default=d.max_seconds,
-                   help=f"cut longer shots into equal pieces at most this long (default {d.max_seconds:g}; 0: no limit)")
+                   help=f"cut longer shots into equal pieces at most this long, in seconds (default {d.max_seconds:g}; "
+                        "0: no limit)")
     p.add_argument("--min-size", type=int, default=d.min_size,
                    help=f"drop videos whose shorter side is below this many pixels (default {d.min_size})")
     p.add_argument("--min-frames", type=int, default=d.min_frames,
