@@ -57,6 +57,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -72,6 +73,7 @@ from vdot_jax.errors import VdotError, read_utf8
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v")
 REASONS = ("unreadable", "low_resolution", "too_short", "black", "static", "duplicate", "no_caption",
            "captioner_error")
+CLIP_NAME = re.compile(r".+-[0-9a-f]{8}-[0-9]{6,}-[0-9]{6,}(\.part)?\.mp4")  # STEM-SOURCEID-START-END.mp4
 HASH_FRAMES = 8  # frames per clip hash
 THUMB = 64  # the square thumbnail features are computed on
 SHEET_H = 72  # contact sheet cell height
@@ -527,8 +529,8 @@ def curate(sources: list[Source], out, options: Options, captioner: Callable[[st
             c.video = None
     wanted = {(out / c.video).name for c in kept}
     if (out / "clips").is_dir():
-        for f in (out / "clips").iterdir():  # clips of an earlier run that this one does not keep
-            if f.name not in wanted:
+        for f in (out / "clips").iterdir():  # clips of an earlier run that this one does not keep (by their name
+            if f.name not in wanted and CLIP_NAME.fullmatch(f.name):  # form: other files, --overwrite's, stay)
                 f.unlink()
     rows = [{"video": c.video, "caption": c.caption, "frames": c.frames, "fps": c.fps, "height": c.height // 2 * 2,
              "width": c.width // 2 * 2, "source": c.source, "start": c.start, "end": c.end} for c in kept]
