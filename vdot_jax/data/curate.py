@@ -250,7 +250,7 @@ def split(path: str, feats: _Features, options: Options) -> list[Clip]:
     ``duplicate`` and the caption reasons, which need the other clips and the captions)."""
     t = len(feats.greys)
     fps = feats.fps or 16.0
-    max_len = int(options.max_seconds * fps) if options.max_seconds else None
+    max_len = max(1, int(options.max_seconds * fps)) if options.max_seconds else None
     lag = max(1, round(fps / 4))
     clips = []
     for s, e in segments(t, cuts(feats.scores, options.cut_threshold), max_len):
