@@ -15,7 +15,7 @@ INT_VALUES = ("0", "-5", str(10**30))
 FLOAT_VALUES = ("0", "-1.5", "1e308", *BAD_ALWAYS)
 
 # (command, option, kind, what must be refused): kind int or float; refuse is "positive" (<= 0 refused),
-# "nonnegative" (< 0 refused), "seed" (outside 0..2**32-1), "finite" (only nan/inf) or "size" (<= 0, and a video
+# "nonnegative" (< 0 refused), "fraction" (outside (0, 1]), "unit" (outside [0, 1]), "seed" (outside 0..2**32-1), "finite" (only nan/inf) or "size" (<= 0, and a video
 # too large for this machine's memory: refused with the estimate).
 OPTIONS = [
     *[("generate", o, "int", "positive") for o in ("--steps", "--clip-frames")],
@@ -41,6 +41,11 @@ OPTIONS = [
     *[("prepare", o, "float", r) for o, r in (("--fps", "positive"), ("--expand-ratio", "nonnegative"),
                                              ("--edge-low", "nonnegative"), ("--edge-high", "nonnegative"),
                                              ("--edge-sigma", "nonnegative"))],
+    *[("data", o, "int", r) for o, r in (("--min-frames", "positive"), ("--min-size", "nonnegative"),
+                                         ("--sheet", "nonnegative"), ("--seed", "seed"))],
+    *[("data", o, "float", r) for o, r in (("--cut-threshold", "fraction"), ("--dup-threshold", "fraction"),
+                                          ("--black-level", "unit"), ("--max-seconds", "nonnegative"),
+                                          ("--fps", "nonnegative"), ("--min-motion", "nonnegative"))],
 ]
 
 
@@ -62,6 +67,7 @@ def _base(cmd: str, tmp, option: str = "") -> list[str]:
         "train": ["train", "--config", missing + ".py", "--workdir", str(tmp / "w")],
         "prepare": ["prepare", PREPARE_TASK.get(option, "inpaint"), "--src-video", missing + ".mp4", "--out",
                     str(tmp / "p")],
+        "data": ["data", missing, "--out", str(tmp / "d"), "--max-seconds", "0"],
         "export": ["export", "--ckpt", missing, "--format", "lora", "--rank", "4", "--out",
                    str(tmp / "x")],
     }[cmd]
@@ -71,7 +77,7 @@ def _must_refuse(value: str, refuse: str) -> bool:
     v = float(value)
     if not math.isfinite(v):
         return True
-    return {"positive": v <= 0, "nonnegative": v < 0, "seed": not 0 <= v <= 2**32 - 1, "finite": False,
+    return {"positive": v <= 0, "nonnegative": v < 0, "fraction": not 0 < v <= 1, "unit": not 0 <= v <= 1, "seed": not 0 <= v <= 2**32 - 1, "finite": False,
             "size": v <= 0 or v > 10**6}[refuse]
 
 

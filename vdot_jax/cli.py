@@ -8,7 +8,7 @@ import importlib
 import sys
 from typing import Sequence
 
-COMMANDS = ("demo", "convert", "generate", "train", "precompute", "export", "eval", "plan", "prepare", "ui")
+COMMANDS = ("demo", "convert", "generate", "train", "precompute", "export", "eval", "plan", "prepare", "data", "ui")
 
 
 def build_parser() -> argparse.ArgumentParser:

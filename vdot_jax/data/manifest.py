@@ -16,6 +16,10 @@ A **raw row** has no src_video and no src_ref_images: the pipeline derives its t
 fly (``vdot_jax.conditions.derive``), the task drawn from ``config.data.raw_task_mix`` when the row names none
 (``task_given`` False; with an empty mix such a row is t2v, as before). ``boxes`` / ``mask`` are for raw rows only.
 
+Optional measurements (``vdot data`` writes them): ``frames``, ``fps``, ``height``, ``width`` of ``video``; with
+``data.buckets`` they place the row in a resolution/length bucket without opening the file (a row without them is
+probed). Non-numeric values count as absent.
+
 Accepted aliases: ``subtask`` for task (UVCBench), ``prompt`` / ``en_prompt`` for caption, ``gt_video`` /
 ``target_video`` for video. Relative paths are relative to the manifest's folder. Empty cells mean "none".
 Rows are checked for form here (columns present, a caption and a video); whether the files can be read is
@@ -58,6 +62,7 @@ class ManifestRow:
     boxes: str | None = None  # a raw row's region (the text of the boxes column)
     mask: str | None = None  # a raw row's region (a mask file)
     task_given: bool = True  # False: the task column was empty (a raw row then draws one from the mix)
+    size: tuple | None = None  # (frames, fps, height, width) of ``video`` when the row gives all four
     index: int = 0  # position in the manifest (0-based)
 
     @property
@@ -75,6 +80,7 @@ class ManifestRow:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("index")
+        d.pop("size")
         if not d.pop("task_given"):
             d["task"] = None
         return d
@@ -108,6 +114,16 @@ def _resolve(path, base: Path) -> str | None:
     return str(p if p.is_absolute() else base / p)
 
 
+def _size(raw: dict) -> tuple | None:
+    try:
+        f, fps, h, w = (float(raw[k]) for k in ("frames", "fps", "height", "width"))
+        if min(f, fps, h, w) > 0 and all(v == int(v) for v in (f, h, w)):
+            return int(f), fps, int(h), int(w)
+    except (KeyError, TypeError, ValueError, OverflowError):
+        pass
+    return None
+
+
 def _row(raw: dict, i: int, base: Path, src: Path) -> ManifestRow:
     d = {}
     for k, v in raw.items():
@@ -135,7 +151,7 @@ def _row(raw: dict, i: int, base: Path, src: Path) -> ManifestRow:
     if boxes and mask:
         raise ManifestError(f"manifest {src} row {i + 1} has boxes and a mask; give one region.")
     task = str(d.get("task") or "").strip()
-    return ManifestRow(caption=str(caption), video=video, task=task or "t2v", src_video=src_video,
+    return ManifestRow(size=_size(raw), caption=str(caption), video=video, task=task or "t2v", src_video=src_video,
                        src_mask=src_mask, src_ref_images=refs, boxes=boxes, mask=mask, task_given=bool(task), index=i)
 
 

@@ -27,6 +27,15 @@ shape, depends on it); every epoch each group is shuffled (``default_rng([seed, 
 steps of A x B rows (the last step of a group wraps around), and the steps of all groups are shuffled together
 (``default_rng([seed, epoch])``). Deterministic for a seed; resumable at any step.
 
+**Buckets.** With ``data.buckets`` ("FxHxW,...", e.g. "81x480x832,81x832x480,49x480x832"; a config file sets it,
+``config.data.buckets = ...``) each manifest row is decoded at its bucket's size instead of data.num_frames x
+height x width: the bucket nearest its aspect ratio among those it has the frames for (at data.fps), then the
+longest (``assign_bucket``; the size from the row's ``frames``/``fps``/``height``/``width`` columns, which
+``vdot data`` writes, else probed once at start). Groups are then (reference count, bucket) (seeded
+``[seed, epoch, R, bucket]``), so every step's global batch has one shape -- no padding -- and the order is a
+function of the rows and the seed, the same on every host and under resume. Each new shape compiles when first
+met.
+
 **Bad data.** A row whose files are missing, unreadable, corrupt, too short, or whose mask does not match its
 video is replaced by the next row of the same group in that epoch's order (deterministically), and reported in
 ``info["bad"]`` of every batch where it was met, as ``(row, message)`` pairs naming the file (it is decoded only
@@ -258,8 +267,42 @@ def check_raw_rows(rows: Sequence[ManifestRow], config) -> None:
             raise ManifestError(f"{where} row {row.index + 1}: {e}") from None
 
 
+def parse_buckets(text) -> list[tuple[int, int, int]]:
+    """``data.buckets`` ("FxHxW,FxHxW,...", e.g. "81x480x832,81x832x480,49x480x832") -> [(frames, height, width)];
+    [] when unset (every row at data.num_frames x height x width)."""
+    out = []
+    for part in str(text or "").replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            f, h, w = (int(v) for v in part.lower().split("x"))
+        except ValueError:
+            raise DataError(f"config.data.buckets: {part!r} is not FRAMESxHEIGHTxWIDTH (e.g. 81x480x832).") from None
+        out.append((f, h, w))
+    if len(set(out)) != len(out):
+        raise DataError(f"config.data.buckets {text!r} names a bucket twice.")
+    return out
+
+
+def assign_bucket(size, buckets, fps: float | None) -> int:
+    """The bucket of a video of ``size`` (frames, fps, height, width): among the buckets it has the frames for
+    (at ``fps``, as the pipeline re-times it), the closest in aspect ratio, then the longest, then the largest; a
+    video too short for every bucket goes to the shortest, where it fails as a bad sample (and is replaced)."""
+    import math
+
+    frames, src_fps, h, w = size
+    have = len(video_io.select_frame_indices(int(frames), None, "uniform", src_fps or None, fps))
+    fits = [i for i, b in enumerate(buckets) if b[0] <= have]
+    if not fits:
+        return min(range(len(buckets)), key=lambda i: (buckets[i][0], i))
+    aspect = w / h
+    return min(fits, key=lambda i: (round(abs(math.log(buckets[i][2] / buckets[i][1] / aspect)), 9),
+                                    -buckets[i][0], -buckets[i][1] * buckets[i][2], i))
+
+
 class ManifestSource:
-    """Manifest rows, decoded and encoded on demand (raw rows: inputs derived per (step, slot))."""
+    """Manifest rows, decoded and encoded on demand (raw rows: inputs derived per (step, slot)); with
+    ``data.buckets`` each row at its bucket's size (``assign_bucket``; rows without size columns are probed)."""
 
     def __init__(self, config, encoder: Encoder, rows: list[ManifestRow] | None = None):
         d = config.data
@@ -270,11 +313,37 @@ class ManifestSource:
         self.fps = float(d.fps) if d.fps else None
         self.sampling = d.sampling
         self.mix, self.seed = raw_mix(config), int(config.seed)
+        self.buckets = parse_buckets(d.get("buckets", ""))
+        for f, h, w in self.buckets:  # the size rules of data.num_frames/height/width, per bucket
+            try:
+                C.read_task_inputs(None, None, None, f, h, w, stride=encoder.stride, patch=encoder.patch)
+            except C.ConditionError as e:
+                raise DataError(f"config.data.buckets {f}x{h}x{w}: {e}") from None
+        self.bucket = [self._assign(r) for r in self.rows] if self.buckets else None
 
-    def _boxes(self, row: ManifestRow) -> np.ndarray:
+    def _assign(self, row: ManifestRow) -> int:
+        size = row.size
+        if size is None:
+            try:
+                info = video_io.probe_video(row.video)
+                size = (info.num_frames, info.fps, info.height, info.width)
+            except video_io.VideoError:  # fails again when loaded: a bad sample, replaced and reported
+                size = (0, 0.0, 1, 1)
+        return assign_bucket(size, self.buckets, self.fps)
+
+    def shape(self, i: int) -> tuple[int, int, int]:
+        """Row i's (frames, height, width): its bucket's, or data.num_frames x height x width."""
+        return self.buckets[self.bucket[i]] if self.buckets else (self.num_frames, self.height, self.width)
+
+    def group(self, i: int):
+        """Rows of one group share a batch shape: the reference count, and the bucket when there are buckets."""
+        return (self.rows[i].num_refs, self.bucket[i]) if self.buckets else self.rows[i].num_refs
+
+    def _boxes(self, row: ManifestRow, shape) -> np.ndarray:
         """The row's boxes (source pixels and frames) -> one per decoded frame, in output pixels."""
         from vdot_jax.conditions import prepare as PR
 
+        num_frames, height, width = shape
         info = video_io.probe_video(row.video)
         src_hw = (info.height, info.width)
         if ":" in row.boxes:
@@ -282,8 +351,8 @@ class ManifestSource:
                                      info.num_frames, src_hw)
         else:
             per = PR.boxes_per_frame(PR.parse_boxes(row.boxes), info.num_frames, src_hw)
-        idx = video_io.select_frame_indices(info.num_frames, self.num_frames, self.sampling, info.fps, self.fps)
-        return PR.map_boxes(per[idx], src_hw, (self.height, self.width))
+        idx = video_io.select_frame_indices(info.num_frames, num_frames, self.sampling, info.fps, self.fps)
+        return PR.map_boxes(per[idx], src_hw, (height, width))
 
     def draw_task(self, row: ManifestRow, step: int, slot: int) -> tuple[np.random.Generator, str]:
         """A raw row's task at (step, slot): its own, or drawn from the mix (first draw of the slot's generator,
@@ -295,43 +364,42 @@ class ManifestSource:
             return rng, row.task
         return rng, D.draw_task(self.mix, rng, row.boxes is not None or row.mask is not None)
 
-    def derive(self, row: ManifestRow, step: int, slot: int) -> tuple[np.ndarray, C.VCU, str]:
-        """A raw row at (step, slot) -> (ground-truth video [1, 3, T, H, W], its task's VCU, the task)."""
+    def derive(self, row: ManifestRow, step: int, slot: int, shape=None) -> tuple[np.ndarray, C.VCU, str]:
+        """A raw row at (step, slot) -> (ground-truth video [1, 3, T, H, W], its task's VCU, the task); ``shape``
+        (frames, height, width) defaults to data.num_frames x height x width."""
         from vdot_jax.conditions import derive as D
 
+        num_frames, height, width = shape or (self.num_frames, self.height, self.width)
         rng, task = self.draw_task(row, step, slot)
         if row.mask is not None:  # the video and its mask, read alike (read_task_inputs' checks included)
-            base = C.read_task_inputs(row.video, row.mask, None, self.num_frames, self.height, self.width,
+            base = C.read_task_inputs(row.video, row.mask, None, num_frames, height, width,
                                       sampling=self.sampling, fps=self.fps, stride=self.encoder.stride,
                                       patch=self.encoder.patch)
             video, region = base.frames, ("mask", base.masks)
         else:
-            video = C.video_from_frames(video_io.read_video(row.video, num_frames=self.num_frames,
-                                                            size=(self.height, self.width), fps=self.fps,
-                                                            sampling=self.sampling))
-            region = ("boxes", self._boxes(row)) if row.boxes is not None else None
-        params = D.draw_params(task, rng, self.num_frames, self.height, self.width, region is not None)
+            video = C.video_from_frames(video_io.read_video(row.video, num_frames=num_frames, size=(height, width),
+                                                            fps=self.fps, sampling=self.sampling))
+            region = ("boxes", self._boxes(row, (num_frames, height, width))) if row.boxes is not None else None
+        params = D.draw_params(task, rng, num_frames, height, width, region is not None)
         return video, D.derive(task, video, params, region), task
 
     def __len__(self) -> int:
         return len(self.rows)
-
-    def num_refs(self, i: int) -> int:
-        return self.rows[i].num_refs
 
     def load(self, i: int, step: int | None = None, slot: int | None = None) -> dict:
         """Row i, encoded; a raw row derived at (step, slot) -- without them (``vdot precompute``) at (0, i): one
         draw per row, frozen in the shards."""
         row = self.rows[i]
         task = row.task
+        num_frames, height, width = shape = self.shape(i)
         try:
             if row.raw:
-                video, vcu, task = self.derive(row, *((0, i) if step is None else (step, slot)))
+                video, vcu, task = self.derive(row, *((0, i) if step is None else (step, slot)), shape=shape)
                 return {**self.encoder.encode(video, vcu, row.caption), "task": task, "caption": row.caption}
-            vcu = C.read_task_inputs(row.src_video, row.src_mask, row.src_ref_images or None, self.num_frames,
-                                     self.height, self.width, task=row.task, sampling=self.sampling, fps=self.fps,
+            vcu = C.read_task_inputs(row.src_video, row.src_mask, row.src_ref_images or None, num_frames,
+                                     height, width, task=row.task, sampling=self.sampling, fps=self.fps,
                                      stride=self.encoder.stride, patch=self.encoder.patch)
-            frames = video_io.read_video(row.video, num_frames=self.num_frames, size=(self.height, self.width),
+            frames = video_io.read_video(row.video, num_frames=num_frames, size=(height, width),
                                          fps=self.fps, sampling=self.sampling)
             video = C.video_from_frames(frames)
             out = self.encoder.encode(video, vcu, row.caption)
@@ -354,6 +422,8 @@ def data_spec(config, with_context: bool) -> dict:
             "with_context": bool(with_context)}
     if raw_mix(config):  # only when set, so data precomputed before the key existed still matches
         spec["raw_task_mix"] = {k: v for k, v in sorted(raw_mix(config).items())}
+    if parse_buckets(d.get("buckets", "")):  # likewise
+        spec["buckets"] = [list(b) for b in parse_buckets(d.get("buckets", ""))]
     if d.encoder == "toy":
         spec["toy_text"] = [int(d.toy.text_dim), int(d.toy.text_len), int(d.toy.text_seed)]
         spec["toy_latent_std_floor"] = float(d.toy.latent_std_floor)
@@ -441,8 +511,10 @@ class PrecomputedSource:
     def __len__(self) -> int:
         return len(self.records)
 
-    def num_refs(self, i: int) -> int:
-        return int(self.records[i]["num_refs"])
+    def group(self, i: int):
+        """As ``ManifestSource.group``: the bucket, when the shards were made with buckets, is in the record."""
+        r = self.records[i]
+        return (int(r["num_refs"]), int(r["bucket"])) if "bucket" in r else int(r["num_refs"])
 
     def load(self, i: int, step: int | None = None, slot: int | None = None) -> dict:
         try:
@@ -459,12 +531,13 @@ class PrecomputedSource:
 
 
 class StepPlan:
-    """Which row fills each (step, slot): groups by reference count, shuffled per epoch (module docstring)."""
+    """Which row fills each (step, slot): groups by reference count (and bucket: a group key is then the pair),
+    shuffled per epoch (module docstring)."""
 
-    def __init__(self, refs_per_row: Sequence[int], slots: int, seed: int, shuffle: bool = True):
-        groups: dict[int, list[int]] = {}
-        for i, r in enumerate(refs_per_row):
-            groups.setdefault(int(r), []).append(i)
+    def __init__(self, group_per_row: Sequence, slots: int, seed: int, shuffle: bool = True):
+        groups: dict = {}
+        for i, r in enumerate(group_per_row):
+            groups.setdefault(tuple(int(v) for v in r) if isinstance(r, tuple) else int(r), []).append(i)
         if not groups:
             raise DataError("there is no training data (no rows).")
         self.groups = {r: np.asarray(v, np.int64) for r, v in sorted(groups.items())}
@@ -488,7 +561,8 @@ class StepPlan:
                 return self._cache[e]
             perms, steps = {}, []
             for r, rows in self.groups.items():
-                perm = np.random.default_rng([self.seed, e, r]).permutation(rows) if self.shuffle else rows
+                key = [*r] if isinstance(r, tuple) else [r]
+                perm = np.random.default_rng([self.seed, e, *key]).permutation(rows) if self.shuffle else rows
                 perms[r] = perm
                 steps += [(r, k * self.slots) for k in range(-(-len(rows) // self.slots))]
             order = np.random.default_rng([self.seed, e]).permutation(len(steps)) if self.shuffle else range(len(steps))
@@ -541,7 +615,9 @@ class RowSampler:
                 bad.append(f"{row}\t{e}")
                 continue
             return {**out, "bad": "\n".join(bad), "row": row}
-        raise DataError(f"every training sample with {group} reference image(s) is unreadable; the last problem: "
+        what = f"{group[0]} reference image(s) in bucket {group[1]}" if isinstance(group, tuple) else \
+            f"{group} reference image(s)"
+        raise DataError(f"every training sample with {what} is unreadable; the last problem: "
                         f"{bad[-1].split(chr(9), 1)[1] if bad else 'see the earlier warnings'}")
 
 
@@ -561,7 +637,7 @@ def make_source(config, encoder: Encoder | None, with_context: bool, slots: int)
     else:
         rows = PrecomputedSource(config, with_context)
         neg = rows.neg
-    plan = StepPlan([rows.num_refs(i) for i in range(len(rows))], slots, config.seed, d.shuffle)
+    plan = StepPlan([rows.group(i) for i in range(len(rows))], slots, config.seed, d.shuffle)
     return RowSampler(rows, plan), neg
 
 

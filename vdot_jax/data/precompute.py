@@ -7,7 +7,7 @@ Writes, under OUT::
     shard-00000-of-00012.array_record        one record per readable row: npz bytes of latents [z, R+f, h, w],
                                              context [Cc, R+f, h, w] (VACE), text [n, D] (up to the last
                                              non-zero token; padded back to text_len on read), task, caption
-    shard-00000-of-00012.array_record.json   that shard's record list (row, num_refs, task) and its bad rows;
+    shard-00000-of-00012.array_record.json   that shard's record list (row, num_refs, task, bucket) and its bad rows;
                                              written last, so its presence marks the shard finished
     neg_text.npy                             the negative prompt's embedding [L, D]
     precomputed.json                         the index the trainer reads: format, spec (sizes, encoder, ...),
@@ -131,7 +131,8 @@ def precompute(config, out, *, rows_per_shard: int = 256, progress: bool = True,
                 bad += 1
             else:
                 writer.write(encode_record(sample))
-                records.append({"row": i, "num_refs": rows[i].num_refs, "task": rows[i].task})
+                records.append({"row": i, "num_refs": rows[i].num_refs, "task": rows[i].task,
+                                **({"bucket": source.bucket[i]} if source.buckets else {})})
                 written += 1
             bar.update(1)
         writer.close()

@@ -8,6 +8,8 @@ Public API::
     write_video(path, frames, fps=16)            # mp4, H.264, yuv420p; frames uint8 or float in [-1, 1]
     write_image(path, image)                     # png/jpg; the same value conventions as write_video
     info = probe_video(path)                     # VideoInfo(num_frames, fps, height, width)
+    fps, (h, w), frames = stream_video(path)     # uint8 [H, W, 3] frames one at a time (long videos)
+    with ClipWriter(path, fps) as w: w.append(frame_uint8)   # the streaming form of write_video
     resize_center_crop(frame_uint8, height, width)
 
 Conventions (the VACE release's, where it has one):
@@ -339,12 +341,81 @@ def write_video(path, frames, fps: float = 16, quality: float = 8) -> Path:
     return p
 
 
+def _writer(p: Path, fps: float, quality: float):
+    return _imageio().get_writer(p, format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p",
+                                 quality=quality, macro_block_size=1, ffmpeg_log_level="error")
+
+
 def _encode(p: Path, a: np.ndarray, fps: float, quality: float) -> None:
-    iio = _imageio()
-    with iio.get_writer(p, format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p",
-                        quality=quality, macro_block_size=1, ffmpeg_log_level="error") as writer:
+    with _writer(p, fps, quality) as writer:
         for frame in a:
             writer.append_data(np.ascontiguousarray(frame))
+
+
+def stream_video(path):
+    """A video file -> ``(fps, (height, width), frames)``: ``frames`` yields uint8 [H, W, 3] RGB one at a time (memory
+    of one frame, for videos too long to hold); a decoding failure midway raises VideoError from the iteration."""
+    p = _check_exists(path, "video")
+    iio = _imageio()
+    try:
+        reader = iio.get_reader(p, format="FFMPEG")
+        meta = reader.get_meta_data()
+        w, h = (int(v) for v in meta["size"])
+        fps = float(meta.get("fps") or 0.0)
+    except Exception as e:  # imageio/ffmpeg raise OSError, RuntimeError, IndexError, ...
+        raise VideoError(f"video file {p} could not be read as a video ({_short(e)}).") from None
+
+    def frames():
+        try:
+            for frame in reader:
+                f = np.asarray(frame)
+                yield np.repeat(f[..., None], 3, axis=2) if f.ndim == 2 else f[..., :3]
+        except Exception as e:
+            raise VideoError(f"video file {p} could not be decoded to the end ({_short(e)}).") from None
+        finally:
+            reader.close()
+
+    return fps, (h, w), frames()
+
+
+class ClipWriter:
+    """``write_video`` one frame at a time (uint8 [H, W, 3], even sizes): written to a temporary name and renamed
+    into place on a clean exit after the frame count read back matches, so a file at ``path`` is always whole."""
+
+    def __init__(self, path, fps: float = 16, quality: float = 8):
+        if fps <= 0:
+            raise VideoError(f"fps must be positive to write {os.fspath(path)}, got {fps}.")
+        self.path, self.fps, self.quality, self.count = Path(path), fps, quality, 0
+        self.tmp = self.path.with_name(self.path.stem + ".part" + self.path.suffix)
+        self._w = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._w = _writer(self.tmp, self.fps, self.quality)
+        return self
+
+    def append(self, frame) -> None:
+        a = np.ascontiguousarray(to_uint8(frame))
+        if a.ndim != 3 or a.shape[2] != 3 or a.shape[0] % 2 or a.shape[1] % 2:
+            raise VideoError(f"frames to write to {self.path} must be [H, W, 3] of even size, got {a.shape}.")
+        self._w.append_data(a)
+        self.count += 1
+
+    def __exit__(self, kind, value, tb):
+        try:
+            self._w.close()
+            if kind is None:
+                got = probe_video(self.tmp).num_frames if self.count else 0
+                if got != self.count or not self.count:
+                    raise VideoError(f"video file {self.path} could not be read back ({got} of {self.count} frames).")
+                os.replace(self.tmp, self.path)
+        except Exception as e:
+            if kind is None:
+                raise e if isinstance(e, VideoError) else VideoError(
+                    f"video file {self.path} could not be written ({_short(e)}).") from None
+        finally:
+            self.tmp.unlink(missing_ok=True)
+        return False
 
 
 def is_image_path(path) -> bool:
