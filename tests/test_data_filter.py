@@ -294,3 +294,14 @@ def test_buckets_one_shape_per_step_resumable_and_the_same_on_every_host(buckete
         assert gi["row"] == info["row"][1:] and np.array_equal(got["latents"][:, 0], arrays["latents"][:, 1])
     one.close()
     pipe.close()
+
+
+def test_buckets_is_a_config_option_checked_before_a_run():
+    from vdot_jax.data.pipeline import DataError
+    from vdot_jax.train.config import check_data, load_config
+
+    c = load_config("configs/tiny.py")
+    assert c.data.buckets == ""  # the default: one size, so `--config.data.buckets=...` is accepted on the CLI
+    c.data.buckets = "9x32x32,9x32x32"
+    with pytest.raises(DataError, match="names a bucket twice"):
+        check_data(c)

@@ -115,6 +115,10 @@ def base_config() -> ml_collections.ConfigDict:
     # t2v plain gray edges layout frameref inpaint outpaint first_frame last_frame first_clip last_clip
     # first_last_frame first_last_clip (e.g. --config.data.raw_task_mix.inpaint=1)
     d.raw_task_mix = ml_collections.ConfigDict()
+    # resolution/length buckets for manifest rows ("FxHxW,...", e.g. "81x480x832,81x832x480,49x480x832"): each row
+    # decoded at its nearest bucket, each global batch from one bucket (data.pipeline); empty: every row at
+    # num_frames x height x width
+    d.buckets = ""
     t = d.toy = ml_collections.ConfigDict()
     t.frames = 9
     t.height = 32
@@ -536,6 +540,10 @@ def check_data(config: ml_collections.ConfigDict) -> None:
     the manifest is well formed, or the precomputed index exists and was made with this config's data settings.
     (The pipeline checks the same again when it is built; these raise the same ``VdotError``s earlier.)"""
     d = config.data
+    if d.get("buckets"):
+        from vdot_jax.data.pipeline import parse_buckets
+
+        parse_buckets(d.buckets)
     if d.source == "manifest":
         from vdot_jax.data.manifest import read_manifest
         from vdot_jax.data.pipeline import check_raw_rows
