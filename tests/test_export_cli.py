@@ -133,6 +133,9 @@ def test_workdir_to_jax_and_diffusers(workdir, tmp_path, capsys):
     assert vdot(["export", "--ckpt", str(workdir), "--format", "jax", "--out", str(tmp_path / "jax")]) == 0
     msg = capsys.readouterr().out
     assert "the model of" in msg and "at step 2" in msg and "add the VAE and text encoder" in msg
+    # a flow run trains a many-step model: it samples as the teacher (vdot generate's and vdot ui's defaults)
+    assert json.loads((tmp_path / "jax" / "vdot_model.json").read_text())["sampling"] == dict(
+        kind="teacher", steps=50, shift=16.0, guide_scale=5.0)
     again = load_transformer(tmp_path / "jax")
     for (p, a), b in zip(flat_state(again).items(), flat_state(trained).values()):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(p))
