@@ -79,10 +79,14 @@ def server(tmp_path_factory):
 
 
 def _args(task="t2v", prompt=PROMPT, frames=5, height=32, width=32, steps=4, guide=2.0, shift=6.0, seed=0,
-          expand="0,0,0.25,0.25", clip=1, video=None, mask=None, refs=None):
+          expand="0,0,0.25,0.25", clip=1, box="", video=None, mask=None, refs=None, drawn=None):
+    """The /generate endpoint's inputs (/preview's without the model); ``drawn``: an RGBA png painted on the
+    first frame, sent as the page's image editor sends its layers."""
+    editor = None if drawn is None else {"background": None, "layers": [handle_file(str(drawn))],
+                                         "composite": None, "id": None}
     files = [handle_file(str(video)) if video else None, handle_file(str(mask)) if mask else None,
-             [handle_file(str(r)) for r in refs or []]]
-    return [TOY, task, prompt, "", frames, height, width, steps, guide, shift, seed, expand, clip, *files]
+             [handle_file(str(r)) for r in refs or []], editor]
+    return [TOY, task, prompt, "", frames, height, width, steps, guide, shift, seed, expand, clip, box, *files]
 
 
 def _video_path(out) -> str:
@@ -114,6 +118,12 @@ def clips(tmp_path_factory):
     mask[:, 8:24, 8:24] = 255
     write_video(d / "mask.mp4", mask)
     write_video(d / "mask_48.mp4", np.zeros((5, 48, 32, 3), np.uint8))
+    from PIL import Image
+
+    layer = np.zeros((32, 32, 4), np.uint8)  # a square painted on the first frame (alpha > 0 = painted)
+    layer[8:24, 8:24] = (255, 255, 255, 255)
+    Image.fromarray(layer).save(d / "drawn.png")
+    Image.fromarray(np.zeros((48, 32, 4), np.uint8) + 255).save(d / "drawn_48.png")  # drawn on another canvas
     (d / "corrupt.mp4").write_bytes(b"not a video" * 100)
     (d / "big.mp4").write_bytes(os.urandom(2 * 2**20))  # over the server's --max-file-size 1mb
     return d
@@ -141,6 +151,65 @@ def test_inpaint_preview_then_generate(server, clips):
     video, _, command = client.predict(*args, api_name="/generate")
     _check_mp4(_video_path(video))
     assert "--src-mask mask.mp4" in command
+
+
+@pytest.mark.parametrize("how", ["drawn", "box"])
+def test_inpaint_with_a_mask_drawn_or_a_box_on_the_first_frame(server, clips, how):
+    """A square painted on the first frame, or typed as a box in the video's pixels, is the region regenerated in
+    every frame (through vdot prepare's build); the command names the vdot prepare line that makes the files."""
+    _, client = server
+    extra = dict(drawn=clips / "drawn.png") if how == "drawn" else dict(box="8,8,24,24")
+    args = _args(task="inpaint", prompt=CAPTION, video=clips / "video.mp4", **extra)
+    preview = read_video(_video_path(client.predict(*args[1:], api_name="/preview")))
+    mask = preview[:, :, 32:].mean(-1) > 0
+    want = np.zeros((5, 32, 32), bool)
+    want[:, 8:24, 8:24] = True
+    assert (mask == want).mean() > 0.98, (mask != want).sum()
+    assert abs(preview[:, 10:22, 10:22, :].mean()) < 0.05  # greyed where generated
+    video, _, command = client.predict(*args, api_name="/generate")
+    _check_mp4(_video_path(video))
+    assert command.startswith("vdot prepare inpaint") and "--src-mask prep/src_mask.mp4" in command
+    assert ("--mask drawn_mask.png" if how == "drawn" else "--box 8,8,24,24") in command, command
+
+
+def test_every_task_is_listed_and_annotator_tasks_say_what_to_upload(server, clips):
+    """Every task of vdot generate --task and vdot prepare is on the page; an annotator task without its finished
+    file says why in one line, and with it (a finished control video) it runs."""
+    from gradio_client.exceptions import AppError
+
+    from vdot_jax import conditions as C
+    from vdot_jax.commands.prepare import PREPARE_TASKS
+    from vdot_jax.ui.backend import ANNOTATOR_TASKS, TASK_CHOICES
+
+    assert (set(C.TASKS) | set(PREPARE_TASKS)) - {"plain"} <= set(TASK_CHOICES)  # plain: a v2v control video
+    assert {"depth", "pose", "flow", "scribble", "track", "face", "salient"} <= set(ANNOTATOR_TASKS)
+    _, client = server
+    for task in ("depth", "face"):
+        with pytest.raises(AppError) as e:
+            client.predict(*_args(task=task)[1:], api_name="/preview")
+        assert f"{task} needs annotator weights" in str(e.value) and "upload it" in str(e.value), str(e.value)
+    preview = read_video(_video_path(client.predict(*_args(task="depth", video=clips / "video.mp4")[1:],
+                                                    api_name="/preview")))
+    assert preview[:, :, 32:].mean() > 0.95  # a control video: generated everywhere
+
+
+def test_layout_box_and_grey_are_made_as_vdot_prepare_makes_them(server, clips, tmp_path):
+    """The page's layout-from-a-box and gray previews are vdot prepare's files (the same build)."""
+    from vdot_jax.cli import main as vdot
+
+    _, client = server
+    for task, extra in (("layout", ["--box", "8,8,24,24"]), ("gray", [])):
+        page = read_video(_video_path(client.predict(*_args(task=task, video=clips / "video.mp4",
+                                                            box=" ".join(extra[1:]))[1:], api_name="/preview")))
+        out = tmp_path / task
+        assert vdot(["prepare", task, "--src-video", str(clips / "video.mp4"), "--frames", "5", "--height", "32",
+                     "--width", "32", "--out", str(out), *extra]) == 0
+        np.testing.assert_allclose(page[:, :, :32], read_video(out / "src_video.mp4"), atol=0.05)
+
+
+def test_model_defaults_fill_the_advanced_settings(server):
+    _, client = server
+    assert tuple(client.predict(TOY, api_name="/defaults")) == (8, 2.0, 6.0)  # the toy teacher's tuned settings
 
 
 @pytest.mark.parametrize("task,generated", [
@@ -233,6 +302,11 @@ def test_progress_reports_each_denoising_step(server):
 @pytest.mark.parametrize("case,message", [
     ("corrupt", "corrupt.mp4"),
     ("mask_size", "must be the same size"),
+    ("drawn_size", "must be the same size"),
+    ("box_outside", "is not inside the 32x32 frame"),
+    ("box_and_drawn", "not both"),
+    ("prompt_too_long", "takes at most"),
+    ("annotator", "needs annotator weights"),
     ("frames", "1 + 4k"),
     ("too_many_frames", "more than this server allows"),
     ("empty_field", "must be a finite number"),
@@ -245,6 +319,11 @@ def test_bad_input_gives_its_message_and_the_server_keeps_serving(server, clips,
     args = {
         "corrupt": dict(task="inpaint", video=clips / "corrupt.mp4", mask=clips / "mask.mp4"),
         "mask_size": dict(task="inpaint", video=clips / "video.mp4", mask=clips / "mask_48.mp4"),
+        "drawn_size": dict(task="inpaint", video=clips / "video.mp4", drawn=clips / "drawn_48.png"),
+        "box_outside": dict(task="inpaint", video=clips / "video.mp4", box="8,8,40,24"),
+        "box_and_drawn": dict(task="inpaint", video=clips / "video.mp4", box="8,8,24,24", drawn=clips / "drawn.png"),
+        "prompt_too_long": dict(prompt=" ".join([PROMPT] * 3)),  # the toy encoder reads 8 words
+        "annotator": dict(task="pose"),
         "frames": dict(frames=6),
         "too_many_frames": dict(frames=13),
         "empty_field": dict(guide=None),  # a cleared number field
@@ -365,12 +444,18 @@ def test_only_the_page_module_imports_gradio():
     assert importers == ["vdot_jax/ui/app.py"], importers
 
 
-def test_ui_refuses_a_missing_model_folder_in_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("args,message", [
+    (["--model", "nope"], "nope"),
+    (["--mesh", "fsdp"], "--mesh fsdp: mesh entry 'fsdp' is not of the form axis=size"),  # vdot generate's parsing
+    (["--mesh", "fsdp=3"], "--mesh fsdp=3:"),  # sizes this host cannot lay out
+])
+def test_ui_refuses_bad_options_in_one_line(tmp_path, capsys, monkeypatch, args, message):
     from vdot_jax.cli import main
 
-    assert main(["ui", "--model", str(tmp_path / "nope")]) == 2
+    monkeypatch.chdir(tmp_path)
+    assert main(["ui", *args]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("vdot ui: error:") and "nope" in err and "\n" not in err, err
+    assert err.startswith("vdot ui: error:") and message in err and "\n" not in err, err
 
 
 def _command(driver) -> str:
@@ -403,3 +488,12 @@ def test_model_directory_serves_what_pipeline_generates(tmp_path):
     assert "(3 unipc steps, shift 5, CFG 3)" in summary
     with pytest.raises(VdotError, match="unknown model"):
         server.generate("/elsewhere", s)
+    # a prompt longer than umT5's 512 tokens is one sentence (vdot generate cuts it and warns)
+    with pytest.raises(VdotError, match="longer than the text encoder's 512 tokens"):
+        server.generate(model, Settings(prompt="a red cat " * 200, frames=5, height=32, width=48))
+    # the page's settings start at what the model directory records, and follow a re-recording
+    from vdot_jax.cli import main
+
+    assert server.defaults(model) == dict(steps=4, shift=16.0, guide_scale=1.0)  # converted as the student
+    assert main(["convert", "--dst", model, "--sampling", "teacher"]) == 0
+    assert server.defaults(model) == dict(steps=50, shift=16.0, guide_scale=5.0)
