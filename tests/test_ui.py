@@ -39,12 +39,14 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("ui") / "server.log"
-    # on a terminal, as people run it (a tqdm bar there once hid the steps from the page's progress)
+    # on a terminal, as people run it (a tqdm bar there once hid the steps from the page's progress); over two
+    # (fake CPU) devices with --mesh, as on a multi-device host: the toy transformer sharded fsdp=2
     master, terminal = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "GRADIO_ANALYTICS_ENABLED"}
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
     proc = subprocess.Popen([sys.executable, "-m", "vdot_jax.cli", "ui", "--port", str(port), "--max-frames", "9",
-                             "--max-file-size", "1mb"],
-                            stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, cwd=ROOT,
-                            env={k: v for k, v in os.environ.items() if k != "GRADIO_ANALYTICS_ENABLED"})
+                             "--max-file-size", "1mb", "--mesh", "fsdp=2"],
+                            stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, cwd=ROOT, env=env)
     os.close(terminal)
 
     def drain():  # keep the terminal's buffer from filling up
@@ -137,6 +139,7 @@ def test_text_to_video_returns_a_playable_mp4(server):
     assert "generated t2v 1x5x32x32 (4 unipc steps, shift 6, CFG 2)" in summary and summary.endswith("seed 3")
     assert "/tmp" not in summary  # no server path in the page
     assert "vdot generate" in command and "--seed 3" in command and "--task t2v" in command
+    assert "--mesh fsdp=2" in command  # the server's mesh, as vdot generate takes it
 
 
 def test_inpaint_preview_then_generate(server, clips):
