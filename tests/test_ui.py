@@ -392,8 +392,9 @@ def _result_video(driver, timeout=120) -> dict:
 
 def test_browser_text_to_video_and_inpaint(server, browser, clips, tmp_path):
     """The page in chromium: generate (text-to-video, the defaults), the result <video> plays (the browser decoded
-    its size and duration); then upload a video and a mask, pick inpaint, preview, generate again; saves a
-    screenshot (README's docs/ui.png: VDOT_UI_SCREENSHOT=docs/ui.png python -m pytest tests/test_ui.py -k browser)."""
+    its size and duration); then upload a video and a mask, pick inpaint, preview, generate again; then paint the
+    mask on the first frame instead and preview it (a stroke through the centre, nothing at the top and bottom);
+    saves a screenshot (README's docs/ui.png: VDOT_UI_SCREENSHOT=docs/ui.png python -m pytest tests/test_ui.py -k browser)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -426,6 +427,33 @@ def test_browser_text_to_video_and_inpaint(server, browser, clips, tmp_path):
         time.sleep(0.25)
     second = _result_video(browser)
     assert second["src"] != first["src"] and second["w"] == 32, second
+
+    # the mask painted on the first frame instead: clear the mask file, paint a stroke through the canvas' centre
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    browser.find_element(By.CSS_SELECTOR, "#src_mask button[aria-label='Clear']").click()
+    browser.find_element(By.XPATH, "//button[contains(., 'draw a mask or a box')]").click()
+    editor = WebDriverWait(browser, 30).until(EC.visibility_of_element_located((By.ID, "editor")))
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", editor)
+    time.sleep(1)  # the first frame is the canvas' background
+    editor.find_element(By.CSS_SELECTOR, "button[aria-label='Brush']").click()
+    canvas = editor.find_elements(By.TAG_NAME, "canvas")[-1]
+    stroke = ActionChains(browser).move_to_element_with_offset(canvas, -20, 0).click_and_hold()
+    for dx in range(-20, 21, 4):
+        stroke.move_to_element_with_offset(canvas, dx, 0)
+    stroke.release().perform()
+    time.sleep(0.5)
+    before = browser.execute_script("return document.querySelector('#preview video').currentSrc")
+    browser.find_element(By.XPATH, "//button[text()='preview inputs']").click()
+    src = WebDriverWait(browser, 60).until(lambda d: d.execute_script(
+        "const v = document.querySelector('#preview video');"
+        "return v && v.currentSrc != arguments[0] && v.readyState >= 1 && v.currentSrc;", before))
+    import httpx
+
+    (tmp_path / "drawn.mp4").write_bytes(httpx.get(src).content)
+    painted = read_video(tmp_path / "drawn.mp4")[:, :, 32:].mean(-1) > 0  # the preview's mask half
+    assert painted[:, 14:18, 14:18].all() and not painted[:, :3].any() and not painted[:, -3:].any(), \
+        painted[0].astype(int)
     browser.execute_script("window.scrollTo(0, 0)")
     shot = Path(os.environ.get("VDOT_UI_SCREENSHOT") or tmp_path / "ui.png")
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
