@@ -1,6 +1,7 @@
 """``vdot ui``: the page served by a real ``vdot ui`` process (toy teacher, 5x32x32), driven through gradio_client
 and a real headless browser (Debian's chromium + chromedriver, Selenium)."""
 
+import json
 import os
 import pty
 import shutil
@@ -35,10 +36,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+SERVER_LOG: dict = {}  # the server fixture's terminal output: {"path": Path}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("ui") / "server.log"
+    SERVER_LOG["path"] = log
     # on a terminal, as people run it (a tqdm bar there once hid the steps from the page's progress); over two
     # (fake CPU) devices with --mesh, as on a multi-device host: the toy transformer sharded fsdp=2
     master, terminal = pty.openpty()
@@ -277,6 +282,34 @@ def test_serves_no_file_of_the_server_but_its_own(server):
         assert r.status_code in (403, 404) and "root:x:" not in r.text and "import" not in r.text, (path, r.text)
 
 
+def test_binds_this_machine_only_and_opens_no_public_link(server):
+    """Safe by default: without --host the page is not reachable on the machine's other addresses, and without
+    --share no gradio.live link is made."""
+    url, _ = server
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    others = set()
+    for host in (socket.gethostname(), socket.getfqdn()):
+        try:
+            others |= {a[4][0] for a in socket.getaddrinfo(host, None, socket.AF_INET)}
+        except OSError:
+            pass
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # the address outgoing traffic would use
+        try:
+            s.connect(("10.255.255.255", 1))
+            others.add(s.getsockname()[0])
+        except OSError:
+            pass
+    others = {a for a in others if not a.startswith("127.")}
+    if not others:
+        pytest.skip("this machine has no address but loopback")
+    for addr in others:
+        with socket.socket() as s:
+            s.settimeout(2)
+            assert s.connect_ex((addr, port)) != 0, f"the page answers on {addr}:{port}"
+    text = SERVER_LOG["path"].read_text(errors="replace")
+    assert "gradio.live" not in text and "Running on local URL:  http://127.0.0.1" in text, text[-2000:]
+
+
 def test_reference_image_is_added_to_the_task(server, tmp_path):
     from vdot_jax.data.video_io import write_image
 
@@ -336,6 +369,22 @@ def test_bad_input_gives_its_message_and_the_server_keeps_serving(server, clips,
         client.predict(*_args(**args), api_name="/generate")
     text = str(e.value)
     assert message in text and "Traceback" not in text and "\n" not in text.strip(), text
+    video, _, _ = client.predict(*_args(), api_name="/generate")
+    _check_mp4(_video_path(video))
+
+
+def test_a_non_finite_setting_sent_by_a_script_is_one_sentence(server):
+    """JSON has no NaN or inf, so a browser (or gradio_client) cannot send them; a script posting Python's
+    Infinity/NaN literals to the API gets Settings' sentence, and the server keeps serving."""
+    import httpx
+
+    url, client = server
+    for name, bad in (("shift", float("inf")), ("guide", float("nan"))):
+        body = json.dumps({"data": _args(**{name: bad})})  # Python writes Infinity / NaN
+        r = httpx.post(f"{url}gradio_api/call/generate", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text  # the request is queued (gradio reads Python's JSON literals)
+        events = httpx.get(f"{url}gradio_api/call/generate/{r.json()['event_id']}", timeout=60).text
+        assert "event: error" in events and "must be a finite number" in events and "Traceback" not in events, events
     video, _, _ = client.predict(*_args(), api_name="/generate")
     _check_mp4(_video_path(video))
 
