@@ -128,7 +128,7 @@ def test_convert_components_separately_and_pipeline_folder_directly(oracle, ours
     assert "ready for vdot generate" in capsys.readouterr().out
     vcu = C.t2v(5, H, W)
     ref = ours.generate(PROMPT, vcu=vcu, progress=False).video
-    for model in (dst, folder):  # the converted directory (a teacher by default), and the diffusers folder read directly
+    for model in (dst, folder):  # the converted directory (a teacher by default), the diffusers folder as is
         np.testing.assert_array_equal(P.generate(model, PROMPT, vcu=vcu, progress=False, **P.STUDENT).video, ref)
     for args, message in ((["--dst", str(dst)], "nothing to convert"),
                           (["--dst", str(dst), "--vae", str(folder / "vae"), "--tokenizer", str(folder)],

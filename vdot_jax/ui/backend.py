@@ -229,7 +229,8 @@ class Server:
             raise UIError(f"the drawn layers have different sizes ({', '.join(f'{w}x{h}' for h, w in shapes)}).")
         mask = np.logical_or.reduce(painted)
         self._count += 1
-        return str(write_image(self.out / f"{self._count:05d}_drawn_mask.png", np.where(mask, 255, 0).astype(np.uint8)))
+        path = self.out / f"{self._count:05d}_drawn_mask.png"
+        return str(write_image(path, np.where(mask, 255, 0).astype(np.uint8)))
 
     def task_inputs(self, s: Settings, src_video=None, src_mask=None, ref_images=None, drawn=None):
         """Uploaded files (and a mask drawn on the first frame) -> the task's VCU: ``vdot prepare``'s build for
@@ -241,8 +242,8 @@ class Server:
         task, box = s.task, (s.box or "").strip()
         if task in ANNOTATOR_TASKS:  # the finished output of the annotator, uploaded
             feeds = ANNOTATOR_TASKS[task][1]
-            missing = (not refs) if feeds == "r2v" else (not src_video or (feeds == "inpaint" and not (src_mask or drawn)))
-            if missing:
+            has_mask = bool(src_mask or drawn or box)
+            if not refs if feeds == "r2v" else not src_video or (feeds == "inpaint" and not has_mask):
                 raise UIError(annotator_reason(task) + ".")
             task = feeds
         if box and task not in ("inpaint", "layout"):
@@ -271,8 +272,7 @@ class Server:
         if tok is None:
             return
         for what, text in (("prompt", s.prompt), ("negative prompt", s.negative_prompt)):
-            n = len(tok.encode(text, add_special_tokens=True).overflowing)
-            if n:
+            if tok.encode(text, add_special_tokens=True).overflowing:  # what PromptTokenizer would cut
                 raise UIError(f"the {what} is longer than the text encoder's {te.text_len} tokens; shorten it.")
 
     def preview(self, s: Settings, src_video=None, src_mask=None, ref_images=None, drawn=None) -> Path:
