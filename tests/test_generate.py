@@ -126,6 +126,8 @@ def test_convert_components_separately_and_pipeline_folder_directly(oracle, ours
                  str(folder / "text_encoder"), "--tokenizer", str(folder / "tokenizer"),
                  "--text-encoder-dtype", "float32"]) == 0  # added to the existing directory
     assert "ready for vdot generate" in capsys.readouterr().out
+    # adding components keeps what the transformer's conversion recorded
+    assert json.loads((dst / "vdot_model.json").read_text())["sampling"]["kind"] == "teacher"
     vcu = C.t2v(5, H, W)
     ref = ours.generate(PROMPT, vcu=vcu, progress=False).video
     for model in (dst, folder):  # the converted directory (a teacher by default), the diffusers folder as is
