@@ -135,6 +135,9 @@ def test_convert_components_separately_and_pipeline_folder_directly(oracle, ours
     for args, message in ((["--dst", str(dst)], "nothing to convert"),
                           (["--dst", str(dst), "--vae", str(folder / "vae"), "--tokenizer", str(folder)],
                            "--tokenizer goes with --text-encoder"),
+                          (["--dst", str(dst), "--vae", str(folder / "vae"), "--sampling", "student"],
+                           "--sampling goes with --src"),
+                          (["--dst", str(tmp_path / "new"), "--sampling", "student"], "not a vdot-jax model directory"),
                           (["--dst", str(dst), "--vae", str(tmp_path / "nope.pth")],
                            "VAE path .*nope.pth does not exist")):
         assert vdot(["convert", *args]) == 2

@@ -116,6 +116,9 @@ def run(args) -> None:
         if args.sampling is not None:
             return record_sampling(args)
         raise UserError("nothing to convert: give --src and/or --vae / --text-encoder (or --sampling alone)")
+    if args.sampling is not None and args.src is None:
+        raise UserError("--sampling goes with --src (the transformer it describes), or alone with --dst to change "
+                        "what a model directory records")
     if args.tokenizer is not None and args.text_encoder is None:
         raise UserError("--tokenizer goes with --text-encoder (a pipeline folder's tokenizer/ is found by itself)")
     src = Path(args.src) if args.src is not None else None
