@@ -74,7 +74,8 @@ def word_tokenizer(words):
 def tiny_vace_pipeline(root, dit: WanConfig, words, *, latents_mean, latents_std, shift: float = 16.0):
     """A random diffusers ``WanVACEPipeline`` (``dit``; VAE with z_dim ``dit.in_channels``; ``TINY_UMT5``; a
     ``word_tokenizer``; flow UniPC at ``shift``), norm scales perturbed, saved to ROOT/pipeline and converted with
-    ``vdot convert`` (fp32 text encoder) to ROOT/model. Returns (pipeline, ROOT/pipeline, ROOT/model)."""
+    ``vdot convert`` (fp32 text encoder; sampled as the student by default) to ROOT/model. Returns (pipeline,
+    ROOT/pipeline, ROOT/model)."""
     import transformers
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACEPipeline
 
@@ -100,5 +101,5 @@ def tiny_vace_pipeline(root, dit: WanConfig, words, *, latents_mean, latents_std
     pipe.set_progress_bar_config(disable=True)
     pipe.save_pretrained(root / "pipeline")
     assert vdot(["convert", "--src", str(root / "pipeline"), "--dst", str(root / "model"),
-                 "--text-encoder-dtype", "float32"]) == 0
+                 "--text-encoder-dtype", "float32", "--sampling", "student"]) == 0
     return pipe, root / "pipeline", root / "model"

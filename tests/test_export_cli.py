@@ -133,6 +133,9 @@ def test_workdir_to_jax_and_diffusers(workdir, tmp_path, capsys):
     assert vdot(["export", "--ckpt", str(workdir), "--format", "jax", "--out", str(tmp_path / "jax")]) == 0
     msg = capsys.readouterr().out
     assert "the model of" in msg and "at step 2" in msg and "add the VAE and text encoder" in msg
+    # a flow run trains a many-step model: it samples as the teacher (vdot generate's and vdot ui's defaults)
+    assert json.loads((tmp_path / "jax" / "vdot_model.json").read_text())["sampling"] == dict(
+        kind="teacher", steps=50, shift=16.0, guide_scale=5.0)
     again = load_transformer(tmp_path / "jax")
     for (p, a), b in zip(flat_state(again).items(), flat_state(trained).values()):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(p))
@@ -186,3 +189,19 @@ def test_lora_of_a_workdir_against_an_earlier_checkpoint(workdir, tmp_path, caps
     assert report["rank"] == 2 and report["summary"]["lora_layers"] > 0
     keys = open_tensors(tmp_path / "lora" / "lora_wan.safetensors").keys()
     assert all(k.startswith("diffusion_model.") for k in keys)
+
+
+def test_exported_model_directory_records_how_the_run_samples(source, tmp_path):
+    """--format jax records sampling defaults: a distilled generator as the student (at its consistent-schedule
+    shift when it trained on one), a flow run's model as the teacher, a model directory as it recorded."""
+    from vdot_jax.commands.export import sampling_record
+    from vdot_jax.sources import Source
+
+    def run(mode, **config):  # a resolved workdir, as sources.resolve returns it
+        return Source(tmp_path, "workdir", 1, meta={"mode": mode, "config": config})
+
+    student = dict(kind="student", steps=4, shift=16.0, guide_scale=1.0)
+    assert sampling_record(run("vdot", schedule="release", student_shift=16.0)) == student
+    assert sampling_record(run("vdot", schedule="consistent", student_shift=6.0)) == dict(student, shift=6.0)
+    assert sampling_record(run("flow"))["kind"] == "teacher"
+    assert sampling_record(Source(source[2], "model_dir")) == student  # converted with --sampling student

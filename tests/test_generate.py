@@ -8,6 +8,7 @@ Videos are 9 frames of 32x48 (3 latent frames of 4x6, 18 tokens).
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import re
@@ -118,18 +119,25 @@ def test_convert_components_separately_and_pipeline_folder_directly(oracle, ours
     folder = oracle[1]
     dst = tmp_path / "m"
     assert vdot(["convert", "--src", str(folder / "transformer"), "--dst", str(dst)]) == 0
-    assert "add vae, text_encoder for vdot generate" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "add vae, text_encoder for vdot generate" in out
+    assert "sampling defaults for vdot generate and vdot ui: the teacher (50 steps, shift 16, CFG 5)" in out
     assert vdot(["convert", "--dst", str(dst), "--vae", str(folder / "vae"), "--text-encoder",
                  str(folder / "text_encoder"), "--tokenizer", str(folder / "tokenizer"),
                  "--text-encoder-dtype", "float32"]) == 0  # added to the existing directory
     assert "ready for vdot generate" in capsys.readouterr().out
+    # adding components keeps what the transformer's conversion recorded
+    assert json.loads((dst / "vdot_model.json").read_text())["sampling"]["kind"] == "teacher"
     vcu = C.t2v(5, H, W)
     ref = ours.generate(PROMPT, vcu=vcu, progress=False).video
-    for model in (dst, folder):  # the converted directory, and the diffusers folder read directly
-        np.testing.assert_array_equal(P.generate(model, PROMPT, vcu=vcu, progress=False).video, ref)
+    for model in (dst, folder):  # the converted directory (a teacher by default), the diffusers folder as is
+        np.testing.assert_array_equal(P.generate(model, PROMPT, vcu=vcu, progress=False, **P.STUDENT).video, ref)
     for args, message in ((["--dst", str(dst)], "nothing to convert"),
                           (["--dst", str(dst), "--vae", str(folder / "vae"), "--tokenizer", str(folder)],
                            "--tokenizer goes with --text-encoder"),
+                          (["--dst", str(dst), "--vae", str(folder / "vae"), "--sampling", "student"],
+                           "--sampling goes with --src"),
+                          (["--dst", str(tmp_path / "new"), "--sampling", "student"], "not a vdot-jax model directory"),
                           (["--dst", str(dst), "--vae", str(tmp_path / "nope.pth")],
                            "VAE path .*nope.pth does not exist")):
         assert vdot(["convert", *args]) == 2
@@ -289,13 +297,55 @@ def test_cli_video_is_pipeline_generate_for_the_same_seed(oracle, ours, files, t
     assert err[5] < 0.5 * err[6], err
 
 
-def test_cli_teacher_settings_and_progress(oracle, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def teacher(oracle, tmp_path_factory):
+    """The oracle's model directory recorded as a teacher (vdot convert --sampling alone re-records it)."""
+    import shutil
+
+    teacher = shutil.copytree(oracle[2], tmp_path_factory.mktemp("teacher") / "model")
+    assert vdot(["convert", "--dst", str(teacher), "--sampling", "teacher"]) == 0
+    return teacher
+
+
+def test_sampling_defaults_come_from_the_model_directory_and_flags_win(oracle, teacher, capsys):
+    """A student directory samples 4 steps without CFG, a teacher directory 50 steps with CFG 5 (what convert
+    records); a flag given replaces its one setting (the CLI run is test_cli_teacher_settings_and_progress).
+    Catches generate ignoring the record, or the record overriding a flag."""
+    from vdot_jax.commands import generate
+
+    assert json.loads((teacher / "vdot_model.json").read_text())["sampling"] == dict(
+        kind="teacher", steps=50, shift=16.0, guide_scale=5.0)
+
+    def settings(model, **flags):  # what run() passes to the pipeline
+        args = argparse.Namespace(model=str(model), **{k: flags.get(k) for k in ("steps", "guide_scale", "shift")})
+        generate.sampling(args, lambda msg: None)
+        return args.steps, args.guide_scale, args.shift
+
+    assert settings(oracle[2]) == (4, 1.0, 16.0)
+    assert settings(teacher) == (50, 5.0, 16.0)
+    assert settings(teacher, steps=3, guide_scale=1.0) == (3, 1.0, 16.0)
+    assert settings(oracle[2], shift=5.0) == (4, 1.0, 5.0)
+    assert P.sampling_defaults(teacher) == dict(steps=50, shift=16.0, guide_scale=5.0)  # Pipeline.load's too
+    # what convert records without --sampling: the VDOT release's torch state dict is the student
+    from vdot_jax.commands.convert import sampling_kind
+
+    def kind(src, **flags):
+        return sampling_kind(argparse.Namespace(**{"sampling": None, "key": None, **flags}), src)
+
+    assert kind(oracle[1]) == kind(oracle[1] / "transformer") == "teacher"  # diffusers (Wan-VACE) folders
+    assert kind(oracle[1].parent / "vdot_14b.pt") == "student" and kind(oracle[1], key="generator_ema") == "student"
+    assert kind(oracle[1].parent / "vdot_14b.pt", sampling="teacher") == "teacher"
+
+
+def test_cli_teacher_settings_and_progress(teacher, tmp_path, capsys):
+    """A teacher directory: CFG 5 from its record, 6 steps from the flag (which wins over its 50)."""
     out = tmp_path / "teacher.mp4"
-    assert vdot(["generate", "--model", str(oracle[2]), "--prompt", PROMPT, "--negative-prompt", NEGATIVE,
-                 "--frames", "5", "--height", str(H), "--width", str(W), "--steps", "6", "--guide-scale", "5",
+    assert vdot(["generate", "--model", str(teacher), "--prompt", PROMPT, "--negative-prompt", NEGATIVE,
+                 "--frames", "5", "--height", str(H), "--width", str(W), "--steps", "6",
                  "--solver", "euler", "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert "(6 euler steps, shift 16, CFG 5)" in captured.out
+    assert "sampling: 6 steps, guide scale 5, shift 16 (--steps given, the rest the model's defaults)" in captured.err
     assert "[vdot generate] task t2v" in captured.err and "loaded the model" in captured.err
     assert "denoising step 6/6 done" in captured.err  # per-step progress from inside the compiled loop
     assert _read_mp4(out) == (5, H, W, 3)

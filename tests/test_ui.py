@@ -1,6 +1,7 @@
 """``vdot ui``: the page served by a real ``vdot ui`` process (toy teacher, 5x32x32), driven through gradio_client
 and a real headless browser (Debian's chromium + chromedriver, Selenium)."""
 
+import json
 import os
 import pty
 import shutil
@@ -35,16 +36,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+SERVER_LOG: dict = {}  # the server fixture's terminal output: {"path": Path}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("ui") / "server.log"
-    # on a terminal, as people run it (a tqdm bar there once hid the steps from the page's progress)
+    SERVER_LOG["path"] = log
+    # on a terminal, as people run it (a tqdm bar there once hid the steps from the page's progress); over two
+    # (fake CPU) devices with --mesh, as on a multi-device host: the toy transformer sharded fsdp=2
     master, terminal = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "GRADIO_ANALYTICS_ENABLED"}
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
     proc = subprocess.Popen([sys.executable, "-m", "vdot_jax.cli", "ui", "--port", str(port), "--max-frames", "9",
-                             "--max-file-size", "1mb"],
-                            stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, cwd=ROOT,
-                            env={k: v for k, v in os.environ.items() if k != "GRADIO_ANALYTICS_ENABLED"})
+                             "--max-file-size", "1mb", "--mesh", "fsdp=2"],
+                            stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, cwd=ROOT, env=env)
     os.close(terminal)
 
     def drain():  # keep the terminal's buffer from filling up
@@ -79,10 +86,14 @@ def server(tmp_path_factory):
 
 
 def _args(task="t2v", prompt=PROMPT, frames=5, height=32, width=32, steps=4, guide=2.0, shift=6.0, seed=0,
-          expand="0,0,0.25,0.25", clip=1, video=None, mask=None, refs=None):
+          expand="0,0,0.25,0.25", clip=1, box="", video=None, mask=None, refs=None, drawn=None):
+    """The /generate endpoint's inputs (/preview's without the model); ``drawn``: an RGBA png painted on the
+    first frame, sent as the page's image editor sends its layers."""
+    editor = None if drawn is None else {"background": None, "layers": [handle_file(str(drawn))],
+                                         "composite": None, "id": None}
     files = [handle_file(str(video)) if video else None, handle_file(str(mask)) if mask else None,
-             [handle_file(str(r)) for r in refs or []]]
-    return [TOY, task, prompt, "", frames, height, width, steps, guide, shift, seed, expand, clip, *files]
+             [handle_file(str(r)) for r in refs or []], editor]
+    return [TOY, task, prompt, "", frames, height, width, steps, guide, shift, seed, expand, clip, box, *files]
 
 
 def _video_path(out) -> str:
@@ -114,6 +125,12 @@ def clips(tmp_path_factory):
     mask[:, 8:24, 8:24] = 255
     write_video(d / "mask.mp4", mask)
     write_video(d / "mask_48.mp4", np.zeros((5, 48, 32, 3), np.uint8))
+    from PIL import Image
+
+    layer = np.zeros((32, 32, 4), np.uint8)  # a square painted on the first frame (alpha > 0 = painted)
+    layer[8:24, 8:24] = (255, 255, 255, 255)
+    Image.fromarray(layer).save(d / "drawn.png")
+    Image.fromarray(np.zeros((48, 32, 4), np.uint8) + 255).save(d / "drawn_48.png")  # drawn on another canvas
     (d / "corrupt.mp4").write_bytes(b"not a video" * 100)
     (d / "big.mp4").write_bytes(os.urandom(2 * 2**20))  # over the server's --max-file-size 1mb
     return d
@@ -127,6 +144,7 @@ def test_text_to_video_returns_a_playable_mp4(server):
     assert "generated t2v 1x5x32x32 (4 unipc steps, shift 6, CFG 2)" in summary and summary.endswith("seed 3")
     assert "/tmp" not in summary  # no server path in the page
     assert "vdot generate" in command and "--seed 3" in command and "--task t2v" in command
+    assert "--mesh fsdp=2" in command  # the server's mesh, as vdot generate takes it
 
 
 def test_inpaint_preview_then_generate(server, clips):
@@ -141,6 +159,65 @@ def test_inpaint_preview_then_generate(server, clips):
     video, _, command = client.predict(*args, api_name="/generate")
     _check_mp4(_video_path(video))
     assert "--src-mask mask.mp4" in command
+
+
+@pytest.mark.parametrize("how", ["drawn", "box"])
+def test_inpaint_with_a_mask_drawn_or_a_box_on_the_first_frame(server, clips, how):
+    """A square painted on the first frame, or typed as a box in the video's pixels, is the region regenerated in
+    every frame (through vdot prepare's build); the command names the vdot prepare line that makes the files."""
+    _, client = server
+    extra = dict(drawn=clips / "drawn.png") if how == "drawn" else dict(box="8,8,24,24")
+    args = _args(task="inpaint", prompt=CAPTION, video=clips / "video.mp4", **extra)
+    preview = read_video(_video_path(client.predict(*args[1:], api_name="/preview")))
+    mask = preview[:, :, 32:].mean(-1) > 0
+    want = np.zeros((5, 32, 32), bool)
+    want[:, 8:24, 8:24] = True
+    assert (mask == want).mean() > 0.98, (mask != want).sum()
+    assert abs(preview[:, 10:22, 10:22, :].mean()) < 0.05  # greyed where generated
+    video, _, command = client.predict(*args, api_name="/generate")
+    _check_mp4(_video_path(video))
+    assert command.startswith("vdot prepare inpaint") and "--src-mask prep/src_mask.mp4" in command
+    assert ("--mask drawn_mask.png" if how == "drawn" else "--box 8,8,24,24") in command, command
+
+
+def test_every_task_is_listed_and_annotator_tasks_say_what_to_upload(server, clips):
+    """Every task of vdot generate --task and vdot prepare is on the page; an annotator task without its finished
+    file says why in one line, and with it (a finished control video) it runs."""
+    from gradio_client.exceptions import AppError
+
+    from vdot_jax import conditions as C
+    from vdot_jax.commands.prepare import PREPARE_TASKS
+    from vdot_jax.ui.backend import ANNOTATOR_TASKS, TASK_CHOICES
+
+    assert (set(C.TASKS) | set(PREPARE_TASKS)) - {"plain"} <= set(TASK_CHOICES)  # plain: a v2v control video
+    assert {"depth", "pose", "flow", "scribble", "track", "face", "salient"} <= set(ANNOTATOR_TASKS)
+    _, client = server
+    for task in ("depth", "face"):
+        with pytest.raises(AppError) as e:
+            client.predict(*_args(task=task)[1:], api_name="/preview")
+        assert f"{task} needs annotator weights" in str(e.value) and "upload it" in str(e.value), str(e.value)
+    preview = read_video(_video_path(client.predict(*_args(task="depth", video=clips / "video.mp4")[1:],
+                                                    api_name="/preview")))
+    assert preview[:, :, 32:].mean() > 0.95  # a control video: generated everywhere
+
+
+def test_layout_box_and_grey_are_made_as_vdot_prepare_makes_them(server, clips, tmp_path):
+    """The page's layout-from-a-box and gray previews are vdot prepare's files (the same build)."""
+    from vdot_jax.cli import main as vdot
+
+    _, client = server
+    for task, extra in (("layout", ["--box", "8,8,24,24"]), ("gray", [])):
+        page = read_video(_video_path(client.predict(*_args(task=task, video=clips / "video.mp4",
+                                                            box=" ".join(extra[1:]))[1:], api_name="/preview")))
+        out = tmp_path / task
+        assert vdot(["prepare", task, "--src-video", str(clips / "video.mp4"), "--frames", "5", "--height", "32",
+                     "--width", "32", "--out", str(out), *extra]) == 0
+        np.testing.assert_allclose(page[:, :, :32], read_video(out / "src_video.mp4"), atol=0.05)
+
+
+def test_model_defaults_fill_the_advanced_settings(server):
+    _, client = server
+    assert tuple(client.predict(TOY, api_name="/defaults")) == (8, 2.0, 6.0)  # the toy teacher's tuned settings
 
 
 @pytest.mark.parametrize("task,generated", [
@@ -205,6 +282,34 @@ def test_serves_no_file_of_the_server_but_its_own(server):
         assert r.status_code in (403, 404) and "root:x:" not in r.text and "import" not in r.text, (path, r.text)
 
 
+def test_binds_this_machine_only_and_opens_no_public_link(server):
+    """Safe by default: without --host the page is not reachable on the machine's other addresses, and without
+    --share no gradio.live link is made."""
+    url, _ = server
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    others = set()
+    for host in (socket.gethostname(), socket.getfqdn()):
+        try:
+            others |= {a[4][0] for a in socket.getaddrinfo(host, None, socket.AF_INET)}
+        except OSError:
+            pass
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # the address outgoing traffic would use
+        try:
+            s.connect(("10.255.255.255", 1))
+            others.add(s.getsockname()[0])
+        except OSError:
+            pass
+    others = {a for a in others if not a.startswith("127.")}
+    if not others:
+        pytest.skip("this machine has no address but loopback")
+    for addr in others:
+        with socket.socket() as s:
+            s.settimeout(2)
+            assert s.connect_ex((addr, port)) != 0, f"the page answers on {addr}:{port}"
+    text = SERVER_LOG["path"].read_text(errors="replace")
+    assert "gradio.live" not in text and "Running on local URL:  http://127.0.0.1" in text, text[-2000:]
+
+
 def test_reference_image_is_added_to_the_task(server, tmp_path):
     from vdot_jax.data.video_io import write_image
 
@@ -233,6 +338,11 @@ def test_progress_reports_each_denoising_step(server):
 @pytest.mark.parametrize("case,message", [
     ("corrupt", "corrupt.mp4"),
     ("mask_size", "must be the same size"),
+    ("drawn_size", "must be the same size"),
+    ("box_outside", "is not inside the 32x32 frame"),
+    ("box_and_drawn", "not both"),
+    ("prompt_too_long", "takes at most"),
+    ("annotator", "needs annotator weights"),
     ("frames", "1 + 4k"),
     ("too_many_frames", "more than this server allows"),
     ("empty_field", "must be a finite number"),
@@ -245,6 +355,11 @@ def test_bad_input_gives_its_message_and_the_server_keeps_serving(server, clips,
     args = {
         "corrupt": dict(task="inpaint", video=clips / "corrupt.mp4", mask=clips / "mask.mp4"),
         "mask_size": dict(task="inpaint", video=clips / "video.mp4", mask=clips / "mask_48.mp4"),
+        "drawn_size": dict(task="inpaint", video=clips / "video.mp4", drawn=clips / "drawn_48.png"),
+        "box_outside": dict(task="inpaint", video=clips / "video.mp4", box="8,8,40,24"),
+        "box_and_drawn": dict(task="inpaint", video=clips / "video.mp4", box="8,8,24,24", drawn=clips / "drawn.png"),
+        "prompt_too_long": dict(prompt=" ".join([PROMPT] * 3)),  # the toy encoder reads 8 words
+        "annotator": dict(task="pose"),
         "frames": dict(frames=6),
         "too_many_frames": dict(frames=13),
         "empty_field": dict(guide=None),  # a cleared number field
@@ -254,6 +369,22 @@ def test_bad_input_gives_its_message_and_the_server_keeps_serving(server, clips,
         client.predict(*_args(**args), api_name="/generate")
     text = str(e.value)
     assert message in text and "Traceback" not in text and "\n" not in text.strip(), text
+    video, _, _ = client.predict(*_args(), api_name="/generate")
+    _check_mp4(_video_path(video))
+
+
+def test_a_non_finite_setting_sent_by_a_script_is_one_sentence(server):
+    """JSON has no NaN or inf, so a browser (or gradio_client) cannot send them; a script posting Python's
+    Infinity/NaN literals to the API gets Settings' sentence, and the server keeps serving."""
+    import httpx
+
+    url, client = server
+    for name, bad in (("shift", float("inf")), ("guide", float("nan"))):
+        body = json.dumps({"data": _args(**{name: bad})})  # Python writes Infinity / NaN
+        r = httpx.post(f"{url}gradio_api/call/generate", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text  # the request is queued (gradio reads Python's JSON literals)
+        events = httpx.get(f"{url}gradio_api/call/generate/{r.json()['event_id']}", timeout=60).text
+        assert "event: error" in events and "must be a finite number" in events and "Traceback" not in events, events
     video, _, _ = client.predict(*_args(), api_name="/generate")
     _check_mp4(_video_path(video))
 
@@ -310,8 +441,9 @@ def _result_video(driver, timeout=120) -> dict:
 
 def test_browser_text_to_video_and_inpaint(server, browser, clips, tmp_path):
     """The page in chromium: generate (text-to-video, the defaults), the result <video> plays (the browser decoded
-    its size and duration); then upload a video and a mask, pick inpaint, preview, generate again; saves a
-    screenshot (README's docs/ui.png: VDOT_UI_SCREENSHOT=docs/ui.png python -m pytest tests/test_ui.py -k browser)."""
+    its size and duration); then upload a video and a mask, pick inpaint, preview, generate again; then paint the
+    mask on the first frame instead and preview it (a stroke through the centre, nothing at the top and bottom);
+    saves a screenshot (README's docs/ui.png: VDOT_UI_SCREENSHOT=docs/ui.png python -m pytest tests/test_ui.py -k browser)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -344,6 +476,33 @@ def test_browser_text_to_video_and_inpaint(server, browser, clips, tmp_path):
         time.sleep(0.25)
     second = _result_video(browser)
     assert second["src"] != first["src"] and second["w"] == 32, second
+
+    # the mask painted on the first frame instead: clear the mask file, paint a stroke through the canvas' centre
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    browser.find_element(By.CSS_SELECTOR, "#src_mask button[aria-label='Clear']").click()
+    browser.find_element(By.XPATH, "//button[contains(., 'draw a mask or a box')]").click()
+    editor = WebDriverWait(browser, 30).until(EC.visibility_of_element_located((By.ID, "editor")))
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", editor)
+    time.sleep(1)  # the first frame is the canvas' background
+    editor.find_element(By.CSS_SELECTOR, "button[aria-label='Brush']").click()
+    canvas = editor.find_elements(By.TAG_NAME, "canvas")[-1]
+    stroke = ActionChains(browser).move_to_element_with_offset(canvas, -20, 0).click_and_hold()
+    for dx in range(-20, 21, 4):
+        stroke.move_to_element_with_offset(canvas, dx, 0)
+    stroke.release().perform()
+    time.sleep(0.5)
+    before = browser.execute_script("return document.querySelector('#preview video').currentSrc")
+    browser.find_element(By.XPATH, "//button[text()='preview inputs']").click()
+    src = WebDriverWait(browser, 60).until(lambda d: d.execute_script(
+        "const v = document.querySelector('#preview video');"
+        "return v && v.currentSrc != arguments[0] && v.readyState >= 1 && v.currentSrc;", before))
+    import httpx
+
+    (tmp_path / "drawn.mp4").write_bytes(httpx.get(src).content)
+    painted = read_video(tmp_path / "drawn.mp4")[:, :, 32:].mean(-1) > 0  # the preview's mask half
+    assert painted[:, 14:18, 14:18].all() and not painted[:, :3].any() and not painted[:, -3:].any(), \
+        painted[0].astype(int)
     browser.execute_script("window.scrollTo(0, 0)")
     shot = Path(os.environ.get("VDOT_UI_SCREENSHOT") or tmp_path / "ui.png")
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
@@ -365,12 +524,18 @@ def test_only_the_page_module_imports_gradio():
     assert importers == ["vdot_jax/ui/app.py"], importers
 
 
-def test_ui_refuses_a_missing_model_folder_in_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("args,message", [
+    (["--model", "nope"], "nope"),
+    (["--mesh", "fsdp"], "--mesh fsdp: mesh entry 'fsdp' is not of the form axis=size"),  # vdot generate's parsing
+    (["--mesh", "fsdp=3"], "--mesh fsdp=3:"),  # sizes this host cannot lay out
+])
+def test_ui_refuses_bad_options_in_one_line(tmp_path, capsys, monkeypatch, args, message):
     from vdot_jax.cli import main
 
-    assert main(["ui", "--model", str(tmp_path / "nope")]) == 2
+    monkeypatch.chdir(tmp_path)
+    assert main(["ui", *args]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("vdot ui: error:") and "nope" in err and "\n" not in err, err
+    assert err.startswith("vdot ui: error:") and message in err and "\n" not in err, err
 
 
 def _command(driver) -> str:
@@ -403,3 +568,12 @@ def test_model_directory_serves_what_pipeline_generates(tmp_path):
     assert "(3 unipc steps, shift 5, CFG 3)" in summary
     with pytest.raises(VdotError, match="unknown model"):
         server.generate("/elsewhere", s)
+    # a prompt longer than umT5's 512 tokens is one sentence (vdot generate cuts it and warns)
+    with pytest.raises(VdotError, match="longer than the text encoder's 512 tokens"):
+        server.generate(model, Settings(prompt="a red cat " * 200, frames=5, height=32, width=48))
+    # the page's settings start at what the model directory records, and follow a re-recording
+    from vdot_jax.cli import main
+
+    assert server.defaults(model) == dict(steps=4, shift=16.0, guide_scale=1.0)  # converted as the student
+    assert main(["convert", "--dst", model, "--sampling", "teacher"]) == 0
+    assert server.defaults(model) == dict(steps=50, shift=16.0, guide_scale=5.0)

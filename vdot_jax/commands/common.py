@@ -88,13 +88,18 @@ def check_model_arguments(args) -> None:
                   nonnegative=("guide_scale",), seed=("seed",))
     check_video_memory(args.frames, args.height, args.width)
     check_attention(getattr(args, "attention", None))
-    if getattr(args, "mesh", None):
+    check_mesh(getattr(args, "mesh", None))
+
+
+def check_mesh(mesh: str | None) -> None:
+    """--mesh (generate, eval, ui) names mesh axes (e.g. fsdp=4,context=2), checked before any model is loaded."""
+    if mesh:
         from vdot_jax.parallel.mesh import parse_axes
 
         try:
-            parse_axes(args.mesh)
+            parse_axes(mesh)
         except ValueError as e:
-            raise UserError(f"--mesh {args.mesh}: {e}") from None
+            raise UserError(f"--mesh {mesh}: {e}") from None
 
 
 def check_attention(impl: str | None) -> None:

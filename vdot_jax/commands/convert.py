@@ -73,15 +73,52 @@ def commit(staging: Path, dst: Path) -> None:
         if old.exists():
             shutil.rmtree(old) if old.is_dir() else old.unlink()
         old_index["components"][name] = name
+    if "sampling" in index:
+        old_index["sampling"] = index["sampling"]
     tmp = dst / f".{INDEX}.tmp"
     tmp.write_text(json.dumps(old_index, indent=2))
     os.replace(tmp, dst / INDEX)
     shutil.rmtree(staging)
 
 
+def sampling_kind(args, src: Path | None) -> str | None:
+    """The sampling defaults a converted transformer records: --sampling, else the VDOT release's student for a
+    torch state dict (vdot_14b.pt; Wan and VACE ship safetensors), else the VACE teacher."""
+    if src is None:
+        return None
+    if args.sampling is not None:
+        return args.sampling
+    pt = src.suffix.lower() in (".pt", ".pth") or (src.is_dir() and any(src.glob("*.pt")))
+    return "student" if pt or (args.key or "").startswith("generator") else "teacher"
+
+
+def _describe(record: dict) -> str:
+    cfg = "no CFG" if record["guide_scale"] == 1.0 else f"CFG {record['guide_scale']:g}"
+    return f"{record['kind']} ({record['steps']} steps, shift {record['shift']:g}, {cfg})"
+
+
+def record_sampling(args) -> None:
+    """``--dst DIR --sampling KIND`` alone: change what an existing model directory records."""
+    from vdot_jax.weights import store
+
+    dst = Path(args.dst)
+    if not (dst / INDEX).is_file():
+        raise UserError(f"--dst {dst} is not a vdot-jax model directory (no {INDEX}); --sampling alone changes "
+                        "an existing one")
+    read_json(dst / INDEX, "model index", UserError)
+    record = store.sampling_record(args.sampling)
+    store.write_sampling(dst, record)
+    print(f"model directory {args.dst} now samples by default as the {_describe(record)}")
+
+
 def run(args) -> None:
     if args.src is None and args.vae is None and args.text_encoder is None:
-        raise UserError("nothing to convert: give --src and/or --vae / --text-encoder")
+        if args.sampling is not None:
+            return record_sampling(args)
+        raise UserError("nothing to convert: give --src and/or --vae / --text-encoder (or --sampling alone)")
+    if args.sampling is not None and args.src is None:
+        raise UserError("--sampling goes with --src (the transformer it describes), or alone with --dst to change "
+                        "what a model directory records")
     if args.tokenizer is not None and args.text_encoder is None:
         raise UserError("--tokenizer goes with --text-encoder (a pipeline folder's tokenizer/ is found by itself)")
     src = Path(args.src) if args.src is not None else None
@@ -145,6 +182,12 @@ def _convert(args, src, vae_src, te_src, out_root: Path, config) -> None:
                                   progress=lambda it: progress("converting", "tensor")(list(it)))
         cfg = WanConfig.from_dict(json.loads((out / "config.json").read_text())["config"])
         print(f"converted a {cfg.describe()} to {args.dst}/transformer as {args.dtype} in {time.time() - t0:.1f} s")
+        from vdot_jax.weights import store
+
+        record = store.sampling_record(sampling_kind(args, src))
+        store.write_sampling(out_root, record)
+        print(f"sampling defaults for vdot generate and vdot ui: the {_describe(record)}"
+              + ("" if args.sampling else "; --sampling student|teacher to choose"))
     if vae_src is not None:
         from vdot_jax.weights.wan_vae import convert_vae
 
@@ -195,6 +238,11 @@ def register(sub) -> None:
                    help="architecture of a bare checkpoint: a config.json (diffusers or original Wan) or a preset name "
                         "(wan2.1-vace-14b, ...); default: the config.json beside the weights, else the released model "
                         "the tensor shapes match")
+    p.add_argument("--sampling", default=None, choices=("student", "teacher"),
+                   help="sampling defaults recorded with the transformer for vdot generate and vdot ui: student (4 "
+                        "steps, shift 16, no CFG) or teacher (50 steps, shift 16, CFG 5); default: student for a "
+                        "torch .pt/.pth state dict or --key generator* (the VDOT release), teacher otherwise (Wan/VACE "
+                        "safetensors, diffusers). Alone with --dst: change what an existing model directory records")
     p.add_argument("--vae", default=None, help="VAE checkpoint (Wan2.1_VAE.pth or a diffusers AutoencoderKLWan folder)")
     p.add_argument("--vae-dtype", default="float32", choices=("float32", "bfloat16"),
                    help="stored VAE parameter dtype (default float32)")

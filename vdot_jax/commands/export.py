@@ -153,13 +153,36 @@ def _export_wan(args, model, out: Path, vae_src, te_src, log) -> str:
     return "original Wan/VACE names: " + ", ".join(parts)
 
 
+def sampling_record(ckpt: Path) -> dict:
+    """The sampling defaults the exported model directory records: a distilled generator samples as the student
+    (at the shift it was trained for when its run used the "consistent" schedule), a flow run's model as the
+    teacher, a model directory as it recorded (else as the student)."""
+    from vdot_jax import sources
+    from vdot_jax.weights import store
+
+    src = sources.resolve(ckpt, what="--ckpt")
+    if src.kind == "workdir":
+        config = (src.meta or {}).get("config") or {}
+        if src.network == "model":
+            return store.sampling_record("teacher")
+        consistent = config.get("schedule") == "consistent" and config.get("student_shift")
+        return store.sampling_record("student", **({"shift": float(config["student_shift"])} if consistent else {}))
+    recorded = store.read_sampling(src.path) if src.kind == "model_dir" else None
+    return recorded or store.sampling_record("student")
+
+
 def _export_jax(args, model, out: Path, vae_src, te_src, log) -> str:
     from vdot_jax.sources import load_vae
+    from vdot_jax.weights import store
     from vdot_jax.weights.convert import save_transformer
     from vdot_jax.weights.text_encoder import save_text_encoder
     from vdot_jax.weights.wan_vae import save_vae
 
     save_transformer(model, out, dtype=args.dtype)
+    record = sampling_record(Path(args.ckpt))
+    store.write_sampling(out, record)
+    log(f"sampling defaults recorded for vdot generate and vdot ui: {record['kind']}, {record['steps']} steps, "
+        f"shift {record['shift']:g}, guide scale {record['guide_scale']:g}")
     have = ["transformer"]
     if vae_src is not None and not args.transformer_only:
         save_vae(load_vae(vae_src), out)
@@ -278,7 +301,9 @@ def register(sub) -> None:
             "when a VAE and text encoder are given or found (in --ckpt, or the workdir's teacher), else the "
             "transformer folder alone; loads with from_pretrained. --format wan: original Wan/VACE tensor names "
             "(what the VACE and VDOT code loads; VAE and umT5 as safetensors in their original names). --format jax: "
-            "a vdot-jax model directory for vdot generate --model. --format lora: the student minus the teacher "
+            "a vdot-jax model directory for vdot generate --model, recording its sampling defaults (a distilled "
+            "generator: the student's 4 steps, no CFG, shift 16 or its consistent-schedule shift; a flow run's model: "
+            "the teacher's 50 steps, CFG 5). --format lora: the student minus the teacher "
             "(--teacher, default the run's teacher) as a rank --rank LoRA, in diffusers' PEFT names (default) or "
             "the original/ComfyUI names, with a per-layer error report and the list of what the layout cannot "
             "carry. Large tensors are written in safetensors shards with an index, one tensor at a time."

@@ -33,6 +33,7 @@ def run(args) -> int | None:
                         frames=args.frames, height=args.height, width=args.width, expand=args.expand,
                         clip_frames=args.clip_frames)
     log(f"task {vcu.task}: {vcu.num_frames} frames at {vcu.height}x{vcu.width}, {vcu.num_refs} reference image(s)")
+    sampling(args, log)
     pipe = P.Pipeline.load(args.model, transformer=args.transformer, vae=args.vae, text_encoder=args.text_encoder,
                            tokenizer=args.tokenizer, dtype=args.dtype, vae_dtype=args.vae_dtype,
                            attention=args.attention, mesh=args.mesh, text_encoder_offload=args.text_encoder_offload,
@@ -44,12 +45,28 @@ def run(args) -> int | None:
     print(result.summary())
 
 
+def sampling(args, log) -> None:
+    """--steps, --guide-scale and --shift not given: the model directory's recorded defaults (vdot convert/export),
+    else the released student's."""
+    from vdot_jax.sampling.pipeline import sampling_defaults
+
+    model = sampling_defaults(args.model)
+    given = [k for k in model if getattr(args, k) is not None]
+    for k, v in model.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    log(f"sampling: {args.steps} steps, guide scale {args.guide_scale:g}, shift {args.shift:g} (" +
+        (f"{', '.join('--' + k.replace('_', '-') for k in given)} given, the rest " if given else "") +
+        "the model's defaults)")
+
+
 def run_batch(args) -> int:
     """``--batch FILE --out DIR``: every row of FILE (see vdot_jax.sampling.batch), resumable, over the mesh's
     devices; several processes (a pod, SLURM, VDOT_COORDINATOR) each take their share of the rows."""
     from vdot_jax.sampling import batch as B
 
     out = Path(args.out)
+    sampling(args, lambda msg: None)  # the model's defaults for rows that give no steps, guide_scale, shift
     defaults = dict(negative_prompt=args.negative_prompt, seed=args.seed, frames=args.frames, height=args.height,
                     width=args.width, steps=args.steps, guide_scale=args.guide_scale, shift=args.shift,
                     solver=args.solver, context_scale=args.context_scale)
@@ -123,8 +140,10 @@ def register(sub) -> None:
         "generate",
         help="generate a video for any VCU task (text, reference, control, inpaint, outpaint, extension)",
         description=(
-            "Generate a video with a converted model (vdot convert). Defaults are the released 4-step student's "
-            "(UniPC, 4 steps, shift 16, no classifier-free guidance); the teacher is --steps 50 --guide-scale 5. "
+            "Generate a video with a converted model (vdot convert). --steps, --guide-scale and --shift default to "
+            "what the model directory records (vdot convert/export write them: the released student 4 UniPC steps, "
+            "shift 16, no classifier-free guidance; the VACE teacher 50 steps, shift 16, guidance 5), else the "
+            "student's; a flag given wins. "
             "Task inputs follow the VACE release: no --src-video is text-to-video, --src-video alone a control "
             "video, --src-video with --src-mask masked editing (grey 127 marks missing content, white in the mask "
             "means generate); --ref-images adds reference images to any task. --task builds the inputs from a "
@@ -153,11 +172,14 @@ def register(sub) -> None:
     t.add_argument("--frames", type=int, default=81, help="frames, 1 + 4k (default 81)")
     t.add_argument("--height", type=int, default=480, help="multiple of 16 (default 480)")
     t.add_argument("--width", type=int, default=832, help="multiple of 16 (default 832)")
-    s = p.add_argument_group("sampling")  # defaults: vdot_jax.sampling.pipeline.STUDENT (the released student)
-    s.add_argument("--steps", type=int, default=4, help="default 4 (the student); teacher: 50")
-    s.add_argument("--guide-scale", type=float, default=1.0,
-                   help="classifier-free guidance scale; 1 = off (default, the student); teacher: 5")
-    s.add_argument("--shift", type=float, default=16.0, help="timestep shift (default 16)")
+    s = p.add_argument_group("sampling")  # defaults: the model's record (sampling_defaults), else the student's
+    s.add_argument("--steps", type=int, default=None,
+                   help="default: the model directory's (student 4, teacher 50; 4 when it records none)")
+    s.add_argument("--guide-scale", type=float, default=None,
+                   help="classifier-free guidance scale, 1 = off; default: the model directory's (student 1, "
+                        "teacher 5; 1 when it records none)")
+    s.add_argument("--shift", type=float, default=None,
+                   help="timestep shift; default: the model directory's (16 for the released student and teacher)")
     s.add_argument("--solver", default="unipc", choices=("unipc", "euler"))
     s.add_argument("--context-scale", type=float, default=1.0, help="VACE hint scale (default 1)")
     s.add_argument("--seed", type=int, default=0)

@@ -17,6 +17,16 @@ def run(args) -> None:
         raise UIUnavailable('the web page needs gradio: pip install -e ".[ui]"')
     if args.max_frames < 1:
         raise VdotError(f"--max-frames must be at least 1, got {args.max_frames}")
+    from vdot_jax.commands.common import UserError, check_mesh
+
+    check_mesh(args.mesh)  # vdot generate's --mesh, refused in one line before the page starts
+    if args.mesh:
+        from vdot_jax.parallel.mesh import make_mesh
+
+        try:
+            make_mesh(args.mesh)  # sizes this host's devices can hold
+        except ValueError as e:
+            raise UserError(f"--mesh {args.mesh}: {e}") from None
     # no usage reports or version checks to gradio's servers unless the user's environment asks for them
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from vdot_jax import sources
@@ -25,7 +35,7 @@ def run(args) -> None:
 
     for m in args.model or []:  # a missing or wrong folder is one line now, not a failed request later
         sources.resolve(m, what="model directory")
-    server = Server(args.model, max_frames=args.max_frames)
+    server = Server(args.model, max_frames=args.max_frames, mesh=args.mesh)
     print(f"[vdot ui] serving on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
     launch(server, host=args.host, port=args.port, share=args.share, max_file_size=args.max_file_size)
 
@@ -34,9 +44,13 @@ def register(sub) -> None:
     p = sub.add_parser(
         "ui", help="a web page for generation: pick a task, upload its files, preview, generate",
         description=(
-            "Serve a web page (Gradio) for text-to-video, inpainting, outpainting and the extension tasks. "
-            "Uploads only (no server path is typed), one model in memory, requests queued one at a time. Without "
-            "--model it serves the shipped toy teacher, which generates in seconds on a CPU. Needs the ui extra: "
+            "Serve a web page (Gradio) for every task: text-to-video, references, inpainting (an uploaded mask, one "
+            "drawn on the first frame, or a box), outpainting, the extension modes, grey, edges, layout and frame "
+            "references (made as vdot prepare makes them), and finished control videos; depth, pose, flow, scribble, "
+            "tracking, face and salient are listed with what to upload while their annotators need weights. Uploads "
+            "only (no server path is typed), one model in memory, requests queued one at a time; the sampling "
+            "settings start at the model directory's recorded defaults (vdot convert / export). Without --model it "
+            "serves the shipped toy teacher, which generates in seconds on a CPU. Needs the ui extra: "
             'pip install -e ".[ui]".'),
     )
     p.add_argument("--model", action="append", default=None,
@@ -47,4 +61,6 @@ def register(sub) -> None:
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     p.add_argument("--max-frames", type=int, default=81, help="longest video a request may ask for (default 81)")
     p.add_argument("--max-file-size", default="200mb", help="largest upload (default 200mb)")
+    p.add_argument("--mesh", default=None,
+                   help="device mesh for the transformer, as vdot generate --mesh: e.g. fsdp=4,context=2")
     p.set_defaults(func=run)

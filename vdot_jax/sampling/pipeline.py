@@ -66,9 +66,10 @@ from vdot_jax.weights import store
 from vdot_jax.weights.params import abstract_model, flat_state
 from vdot_jax.sampling.model_sampler import model_sampler
 
-# The released 4-step student (docs/method.md, "Sampling") and the 50-step CFG teacher.
-STUDENT = dict(steps=4, shift=16.0, guide_scale=1.0)
-TEACHER = dict(steps=50, shift=16.0, guide_scale=5.0)
+# The released 4-step student (docs/method.md, "Sampling") and the 50-step CFG teacher; a model directory records
+# which it is (store.read_sampling), and settings not given are taken from there.
+STUDENT = store.SAMPLING["student"]
+TEACHER = store.SAMPLING["teacher"]
 SOLVERS = ("unipc", "euler")
 OFFLOAD = ("none", "host", "free")
 
@@ -181,6 +182,12 @@ class _StepProgress:
 # ----------------------------------------------------------------------------- the pipeline
 
 
+def sampling_defaults(model) -> dict:
+    """{steps, shift, guide_scale} of a model path: what its model directory records, else the student's."""
+    record = store.read_sampling(model.path if isinstance(model, sources.Source) else model) if model else None
+    return {k: (record or STUDENT)[k] for k in STUDENT}
+
+
 def _as_mesh(mesh):
     if mesh is None or isinstance(mesh, jax.sharding.Mesh):
         return mesh
@@ -208,6 +215,7 @@ class Pipeline:
         self.text_encoder_offload = text_encoder_offload
         self.mesh = _as_mesh(mesh)
         self.log = log or (lambda msg: None)
+        self.sampling = dict(STUDENT)  # the defaults of generate's steps, shift, guide_scale (load: the model's)
         z, _ = C.vae_geometry(vae)
         if z != transformer.cfg.in_channels:
             raise GenerateError(f"the VAE makes {z}-channel latents but the transformer takes "
@@ -268,8 +276,10 @@ class Pipeline:
 
         te = load_te()
         log(f"loaded the model in {time.perf_counter() - t0:.1f} s ({dit.cfg.describe()})")
-        return cls(dit, vae_model, te, mesh=mesh, text_encoder_offload=text_encoder_offload,
+        pipe = cls(dit, vae_model, te, mesh=mesh, text_encoder_offload=text_encoder_offload,
                    text_encoder_loader=load_te, log=log)
+        pipe.sampling = sampling_defaults(model)
+        return pipe
 
     def _check_text_encoder(self, te) -> None:
         if te.config.d_model != self.transformer.cfg.text_dim:
@@ -386,15 +396,19 @@ class Pipeline:
 
     def generate(self, prompt: str | Sequence[str], *, negative_prompt: str | Sequence[str] = "",
                  vcu: C.VCU | None = None, frames: int = 81, height: int = 480, width: int = 832,
-                 steps: int = STUDENT["steps"], guide_scale: float = STUDENT["guide_scale"],
-                 shift: float = STUDENT["shift"], solver: str = "unipc", seed: int = 0, latents=None,
+                 steps: int | None = None, guide_scale: float | None = None, shift: float | None = None,
+                 solver: str = "unipc", seed: int = 0, latents=None,
                  context_scale: float = 1.0, reference_order: str = "release", text_embeds=None,
                  negative_text_embeds=None, out: str | os.PathLike | None = None, fps: float = 16,
                  progress: bool = True) -> GenerationResult:
         """One batch of videos. ``vcu`` defaults to text-to-video of ``frames`` x ``height`` x ``width``;
         ``latents`` (the initial noise, shape ``noise_shape(vcu, vae)``) default to ``seed``'s normal draw;
-        ``text_embeds``/``negative_text_embeds`` replace the prompts' umT5 embeddings."""
+        ``text_embeds``/``negative_text_embeds`` replace the prompts' umT5 embeddings. ``steps``, ``guide_scale``
+        and ``shift`` default to ``self.sampling`` (the model directory's record, else the student's)."""
         t_start = time.perf_counter()
+        steps = self.sampling["steps"] if steps is None else steps
+        guide_scale = self.sampling["guide_scale"] if guide_scale is None else guide_scale
+        shift = self.sampling["shift"] if shift is None else shift
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if vcu is None:
             vcu = C.t2v(frames, height, width)
@@ -497,8 +511,8 @@ def _transformer_shardings(src: sources.Source, mesh):
 def generate(model=None, prompt: str | Sequence[str] = "", *, negative_prompt: str | Sequence[str] = "",
              vcu: C.VCU | None = None, task: str | None = None, src_video=None, src_mask=None, ref_images=None,
              expand=None, clip_frames: int | None = None, frames: int = 81, height: int = 480, width: int = 832,
-             steps: int = STUDENT["steps"], guide_scale: float = STUDENT["guide_scale"],
-             shift: float = STUDENT["shift"], solver: str = "unipc", seed: int = 0, latents=None,
+             steps: int | None = None, guide_scale: float | None = None, shift: float | None = None,
+             solver: str = "unipc", seed: int = 0, latents=None,
              context_scale: float = 1.0, reference_order: str = "release", out=None, fps: float = 16,
              transformer=None, vae=None, text_encoder=None, tokenizer=None, dtype: str = "auto",
              vae_dtype: str = "float32", attention: str | None = None, mesh=None,

@@ -1,6 +1,7 @@
 """Converted model directories: one sub-directory per component, each an orbax checkpoint plus config.
 
-    DIR/vdot_model.json            {"format": "vdot-jax", "components": {"transformer": "transformer", ...}}
+    DIR/vdot_model.json            {"format": "vdot-jax", "components": {"transformer": "transformer", ...},
+                                    "sampling": {"kind": "student", "steps": 4, "shift": 16.0, "guide_scale": 1.0}}
     DIR/<component>/config.json    {"component": ..., "class": ..., "dtype": ..., "config": {...}}
     DIR/<component>/params/        orbax checkpoint of the parameter tree (nested dict, str keys)
 
@@ -17,6 +18,7 @@ directory is restored in place, anything else goes through the component's reade
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -36,6 +38,11 @@ from vdot_jax.weights.params import abstract_model, assign, flat_state, non_fini
 
 FORMAT = "vdot-jax"
 INDEX = "vdot_model.json"
+# How a model samples by default, recorded in the index by vdot convert / export and read by vdot generate and
+# vdot ui when a setting is not given: the released 4-step student (UniPC, shift 16, no CFG) and the VACE
+# teacher (the release's inference script: 50 steps, shift 16, CFG 5).
+SAMPLING = {"student": dict(steps=4, shift=16.0, guide_scale=1.0),
+            "teacher": dict(steps=50, shift=16.0, guide_scale=5.0)}
 
 
 def _nest(flat: Mapping[tuple, object]) -> dict:
@@ -91,6 +98,47 @@ def save_component(
     index["components"][name] = name
     index_path.write_text(json.dumps(index, indent=2))
     return final
+
+
+def sampling_record(kind: str, **override) -> dict:
+    """The index's ``sampling`` entry of a ``kind`` ("student" or "teacher") model, ``override`` replacing values."""
+    if kind not in SAMPLING:
+        raise ValueError(f"sampling kind must be one of {', '.join(SAMPLING)}, got {kind!r}")
+    return {"kind": kind, **SAMPLING[kind], **override}
+
+
+def write_sampling(root: str | os.PathLike, record: dict) -> None:
+    """Record the sampling defaults in ROOT's index (created if absent), replacing any earlier record."""
+    index_path = Path(root) / INDEX
+    index = read_json(index_path, "model index") if index_path.exists() else {"format": FORMAT, "components": {}}
+    index["sampling"] = _checked_sampling(record, index_path)
+    tmp = index_path.with_name(f".{INDEX}.tmp")
+    tmp.write_text(json.dumps(index, indent=2))
+    os.replace(tmp, index_path)
+
+
+def _checked_sampling(record, where) -> dict:
+    try:
+        kind, steps = record["kind"], record["steps"]
+        shift, guide = float(record["shift"]), float(record["guide_scale"])
+        ok = (kind in SAMPLING and isinstance(steps, int) and steps >= 1 and math.isfinite(shift) and shift > 0
+              and math.isfinite(guide) and guide >= 0)
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise CheckpointError(f"{where}: sampling must be {{kind: student or teacher, steps >= 1, shift > 0, "
+                              f"guide_scale >= 0}}, got {record!r}")
+    return {"kind": kind, "steps": steps, "shift": shift, "guide_scale": guide}
+
+
+def read_sampling(path: str | os.PathLike) -> dict | None:
+    """The sampling defaults a model directory records ({kind, steps, shift, guide_scale}), or None (a model
+    directory from before they were recorded, a diffusers folder, a single component, a checkpoint file)."""
+    index_path = epath.Path(path) / INDEX
+    if not index_path.exists():
+        return None
+    record = read_json(index_path, "model index").get("sampling")
+    return None if record is None else _checked_sampling(record, index_path)
 
 
 def save_module(root: str | os.PathLike, name: str, module, *, cls: str, config: dict, dtype: str | None = None,
