@@ -129,6 +129,31 @@ def test_prepare_depth_end_to_end(tmp_path, video, depth_model):
     assert np.abs(back.frames[0, 0] - back.frames[0, 2]).max() < 0.1  # grey
 
 
+def test_ui_runs_a_configured_annotator_on_the_raw_upload(tmp_path, video, depth_model, capsys):
+    """vdot ui --annotator depth=WEIGHTS: the page's depth task annotates the uploaded raw video exactly as vdot
+    prepare depth does (its build), the reproduce line names vdot prepare without the server's path; without the
+    flag the task asks for a finished file; a bad --annotator is one line before the page starts."""
+    pytest.importorskip("gradio")
+    from vdot_jax.ui.backend import Server, Settings, UIError, command, task_help
+
+    s = Settings(task="depth", prompt="a red circle moving left", frames=T, height=H, width=W)
+    vcu = Server(annotators={"depth": depth_model}, out_dir=str(tmp_path / "ui")).task_inputs(s, src_video=video)
+    frames = video_io.read_video(video, num_frames=T, size=(H, W))
+    want = AN.annotate(D.load(depth_model), C.video_from_frames(frames))
+    assert vcu.kind == "control" and np.abs(vcu.frames - want).max() < 1e-6
+    line = command("MODEL", s, video, annotated=True)
+    assert line.startswith("vdot prepare depth") and "--weights WEIGHTS" in line and depth_model not in line
+    with pytest.raises(UIError, match="upload a video for depth"):
+        Server(annotators={"depth": depth_model}, out_dir=str(tmp_path / "ui")).task_inputs(s)
+    assert "--annotator depth=WEIGHTS" in task_help("depth") and "Depth-Anything" in task_help("depth", {"depth": 1})
+    assert "not part of vdot-jax yet" in task_help("face")
+    for spec, message in (("depth=/nonexistent", "depth weights /nonexistent do not exist"),
+                          ("scribble=x", "--annotator takes TASK=WEIGHTS")):
+        assert main(["ui", "--annotator", spec, "--port", "1"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
 # ----------------------------------------------------------------------------- flow
 
 

@@ -33,9 +33,19 @@ def run(args) -> None:
     from vdot_jax.ui.app import launch
     from vdot_jax.ui.backend import Server
 
+    annotators = {}
+    for spec in args.annotator or []:  # each annotator's package and weights checked now, not in a request
+        from vdot_jax.conditions import annotators as AN
+        from vdot_jax.ui.backend import CONFIGURABLE
+
+        task, _, weights = spec.partition("=")
+        if task not in CONFIGURABLE or not weights:
+            raise UserError(f"--annotator takes TASK=WEIGHTS with TASK one of {', '.join(CONFIGURABLE)}; got {spec!r}.")
+        AN.check(task, weights, flag=f"--annotator {task}=WEIGHTS")
+        annotators[task] = weights
     for m in args.model or []:  # a missing or wrong folder is one line now, not a failed request later
         sources.resolve(m, what="model directory")
-    server = Server(args.model, max_frames=args.max_frames, mesh=args.mesh)
+    server = Server(args.model, max_frames=args.max_frames, mesh=args.mesh, annotators=annotators)
     print(f"[vdot ui] serving on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
     launch(server, host=args.host, port=args.port, share=args.share, max_file_size=args.max_file_size)
 
@@ -47,7 +57,7 @@ def register(sub) -> None:
             "Serve a web page (Gradio) for every task: text-to-video, references, inpainting (an uploaded mask, one "
             "drawn on the first frame, or a box), outpainting, the extension modes, grey, edges, layout and frame "
             "references (made as vdot prepare makes them), and finished control videos; depth, pose, flow, scribble, "
-            "tracking, face and salient are listed with what to upload while their annotators need weights. Uploads "
+            "tracking, face and salient run their annotator on a raw video where --annotator gives its weights, and otherwise take a finished file (the page says which). Uploads "
             "only (no server path is typed), one model in memory, requests queued one at a time; the sampling "
             "settings start at the model directory's recorded defaults (vdot convert / export). Without --model it "
             "serves the shipped toy teacher, which generates in seconds on a CPU. Needs the ui extra: "
@@ -63,4 +73,10 @@ def register(sub) -> None:
     p.add_argument("--max-file-size", default="200mb", help="largest upload (default 200mb)")
     p.add_argument("--mesh", default=None,
                    help="device mesh for the transformer, as vdot generate --mesh: e.g. fsdp=4,context=2")
+    p.add_argument("--annotator", action="append", default=None, metavar="TASK=WEIGHTS",
+                   help="run an annotator on uploaded raw videos (repeatable; the annotators extra): depth=FOLDER "
+                        "(Depth-Anything-V2, transformers layout), flow=FILE (torchvision RAFT), "
+                        "pose=DET.onnx,POSE.onnx (DWPose), track=FOLDER (SAM 2, transformers layout) -- the weights "
+                        "vdot prepare TASK --weights (--track-model) takes; without it those tasks take a finished "
+                        "control video")
     p.set_defaults(func=run)

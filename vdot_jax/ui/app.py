@@ -8,7 +8,7 @@ import re
 import gradio as gr
 
 from vdot_jax.errors import VdotError
-from vdot_jax.ui.backend import TASK_CHOICES, TASK_HELP, Server, Settings
+from vdot_jax.ui.backend import TASK_CHOICES, TASK_HELP, Server, Settings, task_help
 
 # What a user can cause: one sentence in the page, never a traceback (the server keeps serving).
 _USER_ERRORS = (VdotError, FileNotFoundError, IsADirectoryError, ValueError)
@@ -127,7 +127,7 @@ def build(server: Server) -> gr.Blocks:
         preview_btn.click(do_preview, fields + files, preview, api_name="preview")
         go.click(do_generate, [model] + fields + files, [result, info, cmd], api_name="generate")
         model.change(model_defaults, model, [steps, guide, shift], api_name="defaults")
-        task.change(lambda t: TASK_HELP.get(t, ""), task, note, api_name=False)
+        task.change(lambda t: task_help(t, server.annotators), task, note, api_name=False)
         src_video.change(first_frame, src_video, editor, api_name=False)
     return page
 

@@ -25,8 +25,9 @@ EXTENSIONS = ("first_frame", "last_frame", "first_clip", "last_clip", "first_las
 # Made from a raw video by `vdot prepare` (model-free); inpaint and layout also take a drawn mask or a box there.
 PREPARED = ("gray", "edges", "frameref")
 # Tasks whose preprocessing of a raw video needs an annotator model: (what it makes, the task its finished output
-# feeds). Until annotators are configured for the page the user uploads that finished file; ANNOTATOR_REASON is the
-# one line the page shows for them (the one place to change when the annotators are wired in).
+# feeds). Started with `vdot ui --annotator TASK=WEIGHTS` (conditions/annotators: depth, flow, pose, track), the page
+# runs that annotator on the uploaded raw video through `vdot prepare`'s build; otherwise the user uploads the
+# finished file, and the page says why in one line (annotator_reason).
 ANNOTATOR_TASKS = {
     "depth": ("a depth video", "depth"),
     "pose": ("a pose video", "pose"),
@@ -36,8 +37,11 @@ ANNOTATOR_TASKS = {
     "face": ("a face crop as a reference image", "r2v"),
     "salient": ("the salient object as a reference image", "r2v"),
 }
-ANNOTATOR_REASON = ("{task} needs annotator weights, which this server has not configured: make {what} with the "
-                    "release's annotator (or `vdot prepare {task}` where it has one) and upload it here")
+CONFIGURABLE = ("depth", "flow", "pose", "track")  # the annotators vdot-jax runs (vdot prepare --weights/--track-model)
+ANNOTATOR_REASON = ("{task} needs annotator weights, which this server was not started with (vdot ui --annotator "
+                    "{task}=WEIGHTS, after pip install -e \".[annotators]\"): upload {what} instead")
+NOT_BUILT_REASON = ("{task}'s annotator is not part of vdot-jax yet: make {what} with the release's annotator and "
+                    "upload it here")
 # Every task on the page, with what to upload for it.
 TASK_HELP = {
     "t2v": "text to video: the prompt alone (reference images optional).",
@@ -54,16 +58,30 @@ TASK_HELP = {
               "video's first frame, or a finished layout video.",
     "frameref": "a video whose first frame is kept as a reference frame (vdot prepare frameref).",
     "v2v": "a finished control video of any kind (depth, pose, scribble, ...).",
-    **{t: ANNOTATOR_REASON.format(task=t, what=what) + "." for t, (what, _) in ANNOTATOR_TASKS.items()},
 }
-TASK_CHOICES = tuple(TASK_HELP)
+ANNOTATED_HELP = {"depth": "a raw video: its depth (Depth-Anything-V2) is the control.",
+                  "flow": "a raw video: its optical flow (RAFT) is the control.",
+                  "pose": "a raw video: its people's poses (DWPose) are the control.",
+                  "track": "a raw video and a box x1,y1,x2,y2 on its first frame: the object SAM 2 tracks from it "
+                           "is regenerated (inpainting)."}
+TASK_CHOICES = tuple(TASK_HELP) + tuple(ANNOTATOR_TASKS)
 
 
 def annotator_reason(task: str) -> str | None:
-    """The page's one line for a task whose preprocessing needs annotator weights (None for the others)."""
+    """The page's one line for an annotator task this server cannot run (None for the others)."""
     if task not in ANNOTATOR_TASKS:
         return None
-    return ANNOTATOR_REASON.format(task=task, what=ANNOTATOR_TASKS[task][0])
+    reason = ANNOTATOR_REASON if task in CONFIGURABLE else NOT_BUILT_REASON
+    return reason.format(task=task, what=ANNOTATOR_TASKS[task][0])
+
+
+def task_help(task: str, annotators: dict | None = None) -> str:
+    """What to upload for ``task`` on a server started with ``annotators`` ({task: weights})."""
+    if task in (annotators or {}):
+        return ANNOTATED_HELP[task]
+    if task in ANNOTATOR_TASKS:
+        return annotator_reason(task) + "."
+    return TASK_HELP.get(task, "")
 
 
 class UIError(VdotError, ValueError):
@@ -159,8 +177,9 @@ class Server:
     queue has concurrency 1, and a lock guards against other callers)."""
 
     def __init__(self, models: list[str] | None = None, *, max_frames: int = 81, out_dir: str | None = None,
-                 log=None, mesh=None):
+                 log=None, mesh=None, annotators: dict | None = None):
         self.models = list(models or [])
+        self.annotators = dict(annotators or {})  # {task: weights}: vdot ui --annotator, checked by commands/ui
         self.mesh = mesh  # as vdot generate --mesh: "fsdp=4,context=2" or a Mesh
         self.max_frames = int(max_frames)
         self.out = Path(out_dir or tempfile.mkdtemp(prefix="vdot-ui-"))
@@ -240,6 +259,14 @@ class Server:
         s.check(self.max_frames)
         refs = list(ref_images or []) or None
         task, box = s.task, (s.box or "").strip()
+        if task in self.annotators:  # the annotator runs on the uploaded raw video, as vdot prepare runs it
+            if not src_video:
+                raise UIError(f"upload a video for {task}: {ANNOTATED_HELP[task]}")
+            if task == "track":
+                if not box:
+                    raise UIError("track follows a box on the first frame: type it as x1,y1,x2,y2.")
+                return prepared("inpaint", s, src_video, box=box, track_model=self.annotators[task])
+            return prepared(task, s, src_video, weights=self.annotators[task])
         if task in ANNOTATOR_TASKS:  # the finished output of the annotator, uploaded
             feeds = ANNOTATOR_TASKS[task][1]
             has_mask = bool(src_mask or drawn or box)
@@ -300,10 +327,10 @@ class Server:
             path = self._path("result")
             result.write(path)
             return path, f"{summary}, seed {s.seed}", command(model, s, src_video, src_mask, ref_images, drawn,
-                                                              self.mesh)
+                                                              self.mesh, annotated=s.task in self.annotators)
 
 
-def prepared(task: str, s: Settings, src_video, *, mask=None, box: str = ""):
+def prepared(task: str, s: Settings, src_video, *, mask=None, box: str = "", weights=None, track_model=None):
     """``vdot prepare TASK`` of the page's fields (its own parser and ``build``: one implementation of boxes,
     masks, grey, edges, layouts and frame references) -> the VCU it would write."""
     import argparse
@@ -315,6 +342,8 @@ def prepared(task: str, s: Settings, src_video, *, mask=None, box: str = ""):
     argv += [f"--src-video={src_video}"] if src_video else []
     argv += [f"--mask={mask}"] if mask else []
     argv += [f"--box={box}"] if box else []
+    argv += [f"--weights={weights}"] if weights else []
+    argv += [f"--track-model={track_model}"] if track_model else []
     parser = argparse.ArgumentParser(prog="vdot", exit_on_error=False)
     prepare.register(parser.add_subparsers(dest="command"))
     try:
@@ -325,26 +354,29 @@ def prepared(task: str, s: Settings, src_video, *, mask=None, box: str = ""):
     return prepare.build(args)
 
 
-def _prepare_line(task: str, s: Settings, src_video, drawn, box: str) -> list:
+def _prepare_line(task: str, s: Settings, src_video, drawn, box: str, annotated: str | None = None) -> list:
     args = ["vdot", "prepare", task, "--frames", s.frames, "--height", s.height, "--width", s.width]
     args += ["--src-video", Path(src_video).name] if src_video else []
     args += ["--mask", "drawn_mask.png"] if drawn else []
     args += ["--box", box] if box else []
+    # the server's weights path is not shown: the user gives their own
+    args += {"track": ["--track-model", "SAM2_DIR"], None: []}.get(annotated, ["--weights", "WEIGHTS"])
     return args + ["--out", "prep"]
 
 
 def command(model: str, s: Settings, src_video=None, src_mask=None, ref_images=None, drawn=None,
-            mesh=None) -> str:
+            mesh=None, annotated: bool = False) -> str:
     """The ``vdot generate`` line with the same task, files and settings (uploads named by their file names;
     a drawn mask, a box, grey, edges and frame references first made by the ``vdot prepare`` line)."""
     task, box = ANNOTATOR_TASKS.get(s.task, (None, s.task))[1], (s.box or "").strip()
-    prep = task in PREPARED or (task in ("inpaint", "layout") and bool(box or drawn))
+    prep = task in PREPARED or (task in ("inpaint", "layout") and bool(box or drawn)) or annotated
     from vdot_jax.conditions import TASKS
 
     files, prep_task = [], task
     if prep:  # prepare's files follow the release's conventions: no --task
         files = ["--src-video", "prep/src_video.mp4"] + (["--src-mask", "prep/src_mask.mp4"]
                                                            if task in ("inpaint", "frameref") else [])
+        prep_task = "inpaint" if s.task == "track" else (s.task if annotated else task)
         task = None
     args = ["vdot", "generate", "--model", "MODEL_DIR" if model == TOY else model] + (
         ["--task", task] if task else []) + [
@@ -367,7 +399,8 @@ def command(model: str, s: Settings, src_video=None, src_mask=None, ref_images=N
         args += ["--clip-frames", s.clip_frames]
     line = shlex.join(str(a) for a in args)
     if prep:
-        line = shlex.join(str(a) for a in _prepare_line(prep_task, s, src_video, drawn, box)) + " && " + line
+        line = shlex.join(str(a) for a in _prepare_line(prep_task, s, src_video, drawn, box,
+                                                        s.task if annotated else None)) + " && " + line
     if model == TOY:  # vdot generate takes converted models; the toy teacher needs the toy world's encoders
         line += "  # with a converted model directory; the toy teacher runs in vdot demo and vdot ui"
     return line
