@@ -126,6 +126,7 @@ def test_eval_generates_scores_and_resumes(bench, tmp_path, capsys, monkeypatch)
     cap = capsys.readouterr()
     assert "evaluated 9 rows of 7 subtask(s): 7 generated, 0 reused, 2 skipped, 0 failed" in cap.out
     assert "d1: skipped (missing input file" in cap.err and "gone.mp4" in cap.err
+    assert "sampling: 4 steps, guide scale 1, shift 16 (the model's defaults)" in cap.err  # its vdot_model.json
 
     table = json.loads((out / "table.json").read_text())
     rows = table["subtasks"]

@@ -52,6 +52,9 @@ def run(args) -> None:
                              tokenizer=args.tokenizer, dtype=args.dtype, vae_dtype=args.vae_dtype,
                              attention=args.attention, mesh=args.mesh, log=log)
 
+    from vdot_jax.commands.generate import sampling
+
+    sampling(args, log)  # --steps/--guide-scale/--shift not given: the model directory's record, as vdot generate
     settings = B.Settings(frames=args.frames, height=args.height, width=args.width, steps=args.steps,
                           guide_scale=args.guide_scale, shift=args.shift, solver=args.solver, seed=args.seed,
                           negative_prompt=args.negative_prompt, fps=args.fps, reference_order=args.reference_order,
@@ -110,9 +113,11 @@ def register(sub) -> None:
     d.add_argument("--list-metrics", action="store_true", help="list the metrics and whether they can run here")
     add_model_arguments(p)
     s = p.add_argument_group("sampling (defaults: the released 4-step student)")
-    s.add_argument("--steps", type=int, default=4, help="default 4; teacher: 50")
-    s.add_argument("--guide-scale", type=float, default=1.0, help="default 1 (no CFG); teacher: 5")
-    s.add_argument("--shift", type=float, default=16.0)
+    s.add_argument("--steps", type=int, default=None,
+                   help="default: the model directory's (student 4, teacher 50; 4 when it records none)")
+    s.add_argument("--guide-scale", type=float, default=None,
+                   help="1 = no CFG; default: the model directory's (student 1, teacher 5; 1 when it records none)")
+    s.add_argument("--shift", type=float, default=None, help="default: the model directory's (16 for the release)")
     s.add_argument("--solver", default="unipc", choices=("unipc", "euler"))
     s.add_argument("--seed", type=int, default=0, help="the initial noise of every row")
     s.add_argument("--negative-prompt", default="")
