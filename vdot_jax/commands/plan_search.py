@@ -127,6 +127,9 @@ def _judge(out: Outcome, plan: Plan) -> None:
                           f"{plan.host_budget / 2**30:.1f} GiB")
             return
     out.status = "fits"
+    top = max((r for r in plan.reports if r.measured), key=lambda r: r.peak_bytes, default=None)
+    if top is not None:
+        out.reason = f"largest peak {top.peak_bytes / 2**30:.4g} GiB per chip ({top.name})"
 
 
 def rank_key(out: Outcome) -> tuple:

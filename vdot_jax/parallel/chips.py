@@ -1,9 +1,9 @@
 """Peak figures of the accelerators ``vdot plan`` targets, and the step-time lower bound they give.
 
-Sources (docs/scaling.md, "Predicted step time"): Cloud TPU docs' system-architecture pages for v4, v5e, v5p and
-v6e (peak bf16 compute, HBM bandwidth, bidirectional ICI bandwidth per chip; v4's ICI from the TPU v4 paper, six
-links of 50 GB/s each way, not on its Cloud page); the NVIDIA H100 SXM datasheet (dense bf16, HBM3, NVLink). The
-host link is the chip's PCIe link one way: Gen4 x16 (32 GB/s) for v4/v5e/v5p, Gen5 x16 (64 GB/s) for v6e (its
+Sources (docs/scaling.md, "Predicted step time"): Cloud TPU docs' system-architecture pages for v4, v5e, v5p
+and v6e (peak bf16 compute, HBM bandwidth, bidirectional ICI bandwidth per chip; v4's ICI, not on its Cloud
+page, is the figure usually quoted from the TPU v4 paper, unverified); the NVIDIA H100 SXM datasheet (dense bf16,
+HBM3, NVLink). The host link is the chip's PCIe link one way: Gen4 x16 (32 GB/s) for v4/v5e/v5p, Gen5 x16 (64 GB/s) for v6e (its
 Cloud page names PCIe Gen5) and H100 -- an assumption of the link's nominal rate, not a measured transfer rate.
 
 A prediction, not a measurement: each part is the time the chip would need if it did nothing else at its peak.

@@ -260,8 +260,9 @@ def predicted(plan: Plan, r: CompileReport):
 
 
 def videos_per_call(name: str, mesh) -> int | None:
-    """Videos one execution of a sampling program makes (None for a training program)."""
-    return batch_videos(mesh) if name == BATCH_SAMPLER else 1 if name.endswith(("denoise_4", "denoise_cfg")) else None
+    """Videos one execution of the batched sampler makes (None for other programs: the one-video denoise
+    programs repeat their work on every data x fsdp rank, which the FLOP count spreads over all chips)."""
+    return batch_videos(mesh) if name == BATCH_SAMPLER else None
 
 
 def prediction_table(plan: Plan, mesh) -> str:
@@ -295,8 +296,8 @@ PREDICTION_NOTE = ("TFLOP: per chip (as above). HBM GiB: device arguments + outp
                    "collective-permute: the larger of result and operands), host GiB: copies between host memory and "
                    "the device, both counted in the compiled HLO with every loop's trip count. Each time is that "
                    "amount at the chip's peak; bound = the largest (limit names it): the step cannot be faster, and "
-                   "will be slower. per video: FLOPs of the whole mesh per video; videos/hour = 3600 x videos per "
-                   "call / bound")
+                   "will be slower. per video (the batched sampler): FLOPs of the whole mesh per video; videos/hour = 3600 x "
+                   "videos per call / bound, an upper bound on throughput")
 
 
 FLOPS_NOTE = ("host: bytes per chip in the host's memory, outside the peak: state kept there (mesh.opt_state_memory="
