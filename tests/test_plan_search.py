@@ -153,3 +153,26 @@ def test_plan_search_on_a_tiny_topology_lists_the_fitting_meshes_best_first():
     batches = [int(line.split("global batch ")[1].split(",")[0]) for line in out.splitlines()
                if line.startswith("#")]
     assert batches == sorted(batches, reverse=True), out
+
+
+def test_batched_sampler_is_data_x_fsdp_videos_of_four_forwards():
+    """student_denoise_batch holds data x fsdp videos, each sharded by its batch row: FLOPs per chip are 4 steps
+    x videos x one forward / chips (a one-video program would count a quarter of that here)."""
+    from flax import nnx
+
+    from vdot_jax.parallel.flops import matmul_flops
+    from vdot_jax.parallel.mesh import make_mesh
+    from vdot_jax.train.loop import build
+    from vdot_jax.train.plan import BATCH_SAMPLER, latent_grid, programs, step_flops
+
+    c = load_config("configs/tiny.py")
+    c.model.attention = "xla"
+    run = build(c, make_mesh("data=2,fsdp=2", None, jax.devices()[:4]))
+    (_, _, args), = [p for p in programs(run, 5, 32, 32) if p[0] == BATCH_SAMPLER]
+    assert args[1].shape[0] == 4 and args[1].sharding.spec[0] == ("data", "fsdp")  # one video per chip
+    a = run.arch
+    f, h, w = latent_grid(c, 5, 32, 32)
+    one = matmul_flops(jax.jit(lambda p, *x: nnx.merge(run.trainer.gen_def, p)(*x)).trace(
+        run.abstract_state.generator, jnp.zeros((1, a.in_channels, f, h, w)), jnp.full((1,), 500.0),
+        jnp.zeros((1, int(c.data.toy.text_len), a.text_dim)), jnp.zeros((1, a.vace_in_channels, f, h, w))).jaxpr)
+    assert step_flops(run, 5, 32, 32, only=(BATCH_SAMPLER,))[BATCH_SAMPLER] == pytest.approx(4 * 4 * one.global_ / 4)
