@@ -205,7 +205,8 @@ def _search(args, config, only, vary, t0, log) -> None:
 
     try:
         outcomes = search(config, args.topology, frames=args.frames, height=args.height, width=args.width,
-                          model=args.model, hbm_gib=args.hbm_gib, only=only, vary=vary, log=log)
+                          model=args.model, hbm_gib=args.hbm_gib, only=only, vary=vary,
+                          skip=not args.compile_all, log=log)
     except (ConfigError, VdotError) as e:
         raise UserError(str(e)) from None
     fits, line = summary(outcomes, args.topology)
@@ -294,6 +295,9 @@ def register(sub) -> None:
                    help="levers the search varies besides the mesh: remat (model.remat offload/full), "
                         "opt_state_memory (mesh.opt_state_memory host/device), comma-separated, or none to keep "
                         "the config's (default both)")
+    p.add_argument("--compile-all", action="store_true",
+                   help="search without skipping: compile every candidate, also those that need at least the memory "
+                        "of a refused one by the search's model (docs/scaling.md)")
     p.add_argument("--check-only", action="store_true",
                    help="stop after the start-up checks (per-host layout, paths): compile nothing")
     p.set_defaults(func=run, accepts_extra=True)

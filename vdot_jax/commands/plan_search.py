@@ -12,7 +12,10 @@ much state per chip (``data`` at least as large: state is split over fsdp x cont
 data), at least as many tokens per chip (``context`` no larger) and at least as large an attention/MLP slice
 (``context x tensor`` no larger), with levers no stronger (offload < full remat; host < device optimizer
 state). Candidates are compiled in order of increasing memory by this model, and one that needs at least the
-memory of a candidate already refused for device memory is skipped without compiling. Those that fit are
+memory of a candidate already refused for device memory is skipped without compiling (``skip=False``, ``vdot plan
+--compile-all``, compiles every candidate). The model holds where the state and the activations dominate the
+memory, as at real size; a tiny model's fixed buffers can break it (measured on the tiny config's batched sampler
+on v5e:2x2: fsdp=4 peaks at 0.0108 GiB, data=4 at 0.0055), so there a skip can miss a mesh that fits. Those that fit are
 ranked: fewest bytes in host memory per chip, then the largest global batch (the least redundant work per
 chip), then the smallest predicted training step time per video.
 """
@@ -140,7 +143,7 @@ def rank_key(out: Outcome) -> tuple:
 
 def search(config, topology: str, *, frames: int, height: int, width: int, model: str | None = None,
            hbm_gib: float | None = None, only: tuple[str, ...] = (), vary: tuple[str, ...] = tuple(LEVERS),
-           log=print) -> list[Outcome]:
+           skip: bool = True, log=print) -> list[Outcome]:
     """Plan every candidate mesh of ``topology`` as far as needed (see the module docstring); returns the
     outcomes in compile order."""
     from vdot_jax.commands.plan import _topology_devices, plan_config, target
@@ -173,7 +176,7 @@ def search(config, topology: str, *, frames: int, height: int, width: int, model
         out = Outcome(cand)
         outcomes.append(out)
         worse = next((o.candidate for o in outcomes[:-1]
-                      if o.status == "refused (memory)" and cand.needs_at_least(o.candidate)), None)
+                      if skip and o.status == "refused (memory)" and cand.needs_at_least(o.candidate)), None)
         if worse is not None:
             out.status, out.reason = "skipped", f"needs at least the memory of refused {worse.describe()}"
         else:
