@@ -13,7 +13,6 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vdot_jax.commands import plan as plan_cmd
 from vdot_jax.commands import plan_search as S
 from vdot_jax.parallel.chips import CHIPS, step_bound
 from vdot_jax.parallel.sharding import CompileReport
@@ -48,7 +47,7 @@ def _fake_memory(c):
     return state + act, host
 
 
-def test_search_skips_dominated_candidates_and_lists_only_fits_best_first(monkeypatch):
+def test_search_skips_dominated_candidates_and_lists_only_fits_best_first():
     compiled = []
 
     def fake_plan_config(config, topology, mesh, *, hbm_gib=None, only=(), **kw):
@@ -59,12 +58,12 @@ def test_search_skips_dominated_candidates_and_lists_only_fits_best_first(monkey
         peak, host = _fake_memory(c)
         r = CompileReport("generator_gan", True, 1.0, argument_bytes=int(peak * GIB), measured=True,
                           host_argument_bytes=int(host * GIB), step_flops=1e12, collective_bytes=0.0)
-        run = types.SimpleNamespace(batch_size=c.data * c.fsdp)
+        run = types.SimpleNamespace(batch_size=c.data * c.fsdp, mesh=None)
         return run, Plan(reports=[r], hbm_bytes=int(hbm_gib * GIB), host_budget=int(100 * GIB))
 
-    monkeypatch.setattr(plan_cmd, "plan_config", fake_plan_config)
     config = load_config("configs/tiny.py")
-    outcomes = S.search(config, "v5e:2x2", frames=5, height=32, width=32, hbm_gib=12.0, log=None)
+    outcomes = S.search(fake_plan_config, config, "v5e:2x2", 4, frames=5, height=32, width=32, hbm_gib=12.0,
+                        log=None)
     fits, line = S.summary(outcomes, "v5e:2x2")
     everything = S.candidates(4, 2, 64, ("offload", "full"), ("host", "device"))
     expected = [c for c in everything if _fake_memory(c)[0] <= 12.0]
@@ -80,7 +79,8 @@ def test_search_skips_dominated_candidates_and_lists_only_fits_best_first(monkey
     assert line.startswith(f"{len(expected)} of {len(everything)} candidates fit")
 
     # nothing fits: one line names the closest refused candidate and its shortfall
-    outcomes = S.search(config, "v5e:2x2", frames=5, height=32, width=32, hbm_gib=1.0, log=None)
+    outcomes = S.search(fake_plan_config, config, "v5e:2x2", 4, frames=5, height=32, width=32, hbm_gib=1.0,
+                        log=None)
     fits, line = S.summary(outcomes, "v5e:2x2")
     best = min(everything, key=lambda c: _fake_memory(c)[0])
     assert not fits and best.describe() in line

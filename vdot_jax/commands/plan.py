@@ -50,12 +50,11 @@ def plan_config(config, topology: str, mesh: str | None, *, frames: int, height:
 
     from vdot_jax.commands.common import UserError
     from vdot_jax.models.attention import default_dtype, resolve
+    from vdot_jax.parallel.chips import chip_of
     from vdot_jax.parallel.mesh import MeshError, describe, hbm_bytes, make_mesh, split_axes
     from vdot_jax.train.config import ConfigError
     from vdot_jax.train.loop import build
     from vdot_jax.train.plan import check, host_budget_bytes, step_flops
-
-    from vdot_jax.parallel.chips import chip_of
 
     platform, n = target(topology)
     if platform == "tpu":
@@ -204,7 +203,8 @@ def _search(args, config, only, vary, t0, log) -> None:
     from vdot_jax.train.plan import PREDICTION_NOTE, prediction_table, table
 
     try:
-        outcomes = search(config, args.topology, frames=args.frames, height=args.height, width=args.width,
+        outcomes = search(plan_config, config, args.topology, len(_topology_devices(args.topology)),
+                          frames=args.frames, height=args.height, width=args.width,
                           model=args.model, hbm_gib=args.hbm_gib, only=only, vary=vary,
                           skip=not args.compile_all, log=log)
     except (ConfigError, VdotError) as e:
@@ -215,7 +215,7 @@ def _search(args, config, only, vary, t0, log) -> None:
         print(f"\n#{k} {o.candidate.describe()} (--mesh {o.candidate.mesh}): global batch {o.batch}, up to "
               f"{o.host_bytes() / 2**30:.2f} GiB per chip in host memory{bound}")
         print(table(o.plan))
-        predicted = prediction_table(o.plan, _mesh_of(o))
+        predicted = prediction_table(o.plan, o.mesh)
         if predicted:
             print(predicted)
     if fits:
@@ -225,15 +225,6 @@ def _search(args, config, only, vary, t0, log) -> None:
     if not fits:
         print(f"vdot plan: error: no mesh of {args.topology} fits", file=sys.stderr)
         sys.exit(1)
-
-
-def _mesh_of(outcome):
-    """A stand-in with the shape of a candidate's mesh (what ``prediction_table`` reads)."""
-    import types
-
-    c = outcome.candidate
-    shape = {"data": c.data, "fsdp": c.fsdp, "context": c.context, "tensor": c.tensor}
-    return types.SimpleNamespace(shape=shape, size=c.data * c.fsdp * c.context * c.tensor)
 
 
 def register(sub) -> None:

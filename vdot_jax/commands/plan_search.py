@@ -90,6 +90,7 @@ def _divisors(n: int) -> list[int]:
 class Outcome:
     candidate: Candidate
     plan: Plan | None = None
+    mesh: object = None  # the jax Mesh it was planned on
     batch: int = 0  # global batch per micro-step
     status: str = ""  # "fits", "refused (memory)", "refused (host)", "failed", "skipped"
     reason: str = ""
@@ -141,19 +142,16 @@ def rank_key(out: Outcome) -> tuple:
             out.per_video_bound if out.per_video_bound is not None else float("inf"))
 
 
-def search(config, topology: str, *, frames: int, height: int, width: int, model: str | None = None,
-           hbm_gib: float | None = None, only: tuple[str, ...] = (), vary: tuple[str, ...] = tuple(LEVERS),
-           skip: bool = True, log=print) -> list[Outcome]:
-    """Plan every candidate mesh of ``topology`` as far as needed (see the module docstring); returns the
-    outcomes in compile order."""
-    from vdot_jax.commands.plan import _topology_devices, plan_config, target
+def search(plan_config, config, topology: str, devices: int, *, frames: int, height: int, width: int,
+           model: str | None = None, hbm_gib: float | None = None, only: tuple[str, ...] = (),
+           vary: tuple[str, ...] = tuple(LEVERS), skip: bool = True, log=print) -> list[Outcome]:
+    """Plan every candidate mesh of ``topology`` (``devices`` chips) as far as needed (see the module docstring)
+    with ``plan_config`` (``commands.plan.plan_config``); returns the outcomes in compile order."""
     from vdot_jax.errors import VdotError
     from vdot_jax.sources import model_arch
     from vdot_jax.train.config import ConfigError
     from vdot_jax.train.plan import latent_grid
 
-    platform, n = target(topology)
-    devices = len(_topology_devices(topology)) if platform == "tpu" else n
     probe = copy.deepcopy(config)
     if model:
         probe.model.teacher, probe.model.generator, probe.model.preset = "", "", model
@@ -188,7 +186,7 @@ def search(config, topology: str, *, frames: int, height: int, width: int, model
             except (ConfigError, VdotError, ValueError) as e:
                 out.status, out.reason = "failed", str(e).splitlines()[0][:300]
             else:
-                out.batch = run.batch_size
+                out.batch, out.mesh = run.batch_size, run.mesh
                 _judge(out, plan)
                 if out.fits:
                     bounds = [predicted(plan, r) for r in plan.reports if r.name in phase_names(cfg)]
