@@ -82,6 +82,12 @@ def candidates(devices: int, heads: int, tokens: int, remats, opt_memories) -> l
     return sorted(out, key=Candidate.pressure)
 
 
+def _gib(b: float) -> str:
+    """Bytes as GiB, with enough digits for a tiny model's sizes."""
+    g = b / 2**30
+    return f"{g:.2f}" if g >= 0.1 else f"{g:.4g}"
+
+
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -122,8 +128,7 @@ def _judge(out: Outcome, plan: Plan) -> None:
             return
         if plan.hbm_bytes and r.measured and r.peak_bytes > plan.hbm_bytes:
             out.status, out.shortfall = "refused (memory)", r.peak_bytes - plan.hbm_bytes
-            out.reason = (f"{r.name} peaks at {r.peak_bytes / 2**30:.2f} GiB per chip, budget "
-                          f"{plan.hbm_bytes / 2**30:.4g} GiB")
+            out.reason = f"{r.name} peaks at {_gib(r.peak_bytes)} GiB per chip, budget {_gib(plan.hbm_bytes)} GiB"
             return
         if plan.host_budget and r.measured and r.host_bytes > plan.host_budget:
             out.status, out.shortfall = "refused (host)", r.host_bytes - plan.host_budget
@@ -133,7 +138,7 @@ def _judge(out: Outcome, plan: Plan) -> None:
     out.status = "fits"
     top = max((r for r in plan.reports if r.measured), key=lambda r: r.peak_bytes, default=None)
     if top is not None:
-        out.reason = f"largest peak {top.peak_bytes / 2**30:.4g} GiB per chip ({top.name})"
+        out.reason = f"largest peak {_gib(top.peak_bytes)} GiB per chip ({top.name})"
 
 
 def rank_key(out: Outcome) -> tuple:
@@ -212,5 +217,5 @@ def summary(outcomes: list[Outcome], topology: str) -> tuple[list[Outcome], str]
         return fits, head + "; none was refused for memory (see the failures above)"
     best = min(refused, key=lambda o: o.shortfall)
     return fits, (head + f"; the closest, {best.candidate.describe()}, is {'at least ' if best.at_least else ''}"
-                  f"{best.shortfall / 2**30:.2f} GiB over: "
+                  f"{_gib(best.shortfall)} GiB over: "
                   f"{best.reason}")
