@@ -8,7 +8,9 @@ Needs libtpu for TPU topologies (``pip install '.[tpu]'``). Architecture only: t
 exist (with no model directory at ``config.model.teacher``, ``--model PRESET`` names the architecture).
 
 Before compiling it runs the start-up checks of ``vdot_jax.train.preflight`` (each host's batch rows; the run's
-paths as the workers reach them, unless ``--model``); ``--check-only`` stops after them.
+paths as the workers reach them, unless ``--model``); ``--check-only`` stops after them. Without ``--mesh`` on a
+TPU topology it searches the topology's meshes instead (``vdot_jax.commands.plan_search``). After the memory
+table it prints each program's predicted step-time bound (``train.plan.prediction_table``).
 """
 
 from __future__ import annotations
