@@ -242,7 +242,7 @@ def register(sub) -> None:
             "whether each fits the chip's HBM and the host memory budget per chip (a share of the TPU VM's RAM, "
             "docs/scaling.md), then a PREDICTED lower bound on each program's time: FLOPs, collective bytes and "
             "host transfers per chip (counted in the compiled HLO) at the chip's peak compute, HBM, ICI and "
-            "host-link rates, which of them limits, and videos/hour for the samplers -- a prediction, not a "
+            "host-link rates, which of them limits, and videos/hour for the batched sampler -- a prediction, not a "
             "measurement. Exit 1 when one does not compile or does not fit. Without --mesh it searches the "
             "topology's meshes for those that fit (see --mesh). --topology "
             "gpu:N lowers for cuda instead (shapes and cuDNN placement; GPU memory is measured only on a GPU). "
@@ -263,7 +263,8 @@ def register(sub) -> None:
                         "first that does not fit; a candidate needing at least the memory of a refused one is "
                         "skipped. It prints the meshes that fit, best first (fewest host bytes per chip, then the "
                         "largest global batch, then the shortest predicted step per video), each with its tables; "
-                        "exit 1 when none fits (one line names the closest and how far over it is). "
+                        "exit 1 when none fits (one line names the closest and how far over it is). The search runs no "
+                        "start-up checks: plan a mesh it finds with --mesh for those. "
                         "--check-only and gpu:N use the config's mesh.ici")
     p.add_argument("--frames", type=int, default=81, help="video frames (default 81)")
     p.add_argument("--height", type=int, default=480, help="video height (default 480)")
