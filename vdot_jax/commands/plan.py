@@ -8,7 +8,9 @@ Needs libtpu for TPU topologies (``pip install '.[tpu]'``). Architecture only: t
 exist (with no model directory at ``config.model.teacher``, ``--model PRESET`` names the architecture).
 
 Before compiling it runs the start-up checks of ``vdot_jax.train.preflight`` (each host's batch rows; the run's
-paths as the workers reach them, unless ``--model``); ``--check-only`` stops after them.
+paths as the workers reach them, unless ``--model``); ``--check-only`` stops after them. Without ``--mesh`` on a
+TPU topology it searches the topology's meshes instead (``vdot_jax.commands.plan_search``). After the memory
+table it prints each program's predicted step-time bound (``train.plan.prediction_table``).
 """
 
 from __future__ import annotations
@@ -41,22 +43,24 @@ def target(topology: str) -> tuple[str, int | None]:
 
 def plan_config(config, topology: str, mesh: str | None, *, frames: int, height: int, width: int,
                 model: str | None = None, log=print, keep_text: bool = False, only: tuple[str, ...] = (),
-                before_compile=None):
+                before_compile=None, hbm_gib: float | None = None, stop_at_refusal: bool = False):
     """Build the run of ``config`` on ``topology`` with ``mesh`` and compile (or lower) all its programs.
     ``before_compile(run)`` runs first (the start-up checks); it returning True stops there (Plan is None).
-    Returns (run, Plan)."""
+    ``hbm_gib`` replaces the chip's HBM as the budget a program must fit. ``stop_at_refusal`` stops at the first
+    program that does not fit, and counts FLOPs only when all fit (the search). Returns (run, Plan)."""
     import jax
 
     from vdot_jax.commands.common import UserError
     from vdot_jax.models.attention import default_dtype, resolve
-    from vdot_jax.parallel.mesh import MeshError, describe, hbm_bytes, make_mesh, split_axes, topology_devices
+    from vdot_jax.parallel.chips import chip_of
+    from vdot_jax.parallel.mesh import MeshError, describe, hbm_bytes, make_mesh, split_axes
     from vdot_jax.train.config import ConfigError
     from vdot_jax.train.loop import build
     from vdot_jax.train.plan import check, host_budget_bytes, step_flops
 
     platform, n = target(topology)
     if platform == "tpu":
-        devices = topology_devices(topology)
+        devices = _topology_devices(topology)
     else:
         devices = jax.devices("cpu")
         if len(devices) < n:
@@ -81,10 +85,12 @@ def plan_config(config, topology: str, mesh: str | None, *, frames: int, height:
         m.dtype = default_dtype(gpu)
     run = build(config, device_mesh)
     hbm = hbm_bytes(devices[0]) if platform == "tpu" else None
+    if hbm_gib is not None:
+        hbm = int(hbm_gib * 2**30)
     host = host_budget_bytes(devices[0]) if platform == "tpu" else None
     if log:
         log(f"{run.arch.describe()}; {topology} ({len(devices)} devices, "
-            f"{'%d GiB HBM each' % (hbm // 2**30) if hbm else 'memory measured only on a GPU'}"
+            f"{'%.4g GiB HBM each' % (hbm / 2**30) if hbm else 'memory measured only on a GPU'}"
             f"{', host budget %.1f GiB per chip' % (host / 2**30) if host else ''}); mesh "
             f"{describe(device_mesh)}; attention {m.attention}, compute {m.dtype}, remat {m.remat}; global batch "
             f"{run.batch_size} x {config.optim.accumulation} micro-batches; video {frames}x{height}x{width}")
@@ -98,17 +104,35 @@ def plan_config(config, topology: str, mesh: str | None, *, frames: int, height:
     # FLOPs from the same programs with XLA attention, whose matmuls are visible (a kernel's are not)
     counted = copy.deepcopy(config)
     counted.model.attention = "ulysses:xla" if m.attention.startswith("ulysses") else "xla"
-    flops = step_flops(build(counted, device_mesh), frames, height, width, only)
+    count = lambda names: step_flops(build(counted, device_mesh), frames, height, width, names)  # noqa: E731
+    flops = {} if stop_at_refusal else count(only)
     plan = check(run, frames, height, width, hbm_bytes=hbm, platform="cuda" if platform == "cuda" else None,
-                 log=log, keep_text=keep_text, only=only, flops=flops, host_budget=host)
+                 log=log, keep_text=keep_text, only=only, flops=flops, host_budget=host,
+                 chip=chip_of(topology, devices[0]), stop_at_refusal=stop_at_refusal)
+    if stop_at_refusal and not plan.failures():  # FLOPs only for a candidate that fits
+        flops = count(tuple(r.name for r in plan.reports))
+        for r in plan.reports:
+            r.step_flops = flops.get(r.name)
     return run, plan
+
+
+_TOPOLOGIES: dict = {}
+
+
+def _topology_devices(topology: str) -> list:
+    """The devices of a TPU topology, made once per process (the search plans many meshes of one topology)."""
+    from vdot_jax.parallel.mesh import topology_devices
+
+    if topology not in _TOPOLOGIES:
+        _TOPOLOGIES[topology] = topology_devices(topology)
+    return _TOPOLOGIES[topology]
 
 
 def run(args) -> None:
     from vdot_jax.commands.common import UserError
     from vdot_jax.errors import VdotError
     from vdot_jax.train.config import ConfigError, apply_overrides, load_config, parse_override_args
-    from vdot_jax.train.plan import table
+    from vdot_jax.train.plan import PREDICTION_NOTE, prediction_table, table
 
     platform, n = target(args.topology)
     if platform == "cuda" and "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
@@ -137,16 +161,30 @@ def run(args) -> None:
             preflight(run, workdir=args.workdir, shared=tuple(args.shared_mount or ()), log=log)
         return args.check_only
 
+    only = tuple(p for p in (args.programs or "").split(",") if p)
+    if args.hbm_gib is not None and args.hbm_gib <= 0:
+        raise UserError(f"--hbm-gib must be positive, got {args.hbm_gib}")
+    vary = tuple(v for v in args.vary.split(",") if v and v != "none")
+    from vdot_jax.commands.plan_search import LEVERS
+
+    if set(vary) - set(LEVERS):
+        raise UserError(f"--vary takes {', '.join(LEVERS)} or none, got {args.vary}")
+    if args.mesh is None and not args.check_only and platform == "tpu":
+        return _search(args, config, only, vary, t0, log)
     try:
-        _, plan = plan_config(config, args.topology, args.mesh, frames=args.frames, height=args.height,
-                              width=args.width, model=args.model, log=log, before_compile=startup_checks,
-                              only=tuple(p for p in (args.programs or "").split(",") if p))
+        run_, plan = plan_config(config, args.topology, args.mesh, frames=args.frames, height=args.height,
+                                 width=args.width, model=args.model, log=log, before_compile=startup_checks,
+                                 only=only, hbm_gib=args.hbm_gib)
     except (ConfigError, VdotError) as e:
         raise UserError(str(e)) from None
     if plan is None:
         print(f"start-up checks passed in {time.time() - t0:.0f} s (--check-only: nothing compiled)")
         return
     print(table(plan))
+    predicted = prediction_table(plan, run_.mesh)
+    if predicted:
+        print(predicted)
+        print(PREDICTION_NOTE)
     if platform == "cuda":
         print("GPU memory is only measured on a GPU: these programs were lowered for cuda (shapes and cuDNN "
               "placement checked), not compiled.")
@@ -158,6 +196,39 @@ def run(args) -> None:
         sys.exit(1)
 
 
+def _search(args, config, only, vary, t0, log) -> None:
+    """No --mesh: the meshes of the topology that fit, best first (``commands.plan_search``)."""
+    from vdot_jax.commands.common import UserError
+    from vdot_jax.commands.plan_search import search, summary
+    from vdot_jax.errors import VdotError
+    from vdot_jax.train.config import ConfigError
+    from vdot_jax.train.plan import PREDICTION_NOTE, prediction_table, table
+
+    try:
+        outcomes = search(plan_config, config, args.topology, len(_topology_devices(args.topology)),
+                          frames=args.frames, height=args.height, width=args.width,
+                          model=args.model, hbm_gib=args.hbm_gib, only=only, vary=vary,
+                          skip=not args.compile_all, log=log)
+    except (ConfigError, VdotError) as e:
+        raise UserError(str(e)) from None
+    fits, line = summary(outcomes, args.topology)
+    for k, o in enumerate(fits, 1):
+        bound = f", predicted >= {o.per_video_bound:.1f} s of training step per video" if o.per_video_bound else ""
+        print(f"\n#{k} {o.candidate.describe()} (--mesh {o.candidate.mesh}): global batch {o.batch}, up to "
+              f"{o.host_bytes() / 2**30:.2f} GiB per chip in host memory{bound}")
+        print(table(o.plan))
+        predicted = prediction_table(o.plan, o.mesh)
+        if predicted:
+            print(predicted)
+    if fits:
+        print(PREDICTION_NOTE)
+    print(f"\n{line}")
+    print(f"searched in {time.time() - t0:.0f} s")
+    if not fits:
+        print(f"vdot plan: error: no mesh of {args.topology} fits", file=sys.stderr)
+        sys.exit(1)
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "plan",
@@ -165,10 +236,15 @@ def register(sub) -> None:
              "that each fits",
         description=(
             "Compile ahead of time, on this host, every program a run of CONFIG executes (the distillation phases "
-            "or the flow-matching step, the 4-step student denoise, the teacher's CFG denoise) for a real TPU "
+            "or the flow-matching step, the 4-step student denoise of one video and of a batch of data x fsdp "
+            "videos as vdot generate --batch runs it, the teacher's CFG denoise) for a real TPU "
             "topology, and print per-device memory (arguments, outputs, temporaries, aliased, peak), FLOPs and "
             "whether each fits the chip's HBM and the host memory budget per chip (a share of the TPU VM's RAM, "
-            "docs/scaling.md). Exit 1 when one does not compile or does not fit. --topology "
+            "docs/scaling.md), then a PREDICTED lower bound on each program's time: FLOPs, collective bytes and "
+            "host transfers per chip (counted in the compiled HLO) at the chip's peak compute, HBM, ICI and "
+            "host-link rates, which of them limits, and videos/hour for the batched sampler -- a prediction, not a "
+            "measurement. Exit 1 when one does not compile or does not fit. Without --mesh it searches the "
+            "topology's meshes for those that fit (see --mesh). --topology "
             "gpu:N lowers for cuda instead (shapes and cuDNN placement; GPU memory is measured only on a GPU). "
             "Before compiling it checks what every host of the topology checks at start-up: it prints each "
             "host's batch rows and refuses, in one line naming the hosts, a path of the run (teacher, generator, "
@@ -180,8 +256,16 @@ def register(sub) -> None:
     p.add_argument("--config", required=True, help="training config file, e.g. configs/wan14b_stage2_vace.py")
     p.add_argument("--topology", required=True,
                    help="TPU topology (v4:2x2x2, v5e:4x4, v5p:4x4x4, v6e:8x8 ...) or gpu:N (h100:N, h200:N)")
-    p.add_argument("--mesh", default=None, help="mesh over the topology's devices, e.g. fsdp=16,context=4 "
-                                                "(default: the config's mesh.ici)")
+    p.add_argument("--mesh", default=None,
+                   help="mesh over the topology's devices, e.g. fsdp=16,context=4. Without it (TPU topologies) plan "
+                        "searches: every data/fsdp/context/tensor shape of the topology (context x tensor dividing "
+                        "the heads), with each --vary lever, compiled largest program first and stopped at the "
+                        "first that does not fit; a candidate needing at least the memory of a refused one is "
+                        "skipped. It prints the meshes that fit, best first (fewest host bytes per chip, then the "
+                        "largest global batch, then the shortest predicted step per video), each with its tables; "
+                        "exit 1 when none fits (one line names the closest and how far over it is). The search runs no "
+                        "start-up checks: plan a mesh it finds with --mesh for those. "
+                        "--check-only and gpu:N use the config's mesh.ici")
     p.add_argument("--frames", type=int, default=81, help="video frames (default 81)")
     p.add_argument("--height", type=int, default=480, help="video height (default 480)")
     p.add_argument("--width", type=int, default=832, help="video width (default 832)")
@@ -198,6 +282,16 @@ def register(sub) -> None:
                    help="a local path prefix that every worker mounts at the same place (gcsfuse, NFS): local paths "
                         "under it count as reachable by every host (repeatable; default: none, so on a multi-host "
                         "topology only gs:// paths are)")
+    p.add_argument("--hbm-gib", type=float, default=None,
+                   help="device memory budget per chip in GiB instead of the chip's HBM (e.g. 76 to leave room as "
+                        "on an 80 GB GPU); a program whose peak is above it does not fit")
+    p.add_argument("--vary", default="remat,opt_state_memory",
+                   help="levers the search varies besides the mesh: remat (model.remat offload/full), "
+                        "opt_state_memory (mesh.opt_state_memory host/device), comma-separated, or none to keep "
+                        "the config's (default both)")
+    p.add_argument("--compile-all", action="store_true",
+                   help="search without skipping: compile every candidate, also those that need at least the memory "
+                        "of a refused one by the search's model (docs/scaling.md)")
     p.add_argument("--check-only", action="store_true",
                    help="stop after the start-up checks (per-host layout, paths): compile nothing")
     p.set_defaults(func=run, accepts_extra=True)

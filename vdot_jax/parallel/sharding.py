@@ -138,6 +138,8 @@ class CompileReport:
     host_output_bytes: int = 0
     host_alias_bytes: int = 0
     step_flops: float | None = None  # matmul FLOPs of one execution per device, loops multiplied out
+    collective_bytes: float | None = None  # per device per execution, from the compiled HLO (``hlo_cost``)
+    host_transfer_bytes: float | None = None  # host <-> device copies per device per execution, likewise
     measured: bool = False  # memory figures present (the backend gave a memory analysis)
     text: str = ""  # the lowered StableHLO, when asked for
 

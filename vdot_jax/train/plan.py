@@ -1,7 +1,8 @@
 """Every program a run executes, compiled ahead of time from abstract arguments (nothing is allocated).
 
 ``programs(run)`` lists them: the four distillation phases (or the flow-matching step), the 4-step student
-denoise and the teacher's CFG denoise, each as (name, jitted, abstract args). ``check(run)`` compiles them all
+denoise of one video and of a batch of ``data x fsdp`` videos (what ``vdot generate --batch`` runs per call) and
+the teacher's CFG denoise, each as (name, jitted, abstract args). ``check(run)`` compiles them all
 with ``vdot_jax.parallel.sharding.compile_program`` and compares each per-device peak with the device memory;
 ``vdot plan`` runs it for a TPU topology on a CPU host (or lowers for ``cuda``), and ``vdot train`` before its
 first step. Memory figures are XLA's ``memory_analysis`` of the compiled program, per device.
@@ -24,12 +25,15 @@ from vdot_jax.distill.steps import PHASES
 from vdot_jax.errors import VdotError
 from vdot_jax.models.toy_vae import ToyVAE
 from vdot_jax.parallel.aot import cuda_lowering, kernels_outside_shard_map
+from vdot_jax.parallel.chips import Chip, step_bound
 from vdot_jax.parallel.flops import matmul_flops
-from vdot_jax.parallel.logical import activate
+from vdot_jax.parallel.hlo_cost import hlo_cost
+from vdot_jax.parallel.logical import activate, activation_spec
 from vdot_jax.parallel.sharding import CompileReport, compile_program
 from vdot_jax.sampling.model_sampler import model_sampler
 
 STUDENT = dict(steps=4, shift=16.0, guidance=1.0)  # the released student (docs/method.md)
+BATCH_SAMPLER = "student_denoise_batch"  # the student's denoise of data x fsdp videos in one call
 TEACHER = dict(steps=50, shift=16.0, guidance=5.0)  # the VACE teacher
 
 
@@ -37,6 +41,7 @@ TEACHER = dict(steps=50, shift=16.0, guidance=5.0)  # the VACE teacher
 class Plan:
     reports: list[CompileReport] = field(default_factory=list)
     hbm_bytes: int | None = None
+    chip: Chip | None = None  # peak figures for the predicted step time (``parallel.chips``)
     texts: dict = field(default_factory=dict)  # name -> lowered StableHLO (when asked for)
     host_budget: int | None = None  # host memory per chip a program may keep there (``host_budget_bytes``)
 
@@ -117,9 +122,21 @@ def programs(run, frames: int, height: int, width: int) -> list[tuple[str, Calla
         tdef, tparams = run.trainer.teacher_def, run.abstract_state.teacher
     student = model_sampler(gdef, steps=STUDENT["steps"], shift=STUDENT["shift"], guidance=STUDENT["guidance"])
     out.append(("student_denoise_4", student.jitted, (params, noise, text, None, ctx)))
+    # vdot generate --batch: data x fsdp videos a call, each device holding whole videos (split over context)
+    videos = batch_videos(mesh)
+    with activate(mesh, run.rules):
+        by_batch = lambda x: _sd((videos, *x.shape[1:]), x.dtype,  # noqa: E731
+                                 NamedSharding(mesh, activation_spec((videos, *x.shape[1:]), ("batch",)) or P()))
+        batched = (params, by_batch(noise), by_batch(text), None, by_batch(ctx) if ctx is not None else None)
+    out.append((BATCH_SAMPLER, student.jitted, batched))
     teacher = model_sampler(tdef, steps=TEACHER["steps"], shift=TEACHER["shift"], guidance=TEACHER["guidance"])
     out.append(("teacher_denoise_cfg", teacher.jitted, (tparams, noise, text, text, ctx)))
     return out
+
+
+def batch_videos(mesh) -> int:
+    """Videos per call of the batched sampler on ``mesh``: ``data x fsdp`` (``vdot generate --batch``'s default)."""
+    return int(mesh.shape.get("data", 1)) * int(mesh.shape.get("fsdp", 1))
 
 
 def phase_names(config) -> tuple[str, ...]:
@@ -151,10 +168,13 @@ def step_flops(run, frames: int, height: int, width: int, only: tuple[str, ...] 
 
 def check(run, frames: int, height: int, width: int, *, hbm_bytes: int | None = None, platform: str | None = None,
           log: Callable[[str], None] | None = print, keep_text: bool = False, only: tuple[str, ...] = (),
-          flops: dict[str, float] | None = None, host_budget: int | None = None) -> Plan:
+          flops: dict[str, float] | None = None, host_budget: int | None = None, chip: Chip | None = None,
+          stop_at_refusal: bool = False) -> Plan:
     """Compile (TPU, CPU) or lower (``platform="cuda"``, on a host without GPUs) every program of ``run`` (or
-    those named in ``only``, in that order); ``flops`` (from ``step_flops``) go into the reports."""
-    plan = Plan(hbm_bytes=hbm_bytes, host_budget=host_budget)
+    those named in ``only``, in that order); ``flops`` (from ``step_flops``) go into the reports, and each
+    compiled program's collective and host-transfer bytes (``parallel.hlo_cost``). ``stop_at_refusal``: stop at
+    the first program that does not compile or does not fit (``vdot plan``'s search)."""
+    plan = Plan(hbm_bytes=hbm_bytes, host_budget=host_budget, chip=chip)
     listed = {name: (jitted, args) for name, jitted, args in programs(run, frames, height, width)}
     unknown = [n for n in only if n not in listed]
     if unknown:
@@ -177,15 +197,21 @@ def check(run, frames: int, height: int, width: int, *, hbm_bytes: int | None = 
                 if keep_text:
                     plan.texts[name] = text
         else:
-            _, report = compile_program(jitted, *args, name=name, mesh=run.mesh, rules=run.rules, log=None,
-                                        catch=True, keep_text=keep_text)
+            compiled, report = compile_program(jitted, *args, name=name, mesh=run.mesh, rules=run.rules, log=None,
+                                               catch=True, keep_text=keep_text)
             if keep_text:
                 plan.texts[name] = report.text
+            if compiled is not None:
+                cost = hlo_cost(compiled.as_text())
+                report.collective_bytes, report.host_transfer_bytes = cost.collective_bytes, cost.host_transfer_bytes
+                del compiled
         report.step_flops = flops.get(name)
         if log:
             line = report.line()
             log(line.replace("compiled", "lowered for cuda", 1) if platform == "cuda" else line)
         plan.reports.append(_out_of_memory(report))
+        if stop_at_refusal and plan.failures():
+            break
     return plan
 
 
@@ -222,6 +248,56 @@ def table(plan: Plan) -> str:
                      f"{g(r.alias_bytes)} {g(r.peak_bytes)} {g(r.host_bytes)} {tf(r)} {r.seconds:9.1f}  {fits}")
     lines.append(FLOPS_NOTE)
     return "\n".join(lines)
+
+
+def predicted(plan: Plan, r: CompileReport):
+    """The step-time lower bound of a compiled program on ``plan.chip`` (``parallel.chips.step_bound``), or None.
+    HBM counts what the program must at least read and write once: its device arguments and outputs."""
+    if plan.chip is None or not (r.ok and r.measured) or r.step_flops is None or r.collective_bytes is None:
+        return None
+    return step_bound(plan.chip, flops=r.step_flops, hbm_bytes=r.argument_bytes + r.output_bytes,
+                      ici_bytes=r.collective_bytes, host_bytes=r.host_transfer_bytes or 0.0)
+
+
+def videos_per_call(name: str, mesh) -> int | None:
+    """Videos one execution of the batched sampler makes (None for other programs: the one-video denoise
+    programs repeat their work on every data x fsdp rank, which the FLOP count spreads over all chips)."""
+    return batch_videos(mesh) if name == BATCH_SAMPLER else None
+
+
+def prediction_table(plan: Plan, mesh) -> str:
+    """Per program: what one execution moves per chip and the lower bound on its time at the chip's peak."""
+    if plan.chip is None:
+        return ""
+    c = plan.chip
+    lines = [f"PREDICTED, not measured: lower bound per execution on {c.name} at peak ({c.flops / 1e12:.0f} bf16 "
+             f"TFLOP/s, HBM {c.hbm / 1e9:.0f} GB/s, ICI {c.ici / 1e9:.0f} GB/s, host link {c.host / 1e9:.0f} GB/s; "
+             "docs/scaling.md)",
+             f"{'program':22s} {'TFLOP':>9s} {'HBM GiB':>8s} {'ICI GiB':>8s} {'host GiB':>8s} {'compute s':>9s} "
+             f"{'HBM s':>7s} {'ICI s':>7s} {'host s':>7s} {'bound s':>8s} {'limit':>7s}  per video"]
+    for r in plan.reports:
+        b = predicted(plan, r)
+        if b is None:
+            continue
+        per_video = ""
+        n = videos_per_call(r.name, mesh)
+        if n:
+            per_video = (f"{n} video(s)/call, {r.step_flops * mesh.size / n / 1e12:.1f} TFLOP/video, "
+                         f"<= {3600 * n / b.seconds:,.0f} videos/hour")
+        lines.append(f"{r.name:22s} {r.step_flops / 1e12:9.2f} {(r.argument_bytes + r.output_bytes) / 2**30:8.2f} "
+                     f"{r.collective_bytes / 2**30:8.2f} {(r.host_transfer_bytes or 0) / 2**30:8.2f} "
+                     f"{b.compute:9.3f} {b.hbm:7.3f} {b.ici:7.3f} {b.host:7.3f} {b.seconds:8.3f} {b.limit:>7s}  "
+                     f"{per_video}")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+PREDICTION_NOTE = ("TFLOP: per chip (as above). HBM GiB: device arguments + outputs, what a step reads and writes at "
+                   "least once. ICI GiB: collectives per chip (all-gather, reduce-scatter, all-reduce, all-to-all, "
+                   "collective-permute: the larger of result and operands), host GiB: copies between host memory and "
+                   "the device, both counted in the compiled HLO with every loop's trip count. Each time is that "
+                   "amount at the chip's peak; bound = the largest (limit names it): the step cannot be faster, and "
+                   "will be slower. per video (the batched sampler): FLOPs of the whole mesh per video; videos/hour = 3600 x "
+                   "videos per call / bound, an upper bound on throughput")
 
 
 FLOPS_NOTE = ("host: bytes per chip in the host's memory, outside the peak: state kept there (mesh.opt_state_memory="

@@ -1,0 +1,178 @@
+"""``vdot plan`` without ``--mesh`` (the search over a topology's meshes) and the predicted step time: the
+candidates and their order, the skip of candidates that need at least a refused one's memory, the ranking of
+those that fit; collective and host-transfer bytes counted in compiled TPU programs; the bound."""
+
+import os
+import subprocess
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from vdot_jax.commands import plan_search as S
+from vdot_jax.parallel.chips import CHIPS, step_bound
+from vdot_jax.parallel.sharding import CompileReport
+from vdot_jax.train.config import load_config
+from vdot_jax.train.plan import Plan
+
+GIB = 2**30
+
+
+def test_candidates_respect_the_heads_and_tokens_and_come_least_memory_first():
+    cands = S.candidates(4, heads=2, tokens=64, remats=("full",), opt_memories=("device",))
+    meshes = [(c.data, c.fsdp, c.context, c.tensor) for c in cands]
+    # context x tensor must divide the 2 heads: no context=4, tensor=4 or context=2,tensor=2
+    assert sorted(meshes) == sorted([(1, 4, 1, 1), (1, 2, 2, 1), (1, 2, 1, 2), (2, 2, 1, 1), (2, 1, 2, 1),
+                                     (2, 1, 1, 2), (4, 1, 1, 1)])
+    assert meshes[0] == (1, 2, 2, 1) and meshes[-1] == (4, 1, 1, 1)  # split the most first, replicas last
+    # 40 heads, 4 chips: context 4 allowed; odd token counts rule out every context > 1
+    assert (1, 1, 4, 1) in [(c.data, c.fsdp, c.context, c.tensor) for c in S.candidates(4, 40, 32760, ("full",),
+                                                                                         ("device",))]
+    assert all(c.context == 1 for c in S.candidates(4, 40, 63, ("full",), ("device",)))
+    both = S.candidates(1, 2, 64, ("offload", "full"), ("host", "device"))
+    assert [(c.remat, c.opt_state_memory) for c in both] == [("offload", "host"), ("offload", "device"),
+                                                             ("full", "host"), ("full", "device")]
+
+
+def _fake_memory(c):
+    """A monotone memory model for the fake compiles: state split over fsdp x context x tensor, tokens over
+    context; offload and host memory take bytes off the device and put them on the host."""
+    state = 24 / (c.fsdp * c.context * c.tensor) * (1 if c.opt_state_memory == "host" else 3)
+    act = 8 / c.context * (0.25 if c.remat == "offload" else 1)
+    host = (2 if c.opt_state_memory == "host" else 0) + (6 / c.context if c.remat == "offload" else 0)
+    return state + act, host
+
+
+def test_search_skips_dominated_candidates_and_lists_only_fits_best_first():
+    compiled = []
+
+    def fake_plan_config(config, topology, mesh, *, hbm_gib=None, only=(), **kw):
+        d = dict(kv.split("=") for kv in mesh.split(","))
+        c = S.Candidate(int(d["data"]), int(d["fsdp"]), int(d["context"]), int(d["tensor"]), config.model.remat,
+                        config.mesh.opt_state_memory)
+        compiled.append(c)
+        peak, host = _fake_memory(c)
+        r = CompileReport("generator_gan", True, 1.0, argument_bytes=int(peak * GIB), measured=True,
+                          host_argument_bytes=int(host * GIB), step_flops=1e12, collective_bytes=0.0)
+        run = types.SimpleNamespace(batch_size=c.data * c.fsdp, mesh=None)
+        return run, Plan(reports=[r], hbm_bytes=int(hbm_gib * GIB), host_budget=int(100 * GIB))
+
+    config = load_config("configs/tiny.py")
+    outcomes = S.search(fake_plan_config, config, "v5e:2x2", 4, frames=5, height=32, width=32, hbm_gib=12.0,
+                        log=None)
+    fits, line = S.summary(outcomes, "v5e:2x2")
+    everything = S.candidates(4, 2, 64, ("offload", "full"), ("host", "device"))
+    expected = [c for c in everything if _fake_memory(c)[0] <= 12.0]
+    assert expected and len(expected) < len(everything)
+    # exactly the fitting candidates are listed, best first: fewest host bytes, then the largest batch
+    assert [o.candidate for o in fits] == sorted(expected, key=lambda c: (round(_fake_memory(c)[1] * 1024),
+                                                                          -c.data * c.fsdp))
+    assert all(o.fits == (o.candidate in expected) for o in outcomes if o.status != "skipped")
+    # a skipped candidate really needed more than the budget, and skipping saved compiles
+    skipped = [o.candidate for o in outcomes if o.status == "skipped"]
+    assert skipped and all(_fake_memory(c)[0] > 12.0 for c in skipped)
+    assert len(compiled) == len(everything) - len(skipped)
+    assert line.startswith(f"{len(expected)} of {len(everything)} candidates fit")
+
+    # nothing fits: one line names the closest refused candidate and its shortfall
+    outcomes = S.search(fake_plan_config, config, "v5e:2x2", 4, frames=5, height=32, width=32, hbm_gib=1.0,
+                        log=None)
+    fits, line = S.summary(outcomes, "v5e:2x2")
+    best = min(everything, key=lambda c: _fake_memory(c)[0])
+    assert not fits and best.describe() in line
+    assert f"{_fake_memory(best)[0] - 1.0:.2f} GiB over" in line
+    assert sum(o.status != "skipped" for o in outcomes) == 1  # the least-memory candidate refused: all others skip
+
+
+def test_bound_is_the_largest_part_and_names_it():
+    chip = CHIPS["v5p"]
+    b = step_bound(chip, flops=459e12, hbm_bytes=2765e9 * 0.5, ici_bytes=1200e9 * 2, host_bytes=0.0)
+    assert (b.compute, b.hbm, b.ici, b.host) == pytest.approx((1.0, 0.5, 2.0, 0.0))
+    assert b.seconds == pytest.approx(2.0) and b.limit == "ICI"
+    assert step_bound(chip, flops=459e13, hbm_bytes=0, ici_bytes=0, host_bytes=32e9).limit == "compute"
+
+
+libtpu = pytest.importorskip("libtpu", reason="TPU compile tests need libtpu") if not os.environ.get("CI") else None
+
+
+def _tpu_mesh(spec):
+    from vdot_jax.parallel.mesh import make_mesh, topology_devices
+
+    return make_mesh(spec, None, topology_devices("v5e:2x2"))
+
+
+def test_collective_and_host_bytes_of_compiled_tpu_programs_count_every_loop_trip():
+    from vdot_jax.parallel.hlo_cost import hlo_cost
+
+    mesh = _tpu_mesh("fsdp=4")
+    layers, d = 7, 256
+
+    def scan_gather(w, x):  # one all-gather of a [d, d] bf16 layer per step of a 7-step scan
+        def body(c, wl):
+            wl = jax.lax.with_sharding_constraint(wl, NamedSharding(mesh, P(None, None)))
+            return jnp.tanh(c @ wl), None
+        return jax.lax.scan(body, x, w)[0]
+
+    w = jax.ShapeDtypeStruct((layers, d, d), jnp.bfloat16, sharding=NamedSharding(mesh, P(None, "fsdp", None)))
+    x = jax.ShapeDtypeStruct((8, d), jnp.bfloat16, sharding=NamedSharding(mesh, P()))
+    cost = hlo_cost(jax.jit(scan_gather).lower(w, x).compile().as_text())
+    assert cost.by_op["all-gather"] == layers * d * d * 2 and cost.collective_bytes == layers * d * d * 2
+    assert cost.host_transfer_bytes == 0 and cost.unknown_loops == 0
+
+    host = NamedSharding(mesh, P("fsdp"), memory_kind="pinned_host")
+    dev = NamedSharding(mesh, P("fsdp"))
+
+    def update(m, g):  # moments in host memory: in once, out once
+        return jax.device_put(jax.device_put(m, dev) * 0.9 + g, host)
+
+    m = jax.ShapeDtypeStruct((1024, 256), jnp.float32, sharding=host)
+    g = jax.ShapeDtypeStruct((1024, 256), jnp.float32, sharding=dev)
+    cost = hlo_cost(jax.jit(update, out_shardings=host).lower(m, g).compile().as_text())
+    assert cost.host_transfer_bytes == 2 * 1024 * 256 * 4 / 4 and cost.collective_bytes == 0
+
+
+@pytest.mark.slow
+def test_plan_search_on_a_tiny_topology_lists_the_fitting_meshes_best_first():
+    """The real command on the tiny model (v5e:2x2, the batched sampler only, every candidate compiled): with a
+    budget between the meshes' peaks (measured 2026-12-06: fsdp=4 0.01082 GiB, fsdp=2,context=2 0.01025, the
+    other five 0.0055-0.0078), exactly the five under it are listed, batch 4 first, and the two over it are
+    refused."""
+    cmd = [sys.executable, "-m", "vdot_jax.cli", "plan", "--config", "configs/tiny.py", "--topology", "v5e:2x2",
+           "--frames", "5", "--height", "32", "--width", "32", "--config.data.batch_size=0",
+           "--programs", "student_denoise_batch", "--vary", "none", "--compile-all", "--hbm-gib", "0.0100"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""),
+                          timeout=1800)
+    out = done.stdout
+    assert done.returncode == 0 and "5 of 7 candidates fit v5e:2x2 (7 compiled" in out, out + done.stderr
+    listed = [line.split(" (--mesh")[0].split(" ", 1)[1].split(" remat")[0] for line in out.splitlines()
+              if line.startswith("#")]
+    refused = [line.split("] ", 1)[1].split(" remat")[0] for line in out.splitlines() if "refused (memory)" in line]
+    assert listed == ["data=2,fsdp=2", "data=4", "fsdp=2,tensor=2", "data=2,context=2", "data=2,tensor=2"], out
+    assert sorted(refused) == ["fsdp=2,context=2", "fsdp=4"], out
+
+
+def test_batched_sampler_is_data_x_fsdp_videos_of_four_forwards():
+    """student_denoise_batch holds data x fsdp videos, each sharded by its batch row: FLOPs per chip are 4 steps
+    x videos x one forward / chips (a one-video program would count a quarter of that here)."""
+    from flax import nnx
+
+    from vdot_jax.parallel.flops import matmul_flops
+    from vdot_jax.parallel.mesh import make_mesh
+    from vdot_jax.train.loop import build
+    from vdot_jax.train.plan import BATCH_SAMPLER, latent_grid, programs, step_flops
+
+    c = load_config("configs/tiny.py")
+    c.model.attention = "xla"
+    run = build(c, make_mesh("data=2,fsdp=2", None, jax.devices()[:4]))
+    (_, _, args), = [p for p in programs(run, 5, 32, 32) if p[0] == BATCH_SAMPLER]
+    assert args[1].shape[0] == 4 and args[1].sharding.spec[0] == ("data", "fsdp")  # one video per chip
+    a = run.arch
+    f, h, w = latent_grid(c, 5, 32, 32)
+    one = matmul_flops(jax.jit(lambda p, *x: nnx.merge(run.trainer.gen_def, p)(*x)).trace(
+        run.abstract_state.generator, jnp.zeros((1, a.in_channels, f, h, w)), jnp.full((1,), 500.0),
+        jnp.zeros((1, int(c.data.toy.text_len), a.text_dim)), jnp.zeros((1, a.vace_in_channels, f, h, w))).jaxpr)
+    assert step_flops(run, 5, 32, 32, only=(BATCH_SAMPLER,))[BATCH_SAMPLER] == pytest.approx(4 * 4 * one.global_ / 4)

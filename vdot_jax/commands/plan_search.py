@@ -1,0 +1,221 @@
+"""``vdot plan`` without ``--mesh``: which meshes of a topology fit, best first.
+
+Candidates are every (data, fsdp, context, tensor) whose product is the device count, with ``context x tensor``
+dividing the attention heads (Ulysses splits the heads a device holds over ``context``) and ``context``
+dividing the video tokens, times the memory levers ``model.remat`` (offload, full) and
+``mesh.opt_state_memory`` (host, device). Each candidate is compiled one program at a time, the largest first
+(generator_gan, critic_gan, ...), and stops at the first program that does not fit: a refusal for memory comes
+back after one compile.
+
+The search's memory model: a candidate needs at least the device memory of another when it keeps at least as
+much state per chip (``data`` at least as large: state is split over fsdp x context x tensor, replicated over
+data), at least as many tokens per chip (``context`` no larger) and at least as large an attention/MLP slice
+(``context x tensor`` no larger), with levers no stronger (offload < full remat; host < device optimizer
+state). Candidates are compiled in order of increasing memory by this model, and one that needs at least the
+memory of a candidate already refused for device memory is skipped without compiling (``skip=False``, ``vdot plan
+--compile-all``, compiles every candidate). The model holds where the state and the activations dominate the
+memory, as at real size; a tiny model's fixed buffers can break it (measured on the tiny config's batched sampler
+on v5e:2x2: fsdp=4 peaks at 0.0108 GiB, data=4 at 0.0055), so there a skip can miss a mesh that fits. Those that fit are
+ranked: fewest bytes in host memory per chip, then the largest global batch (the least redundant work per
+chip), then the smallest predicted training step time per video.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+from vdot_jax.train.plan import BATCH_SAMPLER, Plan, phase_names, predicted
+
+# Lever values from the least device memory to the most; a config's other value (e.g. remat "none") is kept
+# as given and ranked by REMAT_RANK.
+LEVERS = {"remat": ("offload", "full"), "opt_state_memory": ("host", "device")}
+REMAT_RANK = {"offload": 0, "full": 1, "dots": 2, "dots_no_batch": 2, "none": 3}
+OPT_RANK = {"host": 0, "device": 1}
+# Largest per-chip peak first (docs/scaling.md's compiled tables), so a refusal for memory comes first.
+PRIORITY = ("generator_gan", "critic_gan", "generator_dmd_ot", "critic_flow", "flow", BATCH_SAMPLER,
+            "teacher_denoise_cfg", "student_denoise_4")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    data: int
+    fsdp: int
+    context: int
+    tensor: int
+    remat: str
+    opt_state_memory: str
+
+    @property
+    def mesh(self) -> str:
+        return f"data={self.data},fsdp={self.fsdp},context={self.context},tensor={self.tensor}"
+
+    def describe(self) -> str:
+        axes = ",".join(f"{a}={v}" for a, v in (("data", self.data), ("fsdp", self.fsdp), ("context", self.context),
+                                                ("tensor", self.tensor)) if v > 1) or "data=1"
+        return f"{axes} remat={self.remat} opt_state_memory={self.opt_state_memory}"
+
+    def pressure(self) -> tuple:
+        """Sort key: increasing device memory by the search's model."""
+        return (self.data, -self.context, -self.context * self.tensor, REMAT_RANK.get(self.remat, 1),
+                OPT_RANK.get(self.opt_state_memory, 1))
+
+    def needs_at_least(self, other: "Candidate") -> bool:
+        """By the search's memory model, this candidate needs at least the device memory of ``other``."""
+        return (self.data >= other.data and self.context <= other.context
+                and self.context * self.tensor <= other.context * other.tensor
+                and REMAT_RANK.get(self.remat, 1) >= REMAT_RANK.get(other.remat, 1)
+                and OPT_RANK.get(self.opt_state_memory, 1) >= OPT_RANK.get(other.opt_state_memory, 1))
+
+
+def candidates(devices: int, heads: int, tokens: int, remats, opt_memories) -> list[Candidate]:
+    """Every valid candidate, in compile order (least device memory first)."""
+    out = []
+    for data in _divisors(devices):
+        for fsdp in _divisors(devices // data):
+            for context in _divisors(devices // data // fsdp):
+                tensor = devices // data // fsdp // context
+                if heads % (context * tensor) or tokens % context:
+                    continue
+                out += [Candidate(data, fsdp, context, tensor, r, o) for r in remats for o in opt_memories]
+    return sorted(out, key=Candidate.pressure)
+
+
+def _gib(b: float) -> str:
+    """Bytes as GiB, with enough digits for a tiny model's sizes."""
+    g = b / 2**30
+    return f"{g:.2f}" if g >= 0.1 else f"{g:.4g}"
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+@dataclass
+class Outcome:
+    candidate: Candidate
+    plan: Plan | None = None
+    mesh: object = None  # the jax Mesh it was planned on
+    batch: int = 0  # global batch per micro-step
+    status: str = ""  # "fits", "refused (memory)", "refused (host)", "failed", "skipped"
+    reason: str = ""
+    shortfall: float | None = None  # bytes over the budget (memory refusals)
+    at_least: bool = False  # the shortfall counts the temporaries only (the compiler refused before the rest)
+    seconds: float = 0.0
+    per_video_bound: float | None = field(default=None)
+
+    @property
+    def fits(self) -> bool:
+        return self.status == "fits"
+
+    def host_bytes(self) -> int:
+        return max((r.host_bytes for r in self.plan.reports if r.measured), default=0) if self.plan else 0
+
+
+def _judge(out: Outcome, plan: Plan) -> None:
+    """Status, reason and shortfall of a candidate from its (possibly stopped) plan."""
+    out.plan = plan
+    for r in plan.reports:
+        if not r.ok and r.temp_bytes:  # the TPU compiler's refusal: only the temporaries are known
+            out.status, out.shortfall = "refused (memory)", r.temp_bytes - (plan.hbm_bytes or 0)
+            out.at_least = True
+            out.reason = (f"{r.name} asks {r.temp_bytes / 2**30:.2f} GiB of temporaries per chip (HBM "
+                          f"{plan.hbm_bytes / 2**30:.4g} GiB), before its arguments")
+            return
+        if not r.ok:
+            out.status, out.reason = "failed", f"{r.name} did not compile: {r.error}"
+            return
+        if plan.hbm_bytes and r.measured and r.peak_bytes > plan.hbm_bytes:
+            out.status, out.shortfall = "refused (memory)", r.peak_bytes - plan.hbm_bytes
+            out.reason = f"{r.name} peaks at {_gib(r.peak_bytes)} GiB per chip, budget {_gib(plan.hbm_bytes)} GiB"
+            return
+        if plan.host_budget and r.measured and r.host_bytes > plan.host_budget:
+            out.status, out.shortfall = "refused (host)", r.host_bytes - plan.host_budget
+            out.reason = (f"{r.name} keeps {r.host_bytes / 2**30:.2f} GiB per chip in host memory, budget "
+                          f"{plan.host_budget / 2**30:.1f} GiB")
+            return
+    out.status = "fits"
+    top = max((r for r in plan.reports if r.measured), key=lambda r: r.peak_bytes, default=None)
+    if top is not None:
+        out.reason = f"largest peak {_gib(top.peak_bytes)} GiB per chip ({top.name})"
+
+
+def rank_key(out: Outcome) -> tuple:
+    """Best first: fewest host bytes per chip, largest global batch, smallest predicted step time per video."""
+    return (round(out.host_bytes() / 2**20), -out.batch,
+            out.per_video_bound if out.per_video_bound is not None else float("inf"))
+
+
+def search(plan_config, config, topology: str, devices: int, *, frames: int, height: int, width: int,
+           model: str | None = None, hbm_gib: float | None = None, only: tuple[str, ...] = (),
+           vary: tuple[str, ...] = tuple(LEVERS), skip: bool = True, log=print) -> list[Outcome]:
+    """Plan every candidate mesh of ``topology`` (``devices`` chips) as far as needed (see the module docstring)
+    with ``plan_config`` (``commands.plan.plan_config``); returns the outcomes in compile order."""
+    from vdot_jax.errors import VdotError
+    from vdot_jax.sources import model_arch
+    from vdot_jax.train.config import ConfigError
+    from vdot_jax.train.plan import latent_grid
+
+    probe = copy.deepcopy(config)
+    if model:
+        probe.model.teacher, probe.model.generator, probe.model.preset = "", "", model
+    arch = model_arch(probe)
+    f, h, w = latent_grid(config, frames, height, width)
+    pt, ph, pw = arch.patch_size
+    tokens = (f // pt) * (h // ph) * (w // pw)
+    remats = LEVERS["remat"] if "remat" in vary else (str(config.model.remat),)
+    opts = LEVERS["opt_state_memory"] if "opt_state_memory" in vary else (str(config.mesh.opt_state_memory),)
+    cands = candidates(devices, arch.num_heads, tokens, remats, opts)
+    order = only or tuple(p for p in PRIORITY if p in phase_names(config) + (BATCH_SAMPLER, "teacher_denoise_cfg",
+                                                                             "student_denoise_4"))
+    if log:
+        log(f"search: {len(cands)} candidates on {topology} ({devices} devices; {arch.num_heads} heads, {tokens} "
+            f"video tokens; remat {'/'.join(remats)}, opt_state_memory {'/'.join(opts)}); each compiles "
+            f"{', '.join(order)} in that order and stops at the first that does not fit")
+    outcomes: list[Outcome] = []
+    for i, cand in enumerate(cands, 1):
+        t0 = time.time()
+        out = Outcome(cand)
+        outcomes.append(out)
+        worse = next((o.candidate for o in outcomes[:-1]
+                      if skip and o.status == "refused (memory)" and cand.needs_at_least(o.candidate)), None)
+        if worse is not None:
+            out.status, out.reason = "skipped", f"needs at least the memory of refused {worse.describe()}"
+        else:
+            cfg = copy.deepcopy(config)
+            cfg.model.remat, cfg.mesh.opt_state_memory = cand.remat, cand.opt_state_memory
+            try:
+                run, plan = plan_config(cfg, topology, cand.mesh, frames=frames, height=height, width=width,
+                                        model=model, log=None, only=order, hbm_gib=hbm_gib, stop_at_refusal=True)
+            except (ConfigError, VdotError, ValueError) as e:
+                out.status, out.reason = "failed", str(e).splitlines()[0][:300]
+            else:
+                out.batch, out.mesh = run.batch_size, run.mesh
+                _judge(out, plan)
+                if out.fits:
+                    bounds = [predicted(plan, r) for r in plan.reports if r.name in phase_names(cfg)]
+                    if bounds and all(b is not None for b in bounds):
+                        out.per_video_bound = sum(b.seconds for b in bounds) / max(out.batch, 1)
+        out.seconds = time.time() - t0
+        if log:
+            log(f"[{i}/{len(cands)}] {cand.describe()}: {out.status}"
+                f"{': ' + out.reason if out.reason else ''} ({out.seconds:.0f} s)")
+    return outcomes
+
+
+def summary(outcomes: list[Outcome], topology: str) -> tuple[list[Outcome], str]:
+    """(the fitting outcomes best first, one line on the search)."""
+    fits = sorted((o for o in outcomes if o.fits), key=rank_key)
+    compiled = sum(o.status != "skipped" for o in outcomes)
+    head = (f"{len(fits)} of {len(outcomes)} candidates fit {topology} ({compiled} compiled, "
+            f"{len(outcomes) - compiled} skipped as needing at least the memory of a refused one)")
+    if fits:
+        return fits, head
+    refused = [o for o in outcomes if o.shortfall is not None]
+    if not refused:
+        return fits, head + "; none was refused for memory (see the failures above)"
+    best = min(refused, key=lambda o: o.shortfall)
+    return fits, (head + f"; the closest, {best.candidate.describe()}, is {'at least ' if best.at_least else ''}"
+                  f"{_gib(best.shortfall)} GiB over: "
+                  f"{best.reason}")
