@@ -13,20 +13,28 @@ from vdot_jax.train import checkpoint as ckpt
 from vdot_jax.train.paths import WorkdirError, local_dir, workdir_path
 
 
+_FAKE_GCS = []  # one class for the process: etils/fsspec keep the file system instance of the first use
+
+
 @pytest.fixture
 def bucket():
     import fsspec
     from fsspec.implementations.memory import MemoryFileSystem
     from fsspec.registry import _registry
 
-    class FakeGCS(MemoryFileSystem):
-        protocol = ("gs", "gcs")
-        store: dict = {}
-        pseudo_dirs = [""]
+    if not _FAKE_GCS:
+        class FakeGCS(MemoryFileSystem):
+            protocol = ("gs", "gcs")
+            store: dict = {}
+            pseudo_dirs = [""]
 
+        _FAKE_GCS.append(FakeGCS)
+    fake = _FAKE_GCS[0]
+    fake.store.clear()  # each test starts with an empty bucket, whichever test used the class before
+    fake.pseudo_dirs[:] = [""]
     old = _registry.get("gcs")
-    fsspec.register_implementation("gcs", FakeGCS, clobber=True)
-    yield FakeGCS.store
+    fsspec.register_implementation("gcs", fake, clobber=True)
+    yield fake.store
     if old is None:
         _registry.pop("gcs", None)
     else:
