@@ -1,8 +1,8 @@
 """The stage-2 (distillation) step of VACE-14B on 4 GPUs at real size, sharded as on a v5p-8: memory and time of
 each phase, as JSON.
 
-    python bench/stage2_4gpu.py --out out/stage2_4gpu.json   # a machine with 4 GPUs (else: skipped)
-    python bench/stage2_4gpu.py --tiny                       # CPU smoke test: tiny model, 4 fake devices (fsdp=2,context=2)
+    python bench/stage2_4gpu.py --out out/stage2_4gpu.json   # 4 GPUs (else: skipped)
+    python bench/stage2_4gpu.py --tiny     # CPU smoke test: tiny model, 4 fake devices (fsdp=2,context=2)
 
 configs/wan14b_stage2_vace_v5p8.py's run (one video split over the 4 devices by sequence, ``context=4``; the
 train state split over all 4, ZeRO-3; AdamW moments in host memory; layer inputs offloaded; 3 micro-batches of
@@ -83,14 +83,21 @@ def main():
                     holder["state"], m = compiled(holder["state"], batch)
                     return m
 
-                row.update(time_fn(step, iters=args.iters))
+                try:  # the 14B programs do not fit 80 GB yet (docs/scaling.md): record the error and stop
+                    row.update(time_fn(step, iters=args.iters))
+                except Exception as e:  # noqa: BLE001
+                    first = (str(e).strip().splitlines() or [""])[0]
+                    row["error"] = f"{type(e).__name__}: {first[:300]}"
+                    rows[name] = row
+                    print(name, row, flush=True)
+                    break  # the donated state is gone
                 state = holder["state"]
                 stats = jax.local_devices()[0].memory_stats() or {}
                 row["peak_bytes_in_use"] = stats.get("peak_bytes_in_use")
             rows[name] = row
             print(name, row, flush=True)
-    write_json({"bench": "stage2_4gpu", "tiny": args.tiny, "mesh": dict(run.mesh.shape), "video": [frames, height, width],
-                "micro_batches": acc, **device_info(), "phases": rows}, args.out)
+    write_json({"bench": "stage2_4gpu", "tiny": args.tiny, "mesh": dict(run.mesh.shape),
+                "video": [frames, height, width], "micro_batches": acc, **device_info(), "phases": rows}, args.out)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ def test_streamed_update_equals_optax_chain_over_several_steps(clip_norm):
         params, opt = step(params, opt, grads)
         want, want_opt = oracle(tx, want, want_opt, grads)
     for (path, a), b in zip(jax.tree_util.tree_flatten_with_path((params, opt))[0], jax.tree.leaves((want, want_opt))):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7,
+                                   err_msg=jax.tree_util.keystr(path))
     assert int(opt[1][0].count) == 3
 
 
@@ -90,7 +91,8 @@ def test_micro_batch_gradients_in_the_compute_dtype_equal_float32_ones():
     np.testing.assert_allclose(float(loss16), float(loss32), rtol=1e-6)
     for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(g16)[0], jax.tree.leaves(g32)):
         assert a.dtype == jnp.float32
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7,
+                                   err_msg=jax.tree_util.keystr(path))
 
 
 def test_optimizer_state_is_created_in_its_memory():

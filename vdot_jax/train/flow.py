@@ -87,7 +87,8 @@ class FlowTrainer:
         ema = (init_in_place(lambda t: jax.tree.map(jnp.copy, t), params, sh("ema"))
                if self.config.flow.ema_decay > 0 else None)
         return FlowState(step=jnp.zeros((), jnp.int32), params=params,
-                         opt=init_in_place(self.tx.init, params, sh("opt")), ema=ema, rng=jax.random.key_data(jax.random.key(seed)), skipped=jnp.zeros((), jnp.int32))
+                         opt=init_in_place(self.tx.init, params, sh("opt")), ema=ema,
+                         rng=jax.random.key_data(jax.random.key(seed)), skipped=jnp.zeros((), jnp.int32))
 
     def model(self, state: FlowState, ema: bool = False) -> WanModel:
         return nnx.merge(self.model_def, state.ema if ema and state.ema is not None else state.params)

@@ -16,6 +16,10 @@ pinned memory between steps (their shardings say ``memory_kind="pinned_host"``):
 device only after the gradients are accumulated, so they never share HBM with the activations, and sends the
 new values back. The values are those of the device placement.
 
+``grad_dtype`` (``config.mesh.grad_dtype = "compute"``): each micro-batch's gradient of the layer kernels is held
+in the model's compute dtype and added into the float32 accumulator (``accumulate_gradients`` says why the values
+are those of float32 gradients on one device).
+
 The optimizer is ``clipped_adamw`` (``optax.chain(clip_by_global_norm, adamw)``, its state and checkpoints
 unchanged). Its update is streamed over the stacked layer axis: for the leaves of the layer stacks (``blocks``,
 ``vace_blocks``: a leading layer axis) a loop over the layers brings one layer's gradient, parameters and moments
@@ -59,7 +63,8 @@ def compute_copy(params, dtype):
         params)
 
 
-def accumulate_gradients(loss_fn: LossFn, params, batch, key: jax.Array, grad_dtype=None) -> tuple[jax.Array, dict, Any]:
+def accumulate_gradients(loss_fn: LossFn, params, batch, key: jax.Array,
+                         grad_dtype=None) -> tuple[jax.Array, dict, Any]:
     """(loss, metrics, grads), each the mean over the micro-batches of ``batch``. The gradient accumulator is
     the scan's carry (in the parameters' dtype): a sharding constraint on it (or on ``grads``) belongs here.
 
@@ -199,7 +204,8 @@ def _streamed_update(tx: ClippedTransform, grads, opt_state, params, finite, g_n
                  for mk, yk in zip(m, m_i)]
             return p, m
 
-        p, m = jax.lax.fori_loop(0, layers, body, ([p_leaves[j] for j in idx], [[mk[j] for j in idx] for mk in moments]))
+        init = ([p_leaves[j] for j in idx], [[mk[j] for j in idx] for mk in moments])
+        p, m = jax.lax.fori_loop(0, layers, body, init)
         for n, j in enumerate(idx):
             new_p[j] = p[n]
             for k in range(len(moments)):
