@@ -11,6 +11,8 @@ each (so a cut-off run keeps what finished):
 3. ``student``      the 4-step student pipeline end to end (text, conditions, denoise, decode), no teacher
 4. ``batch``        the batched sampler (``vdot generate --batch``): videos/s at 1 and 4 videos per call
 5. ``generator``    one generator phase (generator_dmd_ot) and the OT term's share of it
+6. ``stage2_4gpu``  the VACE-14B stage-2 step at real size on 4 GPUs, sharded as configs/wan14b_stage2_vace_v5p8.py
+                    (memory and time per phase); records ``"skipped": "needs 4 GPUs"`` on fewer
 
 The GPU image lacks some wheels; ``WHEELS`` lists them (``--wheels`` prints the pip download command). Carry
 them in ``.whl/`` (downloaded with the command ``--wheels`` prints) and install with
@@ -42,6 +44,8 @@ SECTIONS = [
                                                                              "--batch-calls", "1"], 90),
     ("generator", "train_step.py", ["--phases", "generator_dmd_ot", "--iters", "2"], ["--tiny", "--phases",
                                                                                       "generator_dmd_ot"], 90),
+    ("stage2_4gpu", "stage2_4gpu.py", ["--iters", "2"], ["--tiny", "--iters", "1", "--phases",
+                                                          "critic_flow,generator_gan"], 300),
 ]
 
 

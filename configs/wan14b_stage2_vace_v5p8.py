@@ -21,4 +21,5 @@ def get_config():
     c.gan.taps = ()  # release taps for 40 layers: blocks 23, 31, 39
     c.model.remat = "offload"
     c.mesh.opt_state_memory = "host"
+    c.mesh.grad_dtype = "compute"  # one fp32 gradient buffer, not two (docs/scaling.md)
     return c

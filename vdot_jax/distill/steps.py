@@ -27,7 +27,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 from flax import nnx
 
 from vdot_jax.distill import losses
@@ -37,7 +36,9 @@ from vdot_jax.distill.ot import ot_direction, ot_loss
 from vdot_jax.distill.timesteps import (add_noise, rollout, sample_gan_timesteps,
                                         sample_loss_timesteps, student_schedule, x0_from_velocity)
 from vdot_jax.models.wan import WanModel
-from vdot_jax.train.update import StepPrograms, ema_update, state_in_host, update
+from vdot_jax.train.update import (ClippedTransform, StepPrograms, clipped_adamw, ema_update, init_in_place,
+                                   micro_grad_dtype,
+                                   state_in_host, update)
 
 PHASES = ("critic_flow", "critic_gan", "generator_dmd_ot", "generator_gan")
 _EXIT_TAG = len(PHASES)  # fold_in tag of the per-step exit index (after the phases' own tags)
@@ -86,6 +87,7 @@ class Distiller:
         self.gen_def, _ = nnx.split(generator)
         self.critic_def, _ = nnx.split(critic)
         self.teacher_def, _ = nnx.split(teacher)
+        self._runtimes = {"generator": generator.runtime, "critic": critic.model.runtime}  # read at trace time
         check_distill(config)
         self.schedule = student_schedule(config.schedule, config.student_shift)
         self.ot = ot_config(config)
@@ -97,15 +99,14 @@ class Distiller:
         self.trace_counts: collections.Counter = collections.Counter()
         self._programs = StepPrograms()
 
-    def _optimizer(self, lr: float) -> optax.GradientTransformation:
+    def _optimizer(self, lr: float) -> ClippedTransform:
         o = self.config.optim
-        return optax.chain(optax.clip_by_global_norm(o.clip_norm),
-                           optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
+        return clipped_adamw(lr, o.clip_norm, o.b1, o.b2, o.weight_decay)
 
     # ---------------------------------------------------------------- state
 
     def init_state(self, generator: WanModel, critic: Critic, teacher: WanModel, seed: int = 0,
-                   consume: bool = False, loss_weights: dict | None = None) -> TrainState:
+                   consume: bool = False, loss_weights: dict | None = None, shardings=None) -> TrainState:
         """The initial state. The phases donate the state's buffers, so unless ``consume`` is set the
         parameters are copied and the models stay usable (at the cost of one extra copy in memory).
 
@@ -118,10 +119,13 @@ class Distiller:
         teach = own(nnx.state(teacher))
         if self.config.teacher_dtype:
             teach = jax.tree.map(lambda a: a.astype(self.config.teacher_dtype), teach)
-        ema = jax.tree.map(jnp.copy, gen) if self.config.ema.decay > 0 else None
+        sh = lambda field: None if shardings is None else getattr(shardings, field)  # noqa: E731
+        ema = (init_in_place(lambda t: jax.tree.map(jnp.copy, t), gen, sh("ema"))
+               if self.config.ema.decay > 0 else None)
         return TrainState(
             step=jnp.zeros((), jnp.int32), generator=gen, critic=crit, teacher=teach,
-            generator_opt=self.gen_tx.init(gen), critic_opt=self.critic_tx.init(crit), ema=ema,
+            generator_opt=init_in_place(self.gen_tx.init, gen, sh("generator_opt")),
+            critic_opt=init_in_place(self.critic_tx.init, crit, sh("critic_opt")), ema=ema,
             rng=jax.random.key_data(jax.random.key(seed)), skipped=jnp.zeros((), jnp.int32),
             loss_weights=self._loss_weights(loss_weights),
         )
@@ -288,7 +292,7 @@ class Distiller:
             exit_i = exit_index(state.rng, state.step, self.schedule.steps)
             new_params, new_opt, finite, metrics = update(
                 lambda p, b, k: loss_fn(p, state, b, k, exit_i), tx, params, opt_state, self._layout(batch), key,
-                in_host=host)
+                in_host=host, grad_dtype=micro_grad_dtype(self.config, self._runtimes[name.split("_")[0]]))
             metrics = {**metrics, "exit_index": exit_i.astype(jnp.float32)}
             skipped = state.skipped + (~finite).astype(jnp.int32)
             if is_gen:

@@ -140,6 +140,10 @@ def base_config() -> ml_collections.ConfigDict:
     # where the AdamW moments and the EMA live between steps: "device" (HBM) or "host" (pinned host memory; the
     # update moves them in after the backward and back out; docs/scaling.md)
     mesh.opt_state_memory = "device"
+    # dtype of one micro-batch's gradient of the layer kernels before it is added to the float32 accumulator:
+    # "float32", or "compute" (the model's compute dtype, bf16 on accelerators: one float32 gradient buffer
+    # instead of two; train/update.py says why the values are those of float32 on one device; docs/scaling.md)
+    mesh.grad_dtype = "float32"
 
     tr = c.train = ml_collections.ConfigDict()
     tr.steps = 1500  # release stage 1: 1,500 steps (stage 2: 1,200)
@@ -496,6 +500,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.mesh.get("opt_state_memory", "device") not in ("device", "host"):
         raise ConfigError(f"config.mesh.opt_state_memory must be 'device' or 'host', got "
                           f"{config.mesh.opt_state_memory!r}.")
+    if config.mesh.get("grad_dtype", "float32") not in ("float32", "compute"):
+        raise ConfigError(f"config.mesh.grad_dtype must be 'float32' or 'compute', got {config.mesh.grad_dtype!r}.")
     if config.train.checkpoint_every < 1:
         raise ConfigError("config.train.checkpoint_every must be >= 1.")
     if config.train.keep < 1:

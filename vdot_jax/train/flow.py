@@ -30,7 +30,8 @@ from flax import nnx
 from vdot_jax.distill.losses import flow_loss
 from vdot_jax.distill.timesteps import add_noise, sample_shifted
 from vdot_jax.models.wan import WanModel
-from vdot_jax.train.update import StepPrograms, ema_update, state_in_host, update
+from vdot_jax.train.update import (StepPrograms, clipped_adamw, ema_update, init_in_place, micro_grad_dtype,
+                                   state_in_host, update)
 
 PHASES = ("flow",)
 
@@ -67,23 +68,26 @@ class FlowTrainer:
     def __init__(self, model: WanModel, config: ml_collections.ConfigDict):
         self.config = config
         self.model_def, _ = nnx.split(model)
+        self._runtime = model.runtime  # read at trace time
         f = config.flow
         self.schedule = learning_rate(config)
-        self.tx = optax.chain(optax.clip_by_global_norm(f.clip_norm),
-                              optax.adamw(self.schedule, b1=f.b1, b2=f.b2, weight_decay=f.weight_decay))
+        self.tx = clipped_adamw(self.schedule, f.clip_norm, f.b1, f.b2, f.weight_decay)
         self.trace_counts: collections.Counter = collections.Counter()
         self._programs = StepPrograms()
 
     def phases(self, step: int) -> tuple[str, ...]:
         return PHASES
 
-    def init_state(self, model: WanModel, seed: int = 0, consume: bool = False) -> FlowState:
+    def init_state(self, model: WanModel, seed: int = 0, consume: bool = False, shardings=None) -> FlowState:
         params = nnx.state(model)
         if not consume:
             params = jax.tree.map(jnp.copy, params)
         params = jax.tree.map(lambda a: a.astype(jnp.float32), params)
-        ema = jax.tree.map(jnp.copy, params) if self.config.flow.ema_decay > 0 else None
-        return FlowState(step=jnp.zeros((), jnp.int32), params=params, opt=self.tx.init(params), ema=ema,
+        sh = lambda field: None if shardings is None else getattr(shardings, field)  # noqa: E731
+        ema = (init_in_place(lambda t: jax.tree.map(jnp.copy, t), params, sh("ema"))
+               if self.config.flow.ema_decay > 0 else None)
+        return FlowState(step=jnp.zeros((), jnp.int32), params=params,
+                         opt=init_in_place(self.tx.init, params, sh("opt")), ema=ema,
                          rng=jax.random.key_data(jax.random.key(seed)), skipped=jnp.zeros((), jnp.int32))
 
     def model(self, state: FlowState, ema: bool = False) -> WanModel:
@@ -108,7 +112,8 @@ class FlowTrainer:
         self.trace_counts["flow"] += 1  # trace time only: counts compilations
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         host = state_in_host(self.config)
-        params, opt, finite, metrics = update(self._loss, self.tx, state.params, state.opt, batch, key, in_host=host)
+        params, opt, finite, metrics = update(self._loss, self.tx, state.params, state.opt, batch, key, in_host=host,
+                                              grad_dtype=micro_grad_dtype(self.config, self._runtime))
         f = self.config.flow
         ema = ema_update(state.ema, params, state.step, f.ema_start, f.ema_decay, in_host=host)
         metrics = {**metrics, "lr": jnp.asarray(self.schedule(state.step), jnp.float32)}

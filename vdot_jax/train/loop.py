@@ -231,7 +231,7 @@ def init_state(run: Run):
 
     if c.mode == "flow":
         model = teacher_model()
-        state = run.trainer.init_state(model, seed=int(c.seed), consume=True)
+        state = run.trainer.init_state(model, seed=int(c.seed), consume=True, shardings=run.state_sharding)
         return jax.device_put(state, run.state_sharding)
 
     teacher = teacher_model()
@@ -260,7 +260,8 @@ def init_state(run: Run):
                                          token_dim=g.token_dim, num_heads=g.num_heads,
                                          ffn_dim=g.get("ffn_dim", 13824), runtime=rt), mesh, rules)
     assign(critic.model, copy(t_flat))
-    state = run.trainer.init_state(generator, critic, teacher, seed=int(c.seed), consume=True)
+    state = run.trainer.init_state(generator, critic, teacher, seed=int(c.seed), consume=True,
+                                   shardings=run.state_sharding)
     return jax.device_put(state, run.state_sharding)
 
 

@@ -14,12 +14,23 @@ leaves parameters and optimizer state as they were (``finite`` says so; the call
 With ``in_host`` (``config.mesh.opt_state_memory = "host"``) the optimizer state and the EMA live in the host's
 pinned memory between steps (their shardings say ``memory_kind="pinned_host"``): the update brings them to the
 device only after the gradients are accumulated, so they never share HBM with the activations, and sends the
-new values back. The values are those of the device placement. XLA brings them in all at once (measured,
-docs/scaling.md): the update itself still holds them on the device.
+new values back. The values are those of the device placement.
+
+``grad_dtype`` (``config.mesh.grad_dtype = "compute"``): each micro-batch's gradient of the layer kernels is held
+in the model's compute dtype and added into the float32 accumulator (``accumulate_gradients`` says why the values
+are those of float32 gradients on one device).
+
+The optimizer is ``clipped_adamw`` (``optax.chain(clip_by_global_norm, adamw)``, its state and checkpoints
+unchanged). Its update is streamed over the stacked layer axis: for the leaves of the layer stacks (``blocks``,
+``vace_blocks``: a leading layer axis) a loop over the layers brings one layer's gradient, parameters and moments
+in (from host memory when ``in_host``), updates them and writes them back in place, so the moments never sit on
+the device together (measured, docs/scaling.md: without it XLA brought every moment in at once and held the
+update's temporaries for all of them). The global norm clip is computed once over the whole gradient first.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import jax
@@ -37,17 +48,41 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def accumulate_gradients(loss_fn: LossFn, params, batch, key: jax.Array) -> tuple[jax.Array, dict, Any]:
+def _is_layer_kernel(path) -> bool:
+    return _stacked(path) and any(getattr(k, "key", getattr(k, "name", None)) == "kernel" for k in path)
+
+
+def compute_copy(params, dtype):
+    """``params`` with the layer stacks' matmul kernels cast to ``dtype`` (the model's compute dtype), the rest
+    as they are. The models use these kernels only cast to the compute dtype (``models.layers.Dense``), so a
+    forward from this copy is the forward from ``params``; its gradient for them comes out in ``dtype``."""
+    if dtype is None:
+        return params
+    return jax.tree_util.tree_map_with_path(
+        lambda path, a: a.astype(dtype) if _is_layer_kernel(path) and jnp.issubdtype(a.dtype, jnp.floating) else a,
+        params)
+
+
+def accumulate_gradients(loss_fn: LossFn, params, batch, key: jax.Array,
+                         grad_dtype=None) -> tuple[jax.Array, dict, Any]:
     """(loss, metrics, grads), each the mean over the micro-batches of ``batch``. The gradient accumulator is
-    the scan's carry: a sharding constraint on it (or on ``grads``) belongs here."""
+    the scan's carry (in the parameters' dtype): a sharding constraint on it (or on ``grads``) belongs here.
+
+    ``grad_dtype`` (the model's compute dtype, e.g. bfloat16; None: off): each micro-batch's gradient of the
+    layer kernels is taken with respect to their ``compute_copy`` and so is held in that dtype, and added into
+    the float32 accumulator -- one float32 gradient buffer instead of two (docs/scaling.md). On one device the
+    values are those of float32 gradients: a kernel's gradient is a matmul of compute-dtype operands, already
+    rounded to that dtype before it was converted; across devices, the sum of the chips' partial gradients of
+    one layer is rounded to it too (the micro-batches are still summed in float32)."""
     accum = jax.tree.leaves(batch)[0].shape[0]
     keys = jax.random.split(key, accum)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    work = compute_copy(params, grad_dtype)
 
     def micro(carry, xs):
         b, k = xs
-        (loss, metrics), grads = grad_fn(params, b, k)
-        return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
+        (loss, metrics), grads = grad_fn(work, b, k)
+        return jax.tree.map(lambda c, x: c + x.astype(c.dtype), carry, (loss, metrics, grads)), None
 
     shapes = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda a: a[0], batch), keys[0]))
     zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[0][0], shapes[0][1], shapes[1]))
@@ -61,6 +96,14 @@ def state_in_host(config) -> bool:
     return mesh.get("opt_state_memory", "device") == "host"
 
 
+def micro_grad_dtype(config, runtime):
+    """The ``grad_dtype`` of ``accumulate_gradients`` for this run (``mesh.grad_dtype``) and model runtime."""
+    mesh = config.get("mesh") or {}
+    if mesh.get("grad_dtype", "float32") != "compute" or runtime.compute_dtype == jnp.float32:
+        return None
+    return runtime.compute_dtype
+
+
 def to_device(tree, in_host: bool):
     """``tree`` moved from host memory to the device's inside a jitted step (no-op unless ``in_host``)."""
     return jax.device_put(tree, jax.memory.Space.Device) if in_host and tree is not None else tree
@@ -70,21 +113,139 @@ def to_host(tree, in_host: bool):
     return jax.device_put(tree, jax.memory.Space.Host) if in_host and tree is not None else tree
 
 
-def update(loss_fn: LossFn, tx: optax.GradientTransformation, params, opt_state, batch, key: jax.Array,
-           in_host: bool = False):
+LAYER_STACKS = ("blocks", "vace_blocks")  # the models' stacked layers (models.layers.stack_layers): axis 0 = layer
+
+
+@dataclass(frozen=True)
+class ClippedTransform:
+    """``optax.chain(optax.clip_by_global_norm(clip_norm), inner)`` with ``inner`` elementwise per parameter
+    (AdamW: its moments have the parameters' tree, its counts are scalars): same ``init``, same state (so
+    checkpoints are unchanged) and same ``update``; ``update`` below streams ``inner`` over the layer axis."""
+
+    clip_norm: float
+    inner: optax.GradientTransformation
+
+    @property
+    def chain(self) -> optax.GradientTransformation:
+        return optax.chain(optax.clip_by_global_norm(self.clip_norm), self.inner)
+
+    def init(self, params):
+        return self.chain.init(params)
+
+    def update(self, grads, state, params=None):
+        return self.chain.update(grads, state, params)
+
+
+def clipped_adamw(lr, clip_norm: float, b1: float, b2: float, weight_decay: float) -> ClippedTransform:
+    """Every trainer's optimizer: global-norm clip, then AdamW."""
+    return ClippedTransform(clip_norm, optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay))
+
+
+def _stacked(path) -> bool:
+    return any(getattr(k, "key", getattr(k, "name", None)) in LAYER_STACKS for k in path)
+
+
+def _index(a, i):
+    return jax.lax.dynamic_index_in_dim(a, i, keepdims=False)
+
+
+def _streamed_update(tx: ClippedTransform, grads, opt_state, params, finite, g_norm, in_host: bool):
+    """(new params, new opt_state) of ``tx`` from ``grads``, equal to ``tx.update`` + ``apply_updates`` (and
+    unchanged where not ``finite``), computed one layer at a time for the leaves of the layer stacks."""
+    path_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    p_leaves = [leaf for _, leaf in path_leaves]
+    g_leaves = treedef.flatten_up_to(grads)
+    is_param_tree = lambda x: jax.tree.structure(x) == treedef  # noqa: E731 -- AdamW's mu and nu
+    clip_state, inner_state = opt_state
+    s_leaves, s_def = jax.tree.flatten(inner_state, is_leaf=is_param_tree)
+    tree_pos = [k for k, x in enumerate(s_leaves) if is_param_tree(x)]
+    s_leaves = [x if k in tree_pos else to_device(x, in_host) for k, x in enumerate(s_leaves)]  # the counts
+    moments = [treedef.flatten_up_to(s_leaves[k]) for k in tree_pos]  # [moment][leaf]
+    trigger = g_norm < tx.clip_norm
+    clip = lambda t: jax.lax.select(trigger, t, (t / g_norm.astype(t.dtype)) * tx.clip_norm)  # noqa: E731 -- optax's
+
+    def inner(idx, g, p, m):
+        """The inner update of the leaves ``idx`` (lists g, p, m[moment]): (new p, new m, new inner state)."""
+        leaves = list(s_leaves)
+        for k, mk in zip(tree_pos, m):
+            leaves[k] = mk
+        updates, new_state = tx.inner.update([clip(x) for x in g], s_def.unflatten(leaves), p)
+        new_p = [jnp.where(finite, (x + u).astype(x.dtype), x) for x, u in zip(p, updates)]
+        new_leaves = jax.tree.flatten(new_state, is_leaf=lambda x: isinstance(x, list))[0]
+        new_m = [[jnp.where(finite, a, b) for a, b in zip(new_leaves[k], mk)] for k, mk in zip(tree_pos, m)]
+        return new_p, new_m, new_leaves
+
+    groups: dict = {}
+    rest = []
+    for j, (path, leaf) in enumerate(path_leaves):
+        if _stacked(path) and leaf.ndim >= 1:
+            groups.setdefault(leaf.shape[0], []).append(j)
+        else:
+            rest.append(j)
+    new_p, new_m = list(p_leaves), [list(m) for m in moments]
+
+    # the leaves outside the stacks (embeddings, heads: small) at once; their call also gives the new counts
+    rest_p, rest_m, new_leaves = inner(rest, [g_leaves[j] for j in rest], [p_leaves[j] for j in rest],
+                                       [to_device([m[j] for j in rest], in_host) for m in moments])
+    for j, x in zip(rest, rest_p):
+        new_p[j] = x
+    for k, mk in enumerate(rest_m):
+        for j, x in zip(rest, to_host(mk, in_host)):
+            new_m[k][j] = x
+
+    for layers, idx in groups.items():
+        def body(i, carry, idx=idx):
+            p, m = carry
+            g_i = [_index(g_leaves[j], i) for j in idx]
+            m_i = [to_device([_index(x, i) for x in mk], in_host) for mk in m]
+            p_i, m_i, _ = inner(idx, g_i, [_index(x, i) for x in p], m_i)
+            p = [jax.lax.dynamic_update_index_in_dim(x, y, i, 0) for x, y in zip(p, p_i)]
+            m = [[jax.lax.dynamic_update_index_in_dim(x, y, i, 0) for x, y in zip(mk, to_host(yk, in_host))]
+                 for mk, yk in zip(m, m_i)]
+            return p, m
+
+        init = ([p_leaves[j] for j in idx], [[mk[j] for j in idx] for mk in moments])
+        p, m = jax.lax.fori_loop(0, layers, body, init)
+        for n, j in enumerate(idx):
+            new_p[j] = p[n]
+            for k in range(len(moments)):
+                new_m[k][j] = m[k][n]
+
+    out_leaves = [a if k in tree_pos else to_host(jnp.where(finite, a, b), in_host)
+                  for k, (a, b) in enumerate(zip(new_leaves, s_leaves))]
+    for k, mk in zip(tree_pos, new_m):
+        out_leaves[k] = treedef.unflatten(mk)
+    return treedef.unflatten(new_p), (clip_state, s_def.unflatten(out_leaves))
+
+
+def update(loss_fn: LossFn, tx, params, opt_state, batch, key: jax.Array, in_host: bool = False, grad_dtype=None):
     """One optimizer update from the accumulated gradient: (params, opt_state, finite, metrics). When the loss
     or a gradient is not finite, ``params`` and ``opt_state`` come back unchanged. ``metrics`` adds
     ``grad_norm`` (of the accumulated gradient) and ``finite`` (1.0 or 0.0) to the loss's own. ``in_host``:
-    ``opt_state`` arrives in host memory and goes back there."""
-    loss, metrics, grads = accumulate_gradients(loss_fn, params, batch, key)
-    opt_state = to_device(opt_state, in_host)
-    updates, new_opt = tx.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
+    ``opt_state`` arrives in host memory and goes back there. A ``ClippedTransform`` is streamed over the layers
+    (module docstring); any other optax transformation is applied to the whole tree at once. ``grad_dtype``: as
+    ``accumulate_gradients``'."""
+    loss, metrics, grads = accumulate_gradients(loss_fn, params, batch, key, grad_dtype)
     finite = jnp.isfinite(loss) & all_finite(grads)
-    new_params = tree_where(finite, new_params, params)
-    new_opt = to_host(tree_where(finite, new_opt, opt_state), in_host)
-    metrics = {**metrics, "grad_norm": optax.global_norm(grads), "finite": finite.astype(jnp.float32)}
+    g_norm = optax.global_norm(grads)
+    if isinstance(tx, ClippedTransform):
+        new_params, new_opt = _streamed_update(tx, grads, opt_state, params, finite, g_norm, in_host)
+    else:
+        opt_state = to_device(opt_state, in_host)
+        updates, new_opt = tx.update(grads, opt_state, params)
+        new_params = tree_where(finite, optax.apply_updates(params, updates), params)
+        new_opt = to_host(tree_where(finite, new_opt, opt_state), in_host)
+    metrics = {**metrics, "grad_norm": g_norm, "finite": finite.astype(jnp.float32)}
     return new_params, new_opt, finite, metrics
+
+
+def init_in_place(fn, tree, sharding=None):
+    """``fn(tree)`` (an optimizer's ``init``, an EMA's copy) created directly in ``sharding`` -- e.g. in host
+    memory with ``mesh.opt_state_memory=host`` -- rather than on the device first, so a state that fits the
+    chips only with its moments in host memory can start. None: ``fn(tree)`` where ``tree`` lives."""
+    if sharding is None:
+        return fn(tree)
+    return jax.jit(fn, out_shardings=sharding)(tree)
 
 
 def ema_update(ema, params, step: jax.Array, start: int, decay: float, in_host: bool = False):
