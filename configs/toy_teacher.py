@@ -6,6 +6,14 @@ Two stages (``get_config(stage)``, ``FILE.py:STAGE`` on the command line):
     vdot train --config configs/toy_teacher.py:continue --workdir runs/toy_teacher_2 --stop-after 750   # stage 2
     vdot export --ckpt runs/toy_teacher_2 --ema --format diffusers --transformer-only --out vdot_jax/assets/toy_teacher
 
+Stage 3 (``long``, issue 26): the shipped teacher trained on for 30,000 steps, across sessions. Its workdir is
+tracked in the repository (``teacher_run/``: the latest checkpoint, metrics, curve), so any session resumes it
+exactly and, at its end, stops it (SIGTERM saves) and commits the folder:
+
+    vdot convert --src vdot_jax/assets/toy_teacher --dst runs/toy_teacher_shipped --dtype float32   # its start
+    vdot train --config configs/toy_teacher.py:long --workdir teacher_run        # resumes at the saved step
+    vdot demo --probe-teacher teacher_run --out OUT      # 50 vs 4 steps on held-out clips (docs/demo/teacher_probe.*)
+
 Stage 2 starts from stage 1's EMA (``model.teacher = runs/toy_teacher`` with ``teacher_ema``; the stage-1 weights
 shipped before, converted with ``vdot convert --src <that folder> --dst D --dtype float32`` and given as
 ``--config.model.teacher=D``, are the same weights -- that is how the shipped run was made).

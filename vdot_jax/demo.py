@@ -804,7 +804,8 @@ def _draw_probes(out: Path, probes: dict) -> None:
     headers = dict((k, h) for k, h, _ in SUMMARY)
     lines = ["# The toy teacher over training: 50 vs 4 steps at the same CFG",
              "",
-             f"`vdot demo --probe-teacher PATH` on the {HOLDOUT_SEED}-seed held-out clips of `teacher_sweep.md`. "
+             f"`vdot demo --probe-teacher PATH` on the held-out clips of `teacher_sweep.md` (evaluation seed "
+             f"{HOLDOUT_SEED}), sampling noise seed 0. "
              "A metric is **bold** where the 50-step row is better than the 4-step row.",
              "",
              "| training step | sampler | " + " | ".join(headers[k] for k in PROBE_KEYS) + " |",
