@@ -59,6 +59,25 @@ def read_utf8(path, what: str, error: type = VdotError) -> str:
             from None
 
 
+def read_jsonl(path, what: str, error: type = VdotError) -> list[tuple[int, dict]]:
+    """The JSON objects of a JSON-lines file the user gave, with their 1-based line numbers (blank lines skipped);
+    a line that is not JSON or not an object is ``error`` naming the file and line."""
+    import json
+
+    out = []
+    for i, line in enumerate(read_utf8(path, what, error).splitlines()):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise error(f"{what} {path} line {i + 1} is not valid JSON ({e}).") from None
+        if not isinstance(obj, dict):
+            raise error(f"{what} {path} line {i + 1} is not a JSON object.")
+        out.append((i + 1, obj))
+    return out
+
+
 def read_json(path, what: str = "file", error: type = VdotError) -> dict:
     """A JSON object from ``path``, or ``error`` naming the file (truncated, not UTF-8, not an object)."""
     import json

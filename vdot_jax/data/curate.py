@@ -68,7 +68,7 @@ from typing import Callable
 import numpy as np
 
 from vdot_jax.data import video_io
-from vdot_jax.errors import VdotError, read_utf8
+from vdot_jax.errors import VdotError, read_jsonl, read_utf8
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v")
 REASONS = ("unreadable", "low_resolution", "too_short", "black", "static", "duplicate", "no_caption",
@@ -296,17 +296,11 @@ def drop_duplicates(clips: list[Clip], threshold: float) -> None:
 
 def _read_jsonl(path: Path, what: str) -> list[dict]:
     rows = []
-    for i, line in enumerate(read_utf8(path, what, CurateError).splitlines()):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError as e:
-            raise CurateError(f"{what} {path} line {i + 1} is not valid JSON ({e}).") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("video"), str) or not obj["video"].strip():
-            raise CurateError(f"{what} {path} line {i + 1} is not an object with a \"video\" path.")
+    for n, obj in read_jsonl(path, what, CurateError):
+        if not isinstance(obj.get("video"), str) or not obj["video"].strip():
+            raise CurateError(f"{what} {path} line {n} is not an object with a \"video\" path.")
         if obj.get("caption") is not None and not isinstance(obj["caption"], str):
-            raise CurateError(f"{what} {path} line {i + 1}: \"caption\" must be text.")
+            raise CurateError(f"{what} {path} line {n}: \"caption\" must be text.")
         rows.append(obj)
     return rows
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from etils import epath
 
-from vdot_jax.errors import VdotError, read_utf8
+from vdot_jax.errors import VdotError, read_jsonl, read_utf8
 
 COLUMNS = ("task", "src_video", "src_mask", "src_ref_images", "caption", "video", "boxes", "mask")
 ALIASES = {"subtask": "task", "prompt": "caption", "en_prompt": "caption", "gt_video": "video",
@@ -164,16 +164,7 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
     base = p.parent
     raws: list[dict] = []
     if p.suffix.lower() in (".jsonl", ".json"):
-        for i, line in enumerate(read_utf8(p, "manifest", ManifestError).splitlines()):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                raise ManifestError(f"manifest {p} line {i + 1} is not valid JSON ({e}).") from None
-            if not isinstance(obj, dict):
-                raise ManifestError(f"manifest {p} line {i + 1} is not a JSON object.")
-            raws.append(obj)
+        raws = [obj for _, obj in read_jsonl(p, "manifest", ManifestError)]
     elif p.suffix.lower() in (".csv", ".tsv"):
         text = read_utf8(p, "manifest", ManifestError)
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
