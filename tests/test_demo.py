@@ -35,6 +35,7 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == set(rows)
     assert metrics["student VDOT"]["nfe"] == 4
+    assert (out / "student" / "config.json").exists()  # the VDOT student for vdot ui (tests/test_ui.py serves one)
     assert metrics[t50]["nfe"] == plan.teacher_steps * (2 if plan.guidance != 1 else 1)
     assert metrics["real clips (reference)"]["all/fragmented"] == 0.0
     for row in rows:  # every measured number is finite, and every summary column was measured

@@ -222,6 +222,35 @@ def test_model_defaults_fill_the_advanced_settings(server):
     assert tuple(client.predict(TOY, api_name="/defaults")) == (8, 2.0, 6.0)  # the toy teacher's tuned settings
 
 
+def test_the_toy_student_of_vdot_demo_is_served_beside_the_teacher(tmp_path, capsys):
+    """What vdot demo writes as OUT/student (save_student) is offered with no --model, at the students' settings,
+    and sampled with its own weights (a student made of other weights than the teacher's generates other frames)."""
+    import jax
+    from flax import nnx
+
+    from vdot_jax.cli import main as vdot
+    from vdot_jax.demo import load_teacher, save_student
+    from vdot_jax.ui.backend import TOY_STUDENT, Server, Settings
+
+    graphdef, params = nnx.split(load_teacher())
+    other = jax.tree.map(lambda x: x * 0.5 if x.ndim == 2 else x, params)  # not the teacher's weights
+    student = save_student(tmp_path / "demo" / "student", graphdef, other)
+    server = Server(out_dir=str(tmp_path / "out"), toy_student=str(student))
+    assert server.choices == [TOY, TOY_STUDENT]
+    d = server.defaults(TOY_STUDENT)
+    assert (d["steps"], d["guide_scale"], d["shift"]) == (4, 1.0, 6.0)  # DemoPlan's student sampling
+    loaded = nnx.state(server.pipeline(TOY_STUDENT).transformer)
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(other)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    s = Settings(prompt="a red circle moving left", frames=5, height=32, width=32, steps=4, guide_scale=1.0,
+                 shift=6.0)
+    a, _, _ = server.generate(TOY_STUDENT, s)
+    b, _, _ = server.generate(TOY, s)
+    assert np.abs(read_video(a) - read_video(b)).mean() > 0.05  # frames in [-1, 1]
+    assert vdot(["ui", "--toy-student", str(tmp_path / "nowhere")]) == 2
+    assert "is not a student folder vdot demo wrote" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("task,generated", [
     # which pixels the model generates (mask white), [frame, row, column] of the 5 x 32 x 32 preview
     ("outpaint", (slice(None), slice(None), np.r_[0:5, 27:32])),  # expand 0,0,0.25,0.25: side borders

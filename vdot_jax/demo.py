@@ -519,6 +519,8 @@ def run_demo(out_dir: str | os.PathLike = "vdot_demo", quick: bool = False, plan
             (out / "histories.json").write_text(json.dumps(histories))
             (out / "timing.json").write_text(json.dumps(timer.marks))
         clips = clips or seed_clips  # the grid shows the first seed
+        if seed == plan.seed:  # the first seed's VDOT student, for vdot ui (the toy student beside the teacher)
+            save_student(out / STUDENT_DIR, graphdef, students["student VDOT"])
     means, sds = aggregate(runs)
     t0 = time.time()
     write_report(out, plan, means, sds if seeds > 1 else None, histories, clips, ev, timer, runs)
@@ -529,6 +531,22 @@ def run_demo(out_dir: str | os.PathLike = "vdot_demo", quick: bool = False, plan
         f"evaluation {timer.marks['evaluate']:.0f} s; "
         f"{seeds} seed(s){'' if seeds > 1 else ': margins are single-seed, see --seeds'})")
     return means
+
+
+STUDENT_DIR = "student"  # OUT/student: the VDOT student as a diffusers transformer folder, like the teacher's
+
+
+def save_student(path: Path, graphdef, params) -> Path:
+    """The student's weights as the shipped teacher's are stored (a diffusers transformer folder, float32); ``vdot ui``
+    serves it with the toy world's VAE and text encoder at the students' settings."""
+    from flax import nnx
+
+    from vdot_jax.weights.export import export_transformer
+    from vdot_jax.weights.params import flat_state
+
+    model = nnx.merge(graphdef, params)
+    export_transformer(flat_state(model), model.cfg, path, layout="diffusers", dtype="float32")
+    return path
 
 
 def rescore(out_dir: str | os.PathLike, log: Callable[[str], None] = _log) -> dict:

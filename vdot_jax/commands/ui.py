@@ -45,7 +45,12 @@ def run(args) -> None:
         annotators[task] = weights
     for m in args.model or []:  # a missing or wrong folder is one line now, not a failed request later
         sources.resolve(m, what="model directory")
-    server = Server(args.model, max_frames=args.max_frames, mesh=args.mesh, annotators=annotators)
+    student = args.toy_student or "vdot_demo/student"  # what `vdot demo` (default --out) writes
+    if args.toy_student and not os.path.isfile(os.path.join(args.toy_student, "config.json")):
+        raise UserError(f"--toy-student {args.toy_student} is not a student folder vdot demo wrote (OUT/student).")
+    student = student if not args.model and os.path.isfile(os.path.join(student, "config.json")) else None
+    server = Server(args.model, max_frames=args.max_frames, mesh=args.mesh, annotators=annotators,
+                    toy_student=student)
     print(f"[vdot ui] serving on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
     launch(server, host=args.host, port=args.port, share=args.share, max_file_size=args.max_file_size)
 
@@ -73,6 +78,9 @@ def register(sub) -> None:
     p.add_argument("--max-file-size", default="200mb", help="largest upload (default 200mb)")
     p.add_argument("--mesh", default=None,
                    help="device mesh for the transformer, as vdot generate --mesh: e.g. fsdp=4,context=2")
+    p.add_argument("--toy-student", default=None, metavar="DIR",
+                   help="without --model: also serve the toy student vdot demo distilled (OUT/student; default "
+                        "./vdot_demo/student when it exists)")
     p.add_argument("--annotator", action="append", default=None, metavar="TASK=WEIGHTS",
                    help="run an annotator on uploaded raw videos (repeatable; the annotators extra): depth=FOLDER "
                         "(Depth-Anything-V2, transformers layout), flow=FILE (torchvision RAFT), "

@@ -21,6 +21,7 @@ import numpy as np
 from vdot_jax.errors import VdotError
 
 TOY = "toy teacher (shipped)"
+TOY_STUDENT = "toy student (vdot demo)"  # OUT/student of a vdot demo run: ./vdot_demo/student by default
 EXTENSIONS = ("first_frame", "last_frame", "first_clip", "last_clip", "first_last_frame", "first_last_clip")
 # Made from a raw video by `vdot prepare` (model-free); inpaint and layout also take a drawn mask or a box there.
 PREPARED = ("gray", "edges", "frameref")
@@ -146,8 +147,9 @@ class ToyText:
             raise UIError(str(e)) from None
 
 
-def toy_pipeline(mesh=None):
-    """The shipped toy teacher with the toy world's own VAE and text encoder (as ``vdot demo`` samples it)."""
+def toy_pipeline(mesh=None, transformer=None):
+    """The shipped toy teacher (or the toy student at ``transformer``, a folder ``vdot demo`` wrote) with the toy
+    world's own VAE and text encoder (as ``vdot demo`` samples them)."""
     from vdot_jax.data.pipeline import toy_vae_config
     from vdot_jax.demo import TOY_WORLD, DemoPlan, data_config, load_teacher
     from vdot_jax.models.toy_vae import ToyVAE
@@ -156,7 +158,7 @@ def toy_pipeline(mesh=None):
 
     vae = ToyVAE(toy_vae_config(data_config(DemoPlan())))
     text = ToyText(TOY_WORLD["text_dim"], TOY_WORLD["text_len"], TOY_WORLD["text_seed"])
-    pipe = Pipeline(load_teacher(), vae, text, mesh=mesh)
+    pipe = Pipeline(load_teacher(transformer), vae, text, mesh=mesh)
     if pipe.mesh is not None and pipe.mesh.size > 1:  # as Pipeline.load shards a model directory's
         shard_model(pipe.transformer, pipe.mesh)
     pipe.sampling = {k: v for k, v in toy_defaults().items() if k in pipe.sampling}
@@ -172,13 +174,22 @@ def toy_defaults() -> dict:
                 guide_scale=plan.guidance, shift=plan.teacher_shift, prompt="a red circle moving left")
 
 
+def toy_student_defaults() -> dict:
+    """The toy student's settings: the demo's student sampling (4 steps, no CFG, its shift)."""
+    from vdot_jax.demo import DemoPlan
+
+    plan = DemoPlan()
+    return {**toy_defaults(), "steps": plan.student_steps, "guide_scale": 1.0, "shift": plan.student_shift}
+
+
 class Server:
     """One model in memory at a time (switching models frees the last one); requests run one by one (the page's
     queue has concurrency 1, and a lock guards against other callers)."""
 
     def __init__(self, models: list[str] | None = None, *, max_frames: int = 81, out_dir: str | None = None,
-                 log=None, mesh=None, annotators: dict | None = None):
+                 log=None, mesh=None, annotators: dict | None = None, toy_student: str | None = None):
         self.models = list(models or [])
+        self.toy_student = toy_student  # a vdot demo student folder, served beside the toy teacher (no --model)
         self.annotators = dict(annotators or {})  # {task: weights}: vdot ui --annotator, checked by commands/ui
         self.mesh = mesh  # as vdot generate --mesh: "fsdp=4,context=2" or a Mesh
         self.max_frames = int(max_frames)
@@ -191,7 +202,7 @@ class Server:
 
     @property
     def choices(self) -> list[str]:
-        return self.models or [TOY]
+        return self.models or ([TOY, TOY_STUDENT] if self.toy_student else [TOY])
 
     def defaults(self, model: str | None = None) -> dict:
         """The page's settings for ``model``: the toy's tuned ones, or what the model directory records (vdot
@@ -199,6 +210,8 @@ class Server:
         model = model or self.choices[0]
         if model == TOY:
             return toy_defaults()
+        if model == TOY_STUDENT:
+            return toy_student_defaults()
         if model not in self.choices:
             raise UIError(f"unknown model {model!r}; this server has {', '.join(self.choices)}.")
         from vdot_jax.sampling.pipeline import sampling_defaults
@@ -212,7 +225,10 @@ class Server:
             self._loaded = None  # free the previous model before loading the next
             from vdot_jax.sampling.pipeline import Pipeline
 
-            pipe = toy_pipeline(self.mesh) if model == TOY else Pipeline.load(model, mesh=self.mesh, log=self.log)
+            if model in (TOY, TOY_STUDENT):
+                pipe = toy_pipeline(self.mesh, self.toy_student if model == TOY_STUDENT else None)
+            else:
+                pipe = Pipeline.load(model, mesh=self.mesh, log=self.log)
             self._loaded = (model, pipe)
         return self._loaded[1]
 
@@ -378,7 +394,7 @@ def command(model: str, s: Settings, src_video=None, src_mask=None, ref_images=N
                                                            if task in ("inpaint", "frameref") else [])
         prep_task = "inpaint" if s.task == "track" else (s.task if annotated else task)
         task = None
-    args = ["vdot", "generate", "--model", "MODEL_DIR" if model == TOY else model] + (
+    args = ["vdot", "generate", "--model", "MODEL_DIR" if model in (TOY, TOY_STUDENT) else model] + (
         ["--task", task] if task else []) + [
             "--prompt", s.prompt, "--frames", s.frames, "--height", s.height, "--width", s.width,
             "--steps", s.steps, "--guide-scale", f"{s.guide_scale:g}", "--shift", f"{s.shift:g}", "--seed", s.seed]
@@ -401,6 +417,6 @@ def command(model: str, s: Settings, src_video=None, src_mask=None, ref_images=N
     if prep:
         line = shlex.join(str(a) for a in _prepare_line(prep_task, s, src_video, drawn, box,
                                                         s.task if annotated else None)) + " && " + line
-    if model == TOY:  # vdot generate takes converted models; the toy teacher needs the toy world's encoders
-        line += "  # with a converted model directory; the toy teacher runs in vdot demo and vdot ui"
+    if model in (TOY, TOY_STUDENT):  # vdot generate takes converted models; the toy ones need the toy encoders
+        line += "  # with a converted model directory; the toy teacher and student run in vdot demo and vdot ui"
     return line
