@@ -392,7 +392,6 @@ def command(model: str, s: Settings, src_video=None, src_mask=None, ref_images=N
     if prep:  # prepare's files follow the release's conventions: no --task
         files = ["--src-video", "prep/src_video.mp4"] + (["--src-mask", "prep/src_mask.mp4"]
                                                            if task in ("inpaint", "frameref") else [])
-        prep_task = "inpaint" if s.task == "track" else (s.task if annotated else task)
         task = None
     args = ["vdot", "generate", "--model", "MODEL_DIR" if model in (TOY, TOY_STUDENT) else model] + (
         ["--task", task] if task else []) + [
