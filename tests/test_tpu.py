@@ -157,11 +157,25 @@ def test_cudnn_lowers_for_cuda_inside_shard_map():
     assert kernels_outside_shard_map(text)  # without the dispatch the check fails
 
 
+def test_cudnn_training_lowers_for_the_shapes_cudnn_refuses():
+    """The GAN head's one-token query and odd key lengths (cuDNN's backward refuses odd lengths: padded and masked
+    by length) keep cuDNN; a head dim cuDNN refuses (the tiny models' 4) runs in XLA. Without the dispatch the
+    gradient's lowering raises NotImplementedError for each of these shapes."""
+    for sq, skv, d, kernels in [(1, 256, 64, True), (3, 255, 64, True), (4, 256, 4, False)]:
+        q = jax.ShapeDtypeStruct((2, sq, 8, d), jnp.float32)
+        kv = jax.ShapeDtypeStruct((2, skv, 8, d), jnp.float32)
+        grad = jax.grad(lambda q, k, v: A.attention(q, k, v, "cudnn").sum(), argnums=(0, 1, 2))
+        with activate(make_mesh("data=1", devices=jax.devices()[:1])), cuda_lowering():
+            text = jax.jit(grad).trace(q, kv, kv).lower(lowering_platforms=("cuda",)).as_text()
+        assert bool(kernel_calls(text)) == kernels, (sq, skv, d)
+
+
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="runs cuDNN attention; needs a GPU")
 def test_cudnn_on_gpu_equals_xla():
-    q, k, v = _qkv(2, 300, 77)
-    out = np.asarray(jax.jit(lambda q, k, v: A.attention(q, k, v, "cudnn"))(q, k, v))
-    np.testing.assert_allclose(out, _xla(q, k, v), atol=2e-2)
+    for sq, skv in [(300, 77), (1, 300), (1, 77)]:  # odd lengths go through the padded, length-masked call
+        q, k, v = _qkv(2, sq, skv)
+        out = np.asarray(jax.jit(lambda q, k, v: A.attention(q, k, v, "cudnn"))(q, k, v))
+        np.testing.assert_allclose(out, _xla(q, k, v), atol=2e-2)
 
 
 def test_train_checks_every_phase_fits_before_its_first_step(monkeypatch):

@@ -9,7 +9,8 @@ Implementations (``impl``, grammar ``[ulysses:]NAME[:OPTIONS]``):
 - ``xla``: plain XLA. Runs everywhere; materialises the [B, H, Sq, Skv] scores, so it is for tests and
   small shapes (at 32k video tokens it needs ~72 GB).
 - ``cudnn``: cuDNN flash attention through ``jax.nn.dot_product_attention``; bf16/fp16 only, so fp32
-  inputs are cast down and the result cast back.
+  inputs are cast down and the result cast back. Odd lengths are padded to even and masked by length (cuDNN's
+  backward refuses them); head dims cuDNN refuses (not a multiple of 8, over 128) run the same math in XLA.
 - ``splash``: Pallas splash attention for TPU. Sequence lengths are padded to the block size and the
   padding is masked with segment ids. Block sizes follow the per-device shape (the largest of 512/256/128
   for queries and 1024/512/256/128 for keys that adds no padding) or are set as options:
@@ -152,9 +153,20 @@ def _xla(q, k, v):
 
 @register("cudnn")
 def _cudnn(q, k, v):
+    if q.shape[-1] % 8 or q.shape[-1] > 128:  # cuDNN's head-dim limits (tiny test models): the same math in XLA
+        return _xla(q, k, v)
     dtype = q.dtype
     if dtype not in (jnp.bfloat16, jnp.float16):
         q, k, v = (a.astype(jnp.bfloat16) for a in (q, k, v))
+    b, sq, skv = q.shape[0], q.shape[1], k.shape[1]
+    if sq % 2 or skv % 2:
+        # cuDNN's backward refuses odd lengths (the GAN head's one-token query): pad to even and mask the
+        # padding out by length -- exact, and the scores stay un-materialised for a long odd key sequence
+        pad = lambda a: jnp.pad(a, ((0, 0), (0, a.shape[1] % 2), (0, 0), (0, 0)))  # noqa: E731
+        out = jax.nn.dot_product_attention(
+            pad(q), pad(k), pad(v), query_seq_lengths=jnp.full((b,), sq, jnp.int32),
+            key_value_seq_lengths=jnp.full((b,), skv, jnp.int32), implementation="cudnn")
+        return out[:, :sq].astype(dtype)
     return jax.nn.dot_product_attention(q, k, v, implementation="cudnn").astype(dtype)
 
 
