@@ -478,3 +478,137 @@ def test_prepare_inpaint_tracks_the_box_with_sam2(tmp_path, sam2_model):
                           frames=5, height=H, width=W).masks[0, 0]
     ys, xs = np.nonzero(masks[0])
     assert boxed[0, ys.min():ys.max() + 1, xs.min():xs.max() + 1].mean() > 0.95
+
+
+# ----------------------------------------------------------------------------- text -> box (Grounding DINO)
+
+GD_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "a", "red", "car", "dog", "the", "person"]
+
+
+def gdino_folder(path, designed_score=None):
+    """A random Grounding DINO (Swin backbone, BERT text encoder, fusion encoder, deformable decoder) of tiny width
+    with a BERT tokenizer of a 13-word vocabulary, saved as transformers saves them. ``designed_score``: every
+    query's logit on every text token is that value (the last text layer norm and the decoder's layer norm
+    constant), so the detector's answer is known."""
+    need("torch", "transformers")
+    import torch
+    from transformers import (BertConfig, BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection,
+                              SwinConfig)
+
+    path.mkdir(parents=True)
+    (path / "vocab.txt").write_text("\n".join(GD_VOCAB) + "\n")
+    backbone = SwinConfig(embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=7,
+                          out_features=["stage2", "stage3", "stage4"])
+    text = BertConfig(vocab_size=len(GD_VOCAB), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=32, max_position_embeddings=64)
+    cfg = GroundingDinoConfig(backbone_config=backbone, text_config=text, d_model=32, encoder_layers=1,
+                              decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2,
+                              decoder_attention_heads=2, num_queries=20, encoder_n_points=2, decoder_n_points=2)
+    torch.manual_seed(0)
+    model = GroundingDinoForObjectDetection(cfg).eval()
+    if designed_score is not None:
+        with torch.no_grad():
+            model.model.encoder.layers[-1].text_enhancer_layer.layer_norm_after.weight.zero_()
+            model.model.encoder.layers[-1].text_enhancer_layer.layer_norm_after.bias.fill_(1.0)
+            model.model.decoder.layer_norm.weight.zero_()
+            model.model.decoder.layer_norm.bias.fill_(designed_score / 32)
+    model.save_pretrained(path)
+    BertTokenizer(str(path / "vocab.txt")).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def gdino_model(tmp_path_factory):
+    return gdino_folder(tmp_path_factory.mktemp("gdino") / "gd")
+
+
+def test_gdino_post_processing_known_values():
+    """The release's chain on designed outputs: the text, DETR's resize rule, the 0.25 box threshold on the best
+    token, centre/size -> corners in frame pixels, NMS at IoU > 0.5, most confident first."""
+    from vdot_jax.conditions.annotators import gdino as GD
+
+    assert GD.caption_text(["Red car", "dog"]) == "red car. dog."  # predict_with_classes' ". ".join, lower, '.'
+    assert GD.caption_text(caption="  A red car. ") == "a red car."
+    assert GD.input_size(32, 48) == (800, 1200) and GD.input_size(1000, 800) == (1000, 800) and GD.input_size(600, 800) == (800, 1066)
+    assert GD.input_size(480, 832) == (769, 1332)  # 832 / 480 x 800 > 1333: short side round(769.04), long truncated
+    assert GD.input_size(1000, 500) == (1332, 666)  # round(666.5) = 666 (Python's, as the release)
+    h, w = 32, 64
+    px = {2: [8, 8, 24, 24], 0: [8, 8, 24, 20], 5: [8, 8, 40, 24], 3: [40, 0, 64, 8], 1: [0, 0, 8, 8],
+          4: [0, 24, 8, 32]}  # query -> corners; IoU(0, 2) = 0.75, IoU(5, 2) = 0.5 exactly (kept), 3 touches 5
+    boxes = np.zeros((6, 4))
+    for q, (x1, y1, x2, y2) in px.items():
+        boxes[q] = [(x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h]
+    logits = np.full((6, 8), -np.inf)
+    logits[:, :3] = -9.0
+    logits[[0, 1, 2, 3, 5], 1] = [0.0, -1.2, 2.0, -1.0, 0.5]  # sigmoid 0.5, 0.23 (dropped), 0.88, 0.27, 0.62
+    logits[4, 2] = 1.0  # 0.73 on another token: the best token counts
+    got, score = GD.detections(logits, boxes, h, w)
+    np.testing.assert_allclose(got, [px[2], px[4], px[5], px[3]])  # query 0 suppressed by the better query 2
+    np.testing.assert_allclose(score, 1 / (1 + np.exp(-np.array([2.0, 1.0, 0.5, -1.0]))))
+    none = GD.detections(np.full((6, 8), -2.0), boxes, h, w)
+    assert none[0].shape == (0, 4) and none[1].shape == (0,)
+
+
+def test_gdino_detector_matches_transformers_processing(tmp_path, gdino_model):
+    """Our input and box decoding against transformers' own Grounding DINO image processor and
+    post_process_grounded_object_detection (the same rules, written independently), NMS on top."""
+    import torch
+    from transformers import GroundingDinoProcessor
+    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
+
+    from vdot_jax.conditions.annotators import gdino as GD
+
+    det = AN.load("detect", gdino_model)
+    det.size, det.max_size = 200, 333  # a small network input for speed; the rule is the same at 800 / 1333
+    frame = moving_video(1)[0]
+    images = GroundingDinoImageProcessorPil(size={"shortest_edge": 200, "longest_edge": 333})
+    proc = GroundingDinoProcessor(image_processor=images, tokenizer=det.tokenizer)
+    ref = proc(images=frame, text="a red car.", return_tensors="pt")
+    x = det.inputs(frame)
+    assert x.shape == (1, 3, 200, 300)
+    np.testing.assert_allclose(x, ref.pixel_values.numpy(), atol=1e-5)
+    with torch.inference_mode():
+        out = det.model(**ref)
+    want = proc.post_process_grounded_object_detection(out, ref.input_ids, threshold=0.25, target_sizes=[(H, W)])[0]
+    boxes, scores = det.detect(frame, "a red car.")
+    assert len(want["scores"]) >= 2  # random weights: several boxes pass, so NMS and the order are exercised
+    order = np.argsort(-want["scores"].numpy(), kind="stable")
+    keep = GD.nms(want["boxes"].numpy()[order].astype(np.float64), want["scores"].numpy()[order])
+    np.testing.assert_allclose(boxes, want["boxes"].numpy()[order][keep], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(scores, want["scores"].numpy()[order][keep], rtol=1e-5)
+    np.testing.assert_allclose(det(frame, "a red car."), boxes[0])  # the most confident box is the one tracked
+    blind = AN.load("detect", gdino_folder(tmp_path / "blind", designed_score=-4.0))  # all scores sigmoid(-4)
+    blind.size, blind.max_size = 200, 333
+    assert blind.detect(frame, "a dog.")[0].shape == (0, 4)
+    with pytest.raises(AN.AnnotatorError, match="the detector finds no box for 'a dog.' on the first frame"):
+        blind(frame, "a dog.")
+
+
+def test_prepare_inpaint_from_a_label(tmp_path, gdino_model, sam2_model, capsys):
+    """--label: the detector's box on the first frame, followed by SAM 2, then the one inpainting builder; the
+    refusals are one line and write nothing."""
+    src = str(video_io.write_video(tmp_path / "v.mp4", moving_video(5, 32, 48), fps=16))
+    code, out = prepare(tmp_path, "inpaint", "--src-video", src, "--label", "Red car", "--detect-model", gdino_model,
+                        "--track-model", sam2_model, "--frames", "1")
+    assert code == 0, capsys.readouterr().err
+    back = C.task_inputs("mv2v", src_video=str(out / "src_video.mp4"), src_mask=str(out / "src_mask.mp4"),
+                         frames=1, height=H, width=W)
+    frames = AN.to_uint8(C.video_from_frames(video_io.read_video(src, num_frames=1, size=(H, W))))
+    box = AN.load("detect", gdino_model)(frames[0], "red car.")
+    masks = AN.load("track", sam2_model)(frames, box)
+    assert 0.02 < masks.mean() < 0.98
+    assert (np.abs(back.masks[0, 0] - masks) > 0.5).mean() < 0.01  # white = the object the label found
+    capsys.readouterr()
+    for argv, msg in (
+            (["--label", "car", "--track-model", sam2_model], "--label/--caption need --detect-model"),
+            (["--caption", "a car", "--label", "car"], "give --label or --caption, not both"),
+            (["--label", "car", "--box", "1,1,9,9"], "give one of --mask, --box/--track, --label/--caption"),
+            (["--label", "car,", "--detect-model", gdino_model, "--track-model", sam2_model], "names separated"),
+            (["--box", "1,1,9,9", "--detect-model", gdino_model], "--detect-model finds the object that --label"),
+            (["--label", "car", "--detect-model", str(tmp_path / "none"), "--track-model", sam2_model],
+             "detect weights")):
+        code, never = prepare(tmp_path, "inpaint", "--src-video", src, *argv, name="never")
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert code == 2 and msg in err and not never.exists(), (argv, err)
+    code, never = prepare(tmp_path, "gray", "--src-video", src, "--label", "car", name="never")
+    assert code == 2 and "--label is for tasks inpaint, layout, not gray" in capsys.readouterr().err

@@ -22,7 +22,8 @@ TASK_OPTIONS = {"mode": ("frameref",), "ref_num": ("frameref",), "clip_frames": 
                 "mask_kind": ("inpaint", "layout"), "expand_ratio": ("inpaint", "layout"),
                 "expand_iters": ("inpaint", "layout"), "invert": ("inpaint",), "edge_low": ("edges",),
                 "edge_high": ("edges",), "edge_sigma": ("edges",), "weights": ANNOTATOR_TASKS,
-                "track_model": ("inpaint", "layout")}
+                "track_model": ("inpaint", "layout"), "detect_model": ("inpaint", "layout"), "label": ("inpaint", "layout"),
+                "caption": ("inpaint", "layout")}
 
 
 def _src_frames(args, total: int) -> int:
@@ -86,6 +87,23 @@ def _clips(args, n: int):
     return C.extend(task, n, first=first, last=last)
 
 
+def _text(args):
+    """--label a,b or --caption -> the detector's text (``gdino.caption_text``), or None."""
+    if args.label is not None and args.caption is not None:
+        raise UserError("give --label or --caption, not both")
+    if args.label is not None:
+        labels = [x.strip() for x in args.label.split(",")]
+        if not all(labels):
+            raise UserError(f"--label is names separated by ',', got {args.label!r}")
+    elif args.caption is None:
+        return None
+    elif not args.caption.strip():
+        raise UserError("--caption is empty")
+    from vdot_jax.conditions.annotators.gdino import caption_text  # numpy only
+
+    return caption_text(labels if args.label is not None else None, args.caption)
+
+
 def build(args):
     """The task's VCU from the files the arguments name (nothing written)."""
     import numpy as np
@@ -111,14 +129,15 @@ def build(args):
         raise UserError("--expand top,bottom,left,right is needed by task outpaint, and only by it")
     if args.src_image is not None and task not in ("first_frame", "last_frame", "first_last_frame"):
         raise UserError(f"--src-image is for the *_frame extension tasks, not {task}")
-    if task in ("inpaint", "layout") and not (has_boxes or args.mask is not None):
-        raise UserError(f"task {task} needs --mask or --box/--track")
-    if has_boxes and args.mask is not None:
-        raise UserError("give --mask or --box/--track, not both")
+    text = _text(args)
+    if task in ("inpaint", "layout") and not (has_boxes or args.mask is not None or text):
+        raise UserError(f"task {task} needs --mask, --box/--track or --label/--caption")
+    if sum((has_boxes, args.mask is not None, text is not None)) > 1:
+        raise UserError("give one of --mask, --box/--track, --label/--caption")
     if task == "layout" and has_boxes and (args.mask_kind != "original" or args.expand_ratio is not None):
         raise UserError("--mask-kind and --expand-ratio shape a --mask's outline; layout from boxes draws the boxes")
 
-    if task == "layout" and args.src_video is None:  # boxes alone: output pixels and frames
+    if task == "layout" and args.src_video is None and has_boxes:  # boxes alone: output pixels and frames
         n = check_num_frames(args.frames or 81, C.WAN_STRIDE[0], "--frames")
         return C.v2v(PR.layout_boxes(_boxes(args, n, (H, W), np.arange(n), (H, W)), H, W), "layout")
 
@@ -142,11 +161,18 @@ def build(args):
     if args.src_video is None:
         raise UserError(f"task {task} needs --src-video")
 
+    if text is not None and (args.detect_model is None or args.track_model is None):
+        raise UserError("--label/--caption need --detect-model GDINO_FOLDER (finds the object's box on the first "
+                        "frame) and --track-model SAM2_FOLDER (follows it)")
+    if args.detect_model is not None and text is None:
+        raise UserError("--detect-model finds the object that --label or --caption names; give one")
     if args.track_model is not None:
-        if args.box is None or ";" in args.box:
+        if text is None and (args.box is None or ";" in args.box):
             raise UserError("--track-model follows one --box x1,y1,x2,y2 from the first frame; give one box (not "
                             "--track or a box per frame)")
         AN.check("track", args.track_model, "--track-model")
+    if text is not None:
+        AN.check("detect", args.detect_model, "--detect-model")
     if task in ANNOTATOR_TASKS:
         AN.check(task, args.weights)  # packages and weights path, before any video is read
     info = video_io.probe_video(args.src_video)
@@ -166,9 +192,13 @@ def build(args):
     else:
         video = C.video_from_frames(video_io.read_video(args.src_video, num_frames=n, size=(H, W)))
         masks = PR.box_masks(_boxes(args, info.num_frames, src_hw, idx, (H, W)), H, W) if has_boxes else None
-    if args.track_model is not None:  # the box on the first frame, followed by SAM 2
-        box = _boxes(args, info.num_frames, src_hw, idx, (H, W))[0]
-        masks = AN.load("track", args.track_model, "--track-model")(AN.to_uint8(video), box)[None, None]
+    if args.track_model is not None:  # the box on the first frame (given, or found by the detector), followed by SAM 2
+        frames = AN.to_uint8(video)
+        if text is not None:
+            box = AN.load("detect", args.detect_model, "--detect-model")(frames[0], text)
+        else:
+            box = _boxes(args, info.num_frames, src_hw, idx, (H, W))[0]
+        masks = AN.load("track", args.track_model, "--track-model")(frames, box)[None, None]
 
     if task in ANNOTATOR_TASKS:
         return C.v2v(AN.annotate(AN.load(task, args.weights), video), AN.BACKENDS[task].kind)
@@ -319,8 +349,10 @@ def register(sub) -> None:
             "downloaded): depth (Depth-Anything-V2, a transformers folder), flow (torchvision RAFT, a state dict "
             "file) and pose (DWPose: its two ONNX files, DET.onnx,POSE.onnx; body and face on black), post-processed "
             "as the release's annotators; inpaint and layout --box B --track-model SAM2_FOLDER follow the box's "
-            "object with SAM 2 (the release's bboxtrack). The release's scribble, face and salient are not built in "
-            "yet."
+            "object with SAM 2 (the release's bboxtrack), and --label a,b or --caption TEXT with --detect-model "
+            "GDINO_FOLDER --track-model SAM2_FOLDER find the object's box on the first frame with Grounding DINO, "
+            "then follow it (the release's label and caption modes). The release's scribble, face and salient are "
+            "not built in yet."
         ),
     )
     p.add_argument("task", choices=PREPARE_TASKS, help="which task's inputs to build")
@@ -366,6 +398,14 @@ def register(sub) -> None:
     o.add_argument("--track-model", default=None,
                    help="inpaint, layout: follow the --box of the first frame through the video with this SAM 2 "
                         "model (a transformers Sam2VideoModel folder; the annotators extra) instead of keeping the box")
+    o.add_argument("--label", default=None,
+                   help="inpaint, layout: object class name(s), comma-separated, that --detect-model finds on the first "
+                        "frame (read as the caption 'a. b'); the most confident box is tracked (needs --track-model)")
+    o.add_argument("--caption", default=None,
+                   help="inpaint, layout: a phrase naming the object for --detect-model, instead of --label")
+    o.add_argument("--detect-model", default=None,
+                   help="inpaint, layout: the Grounding DINO model for --label/--caption (a transformers "
+                        "GroundingDinoForObjectDetection folder with its tokenizer; the annotators extra)")
     o.add_argument("--seed", type=int, default=0, help="random frame references and mask expansion")
     s = p.add_argument_group("size")
     s.add_argument("--frames", type=int, default=None,

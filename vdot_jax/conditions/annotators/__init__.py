@@ -69,8 +69,16 @@ BACKENDS = {
         "a SAM 2 video model folder in transformers' layout (config.json + model.safetensors, e.g. "
         "facebook/sam2.1-hiera-large)",
         "sam2.1_hiera_large.pt, which transformers' convert_sam2_to_hf.py converts"),
+    # not a control: the box a label or caption names on the first frame, which "track" then follows
+    "detect": Backend(
+        "detect", "box", "gdino", ("torch", "transformers", "PIL"),
+        "a Grounding DINO model folder in transformers' layout with its tokenizer (config.json, model.safetensors, "
+        "tokenizer files; e.g. IDEA-Research/grounding-dino-tiny)",
+        "groundingdino_swint_ogc.pth with bert-base-uncased, which transformers' convert_grounding_dino_to_hf.py "
+        "converts (IDEA-Research/grounding-dino-tiny)"),
 }
-ANNOTATOR_TASKS = tuple(k for k, b in BACKENDS.items() if b.kind != "mask")  # those that make a control video
+NOT_CONTROLS = ("mask", "box")  # the kinds of the backends that feed the inpaint/layout builders
+ANNOTATOR_TASKS = tuple(k for k, b in BACKENDS.items() if b.kind not in NOT_CONTROLS)  # those that make a control
 
 
 def backend(task: str) -> Backend:
