@@ -148,7 +148,7 @@ def test_ui_runs_a_configured_annotator_on_the_raw_upload(tmp_path, video, depth
     assert "--annotator depth=WEIGHTS" in task_help("depth") and "Depth-Anything" in task_help("depth", {"depth": 1})
     assert "not part of vdot-jax yet" in task_help("face")
     for spec, message in (("depth=/nonexistent", "depth weights /nonexistent do not exist"),
-                          ("scribble=x", "--annotator takes TASK=WEIGHTS")):
+                          ("face=x", "--annotator takes TASK=WEIGHTS")):
         assert main(["ui", "--annotator", spec, "--port", "1"]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
@@ -210,7 +210,8 @@ def test_annotator_refusals_write_nothing(tmp_path, video, capsys, monkeypatch):
     cases = [
         (["depth", "--src-video", video], "needs its model's weights: give --weights, a Depth-Anything-V2"),
         (["depth", "--src-video", video, "--weights", missing], "do not exist"),
-        (["gray", "--src-video", video, "--weights", missing], "--weights is for tasks depth, flow, pose, not gray"),
+        (["gray", "--src-video", video, "--weights", missing],
+         "--weights is for tasks depth, flow, pose, scribble, not gray"),
         (["depth", "--src-video", video, "--weights", video], "cannot load depth weights"),
         (["depth", "--src-video", str(tmp_path / "bad.mp4"), "--weights", video], "bad.mp4"),
     ]
@@ -261,7 +262,7 @@ def test_precompute_annotate_rows_resumable_sharded_bad_rows_counted(tmp_path, d
     # refused before anything is written: a depth row and no depth weights; an unknown task
     for extra, msg in ((["--annotate", "flow=" + depth_model], "rows 1, 2, 4 are task depth without condition "
                                                                "files: give --annotate depth=WEIGHTS"),
-                       (["--annotate", "scribble=" + depth_model], "no annotator for task scribble"),
+                       (["--annotate", "face=" + depth_model], "no annotator for task face"),
                        (["--annotate", "depth"], "TASK=WEIGHTS")):
         assert main(argv + extra) == 2
         err = capsys.readouterr().err.strip()
@@ -612,3 +613,99 @@ def test_prepare_inpaint_from_a_label(tmp_path, gdino_model, sam2_model, capsys)
         assert code == 2 and msg in err and not never.exists(), (argv, err)
     code, never = prepare(tmp_path, "gray", "--src-video", src, "--label", "car", name="never")
     assert code == 2 and "--label is for tasks inpaint, layout, not gray" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- scribble (the release's network)
+
+
+def release_scribble_keys():
+    """The state dict of the release's ``ContourInference(3, 1, n_residual_blocks=3)``: name -> shape."""
+    keys = {"model0.1": (64, 3, 7, 7), "model1.0": (128, 64, 3, 3), "model1.3": (256, 128, 3, 3),
+            "model3.0": (256, 128, 3, 3), "model3.3": (128, 64, 3, 3), "model4.1": (1, 64, 7, 7)}
+    keys.update({f"model2.{i}.conv_block.{j}": (256, 256, 3, 3) for i in range(3) for j in (1, 5)})
+    out = {}
+    for name, shape in keys.items():
+        out[name + ".weight"] = shape
+        out[name + ".bias"] = (shape[1] if name.startswith("model3") else shape[0],)  # transposed: [in, out, k, k]
+    return out
+
+
+def scribble_reference(state, x):
+    """The release's forward written out with torch.nn.functional: reflection pads, convolutions, instance norms
+    (no affine), ReLUs, three residual blocks, transposed convolutions, a sigmoid."""
+    import torch.nn.functional as F
+
+    def conv(x, name, pad=0, stride=1):
+        if pad and stride == 1:
+            x = F.pad(x, (pad,) * 4, mode="reflect")
+            pad = 0
+        return F.conv2d(x, state[name + ".weight"], state[name + ".bias"], stride=stride, padding=pad)
+
+    norm_relu = lambda x: F.relu(F.instance_norm(x, eps=1e-5))  # noqa: E731
+    x = norm_relu(conv(x, "model0.1", 3))
+    x = norm_relu(conv(x, "model1.0", 1, 2))
+    x = norm_relu(conv(x, "model1.3", 1, 2))
+    for i in range(3):
+        y = norm_relu(conv(x, f"model2.{i}.conv_block.1", 1))
+        x = x + F.instance_norm(conv(y, f"model2.{i}.conv_block.5", 1), eps=1e-5)
+    for name in ("model3.0", "model3.3"):
+        x = norm_relu(F.conv_transpose2d(x, state[name + ".weight"], state[name + ".bias"], stride=2, padding=1,
+                                         output_padding=1))
+    return F.conv2d(F.pad(x, (3,) * 4, mode="reflect"), state["model4.1.weight"], state["model4.1.bias"]).sigmoid()
+
+
+@pytest.fixture(scope="module")
+def scribble_weights(tmp_path_factory):
+    """Random weights of the release's scribble network, saved as its netG_A_latest.pth is (a torch state dict)."""
+    need("torch")
+    import torch
+
+    from vdot_jax.conditions.annotators import scribble as SC
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("scribble") / "netG_A_latest.pth"
+    torch.save(SC.network().state_dict(), path)
+    return str(path)
+
+
+def test_scribble_is_the_release_network_and_post_processing(scribble_weights):
+    import torch
+
+    from vdot_jax.conditions.annotators import scribble as SC
+
+    state = torch.load(scribble_weights, weights_only=True)
+    assert {k: tuple(v.shape) for k, v in state.items()} == release_scribble_keys()  # the release's file loads
+    model = AN.load("scribble", scribble_weights)
+    frames = moving_video(3)
+    x = torch.from_numpy(frames.transpose(0, 3, 1, 2).copy()).float() / 255.0
+    with torch.no_grad():
+        want = scribble_reference(state, x)[:, 0].numpy()
+    got = model.lines(frames)
+    assert got.shape == (3, H, W) and np.abs(got - want).max() < 1e-5
+    assert got.std() > 1e-3  # not constant: random weights draw something
+    np.testing.assert_array_equal(model(frames), SC.lines_to_frames(want))
+    # post-processing: times 255, clipped, truncated, three equal channels
+    out = SC.lines_to_frames(np.array([[[0.0, 0.5, 1.0, 0.9999, -0.1, 1.2]]]))
+    np.testing.assert_array_equal(out[0, 0, :, 0], [0, 127, 255, 254, 0, 255])
+    assert out.shape == (1, 1, 6, 3) and (out[..., 0] == out[..., 2]).all()
+
+
+def test_prepare_scribble_end_to_end(tmp_path, video, scribble_weights, capsys):
+    import torch
+
+    code, out = prepare(tmp_path, "scribble", "--src-video", video, "--weights", scribble_weights)
+    assert code == 0
+    row = json.loads((out / "row.json").read_text())
+    assert row["task"] == "scribble" and row["src_mask"] is None
+    back = C.task_inputs("scribble", src_video=str(out / "src_video.mp4"), frames=T, height=H, width=W)
+    frames = video_io.read_video(video, num_frames=T, size=(H, W))
+    want = AN.annotate(AN.load("scribble", scribble_weights), C.video_from_frames(frames))
+    assert np.abs(back.frames - want).mean() < 0.03  # H.264 of the written control
+    code, out = prepare(tmp_path, "edges", "--src-video", video, name="edges")  # Canny stays a v2v row
+    assert code == 0 and json.loads((out / "row.json").read_text())["task"] == "v2v"
+    other = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, other)
+    code, out = prepare(tmp_path, "scribble", "--src-video", video, "--weights", str(other), name="never")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "cannot load scribble weights from" in err and len(err.splitlines()) == 1
+    assert not out.exists()

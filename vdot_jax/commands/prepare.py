@@ -14,7 +14,7 @@ EXTENSION_TASKS = ("first_frame", "last_frame", "first_last_frame", "first_clip"
 PREPARE_TASKS = ("plain", "gray", "edges", "layout", "frameref", "inpaint", "outpaint") + EXTENSION_TASKS
 # the tasks of conditions.annotators.BACKENDS (test_annotators keeps them equal; importing conditions loads jax,
 # which `vdot --help` does not): they need the annotators extra and --weights
-ANNOTATOR_TASKS = ("depth", "flow", "pose")
+ANNOTATOR_TASKS = ("depth", "flow", "pose", "scribble")
 PREPARE_TASKS += ANNOTATOR_TASKS
 CLIP_TASKS = ("first_clip", "last_clip", "first_last_clip")
 # options that only some tasks use: given to another task they are refused, not silently ignored
@@ -222,10 +222,11 @@ def build(args):
     return C.inpaint(video, masks)
 
 
-def row_task(vcu) -> str:
-    """The ``task`` a row of these files is read as (``conditions.files.task_inputs``)."""
+def row_task(vcu, task: str) -> str:
+    """The ``task`` a row of these files is read as (``conditions.files.task_inputs``); ``edges`` is a ``v2v``
+    row, not the release's scribble."""
     if vcu.kind == "control":
-        return vcu.task if vcu.task in ("gray", "layout") + ANNOTATOR_TASKS else "v2v"
+        return task if task in ("gray", "layout") + ANNOTATOR_TASKS else "v2v"
     return "mv2v"
 
 
@@ -244,7 +245,7 @@ def _check_out(args, refs: list[str]) -> Path:
     return out
 
 
-def write(vcu, out: Path, *, prompt: str | None, refs: list[str], fps: float) -> dict:
+def write(vcu, out: Path, *, task: str, prompt: str | None, refs: list[str], fps: float) -> dict:
     """Write the VCU's files into a staging folder beside ``out``, then move them in (no partial output)."""
     from vdot_jax import conditions as C
     from vdot_jax.data import video_io
@@ -263,7 +264,7 @@ def write(vcu, out: Path, *, prompt: str | None, refs: list[str], fps: float) ->
         for i, p in enumerate(refs):
             ref_names.append(f"ref_{i}.png")
             video_io.write_image(stage / ref_names[-1], video_io.read_image(p))
-        row = {"prompt": prompt, "task": row_task(vcu), "src_video": "src_video.mp4",
+        row = {"prompt": prompt, "task": row_task(vcu, task), "src_video": "src_video.mp4",
                "src_mask": "src_mask.mp4" if "src_mask.mp4" in names else None, "ref_images": ref_names,
                "frames": vcu.num_frames, "height": vcu.height, "width": vcu.width}
         if prompt is None:
@@ -322,7 +323,7 @@ def run(args) -> None:
         if Path(args.rows).is_dir():
             raise UserError(f"--rows {args.rows} is a folder; give a .jsonl file to append to")
     vcu = build(args)
-    row = write(vcu, out, prompt=args.prompt, refs=refs, fps=args.fps)
+    row = write(vcu, out, task=args.task, prompt=args.prompt, refs=refs, fps=args.fps)
     if args.rows is not None:
         append_row(row, out, Path(args.rows))
     print(f"prepared {args.task} in {out}: {vcu.num_frames} frames at {vcu.height}x{vcu.width}, row task "
@@ -347,12 +348,13 @@ def register(sub) -> None:
             "first_last_clip (--clip-frames). "
             "With the annotators extra (pip install -e '.[annotators]') and a model given by --weights (nothing is "
             "downloaded): depth (Depth-Anything-V2, a transformers folder), flow (torchvision RAFT, a state dict "
-            "file) and pose (DWPose: its two ONNX files, DET.onnx,POSE.onnx; body and face on black), post-processed "
+            "file), pose (DWPose: its two ONNX files, DET.onnx,POSE.onnx; body and face on black) and scribble (the "
+            "release's line-drawing network, its netG_A_latest.pth), post-processed "
             "as the release's annotators; inpaint and layout --box B --track-model SAM2_FOLDER follow the box's "
             "object with SAM 2 (the release's bboxtrack), and --label a,b or --caption TEXT with --detect-model "
             "GDINO_FOLDER --track-model SAM2_FOLDER find the object's box on the first frame with Grounding DINO, "
-            "then follow it (the release's label and caption modes). The release's scribble, face and salient are "
-            "not built in yet."
+            "then follow it (the release's label and caption modes). The release's face and salient are not built "
+            "in yet."
         ),
     )
     p.add_argument("task", choices=PREPARE_TASKS, help="which task's inputs to build")
@@ -393,8 +395,9 @@ def register(sub) -> None:
     o.add_argument("--edge-sigma", type=float, default=0.0, help="edges: Gaussian blur first, in pixels (default 0: "
                                                                   "OpenCV's Canny with the L2 gradient)")
     o.add_argument("--weights", default=None,
-                   help="depth, flow, pose: the annotator model (depth: a Depth-Anything-V2 transformers folder; flow: "
-                        "a torchvision RAFT state dict file; pose: the DWPose detector and pose ONNX files, DET,POSE)")
+                   help="depth, flow, pose, scribble: the annotator model (depth: a Depth-Anything-V2 transformers "
+                        "folder; flow: a torchvision RAFT state dict file; pose: the DWPose detector and pose ONNX "
+                        "files, DET,POSE; scribble: the release's netG_A_latest.pth)")
     o.add_argument("--track-model", default=None,
                    help="inpaint, layout: follow the --box of the first frame through the video with this SAM 2 "
                         "model (a transformers Sam2VideoModel folder; the annotators extra) instead of keeping the box")

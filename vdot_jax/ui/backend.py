@@ -26,7 +26,7 @@ EXTENSIONS = ("first_frame", "last_frame", "first_clip", "last_clip", "first_las
 # Made from a raw video by `vdot prepare` (model-free); inpaint and layout also take a drawn mask or a box there.
 PREPARED = ("gray", "edges", "frameref")
 # Tasks whose preprocessing of a raw video needs an annotator model: (what it makes, the task its finished output
-# feeds). Started with `vdot ui --annotator TASK=WEIGHTS` (conditions/annotators: depth, flow, pose, track), the page
+# feeds). Started with `vdot ui --annotator TASK=WEIGHTS` (conditions/annotators: depth, flow, pose, scribble, track), the page
 # runs that annotator on the uploaded raw video through `vdot prepare`'s build; otherwise the user uploads the
 # finished file, and the page says why in one line (annotator_reason).
 ANNOTATOR_TASKS = {
@@ -38,7 +38,7 @@ ANNOTATOR_TASKS = {
     "face": ("a face crop as a reference image", "r2v"),
     "salient": ("the salient object as a reference image", "r2v"),
 }
-CONFIGURABLE = ("depth", "flow", "pose", "track")  # the annotators vdot-jax runs (vdot prepare --weights/--track-model)
+CONFIGURABLE = ("depth", "flow", "pose", "scribble", "track")  # the annotators vdot-jax runs (vdot prepare --weights/--track-model)
 ANNOTATOR_REASON = ("{task} needs annotator weights, which this server was not started with (vdot ui --annotator "
                     "{task}=WEIGHTS, after pip install -e \".[annotators]\"): upload {what} instead")
 NOT_BUILT_REASON = ("{task}'s annotator is not part of vdot-jax yet: make {what} with the release's annotator and "
@@ -63,6 +63,7 @@ TASK_HELP = {
 ANNOTATED_HELP = {"depth": "a raw video: its depth (Depth-Anything-V2) is the control.",
                   "flow": "a raw video: its optical flow (RAFT) is the control.",
                   "pose": "a raw video: its people's poses (DWPose) are the control.",
+                  "scribble": "a raw video: its line drawing (the release's scribble network) is the control.",
                   "track": "a raw video and a box x1,y1,x2,y2 on its first frame: the object SAM 2 tracks from it "
                            "is regenerated (inpainting)."}
 TASK_CHOICES = tuple(TASK_HELP) + tuple(ANNOTATOR_TASKS)

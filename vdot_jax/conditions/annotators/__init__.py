@@ -63,6 +63,11 @@ BACKENDS = {
         "pose", "pose", "pose", ("onnxruntime", "cv2"),
         "the two DWPose ONNX files, detector then pose model: DET.onnx,POSE.onnx",
         "yolox_l.onnx,dw-ll_ucoco_384.onnx (give those two)", parts=2),
+    "scribble": Backend(
+        "scribble", "scribble", "scribble", ("torch",),
+        "the release's scribble network, a torch state dict file (VACE-Annotators' scribble/anime_style/"
+        "netG_A_latest.pth)",
+        "scribble/anime_style/netG_A_latest.pth, which loads as it is"),
     # not a control: masks of the object a box marks on the first frame, for inpainting and layout
     "track": Backend(
         "track", "mask", "sam2", ("torch", "transformers"),
