@@ -709,3 +709,166 @@ def test_prepare_scribble_end_to_end(tmp_path, video, scribble_weights, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and "cannot load scribble weights from" in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- salient (the release's U^2-Net)
+
+
+def test_salient_is_the_release_u2net_and_post_processing():
+    """The release's U2NET(3, 1): its parameter count, names, shapes and dilations; RSU-7, RSU-4F and the whole
+    net's wiring against the release's forward written out (each hx named as it names them); the map's
+    post-processing and the box SAM 2 gets, on known values."""
+    need("torch", "cv2")
+    import torch
+    import torch.nn.functional as F
+
+    from vdot_jax.conditions.annotators import salient as SA
+
+    full = SA.network()
+    assert sum(p.numel() for p in full.parameters()) == 44_009_869  # U^2-Net's 176 MB u2net.pth
+    shapes = {k: tuple(v.shape) for k, v in full.state_dict().items()}  # 112 conv+bn blocks (7 entries), 7 convs
+    assert len(shapes) == 112 * 7 + 7 * 2 and shapes["stage1.rebnconvin.conv_s1.weight"] == (64, 3, 3, 3)
+    assert shapes["stage1.rebnconv7.conv_s1.weight"] == (32, 32, 3, 3)
+    assert shapes["stage1d.rebnconv1d.conv_s1.weight"] == (64, 32, 3, 3)
+    assert shapes["stage5d.rebnconv3d.bn_s1.running_var"] == (256,) and shapes["outconv.weight"] == (1, 6, 1, 1)
+    assert shapes["side6.weight"] == (1, 512, 3, 3) and "stage4.rebnconv5.conv_s1.weight" not in shapes
+    assert [full.stage5.rebnconv4.conv_s1.dilation, full.stage5.rebnconv3d.conv_s1.dilation,
+            full.stage3.rebnconv5.conv_s1.dilation] == [(8, 8), (4, 4), (2, 2)]
+
+    torch.manual_seed(0)
+    net = SA.network(1 / 16).eval()  # the same graph, narrow (speed)
+    for m in net.modules():  # random batch-norm statistics, so eval mode is exercised
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    up = lambda a, b: F.interpolate(a, size=b.shape[2:], mode="bilinear", align_corners=False)  # noqa: E731
+    pool = lambda a: F.max_pool2d(a, 2, 2, ceil_mode=True)  # noqa: E731
+
+    def rsu7(m, x):
+        hxin = m.rebnconvin(x)
+        hx1 = m.rebnconv1(hxin)
+        hx2 = m.rebnconv2(pool(hx1))
+        hx3 = m.rebnconv3(pool(hx2))
+        hx4 = m.rebnconv4(pool(hx3))
+        hx5 = m.rebnconv5(pool(hx4))
+        hx6 = m.rebnconv6(pool(hx5))
+        hx7 = m.rebnconv7(hx6)
+        hx6d = m.rebnconv6d(torch.cat((hx7, hx6), 1))
+        hx5d = m.rebnconv5d(torch.cat((up(hx6d, hx5), hx5), 1))
+        hx4d = m.rebnconv4d(torch.cat((up(hx5d, hx4), hx4), 1))
+        hx3d = m.rebnconv3d(torch.cat((up(hx4d, hx3), hx3), 1))
+        hx2d = m.rebnconv2d(torch.cat((up(hx3d, hx2), hx2), 1))
+        return m.rebnconv1d(torch.cat((up(hx2d, hx1), hx1), 1)) + hxin
+
+    def rsu4f(m, x):
+        hxin = m.rebnconvin(x)
+        hx1 = m.rebnconv1(hxin)
+        hx2 = m.rebnconv2(hx1)
+        hx3 = m.rebnconv3(hx2)
+        hx4 = m.rebnconv4(hx3)
+        hx3d = m.rebnconv3d(torch.cat((hx4, hx3), 1))
+        hx2d = m.rebnconv2d(torch.cat((hx3d, hx2), 1))
+        return m.rebnconv1d(torch.cat((hx2d, hx1), 1)) + hxin
+
+    def u2net(m, x):
+        hx1 = m.stage1(x)
+        hx2 = m.stage2(pool(hx1))
+        hx3 = m.stage3(pool(hx2))
+        hx4 = m.stage4(pool(hx3))
+        hx5 = m.stage5(pool(hx4))
+        hx6 = m.stage6(pool(hx5))
+        hx5d = m.stage5d(torch.cat((up(hx6, hx5), hx5), 1))
+        hx4d = m.stage4d(torch.cat((up(hx5d, hx4), hx4), 1))
+        hx3d = m.stage3d(torch.cat((up(hx4d, hx3), hx3), 1))
+        hx2d = m.stage2d(torch.cat((up(hx3d, hx2), hx2), 1))
+        hx1d = m.stage1d(torch.cat((up(hx2d, hx1), hx1), 1))
+        d1 = m.side1(hx1d)
+        ds = [d1] + [up(s, d1) for s in (m.side2(hx2d), m.side3(hx3d), m.side4(hx4d), m.side5(hx5d), m.side6(hx6))]
+        return torch.sigmoid(m.outconv(torch.cat(ds, 1)))
+
+    x = torch.randn(1, 3, 50, 70)  # odd sizes: ceil pooling and upsampling to the skip's size
+    with torch.no_grad():
+        torch.testing.assert_close(net.stage1(x), rsu7(net.stage1, x))
+        h = torch.randn(1, 32, 9, 7)
+        torch.testing.assert_close(net.stage5(h), rsu4f(net.stage5, h))
+        torch.testing.assert_close(net(x), u2net(net, x))
+
+    model = SA.Salient(net)
+    frame = moving_video(1)[0]
+    x = model.inputs(frame)
+    assert x.shape == (1, 3, 320, 320) and abs(x.mean()) < 3
+    with torch.no_grad():
+        d = net(torch.from_numpy(x))[0, 0].numpy()
+    got = model(frame)
+    assert got.shape == (H, W) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, SA.map_to_uint8(d, H, W))
+    # post-processing: min-max to 0..255, truncated; OpenCV's bilinear resize; a constant map is 0
+    np.testing.assert_array_equal(SA.map_to_uint8(np.array([[2.0, 3.0, 4.0, 6.0]]), 1, 4), [[0, 63, 127, 255]])
+    assert (SA.map_to_uint8(np.full((4, 4), 0.3), 8, 8) == 0).all()
+    m = np.zeros((6, 8), np.uint8)
+    m[1, 2], m[4, 5], m[5, 7] = 1, 200, 0
+    np.testing.assert_array_equal(SA.mask_box(m), [2, 1, 5, 4])  # pixels >= 1, inclusive corners
+    assert SA.mask_box(np.zeros((3, 3))) is None
+
+
+@pytest.fixture(scope="module")
+def salient_weights(tmp_path_factory):
+    """Random weights of the release's U^2-Net (full width: 176 MB), saved as its u2net.pt is; the fusion reads
+    only the first side output, sharpened around its median on the test video (30 per standard deviation), so part
+    of the map is 0 (as a real model's background is)."""
+    need("torch", "cv2")
+    import torch
+
+    from vdot_jax.conditions.annotators import salient as SA
+
+    torch.manual_seed(0)
+    net = SA.network().eval()
+    seen = {}
+    hook = net.side1.register_forward_hook(lambda m, i, o: seen.setdefault("d1", o))
+    with torch.no_grad():
+        net(torch.from_numpy(SA.Salient(net).inputs(moving_video(1)[0])))
+        hook.remove()
+        net.outconv.weight.zero_()
+        gain = 30.0 / float(seen["d1"].std())
+        net.outconv.weight[0, 0] = gain
+        net.outconv.bias.fill_(-gain * float(seen["d1"].median()))
+    path = tmp_path_factory.mktemp("salient") / "u2net.pt"
+    torch.save(net.state_dict(), path)
+    return str(path)
+
+
+def test_salient_refusals_write_nothing(tmp_path, video, sam2_model, capsys):
+    for argv, msg in ((["--salient-model", str(tmp_path / "none")], "salient weights"),
+                      (["--salient-model", video, "--box", "1,1,9,9"], "give one of --mask, --box/--track, "
+                                                                         "--label/--caption, --salient-model"),
+                      (["--salient-model", video], "cannot load salient weights from")):
+        code, out = prepare(tmp_path, "inpaint", "--src-video", video, *argv, name="never")
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert code == 2 and msg in err and not out.exists(), (argv, err)
+    code, out = prepare(tmp_path, "depth", "--src-video", video, "--salient-model", video, name="never")
+    assert code == 2 and "--salient-model is for tasks inpaint, layout, not depth" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # U^2-Net at full width on CPU: ~10 s a frame, twice, and SAM 2
+def test_prepare_inpaint_salient_end_to_end(tmp_path, salient_weights, sam2_model):
+    src = str(video_io.write_video(tmp_path / "v.mp4", moving_video(5, 32, 48), fps=16))
+    frames = AN.to_uint8(C.video_from_frames(video_io.read_video(src, num_frames=5, size=(H, W))))
+    smap = AN.load("salient", salient_weights)(frames[0])
+    assert 0.1 < (smap > 0).mean() < 0.9  # an object, not everything
+    # the release's salient mode: the first frame's map > 0, on every frame
+    code, out = prepare(tmp_path, "inpaint", "--src-video", src, "--salient-model", salient_weights, "--frames", "5")
+    assert code == 0
+    back = C.task_inputs("mv2v", src_video=str(out / "src_video.mp4"), src_mask=str(out / "src_mask.mp4"),
+                         frames=5, height=H, width=W)
+    for t in range(5):
+        assert (np.abs(back.masks[0, 0, t] - (smap > 0)) > 0.5).mean() < 0.01
+    # salientbboxtrack: SAM 2 follows the box of the map's pixels >= 1
+    from vdot_jax.conditions.annotators.salient import mask_box
+
+    code, out = prepare(tmp_path, "inpaint", "--src-video", src, "--salient-model", salient_weights,
+                        "--track-model", sam2_model, "--frames", "5", name="tracked")
+    assert code == 0
+    back = C.task_inputs("mv2v", src_video=str(out / "src_video.mp4"), src_mask=str(out / "src_mask.mp4"),
+                         frames=5, height=H, width=W)
+    masks = AN.load("track", sam2_model)(frames, mask_box(smap))
+    assert (np.abs(back.masks[0, 0] - masks) > 0.5).mean() < 0.01

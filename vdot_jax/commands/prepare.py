@@ -23,7 +23,7 @@ TASK_OPTIONS = {"mode": ("frameref",), "ref_num": ("frameref",), "clip_frames": 
                 "expand_iters": ("inpaint", "layout"), "invert": ("inpaint",), "edge_low": ("edges",),
                 "edge_high": ("edges",), "edge_sigma": ("edges",), "weights": ANNOTATOR_TASKS,
                 "track_model": ("inpaint", "layout"), "detect_model": ("inpaint", "layout"), "label": ("inpaint", "layout"),
-                "caption": ("inpaint", "layout")}
+                "caption": ("inpaint", "layout"), "salient_model": ("inpaint", "layout")}
 
 
 def _src_frames(args, total: int) -> int:
@@ -129,11 +129,12 @@ def build(args):
         raise UserError("--expand top,bottom,left,right is needed by task outpaint, and only by it")
     if args.src_image is not None and task not in ("first_frame", "last_frame", "first_last_frame"):
         raise UserError(f"--src-image is for the *_frame extension tasks, not {task}")
-    text = _text(args)
-    if task in ("inpaint", "layout") and not (has_boxes or args.mask is not None or text):
-        raise UserError(f"task {task} needs --mask, --box/--track or --label/--caption")
-    if sum((has_boxes, args.mask is not None, text is not None)) > 1:
-        raise UserError("give one of --mask, --box/--track, --label/--caption")
+    text, salient = _text(args), args.salient_model is not None
+    sources = (has_boxes, args.mask is not None, text is not None, salient)  # where the region comes from
+    if task in ("inpaint", "layout") and not any(sources):
+        raise UserError(f"task {task} needs --mask, --box/--track, --label/--caption or --salient-model")
+    if sum(sources) > 1:
+        raise UserError("give one of --mask, --box/--track, --label/--caption, --salient-model")
     if task == "layout" and has_boxes and (args.mask_kind != "original" or args.expand_ratio is not None):
         raise UserError("--mask-kind and --expand-ratio shape a --mask's outline; layout from boxes draws the boxes")
 
@@ -167,12 +168,14 @@ def build(args):
     if args.detect_model is not None and text is None:
         raise UserError("--detect-model finds the object that --label or --caption names; give one")
     if args.track_model is not None:
-        if text is None and (args.box is None or ";" in args.box):
+        if text is None and not salient and (args.box is None or ";" in args.box):
             raise UserError("--track-model follows one --box x1,y1,x2,y2 from the first frame; give one box (not "
                             "--track or a box per frame)")
         AN.check("track", args.track_model, "--track-model")
     if text is not None:
         AN.check("detect", args.detect_model, "--detect-model")
+    if salient:
+        AN.check("salient", args.salient_model, "--salient-model")
     if task in ANNOTATOR_TASKS:
         AN.check(task, args.weights)  # packages and weights path, before any video is read
     info = video_io.probe_video(args.src_video)
@@ -192,13 +195,24 @@ def build(args):
     else:
         video = C.video_from_frames(video_io.read_video(args.src_video, num_frames=n, size=(H, W)))
         masks = PR.box_masks(_boxes(args, info.num_frames, src_hw, idx, (H, W)), H, W) if has_boxes else None
-    if args.track_model is not None:  # the box on the first frame (given, or found by the detector), followed by SAM 2
+    if args.track_model is not None or salient:
         frames = AN.to_uint8(video)
-        if text is not None:
-            box = AN.load("detect", args.detect_model, "--detect-model")(frames[0], text)
-        else:
-            box = _boxes(args, info.num_frames, src_hw, idx, (H, W))[0]
-        masks = AN.load("track", args.track_model, "--track-model")(frames, box)[None, None]
+        smap = AN.load("salient", args.salient_model, "--salient-model")(frames[0]) if salient else None
+        if args.track_model is None:  # the release's salient mode: the first frame's map > 0, on every frame
+            masks = np.broadcast_to((smap > 0).astype(np.float32), (1, 1) + video.shape[2:]).copy()
+        else:  # a box on the first frame (given, found by the detector, or the salient map's), followed by SAM 2
+            if text is not None:
+                box = AN.load("detect", args.detect_model, "--detect-model")(frames[0], text)
+            elif salient:
+                from vdot_jax.conditions.annotators.salient import mask_box
+
+                box = mask_box(smap)
+                if box is None:
+                    raise UserError("the salient map of the first frame is empty (no pixel >= 1), so there is no box "
+                                    "to track; give --box")
+            else:
+                box = _boxes(args, info.num_frames, src_hw, idx, (H, W))[0]
+            masks = AN.load("track", args.track_model, "--track-model")(frames, box)[None, None]
 
     if task in ANNOTATOR_TASKS:
         return C.v2v(AN.annotate(AN.load(task, args.weights), video), AN.BACKENDS[task].kind)
@@ -353,8 +367,10 @@ def register(sub) -> None:
             "as the release's annotators; inpaint and layout --box B --track-model SAM2_FOLDER follow the box's "
             "object with SAM 2 (the release's bboxtrack), and --label a,b or --caption TEXT with --detect-model "
             "GDINO_FOLDER --track-model SAM2_FOLDER find the object's box on the first frame with Grounding DINO, "
-            "then follow it (the release's label and caption modes). The release's face and salient are not built "
-            "in yet."
+            "then follow it (the release's label and caption modes); --salient-model U2NET.pt masks the salient object "
+            "of the first frame (the release's U^2-Net: its map > 0 on every frame, or with --track-model the box of "
+            "the map followed by SAM 2, the release's salient and salientbboxtrack modes). The release's face "
+            "annotator is not built in (it needs insightface)."
         ),
     )
     p.add_argument("task", choices=PREPARE_TASKS, help="which task's inputs to build")
@@ -409,6 +425,10 @@ def register(sub) -> None:
     o.add_argument("--detect-model", default=None,
                    help="inpaint, layout: the Grounding DINO model for --label/--caption (a transformers "
                         "GroundingDinoForObjectDetection folder with its tokenizer; the annotators extra)")
+    o.add_argument("--salient-model", default=None,
+                   help="inpaint, layout: the region is the salient object of the first frame, by the release's "
+                        "U^2-Net (its u2net.pt; the annotators extra): the map > 0 on every frame, or with "
+                        "--track-model the map's box followed by SAM 2")
     o.add_argument("--seed", type=int, default=0, help="random frame references and mask expansion")
     s = p.add_argument_group("size")
     s.add_argument("--frames", type=int, default=None,

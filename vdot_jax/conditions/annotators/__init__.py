@@ -19,6 +19,7 @@ size (``video_io``), so the control comes out at the size and frame count of the
 from __future__ import annotations
 
 import importlib
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,11 @@ BACKENDS = {
         "tokenizer files; e.g. IDEA-Research/grounding-dino-tiny)",
         "groundingdino_swint_ogc.pth with bert-base-uncased, which transformers' convert_grounding_dino_to_hf.py "
         "converts (IDEA-Research/grounding-dino-tiny)"),
+    # not a control: the salient object of the first frame, as a mask or as the box "track" follows
+    "salient": Backend(
+        "salient", "mask", "salient", ("torch", "PIL", "cv2"),
+        "the release's U^2-Net, a torch state dict file (VACE-Annotators' salient/u2net.pt)",
+        "salient/u2net.pt, which loads as it is"),
 }
 NOT_CONTROLS = ("mask", "box")  # the kinds of the backends that feed the inpaint/layout builders
 ANNOTATOR_TASKS = tuple(k for k, b in BACKENDS.items() if b.kind not in NOT_CONTROLS)  # those that make a control
@@ -137,7 +143,8 @@ def load(task: str, weights, flag: str = "--weights"):
         return module.load(str(weights))
     except AnnotatorError:
         raise
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as e:
+        # (torch.load of a file that is not a torch file raises the last two)
         raise AnnotatorError(f"cannot load {task} weights from {weights} ({_short(e)}); give {b.weights}.") from None
 
 
