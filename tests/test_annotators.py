@@ -201,8 +201,10 @@ def test_prepare_flow_end_to_end(tmp_path):
 def test_every_backend_is_a_prepare_task():
     from vdot_jax.commands import prepare
 
-    assert prepare.ANNOTATOR_TASKS == AN.ANNOTATOR_TASKS
+    assert prepare.ANNOTATOR_TASKS == AN.ANNOTATOR_TASKS == ("depth", "flow", "pose", "scribble")
     assert all(AN.BACKENDS[t].kind in C.CONTROL_KINDS for t in AN.ANNOTATOR_TASKS)
+    with pytest.raises(AN.AnnotatorError, match="insightface 2.1's wheel requires opencv-python 5"):
+        AN.check("face", "x")  # the release's annotator that is not built says why
 
 
 def test_annotator_refusals_write_nothing(tmp_path, video, capsys, monkeypatch):
@@ -262,7 +264,8 @@ def test_precompute_annotate_rows_resumable_sharded_bad_rows_counted(tmp_path, d
     # refused before anything is written: a depth row and no depth weights; an unknown task
     for extra, msg in ((["--annotate", "flow=" + depth_model], "rows 1, 2, 4 are task depth without condition "
                                                                "files: give --annotate depth=WEIGHTS"),
-                       (["--annotate", "face=" + depth_model], "no annotator for task face"),
+                       (["--annotate", "face=" + depth_model], "no annotator for task face (the release's face "
+                                                               "annotator (insightface's FaceAnalysis"),
                        (["--annotate", "depth"], "TASK=WEIGHTS")):
         assert main(argv + extra) == 2
         err = capsys.readouterr().err.strip()

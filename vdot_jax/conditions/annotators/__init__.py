@@ -19,7 +19,6 @@ size (``video_io``), so the control comes out at the size and frame count of the
 from __future__ import annotations
 
 import importlib
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,11 +87,19 @@ BACKENDS = {
         "the release's U^2-Net, a torch state dict file (VACE-Annotators' salient/u2net.pt)",
         "salient/u2net.pt, which loads as it is"),
 }
+# the release's annotators that are not built, and why (one line each)
+UNAVAILABLE = {
+    "face": "the release's face annotator (insightface's FaceAnalysis with antelopev2) is not built: insightface "
+            "2.1's wheel requires opencv-python 5, which replaces the cv2 module of the pinned "
+            "opencv-python-headless 4.10; make the face crop with the release and give it to --ref-images",
+}
 NOT_CONTROLS = ("mask", "box")  # the kinds of the backends that feed the inpaint/layout builders
 ANNOTATOR_TASKS = tuple(k for k, b in BACKENDS.items() if b.kind not in NOT_CONTROLS)  # those that make a control
 
 
 def backend(task: str) -> Backend:
+    if task in UNAVAILABLE:
+        raise AnnotatorError(UNAVAILABLE[task] + ".")
     if task not in BACKENDS:
         raise AnnotatorError(f"no annotator for task {task!r}; annotator tasks are {', '.join(BACKENDS)}.")
     return BACKENDS[task]
@@ -143,9 +150,22 @@ def load(task: str, weights, flag: str = "--weights"):
         return module.load(str(weights))
     except AnnotatorError:
         raise
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as e:
-        # (torch.load of a file that is not a torch file raises the last two)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
         raise AnnotatorError(f"cannot load {task} weights from {weights} ({_short(e)}); give {b.weights}.") from None
+
+
+def state_dict(path: str) -> dict:
+    """A torch state dict file's tensors (``weights_only``: nothing in it runs); a ``ValueError`` naming the file if
+    it is not one (torch.load raises pickle, struct, EOF or runtime errors for other files)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- any file that is not a torch save
+        raise ValueError(f"{path} is not a torch state dict file: {type(e).__name__}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+    return state
 
 
 def to_uint8(video) -> np.ndarray:

@@ -83,11 +83,9 @@ class Scribble:
 
 
 def load(path: str) -> Scribble:
-    import torch
+    from vdot_jax.conditions.annotators import state_dict
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+    state = state_dict(path)
     model = network()
     model.load_state_dict(state)  # strict: another network's file is refused, naming its keys
     return Scribble(model.eval())
