@@ -812,6 +812,14 @@ def test_salient_is_the_release_u2net_and_post_processing():
     m[1, 2], m[4, 5], m[5, 7] = 1, 200, 0
     np.testing.assert_array_equal(SA.mask_box(m), [2, 1, 5, 4])  # pixels >= 1, inclusive corners
     assert SA.mask_box(np.zeros((3, 3))) is None
+    # the reference image: kept where the map > 1, white elsewhere, cropped to those pixels
+    img = np.arange(6 * 8 * 3, dtype=np.uint8).reshape(6, 8, 3)
+    m = np.zeros((6, 8), np.uint8)
+    m[1, 2], m[4, 5], m[2, 3], m[0, 7] = 2, 200, 1, 1  # 1 is not > 1: white, and outside the crop's extent
+    want = np.full((4, 4, 3), 255, np.uint8)  # rows 1..4, columns 2..5
+    want[0, 0], want[3, 3] = img[1, 2], img[4, 5]
+    np.testing.assert_array_equal(SA.subject(img, m), want)
+    assert SA.subject(img, np.ones((6, 8))) is None
 
 
 @pytest.fixture(scope="module")
@@ -850,6 +858,12 @@ def test_salient_refusals_write_nothing(tmp_path, video, sam2_model, capsys):
         assert code == 2 and msg in err and not out.exists(), (argv, err)
     code, out = prepare(tmp_path, "depth", "--src-video", video, "--salient-model", video, name="never")
     assert code == 2 and "--salient-model is for tasks inpaint, layout, not depth" in capsys.readouterr().err
+    ref = str(video_io.write_image(tmp_path / "ref.png", moving_video(1)[0]))
+    for argv, msg in ((["--ref-salient-model", video], "give --ref-images"),
+                      (["--ref-images", ref, "--ref-salient-model", str(tmp_path / "none")], "salient weights")):
+        code, out = prepare(tmp_path, "plain", "--src-video", video, *argv, name="never")
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert code == 2 and msg in err and not out.exists(), (argv, err)
 
 
 @pytest.mark.slow  # U^2-Net at full width on CPU: ~10 s a frame, twice, and SAM 2
@@ -875,3 +889,14 @@ def test_prepare_inpaint_salient_end_to_end(tmp_path, salient_weights, sam2_mode
                          frames=5, height=H, width=W)
     masks = AN.load("track", sam2_model)(frames, mask_box(smap))
     assert (np.abs(back.masks[0, 0] - masks) > 0.5).mean() < 0.01
+    # a reference image made the salient object on white, cropped (the release's image salient task)
+    from vdot_jax.conditions.annotators.salient import subject
+
+    img = moving_video(1, 40, 56)[0]
+    ref = str(video_io.write_image(tmp_path / "ref.png", img))
+    code, out = prepare(tmp_path, "plain", "--src-video", src, "--ref-images", ref, "--ref-salient-model",
+                        salient_weights, name="ref")
+    assert code == 0
+    want = subject(img, AN.load("salient", salient_weights)(img))
+    assert want.shape[0] < 40 or want.shape[1] < 56 or (want == 255).any()  # something was cut or whitened
+    np.testing.assert_array_equal(video_io.read_image(out / "ref_0.png", normalize=False), want)  # png: lossless

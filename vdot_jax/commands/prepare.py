@@ -259,8 +259,9 @@ def _check_out(args, refs: list[str]) -> Path:
     return out
 
 
-def write(vcu, out: Path, *, task: str, prompt: str | None, refs: list[str], fps: float) -> dict:
-    """Write the VCU's files into a staging folder beside ``out``, then move them in (no partial output)."""
+def write(vcu, out: Path, *, task: str, prompt: str | None, refs: list, fps: float) -> dict:
+    """Write the VCU's files into a staging folder beside ``out``, then move them in (no partial output).
+    ``refs``: reference image paths, or the images themselves (uint8 [H, W, 3])."""
     from vdot_jax import conditions as C
     from vdot_jax.data import video_io
 
@@ -277,7 +278,7 @@ def write(vcu, out: Path, *, task: str, prompt: str | None, refs: list[str], fps
         ref_names = []
         for i, p in enumerate(refs):
             ref_names.append(f"ref_{i}.png")
-            video_io.write_image(stage / ref_names[-1], video_io.read_image(p))
+            video_io.write_image(stage / ref_names[-1], video_io.read_image(p) if isinstance(p, str) else p)
         row = {"prompt": prompt, "task": row_task(vcu, task), "src_video": "src_video.mp4",
                "src_mask": "src_mask.mp4" if "src_mask.mp4" in names else None, "ref_images": ref_names,
                "frames": vcu.num_frames, "height": vcu.height, "width": vcu.width}
@@ -311,6 +312,25 @@ def check_options(args) -> None:
             raise UserError(f"{flag} is for task{'s' if len(tasks) > 1 else ''} {', '.join(tasks)}, not {args.task}")
 
 
+def _salient_refs(paths, images, weights) -> list:
+    """Each reference image -> its salient object on white, cropped (the release's image salient task)."""
+    import numpy as np
+
+    from vdot_jax.conditions import annotators as AN
+    from vdot_jax.conditions.annotators.salient import subject
+
+    model = AN.load("salient", weights, "--ref-salient-model")
+    out = []
+    for p, img in zip(paths, images):
+        img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+        crop = subject(img, model(img))
+        if crop is None:
+            raise UserError(f"--ref-images {p}: the salient map finds no object (no pixel above 1); give it as it is "
+                            f"without --ref-salient-model")
+        out.append(crop)
+    return out
+
+
 def append_row(row: dict, out: Path, rows: Path) -> None:
     """Append ``row`` to a ``vdot generate --batch`` rows file, its paths made relative to that file's folder (as
     the batch reader resolves them)."""
@@ -329,14 +349,21 @@ def run(args) -> None:
     check_options(args)
     refs = [p for p in (args.ref_images or "").split(",") if p]
     out = _check_out(args, refs)
-    for p in refs:  # unreadable references are refused before anything is written
-        video_io.read_image(p)
+    images = [video_io.read_image(p, normalize=False) for p in refs]  # unreadable ones refused before any writing
+    if args.ref_salient_model is not None:
+        from vdot_jax.conditions import annotators as AN
+
+        if not refs:
+            raise UserError("--ref-salient-model makes each --ref-images image its salient object; give --ref-images")
+        AN.check("salient", args.ref_salient_model, "--ref-salient-model")
     if args.rows is not None:
         if not args.prompt:
             raise UserError("--rows appends a vdot generate --batch row, which needs --prompt")
         if Path(args.rows).is_dir():
             raise UserError(f"--rows {args.rows} is a folder; give a .jsonl file to append to")
     vcu = build(args)
+    if args.ref_salient_model is not None:
+        refs = _salient_refs(refs, images, args.ref_salient_model)
     row = write(vcu, out, task=args.task, prompt=args.prompt, refs=refs, fps=args.fps)
     if args.rows is not None:
         append_row(row, out, Path(args.rows))
@@ -385,6 +412,9 @@ def register(sub) -> None:
     i.add_argument("--track", default=None,
                    help="keyframes FRAME:x1,y1,x2,y2;FRAME:... (source frames), linear in between, held at the ends")
     i.add_argument("--ref-images", default=None, help="reference images to add, comma-separated")
+    i.add_argument("--ref-salient-model", default=None,
+                   help="make each --ref-images image its salient object on white, cropped to it, with the release's "
+                        "U^2-Net (its u2net.pt; the annotators extra), as the release's image salient task does")
     i.add_argument("--prompt", default=None, help="the prompt to put in row.json")
     i.add_argument("--rows", default=None, metavar="FILE.jsonl",
                    help="also append the row to this vdot generate --batch file (paths relative to its folder; "

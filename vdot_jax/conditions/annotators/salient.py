@@ -10,7 +10,8 @@ Every convolution of a block is 3x3 + batch norm + ReLU (``REBNCONV``).
 The release's post-processing of a frame: RGB resized to 320 x 320 (PIL bilinear), scaled to [0, 1], ImageNet's mean
 and std; the fused map min-max normalised, times 255, truncated to uint8, resized to the frame (OpenCV bilinear).
 Its ``salient`` mode masks that map > 0 on every frame; ``salientbboxtrack`` gives SAM 2 the box of its pixels >= 1
-(``get_mask_box(mask, threshold=1)``: first and last such column and row, inclusive).
+(``get_mask_box(mask, threshold=1)``: first and last such column and row, inclusive); as a reference image (the
+release's image ``salient`` task) the object is kept where the map is > 1, on white, cropped to it.
 """
 
 from __future__ import annotations
@@ -141,6 +142,18 @@ def mask_box(saliency_map, threshold: int = 1):
     """(x1, y1, x2, y2) of the pixels >= ``threshold`` (inclusive corners), or None: the release's box for SAM 2."""
     ys, xs = np.nonzero(np.asarray(saliency_map) >= threshold)
     return None if not len(xs) else np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float64)
+
+
+def subject(image, saliency_map):
+    """The release's salient reference image (``SalientAnnotator`` with ``RETURN_IMAGE`` and ``USE_CROP``): the
+    image where the map is > 1, white elsewhere, cropped to those pixels' bounding rectangle; None if there are
+    none (the release's crop is then empty)."""
+    keep = np.asarray(saliency_map) > 1
+    ys, xs = np.nonzero(keep)
+    if not len(xs):
+        return None
+    out = np.where(keep[..., None], image, 255).astype(np.uint8)
+    return out[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
 
 
 class Salient:
