@@ -146,7 +146,7 @@ def test_ui_runs_a_configured_annotator_on_the_raw_upload(tmp_path, video, depth
     with pytest.raises(UIError, match="upload a video for depth"):
         Server(annotators={"depth": depth_model}, out_dir=str(tmp_path / "ui")).task_inputs(s)
     assert "--annotator depth=WEIGHTS" in task_help("depth") and "Depth-Anything" in task_help("depth", {"depth": 1})
-    assert "not part of vdot-jax yet" in task_help("face")
+    assert "--ref-face-model WEIGHTS" in task_help("face") and "--ref-salient-model" in task_help("salient")
     for spec, message in (("depth=/nonexistent", "depth weights /nonexistent do not exist"),
                           ("face=x", "--annotator takes TASK=WEIGHTS")):
         assert main(["ui", "--annotator", spec, "--port", "1"]) == 2
@@ -203,8 +203,7 @@ def test_every_backend_is_a_prepare_task():
 
     assert prepare.ANNOTATOR_TASKS == AN.ANNOTATOR_TASKS == ("depth", "flow", "pose", "scribble")
     assert all(AN.BACKENDS[t].kind in C.CONTROL_KINDS for t in AN.ANNOTATOR_TASKS)
-    with pytest.raises(AN.AnnotatorError, match="insightface 2.1's wheel requires opencv-python 5"):
-        AN.check("face", "x")  # the release's annotator that is not built says why
+    assert set(AN.BACKENDS) == set(AN.ANNOTATOR_TASKS) | {"track", "detect", "salient", "face"}
 
 
 def test_annotator_refusals_write_nothing(tmp_path, video, capsys, monkeypatch):
@@ -264,8 +263,8 @@ def test_precompute_annotate_rows_resumable_sharded_bad_rows_counted(tmp_path, d
     # refused before anything is written: a depth row and no depth weights; an unknown task
     for extra, msg in ((["--annotate", "flow=" + depth_model], "rows 1, 2, 4 are task depth without condition "
                                                                "files: give --annotate depth=WEIGHTS"),
-                       (["--annotate", "face=" + depth_model], "no annotator for task face (the release's face "
-                                                               "annotator (insightface's FaceAnalysis"),
+                       (["--annotate", "face=" + depth_model], "no annotator for task face; annotator tasks are "
+                                                               "depth, flow, pose, scribble"),
                        (["--annotate", "depth"], "TASK=WEIGHTS")):
         assert main(argv + extra) == 2
         err = capsys.readouterr().err.strip()
@@ -533,7 +532,8 @@ def test_gdino_post_processing_known_values():
 
     assert GD.caption_text(["Red car", "dog"]) == "red car. dog."  # predict_with_classes' ". ".join, lower, '.'
     assert GD.caption_text(caption="  A red car. ") == "a red car."
-    assert GD.input_size(32, 48) == (800, 1200) and GD.input_size(1000, 800) == (1000, 800) and GD.input_size(600, 800) == (800, 1066)
+    assert GD.input_size(32, 48) == (800, 1200) and GD.input_size(1000, 800) == (1000, 800)
+    assert GD.input_size(600, 800) == (800, 1066)
     assert GD.input_size(480, 832) == (769, 1332)  # 832 / 480 x 800 > 1333: short side round(769.04), long truncated
     assert GD.input_size(1000, 500) == (1332, 666)  # round(666.5) = 666 (Python's, as the release)
     h, w = 32, 64
@@ -900,3 +900,88 @@ def test_prepare_inpaint_salient_end_to_end(tmp_path, salient_weights, sam2_mode
     want = subject(img, AN.load("salient", salient_weights)(img))
     assert want.shape[0] < 40 or want.shape[1] < 56 or (want == 255).any()  # something was cut or whitened
     np.testing.assert_array_equal(video_io.read_image(out / "ref_0.png", normalize=False), want)  # png: lossless
+
+
+# ----------------------------------------------------------------------------- face (the release's SCRFD detector)
+
+# SCRFD outputs on a 640 x 640 input, designed: (stride, anchor index, score, distances left, top, right, bottom in
+# strides). A 160 x 320 image is letterboxed at det_scale 2.
+FACES = ((16, (10 * 40 + 12) * 2, 0.9, (2, 3, 4, 5)),  # A: (160, 112, 256, 240) -> image (80, 56, 128, 120)
+         (16, (10 * 40 + 12) * 2 + 1, 0.8, (2, 3, 4, 4)),  # B: IoU 0.88 with A (+1 areas): suppressed
+         (8, (5 * 80 + 60) * 2, 0.7, (1, 1, 1, 1)),  # C: centre (480, 40) -> image (236, 16, 244, 24)
+         (32, (2 * 20 + 2) * 2, 0.5, (1, 1, 1, 1)),  # D: score 0.5 is kept (>=): image (16, 16, 48, 48)
+         (32, 0, 0.49, (1, 1, 1, 1)))  # E: below the threshold
+
+
+def scrfd_outputs(faces=FACES):
+    """The 9 outputs (scores, boxes, key points per stride 8, 16, 32), float32."""
+    n = {8: 12800, 16: 3200, 32: 800}
+    scores = {s: np.zeros((k, 1), np.float32) for s, k in n.items()}
+    boxes = {s: np.zeros((k, 4), np.float32) for s, k in n.items()}
+    for stride, i, score, dist in faces:
+        scores[stride][i, 0], boxes[stride][i] = score, dist
+    return [scores[s] for s in n] + [boxes[s] for s in n] + [np.zeros((k, 10), np.float32) for k in n.values()]
+
+
+def scrfd_onnx(path, faces=FACES):
+    need("torch", "onnxruntime", "cv2")
+    import torch
+
+    class Const(torch.nn.Module):
+        def __init__(self, outs):
+            super().__init__()
+            for i, o in enumerate(outs):
+                self.register_buffer(f"o{i}", torch.from_numpy(o))
+
+        def forward(self, x):
+            z = 0 * x.mean()
+            return tuple(getattr(self, f"o{i}") + z for i in range(9))
+
+    names = [f"{k}_{s}" for k in ("score", "bbox", "kps") for s in (8, 16, 32)]
+    torch.onnx.export(Const(scrfd_outputs(faces)), (torch.zeros(1, 3, 640, 640),), str(path), input_names=["input.1"],
+                      output_names=names, dynamo=False)
+    return str(path)
+
+
+def test_face_detection_decoding_and_crop_known_values():
+    from vdot_jax.conditions.annotators import face as FA
+
+    det = FA.decode(scrfd_outputs(), det_scale=2.0)
+    np.testing.assert_allclose(det, [[80, 56, 128, 120, 0.9], [236, 16, 244, 24, 0.7], [16, 16, 48, 48, 0.5]],
+                               rtol=1e-6)
+    assert FA.decode(scrfd_outputs(FACES[4:]), 2.0).shape == (0, 5)
+    img = np.arange(160 * 320 * 3).reshape(160, 320, 3).astype(np.uint8)
+    np.testing.assert_array_equal(FA.crop(img, det[0]), img[56:121, 80:129])  # inclusive of int(x2), int(y2)
+    np.testing.assert_array_equal(FA.crop(img, [-3.5, 2.9, 10.2, 5.0]), img[2:6, 0:11])  # truncated; x1 clipped at 0
+    # letterbox: fitted (the other side truncated), top-left on black; the input: BGR, (x - 127.5) / 128
+    boxed, scale = FA.letterbox(img[:, :300])
+    assert scale == 640 * 160 // 300 / 160 and (boxed[341:] == 0).all() and boxed[:341].any()
+    tall, scale = FA.letterbox(img[:150, :100])
+    assert scale == 640 / 150 and (tall[:, 426:] == 0).all() and tall[:, :426].any()
+    import cv2
+
+    x, scale = FA.FaceDetector.inputs(None, img)
+    want = cv2.dnn.blobFromImage(FA.letterbox(img)[0], 1.0 / 128, (640, 640), (127.5, 127.5, 127.5), swapRB=True)
+    assert scale == 2.0 and x.shape == (1, 3, 640, 640)
+    np.testing.assert_allclose(x, want, atol=1e-6)
+
+
+def test_prepare_face_reference_end_to_end(tmp_path, video, capsys):
+    """--ref-face-model: the reference written is the first face's crop; no face, a non-SCRFD file, no references
+    and two crop models are one line each, nothing written."""
+    det = scrfd_onnx(tmp_path / "scrfd.onnx")
+    img = moving_video(1, 160, 320)[0]
+    ref = str(video_io.write_image(tmp_path / "me.png", img))
+    code, out = prepare(tmp_path, "plain", "--src-video", video, "--ref-images", ref, "--ref-face-model", det)
+    assert code == 0 and json.loads((out / "row.json").read_text())["ref_images"] == ["ref_0.png"]
+    np.testing.assert_array_equal(video_io.read_image(out / "ref_0.png", normalize=False), img[56:121, 80:129])
+    blind = scrfd_onnx(tmp_path / "blind.onnx", faces=FACES[4:])
+    capsys.readouterr()
+    for argv, msg in ((["--ref-images", ref, "--ref-face-model", blind], "me.png: the face detector finds no face"),
+                      (["--ref-images", ref, "--ref-face-model", video], "cannot load face weights"),
+                      (["--ref-face-model", det], "give --ref-images"),
+                      (["--ref-images", ref, "--ref-face-model", det, "--ref-salient-model", det], "not both"),
+                      (["--ref-images", ref, "--ref-face-model", str(tmp_path / "no.onnx")], "face weights")):
+        code, never = prepare(tmp_path, "plain", "--src-video", video, *argv, name="never")
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert code == 2 and msg in err and not never.exists(), (argv, err)

@@ -22,8 +22,8 @@ TASK_OPTIONS = {"mode": ("frameref",), "ref_num": ("frameref",), "clip_frames": 
                 "mask_kind": ("inpaint", "layout"), "expand_ratio": ("inpaint", "layout"),
                 "expand_iters": ("inpaint", "layout"), "invert": ("inpaint",), "edge_low": ("edges",),
                 "edge_high": ("edges",), "edge_sigma": ("edges",), "weights": ANNOTATOR_TASKS,
-                "track_model": ("inpaint", "layout"), "detect_model": ("inpaint", "layout"), "label": ("inpaint", "layout"),
-                "caption": ("inpaint", "layout"), "salient_model": ("inpaint", "layout")}
+                **{k: ("inpaint", "layout")
+                   for k in ("track_model", "detect_model", "label", "caption", "salient_model")}}
 
 
 def _src_frames(args, total: int) -> int:
@@ -312,21 +312,43 @@ def check_options(args) -> None:
             raise UserError(f"{flag} is for task{'s' if len(tasks) > 1 else ''} {', '.join(tasks)}, not {args.task}")
 
 
-def _salient_refs(paths, images, weights) -> list:
-    """Each reference image -> its salient object on white, cropped (the release's image salient task)."""
+REF_MODELS = {"salient": "--ref-salient-model", "face": "--ref-face-model"}
+
+
+def _ref_model(args, refs) -> tuple[str, str, str] | None:
+    """(annotator task, weights, flag) that turns the references into its crops, checked; or None."""
+    from vdot_jax.conditions import annotators as AN
+
+    given = [(t, getattr(args, f"ref_{t}_model"), f) for t, f in REF_MODELS.items()
+             if getattr(args, f"ref_{t}_model") is not None]
+    if not given:
+        return None
+    if len(given) > 1:
+        raise UserError("give --ref-salient-model or --ref-face-model, not both")
+    task, weights, flag = given[0]
+    if not refs:
+        raise UserError(f"{flag} makes each --ref-images image its {task} crop; give --ref-images")
+    AN.check(task, weights, flag)
+    return given[0]
+
+
+def _annotated_refs(paths, images, task: str, weights: str, flag: str) -> list:
+    """Each reference image -> the release's crop of it: its salient object on white, cropped (the image salient
+    task), or its first face (the image face task)."""
     import numpy as np
 
     from vdot_jax.conditions import annotators as AN
     from vdot_jax.conditions.annotators.salient import subject
 
-    model = AN.load("salient", weights, "--ref-salient-model")
+    model = AN.load(task, weights, flag)
     out = []
     for p, img in zip(paths, images):
         img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-        crop = subject(img, model(img))
+        crop = subject(img, model(img)) if task == "salient" else model(img)
         if crop is None:
-            raise UserError(f"--ref-images {p}: the salient map finds no object (no pixel above 1); give it as it is "
-                            f"without --ref-salient-model")
+            what = ("the salient map finds no object (no pixel above 1)" if task == "salient" else
+                    "the face detector finds no face (none scores 0.5)")
+            raise UserError(f"--ref-images {p}: {what}; give it as it is, without {flag}")
         out.append(crop)
     return out
 
@@ -350,20 +372,15 @@ def run(args) -> None:
     refs = [p for p in (args.ref_images or "").split(",") if p]
     out = _check_out(args, refs)
     images = [video_io.read_image(p, normalize=False) for p in refs]  # unreadable ones refused before any writing
-    if args.ref_salient_model is not None:
-        from vdot_jax.conditions import annotators as AN
-
-        if not refs:
-            raise UserError("--ref-salient-model makes each --ref-images image its salient object; give --ref-images")
-        AN.check("salient", args.ref_salient_model, "--ref-salient-model")
+    ref_model = _ref_model(args, refs)
     if args.rows is not None:
         if not args.prompt:
             raise UserError("--rows appends a vdot generate --batch row, which needs --prompt")
         if Path(args.rows).is_dir():
             raise UserError(f"--rows {args.rows} is a folder; give a .jsonl file to append to")
     vcu = build(args)
-    if args.ref_salient_model is not None:
-        refs = _salient_refs(refs, images, args.ref_salient_model)
+    if ref_model is not None:
+        refs = _annotated_refs(refs, images, *ref_model)
     row = write(vcu, out, task=args.task, prompt=args.prompt, refs=refs, fps=args.fps)
     if args.rows is not None:
         append_row(row, out, Path(args.rows))
@@ -396,8 +413,8 @@ def register(sub) -> None:
             "GDINO_FOLDER --track-model SAM2_FOLDER find the object's box on the first frame with Grounding DINO, "
             "then follow it (the release's label and caption modes); --salient-model U2NET.pt masks the salient object "
             "of the first frame (the release's U^2-Net: its map > 0 on every frame, or with --track-model the box of "
-            "the map followed by SAM 2, the release's salient and salientbboxtrack modes). The release's face "
-            "annotator is not built in (it needs insightface)."
+            "the map followed by SAM 2, the release's salient and salientbboxtrack modes). --ref-salient-model and "
+            "--ref-face-model turn --ref-images into the release's salient-object and face crops."
         ),
     )
     p.add_argument("task", choices=PREPARE_TASKS, help="which task's inputs to build")
@@ -415,6 +432,10 @@ def register(sub) -> None:
     i.add_argument("--ref-salient-model", default=None,
                    help="make each --ref-images image its salient object on white, cropped to it, with the release's "
                         "U^2-Net (its u2net.pt; the annotators extra), as the release's image salient task does")
+    i.add_argument("--ref-face-model", default=None,
+                   help="make each --ref-images image the crop of its most confident face, found by the release's "
+                        "face detector (antelopev2's scrfd_10g_bnkps.onnx; the annotators extra), as the release's "
+                        "image face task does")
     i.add_argument("--prompt", default=None, help="the prompt to put in row.json")
     i.add_argument("--rows", default=None, metavar="FILE.jsonl",
                    help="also append the row to this vdot generate --batch file (paths relative to its folder; "
@@ -448,8 +469,8 @@ def register(sub) -> None:
                    help="inpaint, layout: follow the --box of the first frame through the video with this SAM 2 "
                         "model (a transformers Sam2VideoModel folder; the annotators extra) instead of keeping the box")
     o.add_argument("--label", default=None,
-                   help="inpaint, layout: object class name(s), comma-separated, that --detect-model finds on the first "
-                        "frame (read as the caption 'a. b'); the most confident box is tracked (needs --track-model)")
+                   help="inpaint, layout: object class name(s), comma-separated, that --detect-model finds on the "
+                        "first frame (read as the caption 'a. b'); the most confident box is tracked (needs --track-model)")
     o.add_argument("--caption", default=None,
                    help="inpaint, layout: a phrase naming the object for --detect-model, instead of --label")
     o.add_argument("--detect-model", default=None,

@@ -181,12 +181,11 @@ def annotation_targets(rows, weights: dict) -> dict[int, str]:
     """Row index -> annotator task, for the raw rows (no condition files) whose task needs an annotator. A
     ``DataError`` naming the rows when a task of theirs has no ``--annotate TASK=PATH``, or when a task given is
     not an annotator's."""
-    from vdot_jax.conditions.annotators import ANNOTATOR_TASKS, UNAVAILABLE
+    from vdot_jax.conditions.annotators import ANNOTATOR_TASKS
 
     unknown = sorted(set(weights) - set(ANNOTATOR_TASKS))
     if unknown:
-        why = f" ({UNAVAILABLE[unknown[0]]})" if unknown[0] in UNAVAILABLE else ""
-        raise DataError(f"--annotate {unknown[0]}=...: no annotator for task {unknown[0]}{why}; annotator tasks are "
+        raise DataError(f"--annotate {unknown[0]}=...: no annotator for task {unknown[0]}; annotator tasks are "
                         f"{', '.join(ANNOTATOR_TASKS)}.")
     targets = {r.index: r.task for r in rows if r.raw and r.task_given and r.task in ANNOTATOR_TASKS}
     for task in sorted(set(targets.values()) - set(weights)):

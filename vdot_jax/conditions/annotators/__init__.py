@@ -86,20 +86,17 @@ BACKENDS = {
         "salient", "mask", "salient", ("torch", "PIL", "cv2"),
         "the release's U^2-Net, a torch state dict file (VACE-Annotators' salient/u2net.pt)",
         "salient/u2net.pt, which loads as it is"),
+    # not a control: the crop of the first face of a reference image
+    "face": Backend(
+        "face", "reference", "face", ("onnxruntime", "cv2"),
+        "the release's face detector ONNX file (antelopev2/scrfd_10g_bnkps.onnx of VACE-Annotators' face folder)",
+        "face/antelopev2/ (insightface's FaceAnalysis; only its detector, scrfd_10g_bnkps.onnx, decides the crop)"),
 }
-# the release's annotators that are not built, and why (one line each)
-UNAVAILABLE = {
-    "face": "the release's face annotator (insightface's FaceAnalysis with antelopev2) is not built: insightface "
-            "2.1's wheel requires opencv-python 5, which replaces the cv2 module of the pinned "
-            "opencv-python-headless 4.10; make the face crop with the release and give it to --ref-images",
-}
-NOT_CONTROLS = ("mask", "box")  # the kinds of the backends that feed the inpaint/layout builders
+NOT_CONTROLS = ("mask", "box", "reference")  # the kinds of the backends that make masks, boxes or reference crops
 ANNOTATOR_TASKS = tuple(k for k, b in BACKENDS.items() if b.kind not in NOT_CONTROLS)  # those that make a control
 
 
 def backend(task: str) -> Backend:
-    if task in UNAVAILABLE:
-        raise AnnotatorError(UNAVAILABLE[task] + ".")
     if task not in BACKENDS:
         raise AnnotatorError(f"no annotator for task {task!r}; annotator tasks are {', '.join(BACKENDS)}.")
     return BACKENDS[task]
