@@ -985,3 +985,27 @@ def test_prepare_face_reference_end_to_end(tmp_path, video, capsys):
         code, never = prepare(tmp_path, "plain", "--src-video", video, *argv, name="never")
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert code == 2 and msg in err and not never.exists(), (argv, err)
+
+
+def test_precompute_annotates_scribble_rows_through_the_registry(tmp_path, scribble_weights):
+    """A raw row of task scribble gets its control from ``vdot precompute --annotate scribble=W``: the same network
+    and post-processing as ``vdot prepare scribble`` (one implementation, the registry's)."""
+    from pathlib import Path
+
+    from vdot_jax.data import precompute as P
+    from vdot_jax.data.manifest import read_manifest
+    from vdot_jax.train.config import load_config
+
+    vid = video_io.write_video(tmp_path / "v.mp4", moving_video(5, 32, 32), fps=16)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"task": "scribble", "caption": "a", "video": "v.mp4"}) + "\n")
+    config = load_config(str(Path(__file__).resolve().parents[1] / "configs/tiny.py") + ":flow")
+    config.data.manifest, config.data.num_frames = str(manifest), 1
+    targets = P.annotation_targets(read_manifest(manifest), {"scribble": scribble_weights})
+    assert targets == {0: "scribble"}
+    got = P.annotate_rows(config, tmp_path / "ann", {"scribble": scribble_weights}, targets, log=lambda m: None)
+    assert got["annotated_now"] == 1
+    control = video_io.read_video(tmp_path / "ann/conditions/row-000000.scribble.mp4")
+    want = AN.annotate(AN.load("scribble", scribble_weights),
+                       C.video_from_frames(video_io.read_video(vid, num_frames=1, size=(32, 32))))
+    assert control.shape == (1, 32, 32, 3) and np.abs(C.video_from_frames(control) - want).mean() < 0.03
