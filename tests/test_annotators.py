@@ -558,7 +558,12 @@ def test_gdino_detector_matches_transformers_processing(tmp_path, gdino_model):
     post_process_grounded_object_detection (the same rules, written independently), NMS on top."""
     import torch
     from transformers import GroundingDinoProcessor
-    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
+
+    try:  # transformers 5: the PIL backend has its own class (the default one needs torchvision)
+        from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
+            GroundingDinoImageProcessorPil)
+    except ImportError:  # transformers 4: the default class is the PIL one
+        from transformers import GroundingDinoImageProcessor as GroundingDinoImageProcessorPil
 
     from vdot_jax.conditions.annotators import gdino as GD
 
