@@ -36,8 +36,12 @@ setup(
             "libtpu==0.0.42.*",  # TPU compile tests (tests/test_tpu.py) on a CPU host
         ],
         "torch": ["torch==2.13.0"],
-        # `vdot prepare depth|flow|pose` and `vdot precompute --annotate` (conditions/annotators): the networks come
-        # from these packages, their weights by path (nothing is downloaded). flow also needs torchvision 0.28.0 built
+        # `vdot prepare depth|flow|pose|scribble`, --track-model (SAM 2), --detect-model (Grounding DINO),
+        # --salient-model / --ref-salient-model (U^2-Net), --ref-face-model (SCRFD's ONNX) and `vdot precompute
+        # --annotate` (conditions/annotators): the networks come from these packages (scribble's and U^2-Net's are
+        # written in torch, so their release files load as they are), their weights by path (nothing is downloaded).
+        # insightface (the release's face package) is not listed: its wheel requires opencv-python 5, which replaces
+        # the cv2 module of the pinned headless OpenCV; its SCRFD detector runs on onnxruntime instead. flow also needs torchvision 0.28.0 built
         # for YOUR torch, so it is not listed: PyPI's wheels are CUDA builds, which beside the CPU torch fail to load
         # and then break transformers too (measured: DepthAnything no longer loads). CPU torch: pip install
         # torchvision==0.28.0 --index-url https://download.pytorch.org/whl/cpu

@@ -196,7 +196,7 @@ def test_every_task_is_listed_and_annotator_tasks_say_what_to_upload(server, cli
         with pytest.raises(AppError) as e:
             client.predict(*_args(task=task)[1:], api_name="/preview")
         want = ("depth needs annotator weights", "--annotator depth=WEIGHTS") if task == "depth" else (
-            "face's annotator is not part of vdot-jax yet", "upload it here")
+            "face's annotator crops reference images in vdot prepare", "--ref-face-model", "upload it here")
         assert all(w in str(e.value) for w in want), str(e.value)
     preview = read_video(_video_path(client.predict(*_args(task="depth", video=clips / "video.mp4")[1:],
                                                     api_name="/preview")))

@@ -14,7 +14,7 @@ EXTENSION_TASKS = ("first_frame", "last_frame", "first_last_frame", "first_clip"
 PREPARE_TASKS = ("plain", "gray", "edges", "layout", "frameref", "inpaint", "outpaint") + EXTENSION_TASKS
 # the tasks of conditions.annotators.BACKENDS (test_annotators keeps them equal; importing conditions loads jax,
 # which `vdot --help` does not): they need the annotators extra and --weights
-ANNOTATOR_TASKS = ("depth", "flow", "pose")
+ANNOTATOR_TASKS = ("depth", "flow", "pose", "scribble")
 PREPARE_TASKS += ANNOTATOR_TASKS
 CLIP_TASKS = ("first_clip", "last_clip", "first_last_clip")
 # options that only some tasks use: given to another task they are refused, not silently ignored
@@ -22,7 +22,8 @@ TASK_OPTIONS = {"mode": ("frameref",), "ref_num": ("frameref",), "clip_frames": 
                 "mask_kind": ("inpaint", "layout"), "expand_ratio": ("inpaint", "layout"),
                 "expand_iters": ("inpaint", "layout"), "invert": ("inpaint",), "edge_low": ("edges",),
                 "edge_high": ("edges",), "edge_sigma": ("edges",), "weights": ANNOTATOR_TASKS,
-                "track_model": ("inpaint", "layout")}
+                **{k: ("inpaint", "layout")
+                   for k in ("track_model", "detect_model", "label", "caption", "salient_model")}}
 
 
 def _src_frames(args, total: int) -> int:
@@ -86,6 +87,23 @@ def _clips(args, n: int):
     return C.extend(task, n, first=first, last=last)
 
 
+def _text(args):
+    """--label a,b or --caption -> the detector's text (``gdino.caption_text``), or None."""
+    if args.label is not None and args.caption is not None:
+        raise UserError("give --label or --caption, not both")
+    if args.label is not None:
+        labels = [x.strip() for x in args.label.split(",")]
+        if not all(labels):
+            raise UserError(f"--label is names separated by ',', got {args.label!r}")
+    elif args.caption is None:
+        return None
+    elif not args.caption.strip():
+        raise UserError("--caption is empty")
+    from vdot_jax.conditions.annotators.gdino import caption_text  # numpy only
+
+    return caption_text(labels if args.label is not None else None, args.caption)
+
+
 def build(args):
     """The task's VCU from the files the arguments name (nothing written)."""
     import numpy as np
@@ -111,14 +129,16 @@ def build(args):
         raise UserError("--expand top,bottom,left,right is needed by task outpaint, and only by it")
     if args.src_image is not None and task not in ("first_frame", "last_frame", "first_last_frame"):
         raise UserError(f"--src-image is for the *_frame extension tasks, not {task}")
-    if task in ("inpaint", "layout") and not (has_boxes or args.mask is not None):
-        raise UserError(f"task {task} needs --mask or --box/--track")
-    if has_boxes and args.mask is not None:
-        raise UserError("give --mask or --box/--track, not both")
+    text, salient = _text(args), args.salient_model is not None
+    sources = (has_boxes, args.mask is not None, text is not None, salient)  # where the region comes from
+    if task in ("inpaint", "layout") and not any(sources):
+        raise UserError(f"task {task} needs --mask, --box/--track, --label/--caption or --salient-model")
+    if sum(sources) > 1:
+        raise UserError("give one of --mask, --box/--track, --label/--caption, --salient-model")
     if task == "layout" and has_boxes and (args.mask_kind != "original" or args.expand_ratio is not None):
         raise UserError("--mask-kind and --expand-ratio shape a --mask's outline; layout from boxes draws the boxes")
 
-    if task == "layout" and args.src_video is None:  # boxes alone: output pixels and frames
+    if task == "layout" and args.src_video is None and has_boxes:  # boxes alone: output pixels and frames
         n = check_num_frames(args.frames or 81, C.WAN_STRIDE[0], "--frames")
         return C.v2v(PR.layout_boxes(_boxes(args, n, (H, W), np.arange(n), (H, W)), H, W), "layout")
 
@@ -142,11 +162,20 @@ def build(args):
     if args.src_video is None:
         raise UserError(f"task {task} needs --src-video")
 
+    if text is not None and (args.detect_model is None or args.track_model is None):
+        raise UserError("--label/--caption need --detect-model GDINO_FOLDER (finds the object's box on the first "
+                        "frame) and --track-model SAM2_FOLDER (follows it)")
+    if args.detect_model is not None and text is None:
+        raise UserError("--detect-model finds the object that --label or --caption names; give one")
     if args.track_model is not None:
-        if args.box is None or ";" in args.box:
+        if text is None and not salient and (args.box is None or ";" in args.box):
             raise UserError("--track-model follows one --box x1,y1,x2,y2 from the first frame; give one box (not "
                             "--track or a box per frame)")
         AN.check("track", args.track_model, "--track-model")
+    if text is not None:
+        AN.check("detect", args.detect_model, "--detect-model")
+    if salient:
+        AN.check("salient", args.salient_model, "--salient-model")
     if task in ANNOTATOR_TASKS:
         AN.check(task, args.weights)  # packages and weights path, before any video is read
     info = video_io.probe_video(args.src_video)
@@ -166,9 +195,24 @@ def build(args):
     else:
         video = C.video_from_frames(video_io.read_video(args.src_video, num_frames=n, size=(H, W)))
         masks = PR.box_masks(_boxes(args, info.num_frames, src_hw, idx, (H, W)), H, W) if has_boxes else None
-    if args.track_model is not None:  # the box on the first frame, followed by SAM 2
-        box = _boxes(args, info.num_frames, src_hw, idx, (H, W))[0]
-        masks = AN.load("track", args.track_model, "--track-model")(AN.to_uint8(video), box)[None, None]
+    if args.track_model is not None or salient:
+        frames = AN.to_uint8(video)
+        smap = AN.load("salient", args.salient_model, "--salient-model")(frames[0]) if salient else None
+        if args.track_model is None:  # the release's salient mode: the first frame's map > 0, on every frame
+            masks = np.broadcast_to((smap > 0).astype(np.float32), (1, 1) + video.shape[2:]).copy()
+        else:  # a box on the first frame (given, found by the detector, or the salient map's), followed by SAM 2
+            if text is not None:
+                box = AN.load("detect", args.detect_model, "--detect-model")(frames[0], text)
+            elif salient:
+                from vdot_jax.conditions.annotators.salient import mask_box
+
+                box = mask_box(smap)
+                if box is None:
+                    raise UserError("the salient map of the first frame is empty (no pixel >= 1), so there is no box "
+                                    "to track; give --box")
+            else:
+                box = _boxes(args, info.num_frames, src_hw, idx, (H, W))[0]
+            masks = AN.load("track", args.track_model, "--track-model")(frames, box)[None, None]
 
     if task in ANNOTATOR_TASKS:
         return C.v2v(AN.annotate(AN.load(task, args.weights), video), AN.BACKENDS[task].kind)
@@ -192,10 +236,11 @@ def build(args):
     return C.inpaint(video, masks)
 
 
-def row_task(vcu) -> str:
-    """The ``task`` a row of these files is read as (``conditions.files.task_inputs``)."""
+def row_task(vcu, task: str) -> str:
+    """The ``task`` a row of these files is read as (``conditions.files.task_inputs``); ``edges`` is a ``v2v``
+    row, not the release's scribble."""
     if vcu.kind == "control":
-        return vcu.task if vcu.task in ("gray", "layout") + ANNOTATOR_TASKS else "v2v"
+        return task if task in ("gray", "layout") + ANNOTATOR_TASKS else "v2v"
     return "mv2v"
 
 
@@ -214,8 +259,9 @@ def _check_out(args, refs: list[str]) -> Path:
     return out
 
 
-def write(vcu, out: Path, *, prompt: str | None, refs: list[str], fps: float) -> dict:
-    """Write the VCU's files into a staging folder beside ``out``, then move them in (no partial output)."""
+def write(vcu, out: Path, *, task: str, prompt: str | None, refs: list, fps: float) -> dict:
+    """Write the VCU's files into a staging folder beside ``out``, then move them in (no partial output).
+    ``refs``: reference image paths, or the images themselves (uint8 [H, W, 3])."""
     from vdot_jax import conditions as C
     from vdot_jax.data import video_io
 
@@ -232,8 +278,8 @@ def write(vcu, out: Path, *, prompt: str | None, refs: list[str], fps: float) ->
         ref_names = []
         for i, p in enumerate(refs):
             ref_names.append(f"ref_{i}.png")
-            video_io.write_image(stage / ref_names[-1], video_io.read_image(p))
-        row = {"prompt": prompt, "task": row_task(vcu), "src_video": "src_video.mp4",
+            video_io.write_image(stage / ref_names[-1], video_io.read_image(p) if isinstance(p, str) else p)
+        row = {"prompt": prompt, "task": row_task(vcu, task), "src_video": "src_video.mp4",
                "src_mask": "src_mask.mp4" if "src_mask.mp4" in names else None, "ref_images": ref_names,
                "frames": vcu.num_frames, "height": vcu.height, "width": vcu.width}
         if prompt is None:
@@ -266,6 +312,47 @@ def check_options(args) -> None:
             raise UserError(f"{flag} is for task{'s' if len(tasks) > 1 else ''} {', '.join(tasks)}, not {args.task}")
 
 
+REF_MODELS = {"salient": "--ref-salient-model", "face": "--ref-face-model"}
+
+
+def _ref_model(args, refs) -> tuple[str, str, str] | None:
+    """(annotator task, weights, flag) that turns the references into its crops, checked; or None."""
+    from vdot_jax.conditions import annotators as AN
+
+    given = [(t, getattr(args, f"ref_{t}_model"), f) for t, f in REF_MODELS.items()
+             if getattr(args, f"ref_{t}_model") is not None]
+    if not given:
+        return None
+    if len(given) > 1:
+        raise UserError("give --ref-salient-model or --ref-face-model, not both")
+    task, weights, flag = given[0]
+    if not refs:
+        raise UserError(f"{flag} makes each --ref-images image its {task} crop; give --ref-images")
+    AN.check(task, weights, flag)
+    return given[0]
+
+
+def _annotated_refs(paths, images, task: str, weights: str, flag: str) -> list:
+    """Each reference image -> the release's crop of it: its salient object on white, cropped (the image salient
+    task), or its first face (the image face task)."""
+    import numpy as np
+
+    from vdot_jax.conditions import annotators as AN
+    from vdot_jax.conditions.annotators.salient import subject
+
+    model = AN.load(task, weights, flag)
+    out = []
+    for p, img in zip(paths, images):
+        img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+        crop = subject(img, model(img)) if task == "salient" else model(img)
+        if crop is None:
+            what = ("the salient map finds no object (no pixel above 1)" if task == "salient" else
+                    "the face detector finds no face (none scores 0.5)")
+            raise UserError(f"--ref-images {p}: {what}; give it as it is, without {flag}")
+        out.append(crop)
+    return out
+
+
 def append_row(row: dict, out: Path, rows: Path) -> None:
     """Append ``row`` to a ``vdot generate --batch`` rows file, its paths made relative to that file's folder (as
     the batch reader resolves them)."""
@@ -284,15 +371,17 @@ def run(args) -> None:
     check_options(args)
     refs = [p for p in (args.ref_images or "").split(",") if p]
     out = _check_out(args, refs)
-    for p in refs:  # unreadable references are refused before anything is written
-        video_io.read_image(p)
+    images = [video_io.read_image(p, normalize=False) for p in refs]  # unreadable ones refused before any writing
+    ref_model = _ref_model(args, refs)
     if args.rows is not None:
         if not args.prompt:
             raise UserError("--rows appends a vdot generate --batch row, which needs --prompt")
         if Path(args.rows).is_dir():
             raise UserError(f"--rows {args.rows} is a folder; give a .jsonl file to append to")
     vcu = build(args)
-    row = write(vcu, out, prompt=args.prompt, refs=refs, fps=args.fps)
+    if ref_model is not None:
+        refs = _annotated_refs(refs, images, *ref_model)
+    row = write(vcu, out, task=args.task, prompt=args.prompt, refs=refs, fps=args.fps)
     if args.rows is not None:
         append_row(row, out, Path(args.rows))
     print(f"prepared {args.task} in {out}: {vcu.num_frames} frames at {vcu.height}x{vcu.width}, row task "
@@ -317,10 +406,15 @@ def register(sub) -> None:
             "first_last_clip (--clip-frames). "
             "With the annotators extra (pip install -e '.[annotators]') and a model given by --weights (nothing is "
             "downloaded): depth (Depth-Anything-V2, a transformers folder), flow (torchvision RAFT, a state dict "
-            "file) and pose (DWPose: its two ONNX files, DET.onnx,POSE.onnx; body and face on black), post-processed "
+            "file), pose (DWPose: its two ONNX files, DET.onnx,POSE.onnx; body and face on black) and scribble (the "
+            "release's line-drawing network, its netG_A_latest.pth), post-processed "
             "as the release's annotators; inpaint and layout --box B --track-model SAM2_FOLDER follow the box's "
-            "object with SAM 2 (the release's bboxtrack). The release's scribble, face and salient are not built in "
-            "yet."
+            "object with SAM 2 (the release's bboxtrack), and --label a,b or --caption TEXT with --detect-model "
+            "GDINO_FOLDER --track-model SAM2_FOLDER find the object's box on the first frame with Grounding DINO, "
+            "then follow it (the release's label and caption modes); --salient-model U2NET.pt masks the salient object "
+            "of the first frame (the release's U^2-Net: its map > 0 on every frame, or with --track-model the box of "
+            "the map followed by SAM 2, the release's salient and salientbboxtrack modes). --ref-salient-model and "
+            "--ref-face-model turn --ref-images into the release's salient-object and face crops."
         ),
     )
     p.add_argument("task", choices=PREPARE_TASKS, help="which task's inputs to build")
@@ -335,6 +429,13 @@ def register(sub) -> None:
     i.add_argument("--track", default=None,
                    help="keyframes FRAME:x1,y1,x2,y2;FRAME:... (source frames), linear in between, held at the ends")
     i.add_argument("--ref-images", default=None, help="reference images to add, comma-separated")
+    i.add_argument("--ref-salient-model", default=None,
+                   help="make each --ref-images image its salient object on white, cropped to it, with the release's "
+                        "U^2-Net (its u2net.pt; the annotators extra), as the release's image salient task does")
+    i.add_argument("--ref-face-model", default=None,
+                   help="make each --ref-images image the crop of its most confident face, found by the release's "
+                        "face detector (antelopev2's scrfd_10g_bnkps.onnx; the annotators extra), as the release's "
+                        "image face task does")
     i.add_argument("--prompt", default=None, help="the prompt to put in row.json")
     i.add_argument("--rows", default=None, metavar="FILE.jsonl",
                    help="also append the row to this vdot generate --batch file (paths relative to its folder; "
@@ -361,11 +462,24 @@ def register(sub) -> None:
     o.add_argument("--edge-sigma", type=float, default=0.0, help="edges: Gaussian blur first, in pixels (default 0: "
                                                                   "OpenCV's Canny with the L2 gradient)")
     o.add_argument("--weights", default=None,
-                   help="depth, flow, pose: the annotator model (depth: a Depth-Anything-V2 transformers folder; flow: "
-                        "a torchvision RAFT state dict file; pose: the DWPose detector and pose ONNX files, DET,POSE)")
+                   help="depth, flow, pose, scribble: the annotator model (depth: a Depth-Anything-V2 transformers "
+                        "folder; flow: a torchvision RAFT state dict file; pose: the DWPose detector and pose ONNX "
+                        "files, DET,POSE; scribble: the release's netG_A_latest.pth)")
     o.add_argument("--track-model", default=None,
                    help="inpaint, layout: follow the --box of the first frame through the video with this SAM 2 "
                         "model (a transformers Sam2VideoModel folder; the annotators extra) instead of keeping the box")
+    o.add_argument("--label", default=None,
+                   help="inpaint, layout: object class name(s), comma-separated, that --detect-model finds on the "
+                        "first frame (read as the caption 'a. b'); the most confident box is tracked (needs --track-model)")
+    o.add_argument("--caption", default=None,
+                   help="inpaint, layout: a phrase naming the object for --detect-model, instead of --label")
+    o.add_argument("--detect-model", default=None,
+                   help="inpaint, layout: the Grounding DINO model for --label/--caption (a transformers "
+                        "GroundingDinoForObjectDetection folder with its tokenizer; the annotators extra)")
+    o.add_argument("--salient-model", default=None,
+                   help="inpaint, layout: the region is the salient object of the first frame, by the release's "
+                        "U^2-Net (its u2net.pt; the annotators extra): the map > 0 on every frame, or with "
+                        "--track-model the map's box followed by SAM 2")
     o.add_argument("--seed", type=int, default=0, help="random frame references and mask expansion")
     s = p.add_argument_group("size")
     s.add_argument("--frames", type=int, default=None,

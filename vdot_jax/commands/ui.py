@@ -84,7 +84,8 @@ def register(sub) -> None:
     p.add_argument("--annotator", action="append", default=None, metavar="TASK=WEIGHTS",
                    help="run an annotator on uploaded raw videos (repeatable; the annotators extra): depth=FOLDER "
                         "(Depth-Anything-V2, transformers layout), flow=FILE (torchvision RAFT), "
-                        "pose=DET.onnx,POSE.onnx (DWPose), track=FOLDER (SAM 2, transformers layout) -- the weights "
+                        "pose=DET.onnx,POSE.onnx (DWPose), scribble=FILE (the release's netG_A_latest.pth), "
+                        "track=FOLDER (SAM 2, transformers layout) -- the weights "
                         "vdot prepare TASK --weights (--track-model) takes; without it those tasks take a finished "
                         "control video")
     p.set_defaults(func=run)

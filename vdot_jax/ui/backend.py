@@ -26,9 +26,9 @@ EXTENSIONS = ("first_frame", "last_frame", "first_clip", "last_clip", "first_las
 # Made from a raw video by `vdot prepare` (model-free); inpaint and layout also take a drawn mask or a box there.
 PREPARED = ("gray", "edges", "frameref")
 # Tasks whose preprocessing of a raw video needs an annotator model: (what it makes, the task its finished output
-# feeds). Started with `vdot ui --annotator TASK=WEIGHTS` (conditions/annotators: depth, flow, pose, track), the page
-# runs that annotator on the uploaded raw video through `vdot prepare`'s build; otherwise the user uploads the
-# finished file, and the page says why in one line (annotator_reason).
+# feeds). Started with `vdot ui --annotator TASK=WEIGHTS` (conditions/annotators: depth, flow, pose, scribble, track),
+# the page runs that annotator on the uploaded raw video through `vdot prepare`'s build; otherwise the user uploads
+# the finished file, and the page says why in one line (annotator_reason).
 ANNOTATOR_TASKS = {
     "depth": ("a depth video", "depth"),
     "pose": ("a pose video", "pose"),
@@ -38,11 +38,12 @@ ANNOTATOR_TASKS = {
     "face": ("a face crop as a reference image", "r2v"),
     "salient": ("the salient object as a reference image", "r2v"),
 }
-CONFIGURABLE = ("depth", "flow", "pose", "track")  # the annotators vdot-jax runs (vdot prepare --weights/--track-model)
+# the annotators the page runs (vdot prepare --weights / --track-model)
+CONFIGURABLE = ("depth", "flow", "pose", "scribble", "track")
 ANNOTATOR_REASON = ("{task} needs annotator weights, which this server was not started with (vdot ui --annotator "
                     "{task}=WEIGHTS, after pip install -e \".[annotators]\"): upload {what} instead")
-NOT_BUILT_REASON = ("{task}'s annotator is not part of vdot-jax yet: make {what} with the release's annotator and "
-                    "upload it here")
+PREPARE_ONLY_REASON = ("{task}'s annotator crops reference images in vdot prepare, not on this page (vdot prepare TASK "
+                    "--ref-images IMAGE --ref-{task}-model WEIGHTS): make {what} there and upload it here")
 # Every task on the page, with what to upload for it.
 TASK_HELP = {
     "t2v": "text to video: the prompt alone (reference images optional).",
@@ -63,6 +64,7 @@ TASK_HELP = {
 ANNOTATED_HELP = {"depth": "a raw video: its depth (Depth-Anything-V2) is the control.",
                   "flow": "a raw video: its optical flow (RAFT) is the control.",
                   "pose": "a raw video: its people's poses (DWPose) are the control.",
+                  "scribble": "a raw video: its line drawing (the release's scribble network) is the control.",
                   "track": "a raw video and a box x1,y1,x2,y2 on its first frame: the object SAM 2 tracks from it "
                            "is regenerated (inpainting)."}
 TASK_CHOICES = tuple(TASK_HELP) + tuple(ANNOTATOR_TASKS)
@@ -72,7 +74,7 @@ def annotator_reason(task: str) -> str | None:
     """The page's one line for an annotator task this server cannot run (None for the others)."""
     if task not in ANNOTATOR_TASKS:
         return None
-    reason = ANNOTATOR_REASON if task in CONFIGURABLE else NOT_BUILT_REASON
+    reason = ANNOTATOR_REASON if task in CONFIGURABLE else PREPARE_ONLY_REASON
     return reason.format(task=task, what=ANNOTATOR_TASKS[task][0])
 
 

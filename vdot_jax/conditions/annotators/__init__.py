@@ -63,14 +63,37 @@ BACKENDS = {
         "pose", "pose", "pose", ("onnxruntime", "cv2"),
         "the two DWPose ONNX files, detector then pose model: DET.onnx,POSE.onnx",
         "yolox_l.onnx,dw-ll_ucoco_384.onnx (give those two)", parts=2),
+    "scribble": Backend(
+        "scribble", "scribble", "scribble", ("torch",),
+        "the release's scribble network, a torch state dict file (VACE-Annotators' scribble/anime_style/"
+        "netG_A_latest.pth)",
+        "scribble/anime_style/netG_A_latest.pth, which loads as it is"),
     # not a control: masks of the object a box marks on the first frame, for inpainting and layout
     "track": Backend(
         "track", "mask", "sam2", ("torch", "transformers"),
         "a SAM 2 video model folder in transformers' layout (config.json + model.safetensors, e.g. "
         "facebook/sam2.1-hiera-large)",
         "sam2.1_hiera_large.pt, which transformers' convert_sam2_to_hf.py converts"),
+    # not a control: the box a label or caption names on the first frame, which "track" then follows
+    "detect": Backend(
+        "detect", "box", "gdino", ("torch", "transformers", "PIL"),
+        "a Grounding DINO model folder in transformers' layout with its tokenizer (config.json, model.safetensors, "
+        "tokenizer files; e.g. IDEA-Research/grounding-dino-tiny)",
+        "groundingdino_swint_ogc.pth with bert-base-uncased, which transformers' convert_grounding_dino_to_hf.py "
+        "converts (IDEA-Research/grounding-dino-tiny)"),
+    # not a control: the salient object of the first frame, as a mask or as the box "track" follows
+    "salient": Backend(
+        "salient", "mask", "salient", ("torch", "PIL", "cv2"),
+        "the release's U^2-Net, a torch state dict file (VACE-Annotators' salient/u2net.pt)",
+        "salient/u2net.pt, which loads as it is"),
+    # not a control: the crop of the first face of a reference image
+    "face": Backend(
+        "face", "reference", "face", ("onnxruntime", "cv2"),
+        "the release's face detector ONNX file (antelopev2/scrfd_10g_bnkps.onnx of VACE-Annotators' face folder)",
+        "face/antelopev2/ (insightface's FaceAnalysis; only its detector, scrfd_10g_bnkps.onnx, decides the crop)"),
 }
-ANNOTATOR_TASKS = tuple(k for k, b in BACKENDS.items() if b.kind != "mask")  # those that make a control video
+NOT_CONTROLS = ("mask", "box", "reference")  # the kinds of the backends that make masks, boxes or reference crops
+ANNOTATOR_TASKS = tuple(k for k, b in BACKENDS.items() if b.kind not in NOT_CONTROLS)  # those that make a control
 
 
 def backend(task: str) -> Backend:
@@ -126,6 +149,20 @@ def load(task: str, weights, flag: str = "--weights"):
         raise
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
         raise AnnotatorError(f"cannot load {task} weights from {weights} ({_short(e)}); give {b.weights}.") from None
+
+
+def state_dict(path: str) -> dict:
+    """A torch state dict file's tensors (``weights_only``: nothing in it runs); a ``ValueError`` naming the file if
+    it is not one (torch.load raises pickle, struct, EOF or runtime errors for other files)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- any file that is not a torch save
+        raise ValueError(f"{path} is not a torch state dict file: {type(e).__name__}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+    return state
 
 
 def to_uint8(video) -> np.ndarray:

@@ -85,14 +85,11 @@ class Raft:
 
 
 def load(path: str) -> Raft:
-    import torch
     from torchvision.models.optical_flow import raft_large, raft_small
 
-    from vdot_jax.conditions.annotators import AnnotatorError
+    from vdot_jax.conditions.annotators import AnnotatorError, state_dict
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise AnnotatorError(f"flow weights {path} are not a state dict.")
+    state = state_dict(path)
     if any(".fnet." in k or k.startswith("fnet.") for k in state):
         raise AnnotatorError(f"flow weights {path} are in the original RAFT repo's layout (the release's "
                              f"raft-things.pth); give torchvision's (raft_large_C_T_V1 holds the same weights).")
