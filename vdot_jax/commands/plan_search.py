@@ -26,7 +26,7 @@ import copy
 import time
 from dataclasses import dataclass, field
 
-from vdot_jax.train.plan import BATCH_SAMPLER, Plan, phase_names, predicted
+from vdot_jax.train.plan import BATCH_SAMPLER, Plan, phase_names, predicted, too_big
 
 # Lever values from the least device memory to the most; a config's other value (e.g. remat "none") is kept
 # as given and ranked by REMAT_RANK.
@@ -117,11 +117,15 @@ def _judge(out: Outcome, plan: Plan) -> None:
     """Status, reason and shortfall of a candidate from its (possibly stopped) plan."""
     out.plan = plan
     for r in plan.reports:
-        if not r.ok and r.temp_bytes:  # the TPU compiler's refusal: only the temporaries are known
-            out.status, out.shortfall = "refused (memory)", r.temp_bytes - (plan.hbm_bytes or 0)
-            out.at_least = True
-            out.reason = (f"{r.name} asks {r.temp_bytes / 2**30:.2f} GiB of temporaries per chip (HBM "
-                          f"{plan.hbm_bytes / 2**30:.4g} GiB), before its arguments")
+        if too_big(r):  # refused before a memory analysis: at least its arguments and the temporaries asked
+            asked = r.argument_bytes + r.temp_bytes
+            out.status, out.shortfall, out.at_least = "refused (memory)", asked - (plan.hbm_bytes or 0), True
+            parts = " + ".join(f"{v / 2**30:.2f} GiB of {what}" for v, what in
+                               ((r.argument_bytes, "arguments"), (r.temp_bytes, "temporaries")) if v)
+            out.reason = (f"{r.name} needs at least {asked / 2**30:.2f} GiB per chip ({parts}), budget "
+                          f"{(plan.hbm_bytes or 0) / 2**30:.4g} GiB; "
+                          + ("not compiled" if not r.temp_bytes else "refused at buffer assignment" if r.argument_bytes
+                             else "refused on its temporaries alone"))
             return
         if not r.ok:
             out.status, out.reason = "failed", f"{r.name} did not compile: {r.error}"

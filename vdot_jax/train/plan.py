@@ -10,6 +10,7 @@ first step. Memory figures are XLA's ``memory_analysis`` of the compiled program
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -173,7 +174,9 @@ def check(run, frames: int, height: int, width: int, *, hbm_bytes: int | None = 
     """Compile (TPU, CPU) or lower (``platform="cuda"``, on a host without GPUs) every program of ``run`` (or
     those named in ``only``, in that order); ``flops`` (from ``step_flops``) go into the reports, and each
     compiled program's collective and host-transfer bytes (``parallel.hlo_cost``). ``stop_at_refusal``: stop at
-    the first program that does not compile or does not fit (``vdot plan``'s search)."""
+    the first program that does not compile or does not fit (``vdot plan``'s search), and on a TPU with
+    ``hbm_bytes`` refuse a program as soon as it is known to be over: its arguments alone without compiling, its
+    arguments plus temporaries at the compiler's buffer assignment (``budget_options``)."""
     plan = Plan(hbm_bytes=hbm_bytes, host_budget=host_budget, chip=chip)
     listed = {name: (jitted, args) for name, jitted, args in programs(run, frames, height, width)}
     unknown = [n for n in only if n not in listed]
@@ -197,34 +200,88 @@ def check(run, frames: int, height: int, width: int, *, hbm_bytes: int | None = 
                 if keep_text:
                     plan.texts[name] = text
         else:
-            compiled, report = compile_program(jitted, *args, name=name, mesh=run.mesh, rules=run.rules, log=None,
-                                               catch=True, keep_text=keep_text)
+            early = stop_at_refusal and hbm_bytes and run.mesh.devices.flat[0].platform == "tpu"
+            report = compile_within(jitted, args, name, run.mesh, run.rules, hbm_bytes if early else None,
+                                    keep_text)
             if keep_text:
                 plan.texts[name] = report.text
-            if compiled is not None:
-                cost = hlo_cost(compiled.as_text())
-                report.collective_bytes, report.host_transfer_bytes = cost.collective_bytes, cost.host_transfer_bytes
-                del compiled
         report.step_flops = flops.get(name)
         if log:
             line = report.line()
             log(line.replace("compiled", "lowered for cuda", 1) if platform == "cuda" else line)
-        plan.reports.append(_out_of_memory(report))
+        plan.reports.append(report)
         if stop_at_refusal and plan.failures():
             break
     return plan
 
 
-_OOM = re.compile(r"RESOURCE_EXHAUSTED: Ran out of memory .*?required for HLO temporaries \(([\d.]+)G\)")
+# libtpu's cap on the HBM its compiler plans a program's temporaries into, in MiB (libtpu 0.0.42; its refusal
+# names the cap as the "available HBM"). The compiler compares the temporaries alone with it, and by default it is
+# the chip's HBM: a program whose temporaries fit but whose arguments plus temporaries do not then compiles to the
+# end (measured: 1,154 s for VACE-14B generator_gan on v5p-8) before its peak shows it is over.
+HBM_LIMIT_OPTION = "xla_tpu_max_hbm_size_mib"
 
 
-def _out_of_memory(report: CompileReport) -> CompileReport:
-    """The TPU compiler refuses a program whose temporaries exceed HBM; keep the size it names."""
+def device_argument_bytes(args) -> int:
+    """Per-device bytes of the abstract ``args`` that live in device memory (host-memory leaves left out), without
+    the compiler's tile padding: at most what the compiled program's arguments take."""
+    total = 0
+    for leaf in jax.tree.leaves(args):
+        sharding = getattr(leaf, "sharding", None)
+        if getattr(sharding, "memory_kind", None) in ("pinned_host", "unpinned_host"):
+            continue
+        shape = sharding.shard_shape(tuple(leaf.shape)) if sharding is not None else leaf.shape
+        total += math.prod(shape) * jnp.dtype(leaf.dtype).itemsize
+    return total
+
+
+def budget_options(arg_bytes: int, budget: int) -> dict:
+    """XLA options that make the TPU compiler refuse, at buffer assignment (before code generation), a program
+    whose temporaries exceed ``budget`` less its arguments: then arguments plus temporaries exceed ``budget``.
+    A program well inside the cap compiles as without it (measured: the same temporaries with the cap 20% above
+    them); one within about 10% of it is scheduled to fit it, as a chip whose arguments take their share would."""
+    return {HBM_LIMIT_OPTION: max(1, -(-(budget - arg_bytes) // 2**20))}  # rounded up: never below the budget
+
+
+def compile_within(jitted, args, name: str, mesh, rules, budget: int | None,
+                   keep_text: bool = False) -> CompileReport:
+    """Compile one TPU program and count its collectives; with ``budget`` (bytes per device), refuse it without
+    compiling when its arguments alone are over, else compile under ``budget_options``."""
+    arg_bytes = device_argument_bytes(args) if budget else 0
+    if budget and arg_bytes > budget:
+        return CompileReport(name, False, 0.0, argument_bytes=arg_bytes,
+                             error=f"its arguments alone take {arg_bytes / 2**30:.2f} GiB per device, over the "
+                                   f"budget of {budget / 2**30:.4g} GiB (not compiled)")
+    compiled, report = compile_program(jitted, *args, name=name, mesh=mesh, rules=rules, log=None, catch=True,
+                                       keep_text=keep_text,
+                                       compiler_options=budget_options(arg_bytes, budget) if budget else None)
+    if compiled is not None:
+        cost = hlo_cost(compiled.as_text())
+        report.collective_bytes, report.host_transfer_bytes = cost.collective_bytes, cost.host_transfer_bytes
+    return _out_of_memory(report, arg_bytes)
+
+
+_OOM = re.compile(r"RESOURCE_EXHAUSTED: Ran out of memory .*?required for HLO temporaries \(([\d.]+)([KMGTP]?)B?\)")
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "P": 2**50}  # XLA's human-readable bytes
+
+
+def _out_of_memory(report: CompileReport, arg_bytes: int = 0) -> CompileReport:
+    """The TPU compiler refuses a program whose temporaries exceed its HBM cap; keep the size it names (and the
+    arguments the cap was lowered by)."""
     m = _OOM.search(report.error)
     if m:
-        report.temp_bytes = int(float(m.group(1)) * 2**30)
-        report.error = f"temporaries alone need {float(m.group(1)):.2f} GiB per device, more than the chip's HBM"
+        report.temp_bytes, report.argument_bytes = int(float(m.group(1)) * _UNITS[m.group(2)]), arg_bytes
+        temps = f"{report.temp_bytes / 2**30:.2f} GiB per device"
+        report.error = (f"its temporaries need {temps} on top of {arg_bytes / 2**30:.2f} GiB of arguments, more "
+                        "than the budget (refused at buffer assignment)" if arg_bytes else
+                        f"temporaries alone need {temps}, more than the chip's HBM")
     return report
+
+
+def too_big(r: CompileReport) -> bool:
+    """Refused for device memory before a memory analysis: only the arguments and the temporaries asked are known
+    (``compile_within``)."""
+    return not r.ok and bool(r.temp_bytes or r.argument_bytes)
 
 
 def table(plan: Plan) -> str:
@@ -235,9 +292,10 @@ def table(plan: Plan) -> str:
     tf = lambda r: f"{r.step_flops / 1e12:10.2f}" if r.step_flops else f"{'-':>10s}"  # noqa: E731
     for r in plan.reports:
         g = lambda v: f"{v / 2**30:8.2f}" if r.measured else f"{'-':>8s}"  # noqa: E731
-        if not r.ok and r.temp_bytes:  # out of memory at compile time: only the temporaries are known
-            lines.append(f"{r.name:22s} {'TOO BIG':10s} {'-':>8s} {'-':>8s} {r.temp_bytes / 2**30:8.2f} {'-':>8s} "
-                         f"{'-':>8s} {'-':>8s} {tf(r)} {r.seconds:9.1f}  NO")
+        if too_big(r):  # refused for memory: only the arguments and the temporaries asked are known
+            k = lambda v: f"{v / 2**30:8.2f}" if v else f"{'-':>8s}"  # noqa: E731
+            lines.append(f"{r.name:22s} {'TOO BIG':10s} {k(r.argument_bytes)} {'-':>8s} {k(r.temp_bytes)} {'-':>8s} "
+                         f">{(r.argument_bytes + r.temp_bytes) / 2**30:7.2f} {'-':>8s} {tf(r)} {r.seconds:9.1f}  NO")
             continue
         fits = ("-" if not (r.ok and r.measured and plan.hbm_bytes) else
                 "yes" if r.peak_bytes <= plan.hbm_bytes else "NO")
