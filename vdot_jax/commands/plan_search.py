@@ -101,7 +101,7 @@ class Outcome:
     status: str = ""  # "fits", "refused (memory)", "refused (host)", "failed", "skipped"
     reason: str = ""
     shortfall: float | None = None  # bytes over the budget (memory refusals)
-    at_least: bool = False  # the shortfall counts the temporaries only (the compiler refused before the rest)
+    at_least: bool = False  # the shortfall is a lower bound (refused before the whole program was compiled)
     seconds: float = 0.0
     per_video_bound: float | None = field(default=None)
 
@@ -117,15 +117,14 @@ def _judge(out: Outcome, plan: Plan) -> None:
     """Status, reason and shortfall of a candidate from its (possibly stopped) plan."""
     out.plan = plan
     for r in plan.reports:
-        if too_big(r):  # refused before a memory analysis: at least its arguments and the temporaries asked
-            asked = r.argument_bytes + r.temp_bytes
-            out.status, out.shortfall, out.at_least = "refused (memory)", asked - (plan.hbm_bytes or 0), True
-            parts = " + ".join(f"{v / 2**30:.2f} GiB of {what}" for v, what in
+        if too_big(r):  # refused before a memory analysis: at least its arguments and temporaries as assigned
+            need = r.argument_bytes + r.temp_bytes
+            out.status, out.shortfall, out.at_least = "refused (memory)", need - (plan.hbm_bytes or 0), True
+            parts = " + ".join(f"{_gib(v)} GiB of {what}" for v, what in
                                ((r.argument_bytes, "arguments"), (r.temp_bytes, "temporaries")) if v)
-            out.reason = (f"{r.name} needs at least {asked / 2**30:.2f} GiB per chip ({parts}), budget "
-                          f"{(plan.hbm_bytes or 0) / 2**30:.4g} GiB; "
-                          + ("not compiled" if not r.temp_bytes else "refused at buffer assignment" if r.argument_bytes
-                             else "refused on its temporaries alone"))
+            out.reason = (f"{r.name} needs at least {_gib(need)} GiB per chip ({parts}), budget "
+                          f"{_gib(plan.hbm_bytes or 0)} GiB; "
+                          + ("not compiled" if not r.temp_bytes else r.error[r.error.rindex("(") + 1:-1]))
             return
         if not r.ok:
             out.status, out.reason = "failed", f"{r.name} did not compile: {r.error}"

@@ -176,7 +176,7 @@ def check(run, frames: int, height: int, width: int, *, hbm_bytes: int | None = 
     compiled program's collective and host-transfer bytes (``parallel.hlo_cost``). ``stop_at_refusal``: stop at
     the first program that does not compile or does not fit (``vdot plan``'s search), and on a TPU with
     ``hbm_bytes`` refuse a program as soon as it is known to be over: its arguments alone without compiling, its
-    arguments plus temporaries at the compiler's buffer assignment (``budget_options``)."""
+    arguments plus temporaries at the compiler's buffer assignment (``compile_within``)."""
     plan = Plan(hbm_bytes=hbm_bytes, host_budget=host_budget, chip=chip)
     listed = {name: (jitted, args) for name, jitted, args in programs(run, frames, height, width)}
     unknown = [n for n in only if n not in listed]
@@ -215,10 +215,11 @@ def check(run, frames: int, height: int, width: int, *, hbm_bytes: int | None = 
     return plan
 
 
-# libtpu's cap on the HBM its compiler plans a program's temporaries into, in MiB (libtpu 0.0.42; its refusal
-# names the cap as the "available HBM"). The compiler compares the temporaries alone with it, and by default it is
-# the chip's HBM: a program whose temporaries fit but whose arguments plus temporaries do not then compiles to the
-# end (measured: 1,154 s for VACE-14B generator_gan on v5p-8) before its peak shows it is over.
+# libtpu's cap on the HBM its compiler may assign to a program, in MiB (libtpu 0.0.42; the compiler uses the
+# smaller of it and the chip's HBM). At buffer assignment -- before code generation, the slow part -- the compiler
+# refuses a program whose buffers in HBM exceed the cap: the arguments and the temporaries as it assigns them
+# (measured: the refusal's figure, and the dumped memory-usage report, are arguments + temporaries). Capping it
+# at the budget makes a program over a budget below the chip (--hbm-gib) stop there instead of compiling to the end.
 HBM_LIMIT_OPTION = "xla_tpu_max_hbm_size_mib"
 
 
@@ -235,46 +236,53 @@ def device_argument_bytes(args) -> int:
     return total
 
 
-def budget_options(arg_bytes: int, budget: int) -> dict:
-    """XLA options that make the TPU compiler refuse, at buffer assignment (before code generation), a program
-    whose temporaries exceed ``budget`` less its arguments: then arguments plus temporaries exceed ``budget``.
-    A program well inside the cap compiles as without it (measured: the same temporaries with the cap 20% above
-    them); one within about 10% of it is scheduled to fit it, as a chip whose arguments take their share would."""
-    return {HBM_LIMIT_OPTION: max(1, -(-(budget - arg_bytes) // 2**20))}  # rounded up: never below the budget
+def budget_options(budget: int) -> dict:
+    """XLA options that make the TPU compiler refuse, at buffer assignment, a program whose arguments plus
+    temporaries exceed ``budget`` bytes per device. A program well inside it compiles as without it (measured:
+    the same memory with the cap 20% above its need); one within about 20% of it may be scheduled tighter to fit
+    it, as the compiler does on a chip of that size."""
+    return {HBM_LIMIT_OPTION: max(1, -(-budget // 2**20))}  # rounded up: never below the budget
 
 
 def compile_within(jitted, args, name: str, mesh, rules, budget: int | None,
                    keep_text: bool = False) -> CompileReport:
-    """Compile one TPU program and count its collectives; with ``budget`` (bytes per device), refuse it without
-    compiling when its arguments alone are over, else compile under ``budget_options``."""
-    arg_bytes = device_argument_bytes(args) if budget else 0
+    """Compile one TPU (or CPU) program and count its collectives; with ``budget`` (bytes per device), refuse it
+    without compiling when its arguments alone are over, else compile under ``budget_options``."""
+    arg_bytes = device_argument_bytes(args)
     if budget and arg_bytes > budget:
         return CompileReport(name, False, 0.0, argument_bytes=arg_bytes,
                              error=f"its arguments alone take {arg_bytes / 2**30:.2f} GiB per device, over the "
                                    f"budget of {budget / 2**30:.4g} GiB (not compiled)")
     compiled, report = compile_program(jitted, *args, name=name, mesh=mesh, rules=rules, log=None, catch=True,
-                                       keep_text=keep_text,
-                                       compiler_options=budget_options(arg_bytes, budget) if budget else None)
+                                       keep_text=keep_text, compiler_options=budget_options(budget) if budget else None)
     if compiled is not None:
         cost = hlo_cost(compiled.as_text())
         report.collective_bytes, report.host_transfer_bytes = cost.collective_bytes, cost.host_transfer_bytes
     return _out_of_memory(report, arg_bytes)
 
 
-_OOM = re.compile(r"RESOURCE_EXHAUSTED: Ran out of memory .*?required for HLO temporaries \(([\d.]+)([KMGTP]?)B?\)")
+_BYTES = r"\(?([\d.]+)([KMGTP]?)B?\)?"
+# at buffer assignment; and at the end of compilation (libtpu 0.0.42 spells both)
+_OOM = (re.compile(r"Ran out of memory on HBM, the total memory required for HLO temporaries " + _BYTES
+                   + r" exceeds available HBM " + _BYTES),
+        re.compile(r"Ran out of memory in memory space hbm. Used " + _BYTES + " of " + _BYTES + " hbm"))
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "P": 2**50}  # XLA's human-readable bytes
 
 
-def _out_of_memory(report: CompileReport, arg_bytes: int = 0) -> CompileReport:
-    """The TPU compiler refuses a program whose temporaries exceed its HBM cap; keep the size it names (and the
-    arguments the cap was lowered by)."""
-    m = _OOM.search(report.error)
+def _out_of_memory(report: CompileReport, arg_bytes: int) -> CompileReport:
+    """The TPU compiler refuses, at buffer assignment, a program whose buffers in HBM exceed its cap; the figure it
+    names ("required for HLO temporaries") counts the arguments too: split it into ``arg_bytes`` (the arguments
+    without padding) and the rest. A later check refuses a program over the cap at the end of compilation."""
+    early = _OOM[0].search(report.error)
+    m = early or _OOM[1].search(report.error)
     if m:
-        report.temp_bytes, report.argument_bytes = int(float(m.group(1)) * _UNITS[m.group(2)]), arg_bytes
-        temps = f"{report.temp_bytes / 2**30:.2f} GiB per device"
-        report.error = (f"its temporaries need {temps} on top of {arg_bytes / 2**30:.2f} GiB of arguments, more "
-                        "than the budget (refused at buffer assignment)" if arg_bytes else
-                        f"temporaries alone need {temps}, more than the chip's HBM")
+        need, cap = (int(float(m.group(i)) * _UNITS[m.group(i + 1)]) for i in (1, 3))
+        report.argument_bytes = min(arg_bytes, need)
+        report.temp_bytes = need - report.argument_bytes
+        when = "at buffer assignment" if early else "at the end of compilation"
+        report.error = (f"arguments and temporaries need {need / 2**30:.2f} GiB per device "
+                        f"({report.argument_bytes / 2**30:.2f} GiB of arguments), more than the {cap / 2**30:.4g} GiB "
+                        f"the compiler may assign (refused {when})")
     return report
 
 
