@@ -4,8 +4,10 @@ Candidates are every (data, fsdp, context, tensor) whose product is the device c
 dividing the attention heads (Ulysses splits the heads a device holds over ``context``) and ``context``
 dividing the video tokens, times the memory levers ``model.remat`` (offload, full) and
 ``mesh.opt_state_memory`` (host, device). Each candidate is compiled one program at a time, the largest first
-(generator_gan, critic_gan, ...), and stops at the first program that does not fit: a refusal for memory comes
-back after one compile.
+(generator_gan, critic_gan, ...), and stops at the first program that does not fit: a program whose state alone
+is over the budget is refused without compiling, and the TPU compiler, its HBM capped at the budget, refuses one
+whose arguments plus temporaries are over it at buffer assignment, before code generation
+(``train.plan.compile_within``).
 
 The search's memory model: a candidate needs at least the device memory of another when it keeps at least as
 much state per chip (``data`` at least as large: state is split over fsdp x context x tensor, replicated over

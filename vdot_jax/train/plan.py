@@ -239,8 +239,8 @@ def device_argument_bytes(args) -> int:
 def budget_options(budget: int) -> dict:
     """XLA options that make the TPU compiler refuse, at buffer assignment, a program whose arguments plus
     temporaries exceed ``budget`` bytes per device. A program well inside it compiles as without it (measured:
-    the same memory with the cap 20% above its need); one within about 20% of it may be scheduled tighter to fit
-    it, as the compiler does on a chip of that size."""
+    the same memory with the cap 10% or more above its need); one within about 10% of it may be scheduled tighter
+    to fit it, as the compiler does on a chip of that size (docs/scaling.md)."""
     return {HBM_LIMIT_OPTION: max(1, -(-budget // 2**20))}  # rounded up: never below the budget
 
 
