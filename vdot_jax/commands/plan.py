@@ -263,7 +263,8 @@ def register(sub) -> None:
                         "first that does not fit (state alone over the budget: not compiled; arguments plus "
                         "temporaries over it: refused by the compiler at buffer assignment, its HBM capped at the "
                         "budget); a candidate needing at least the memory of a refused one is skipped. It prints "
-                        "the meshes that fit, best first (fewest host bytes per chip, then the largest global batch, then the shortest predicted step per video), each with its tables; "
+                        "the meshes that fit, best first (fewest host bytes per chip, then the largest global "
+                        "batch, then the shortest predicted step per video), each with its tables; "
                         "exit 1 when none fits (one line names the closest and how far over it is). The search runs no "
                         "start-up checks: plan a mesh it finds with --mesh for those. "
                         "--check-only and gpu:N use the config's mesh.ici")
