@@ -17,7 +17,7 @@ from vdot_jax.commands import plan_search as S
 from vdot_jax.parallel.chips import CHIPS, step_bound
 from vdot_jax.parallel.sharding import CompileReport
 from vdot_jax.train.config import load_config
-from vdot_jax.train.plan import Plan
+from vdot_jax.train.plan import Plan, device_argument_bytes
 
 GIB = 2**30
 
@@ -77,6 +77,12 @@ def test_search_skips_dominated_candidates_and_lists_only_fits_best_first():
     assert skipped and all(_fake_memory(c)[0] > 12.0 for c in skipped)
     assert len(compiled) == len(everything) - len(skipped)
     assert line.startswith(f"{len(expected)} of {len(everything)} candidates fit")
+    # --compile-all: every candidate compiled, the same ones listed
+    compiled.clear()
+    every = S.search(fake_plan_config, config, "v5e:2x2", 4, frames=5, height=32, width=32, hbm_gib=12.0,
+                     skip=False, log=None)
+    assert compiled == everything and not [o for o in every if o.status == "skipped"]
+    assert [o.candidate for o in S.summary(every, "v5e:2x2")[0]] == [o.candidate for o in fits]
 
     # nothing fits: one line names the closest refused candidate and its shortfall
     outcomes = S.search(fake_plan_config, config, "v5e:2x2", 4, frames=5, height=32, width=32, hbm_gib=1.0,
@@ -133,6 +139,81 @@ def test_collective_and_host_bytes_of_compiled_tpu_programs_count_every_loop_tri
     g = jax.ShapeDtypeStruct((1024, 256), jnp.float32, sharding=dev)
     cost = hlo_cost(jax.jit(update, out_shardings=host).lower(m, g).compile().as_text())
     assert cost.host_transfer_bytes == 2 * 1024 * 256 * 4 / 4 and cost.collective_bytes == 0
+
+
+def test_device_argument_bytes_count_a_chip_s_share_of_device_memory():
+    mesh = _tpu_mesh("fsdp=4")
+    split = jax.ShapeDtypeStruct((64, 256), jnp.float32, sharding=NamedSharding(mesh, P("fsdp")))
+    whole = jax.ShapeDtypeStruct((10, 3), jnp.bfloat16, sharding=NamedSharding(mesh, P()))
+    host = jax.ShapeDtypeStruct((64, 256), jnp.float32,
+                                sharding=NamedSharding(mesh, P("fsdp"), memory_kind="pinned_host"))
+    assert device_argument_bytes(({"a": split, "b": [whole, host]}, None)) == 64 * 256 * 4 // 4 + 10 * 3 * 2
+
+
+def _big_temporaries(mesh, arg_mib, copies):
+    """A program with ``arg_mib`` MiB of arguments per chip and ``copies`` live transforms of them."""
+    w = jax.ShapeDtypeStruct((arg_mib * 2**20 // 4 // 1024 * 4, 1024), jnp.float32,
+                             sharding=NamedSharding(mesh, P("fsdp")))
+
+    def f(w):
+        ts = jax.lax.optimization_barrier([jnp.sin(w * (i + 1)) for i in range(copies)])
+        return sum(jnp.sum(t * t[::-1]) for t in ts)
+    return jax.jit(f), (w,)
+
+
+def test_a_program_over_the_budget_stops_at_buffer_assignment_and_a_fitting_one_is_unchanged():
+    """128 MiB of arguments and 384 MiB of temporaries per chip, far inside a v5e chip. Under a 450 MiB budget
+    -- above the temporaries, below arguments + temporaries -- the search's compile is refused at buffer assignment,
+    reported with its arguments, temporaries and shortfall; under 600 MiB (arguments counted once: it fits) and
+    700 MiB it compiles with the same memory as without a budget; under 100 MiB its arguments alone refuse it."""
+    from vdot_jax.train.plan import compile_within
+
+    mesh = _tpu_mesh("fsdp=4")
+    jitted, args = _big_temporaries(mesh, 128, 1)
+    full = compile_within(jitted, args, "p", mesh, None, None)
+    assert full.ok and full.argument_bytes == 128 * 2**20 and 300 * 2**20 < full.temp_bytes < 450 * 2**20
+
+    over = compile_within(jitted, args, "p", mesh, None, 450 * 2**20)
+    assert not over.ok and over.argument_bytes == full.argument_bytes  # the compiler's figure, split
+    assert over.temp_bytes == pytest.approx(full.temp_bytes, rel=1e-3)  # (it prints 3 digits)
+    assert over.seconds < full.seconds  # stopped before code generation (measured 0.1 s against 2 s)
+    out = S.Outcome(None)
+    S._judge(out, Plan(reports=[over], hbm_bytes=450 * 2**20))
+    assert out.status == "refused (memory)" and "refused at buffer assignment" in out.reason
+    assert out.shortfall == over.argument_bytes + over.temp_bytes - 450 * 2**20 > 0
+
+    for budget in (600, 700):
+        fits = compile_within(jitted, args, "p", mesh, None, budget * 2**20)
+        assert fits.ok and (fits.argument_bytes, fits.output_bytes, fits.temp_bytes) == (
+            full.argument_bytes, full.output_bytes, full.temp_bytes)
+        assert fits.peak_bytes == pytest.approx(full.peak_bytes, rel=1e-3)  # generated code varies by ~0.1 MB
+
+    tight = compile_within(jitted, args, "p", mesh, None, 100 * 2**20)
+    assert not tight.ok and tight.seconds == 0.0 and tight.argument_bytes == 128 * 2**20
+    S._judge(out, Plan(reports=[tight], hbm_bytes=100 * 2**20))
+    assert (out.status, out.shortfall) == ("refused (memory)", 28 * 2**20) and "not compiled" in out.reason
+
+
+def test_search_compiles_of_a_tiny_model_stop_at_the_budget():
+    """The search's path (plan_config with stop_at_refusal) on the tiny model's batched sampler on v5e:2x2's
+    fsdp=4: under a budget below its arguments nothing compiles; between them and its peak the compiler refuses
+    it with its temporaries counted."""
+    from vdot_jax.commands.plan import plan_config
+
+    def planned(gib):
+        config = load_config("configs/tiny.py")
+        config.data.batch_size = 0
+        _, plan = plan_config(config, "v5e:2x2", "fsdp=4", frames=5, height=32, width=32, log=None,
+                              only=("student_denoise_batch",), hbm_gib=gib, stop_at_refusal=True)
+        out = S.Outcome(None)
+        S._judge(out, plan)
+        return plan.reports[0], out
+
+    report, out = planned(0.0001)
+    assert out.status == "refused (memory)" and report.seconds == 0.0 and not report.temp_bytes
+    report, out = planned(0.004)  # arguments ~0.2 MiB, ~5 MiB with temporaries at buffer assignment
+    assert out.status == "refused (memory)" and report.temp_bytes > 0.004 * GIB - report.argument_bytes > 0
+    assert out.shortfall == report.argument_bytes + report.temp_bytes - int(0.004 * GIB)
 
 
 @pytest.mark.slow

@@ -260,9 +260,11 @@ def register(sub) -> None:
                    help="mesh over the topology's devices, e.g. fsdp=16,context=4. Without it (TPU topologies) plan "
                         "searches: every data/fsdp/context/tensor shape of the topology (context x tensor dividing "
                         "the heads), with each --vary lever, compiled largest program first and stopped at the "
-                        "first that does not fit; a candidate needing at least the memory of a refused one is "
-                        "skipped. It prints the meshes that fit, best first (fewest host bytes per chip, then the "
-                        "largest global batch, then the shortest predicted step per video), each with its tables; "
+                        "first that does not fit (state alone over the budget: not compiled; arguments plus "
+                        "temporaries over it: refused by the compiler at buffer assignment, its HBM capped at the "
+                        "budget); a candidate needing at least the memory of a refused one is skipped. It prints "
+                        "the meshes that fit, best first (fewest host bytes per chip, then the largest global "
+                        "batch, then the shortest predicted step per video), each with its tables; "
                         "exit 1 when none fits (one line names the closest and how far over it is). The search runs no "
                         "start-up checks: plan a mesh it finds with --mesh for those. "
                         "--check-only and gpu:N use the config's mesh.ici")
@@ -284,7 +286,8 @@ def register(sub) -> None:
                         "topology only gs:// paths are)")
     p.add_argument("--hbm-gib", type=float, default=None,
                    help="device memory budget per chip in GiB instead of the chip's HBM (e.g. 76 to leave room as "
-                        "on an 80 GB GPU); a program whose peak is above it does not fit")
+                        "on an 80 GB GPU); a program whose peak is above it does not fit (the search also caps the "
+                        "TPU compiler's HBM at it, so one over it stops at buffer assignment)")
     p.add_argument("--vary", default="remat,opt_state_memory",
                    help="levers the search varies besides the mesh: remat (model.remat offload/full), "
                         "opt_state_memory (mesh.opt_state_memory host/device), comma-separated, or none to keep "

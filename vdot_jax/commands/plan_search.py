@@ -4,8 +4,10 @@ Candidates are every (data, fsdp, context, tensor) whose product is the device c
 dividing the attention heads (Ulysses splits the heads a device holds over ``context``) and ``context``
 dividing the video tokens, times the memory levers ``model.remat`` (offload, full) and
 ``mesh.opt_state_memory`` (host, device). Each candidate is compiled one program at a time, the largest first
-(generator_gan, critic_gan, ...), and stops at the first program that does not fit: a refusal for memory comes
-back after one compile.
+(generator_gan, critic_gan, ...), and stops at the first program that does not fit: a program whose state alone
+is over the budget is refused without compiling, and the TPU compiler, its HBM capped at the budget, refuses one
+whose arguments plus temporaries are over it at buffer assignment, before code generation
+(``train.plan.compile_within``).
 
 The search's memory model: a candidate needs at least the device memory of another when it keeps at least as
 much state per chip (``data`` at least as large: state is split over fsdp x context x tensor, replicated over
@@ -26,7 +28,7 @@ import copy
 import time
 from dataclasses import dataclass, field
 
-from vdot_jax.train.plan import BATCH_SAMPLER, Plan, phase_names, predicted
+from vdot_jax.train.plan import BATCH_SAMPLER, Plan, phase_names, predicted, too_big
 
 # Lever values from the least device memory to the most; a config's other value (e.g. remat "none") is kept
 # as given and ranked by REMAT_RANK.
@@ -101,7 +103,7 @@ class Outcome:
     status: str = ""  # "fits", "refused (memory)", "refused (host)", "failed", "skipped"
     reason: str = ""
     shortfall: float | None = None  # bytes over the budget (memory refusals)
-    at_least: bool = False  # the shortfall counts the temporaries only (the compiler refused before the rest)
+    at_least: bool = False  # the shortfall is a lower bound (refused before the whole program was compiled)
     seconds: float = 0.0
     per_video_bound: float | None = field(default=None)
 
@@ -117,11 +119,14 @@ def _judge(out: Outcome, plan: Plan) -> None:
     """Status, reason and shortfall of a candidate from its (possibly stopped) plan."""
     out.plan = plan
     for r in plan.reports:
-        if not r.ok and r.temp_bytes:  # the TPU compiler's refusal: only the temporaries are known
-            out.status, out.shortfall = "refused (memory)", r.temp_bytes - (plan.hbm_bytes or 0)
-            out.at_least = True
-            out.reason = (f"{r.name} asks {r.temp_bytes / 2**30:.2f} GiB of temporaries per chip (HBM "
-                          f"{plan.hbm_bytes / 2**30:.4g} GiB), before its arguments")
+        if too_big(r):  # refused before a memory analysis: at least its arguments and temporaries as assigned
+            need = r.argument_bytes + r.temp_bytes
+            out.status, out.shortfall, out.at_least = "refused (memory)", need - (plan.hbm_bytes or 0), True
+            parts = " + ".join(f"{_gib(v)} GiB of {what}" for v, what in
+                               ((r.argument_bytes, "arguments"), (r.temp_bytes, "temporaries")) if v)
+            out.reason = (f"{r.name} needs at least {_gib(need)} GiB per chip ({parts}), budget "
+                          f"{_gib(plan.hbm_bytes or 0)} GiB; "
+                          + ("not compiled" if not r.temp_bytes else r.error[r.error.rindex("(") + 1:-1]))
             return
         if not r.ok:
             out.status, out.reason = "failed", f"{r.name} did not compile: {r.error}"

@@ -166,11 +166,13 @@ class CompileReport:
 
 
 def compile_program(jitted, *args, name: str = "program", mesh: Mesh | None = None, rules: Rules | None = None,
-                    log: Callable[[str], None] | None = print, catch: bool = False, keep_text: bool = False):
+                    log: Callable[[str], None] | None = print, catch: bool = False, keep_text: bool = False,
+                    compiler_options: dict | None = None):
     """Ahead-of-time compile ``jitted`` for these (possibly abstract) args under ``mesh`` and logical ``rules``;
     returns (compiled, CompileReport) and logs the report's line. This is the one way programs are compiled:
     the training phases, the sampling pipeline and ``vdot plan``. With ``catch``, a failure is reported
-    (compiled None) instead of raised; ``keep_text`` keeps the lowered module's text in the report."""
+    (compiled None) instead of raised; ``keep_text`` keeps the lowered module's text in the report;
+    ``compiler_options`` are XLA options for this compile only (``train.plan.budget_options``)."""
     import contextlib
     import time
 
@@ -182,7 +184,7 @@ def compile_program(jitted, *args, name: str = "program", mesh: Mesh | None = No
         with ctx:
             lowered = jitted.lower(*args)
             text = lowered.as_text() if keep_text else ""
-            compiled = lowered.compile()
+            compiled = lowered.compile(compiler_options=compiler_options)
     except Exception as e:  # noqa: BLE001 -- reported with its first line when asked to
         if not catch:
             raise

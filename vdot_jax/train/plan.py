@@ -10,6 +10,7 @@ first step. Memory figures are XLA's ``memory_analysis`` of the compiled program
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -173,7 +174,9 @@ def check(run, frames: int, height: int, width: int, *, hbm_bytes: int | None = 
     """Compile (TPU, CPU) or lower (``platform="cuda"``, on a host without GPUs) every program of ``run`` (or
     those named in ``only``, in that order); ``flops`` (from ``step_flops``) go into the reports, and each
     compiled program's collective and host-transfer bytes (``parallel.hlo_cost``). ``stop_at_refusal``: stop at
-    the first program that does not compile or does not fit (``vdot plan``'s search)."""
+    the first program that does not compile or does not fit (``vdot plan``'s search), and on a TPU with
+    ``hbm_bytes`` refuse a program as soon as it is known to be over: its arguments alone without compiling, its
+    arguments plus temporaries at the compiler's buffer assignment (``compile_within``)."""
     plan = Plan(hbm_bytes=hbm_bytes, host_budget=host_budget, chip=chip)
     listed = {name: (jitted, args) for name, jitted, args in programs(run, frames, height, width)}
     unknown = [n for n in only if n not in listed]
@@ -197,34 +200,96 @@ def check(run, frames: int, height: int, width: int, *, hbm_bytes: int | None = 
                 if keep_text:
                     plan.texts[name] = text
         else:
-            compiled, report = compile_program(jitted, *args, name=name, mesh=run.mesh, rules=run.rules, log=None,
-                                               catch=True, keep_text=keep_text)
+            early = stop_at_refusal and hbm_bytes and run.mesh.devices.flat[0].platform == "tpu"
+            report = compile_within(jitted, args, name, run.mesh, run.rules, hbm_bytes if early else None,
+                                    keep_text)
             if keep_text:
                 plan.texts[name] = report.text
-            if compiled is not None:
-                cost = hlo_cost(compiled.as_text())
-                report.collective_bytes, report.host_transfer_bytes = cost.collective_bytes, cost.host_transfer_bytes
-                del compiled
         report.step_flops = flops.get(name)
         if log:
             line = report.line()
             log(line.replace("compiled", "lowered for cuda", 1) if platform == "cuda" else line)
-        plan.reports.append(_out_of_memory(report))
+        plan.reports.append(report)
         if stop_at_refusal and plan.failures():
             break
     return plan
 
 
-_OOM = re.compile(r"RESOURCE_EXHAUSTED: Ran out of memory .*?required for HLO temporaries \(([\d.]+)G\)")
+# libtpu's cap on the HBM its compiler may assign to a program, in MiB (libtpu 0.0.42; the compiler uses the
+# smaller of it and the chip's HBM). At buffer assignment -- before code generation, the slow part -- the compiler
+# refuses a program whose buffers in HBM exceed the cap: the arguments and the temporaries as it assigns them
+# (measured: the refusal's figure, and the dumped memory-usage report, are arguments + temporaries). Capping it
+# at the budget makes a program over a budget below the chip (--hbm-gib) stop there instead of compiling to the end.
+HBM_LIMIT_OPTION = "xla_tpu_max_hbm_size_mib"
 
 
-def _out_of_memory(report: CompileReport) -> CompileReport:
-    """The TPU compiler refuses a program whose temporaries exceed HBM; keep the size it names."""
-    m = _OOM.search(report.error)
+def device_argument_bytes(args) -> int:
+    """Per-device bytes of the abstract ``args`` that live in device memory (host-memory leaves left out), without
+    the compiler's tile padding: at most what the compiled program's arguments take."""
+    total = 0
+    for leaf in jax.tree.leaves(args):
+        sharding = getattr(leaf, "sharding", None)
+        if getattr(sharding, "memory_kind", None) in ("pinned_host", "unpinned_host"):
+            continue
+        shape = sharding.shard_shape(tuple(leaf.shape)) if sharding is not None else leaf.shape
+        total += math.prod(shape) * jnp.dtype(leaf.dtype).itemsize
+    return total
+
+
+def budget_options(budget: int) -> dict:
+    """XLA options that make the TPU compiler refuse, at buffer assignment, a program whose arguments plus
+    temporaries exceed ``budget`` bytes per device. A program well inside it compiles as without it (measured:
+    the same memory with the cap 10% or more above its need); one within about 10% of it may be scheduled tighter
+    to fit it, as the compiler does on a chip of that size (docs/scaling.md)."""
+    return {HBM_LIMIT_OPTION: max(1, -(-budget // 2**20))}  # rounded up: never below the budget
+
+
+def compile_within(jitted, args, name: str, mesh, rules, budget: int | None,
+                   keep_text: bool = False) -> CompileReport:
+    """Compile one TPU (or CPU) program and count its collectives; with ``budget`` (bytes per device), refuse it
+    without compiling when its arguments alone are over, else compile under ``budget_options``."""
+    arg_bytes = device_argument_bytes(args)
+    if budget and arg_bytes > budget:
+        return CompileReport(name, False, 0.0, argument_bytes=arg_bytes,
+                             error=f"its arguments alone take {arg_bytes / 2**30:.2f} GiB per device, over the "
+                                   f"budget of {budget / 2**30:.4g} GiB (not compiled)")
+    compiled, report = compile_program(jitted, *args, name=name, mesh=mesh, rules=rules, log=None, catch=True,
+                                       keep_text=keep_text, compiler_options=budget_options(budget) if budget else None)
+    if compiled is not None:
+        cost = hlo_cost(compiled.as_text())
+        report.collective_bytes, report.host_transfer_bytes = cost.collective_bytes, cost.host_transfer_bytes
+    return _out_of_memory(report, arg_bytes)
+
+
+_BYTES = r"\(?([\d.]+)([KMGTP]?)B?\)?"
+# at buffer assignment; and at the end of compilation (libtpu 0.0.42 spells both)
+_OOM = (re.compile(r"Ran out of memory on HBM, the total memory required for HLO temporaries " + _BYTES
+                   + r" exceeds available HBM " + _BYTES),
+        re.compile(r"Ran out of memory in memory space hbm. Used " + _BYTES + " of " + _BYTES + " hbm"))
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "P": 2**50}  # XLA's human-readable bytes
+
+
+def _out_of_memory(report: CompileReport, arg_bytes: int) -> CompileReport:
+    """The TPU compiler refuses, at buffer assignment, a program whose buffers in HBM exceed its cap; the figure it
+    names ("required for HLO temporaries") counts the arguments too: split it into ``arg_bytes`` (the arguments
+    without padding) and the rest. A later check refuses a program over the cap at the end of compilation."""
+    early = _OOM[0].search(report.error)
+    m = early or _OOM[1].search(report.error)
     if m:
-        report.temp_bytes = int(float(m.group(1)) * 2**30)
-        report.error = f"temporaries alone need {float(m.group(1)):.2f} GiB per device, more than the chip's HBM"
+        need, cap = (int(float(m.group(i)) * _UNITS[m.group(i + 1)]) for i in (1, 3))
+        report.argument_bytes = min(arg_bytes, need)
+        report.temp_bytes = need - report.argument_bytes
+        when = "at buffer assignment" if early else "at the end of compilation"
+        report.error = (f"arguments and temporaries need {need / 2**30:.2f} GiB per device "
+                        f"({report.argument_bytes / 2**30:.2f} GiB of arguments), more than the {cap / 2**30:.4g} GiB "
+                        f"the compiler may assign (refused {when})")
     return report
+
+
+def too_big(r: CompileReport) -> bool:
+    """Refused for device memory before a memory analysis: only the arguments and the temporaries asked are known
+    (``compile_within``)."""
+    return not r.ok and bool(r.temp_bytes or r.argument_bytes)
 
 
 def table(plan: Plan) -> str:
@@ -235,9 +300,10 @@ def table(plan: Plan) -> str:
     tf = lambda r: f"{r.step_flops / 1e12:10.2f}" if r.step_flops else f"{'-':>10s}"  # noqa: E731
     for r in plan.reports:
         g = lambda v: f"{v / 2**30:8.2f}" if r.measured else f"{'-':>8s}"  # noqa: E731
-        if not r.ok and r.temp_bytes:  # out of memory at compile time: only the temporaries are known
-            lines.append(f"{r.name:22s} {'TOO BIG':10s} {'-':>8s} {'-':>8s} {r.temp_bytes / 2**30:8.2f} {'-':>8s} "
-                         f"{'-':>8s} {'-':>8s} {tf(r)} {r.seconds:9.1f}  NO")
+        if too_big(r):  # refused for memory: only the arguments and the temporaries asked are known
+            k = lambda v: f"{v / 2**30:8.2f}" if v else f"{'-':>8s}"  # noqa: E731
+            lines.append(f"{r.name:22s} {'TOO BIG':10s} {k(r.argument_bytes)} {'-':>8s} {k(r.temp_bytes)} {'-':>8s} "
+                         f">{(r.argument_bytes + r.temp_bytes) / 2**30:7.2f} {'-':>8s} {tf(r)} {r.seconds:9.1f}  NO")
             continue
         fits = ("-" if not (r.ok and r.measured and plan.hbm_bytes) else
                 "yes" if r.peak_bytes <= plan.hbm_bytes else "NO")
