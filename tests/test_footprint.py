@@ -192,3 +192,61 @@ def test_plan_refuses_a_program_above_the_host_budget():
                                "is 33.5 GiB per chip"]
     assert "NO (host)" in table(over)
     assert Plan([r], hbm_bytes=16 * gib, host_budget=host_budget_bytes(v5p)).failures() == []
+
+
+def test_teacher_in_host_memory_gives_the_same_teacher_outputs():
+    """``mesh.teacher_memory=host`` (tiny VACE run on fsdp=2 x context=2): the frozen teacher sits in pinned host
+    memory, every other field where it was; its CFG velocity (what generator_dmd_ot reads) and the teacher's CFG
+    denoise (teacher_denoise_cfg) from the host copy equal those from the same weights on the device. Fake CPU
+    devices refuse a matmul between host and device operands, so a leaf the forward did not bring in fails."""
+    import jax.numpy as jnp
+
+    from vdot_jax.sampling.model_sampler import model_sampler
+
+    c = load_config("configs/tiny.py")
+    apply_overrides(c, ["mesh.ici=fsdp=2,context=2", "mesh.num_devices=4", "mesh.teacher_memory=host"])
+    run = build(c)
+    kinds = lambda tree: {s.memory_kind for s in jax.tree.leaves(tree)}  # noqa: E731
+    assert kinds(run.state_sharding.teacher) == {"pinned_host"}
+    assert kinds(run.state_sharding.generator) == kinds(run.state_sharding.generator_opt) == {"device"}
+    from flax import nnx
+
+    from vdot_jax.models.wan import WanModel
+    from vdot_jax.parallel.sharding import init_sharded
+
+    device = nnx.state(init_sharded(lambda: WanModel(run.arch, rngs=nnx.Rngs(0)), run.mesh, run.rules))
+    host = jax.device_put(device, run.state_sharding.teacher)  # where init_state puts it
+    assert kinds(jax.tree.map(lambda a: a.sharding, host)) == {"pinned_host"}
+
+    a, r = run.arch, np.random.default_rng(0)
+    f, h, w = latent_grid(c, int(c.data.toy.frames), int(c.data.toy.height), int(c.data.toy.width))
+    x = jnp.asarray(r.normal(size=(2, a.in_channels, f, h, w)), jnp.float32)
+    batch = {"text": jnp.asarray(r.normal(size=(2, 8, a.text_dim)), jnp.float32),
+             "neg_text": jnp.asarray(r.normal(size=(2, 8, a.text_dim)), jnp.float32),
+             "context": jnp.asarray(r.normal(size=(2, a.vace_in_channels, f, h, w)), jnp.float32)}
+    from vdot_jax.parallel.logical import activate
+
+    with activate(run.mesh, run.rules):
+        v = jax.jit(lambda p: run.trainer._teacher_v(p, x, jnp.array([300.0, 800.0]), batch))
+        np.testing.assert_allclose(np.asarray(v(host)), np.asarray(v(device)), rtol=1e-6, atol=1e-6)
+        sampler = model_sampler(run.trainer.teacher_def, steps=2, shift=16.0, guidance=5.0)
+        args = (x[:1], batch["text"][:1], batch["neg_text"][:1], batch["context"][:1])
+        np.testing.assert_allclose(np.asarray(sampler(host, *args)), np.asarray(sampler(device, *args)),
+                                   rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("mesh.teacher_memory=hbm", "config.mesh.teacher_memory must be 'device' or 'host', got 'hbm'."),
+    ("optim.moment_dtype=float16", "config.optim.moment_dtype must be one of ('float32', 'bfloat16'), got 'float16'."),
+])
+def test_memory_switches_refuse_bad_values_in_one_sentence(override, message):
+    from vdot_jax.train.config import ConfigError, validate
+
+    c = load_config("configs/tiny.py")
+    apply_overrides(c, [override])
+    with pytest.raises(ConfigError) as e:
+        validate(c)
+    assert str(e.value) == message
+    flow = flow_config(**{"mesh.teacher_memory": "host"})
+    with pytest.raises(ConfigError, match="teacher_memory=host needs mode 'vdot'; a 'flow' run has no teacher"):
+        validate(flow)

@@ -197,6 +197,8 @@ def build(config, mesh=None) -> Run:
     state_sharding = ckpt.state_shardings(abstract, field_models, pshard, mesh)
     if state_in_host(config):
         state_sharding = in_host_memory(state_sharding, HOST_FIELDS)
+    if config.mesh.get("teacher_memory", "device") == "host":
+        state_sharding = in_host_memory(state_sharding, ("teacher",))
     abstract = ckpt.abstract_with_shardings(abstract, state_sharding)
 
     d = config.data
