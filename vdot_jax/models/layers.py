@@ -88,6 +88,15 @@ def is_stacked(path) -> bool:
     return any(getattr(k, "key", getattr(k, "name", None)) in LAYER_STACKS for k in path)
 
 
+def is_layer_kernel(path) -> bool:
+    """Whether ``path`` is a layer stack's matmul kernel (the bulk of the bytes): a host-kept one is brought to
+    the device one layer at a time (the teacher's forward, the streamed update). The stacks' small leaves
+    (biases, norms, modulation) come in whole: libtpu 0.0.42 fails to compile a one-layer slice of bf16 ones
+    from host memory (measured: a tiling check on ``bf16[1,1,6,64]``; "Sublane slicing size must be multiple
+    of element packing factor" for bf16 moments)."""
+    return is_stacked(path) and any(getattr(k, "key", getattr(k, "name", None)) == "kernel" for k in path)
+
+
 def in_host(x) -> bool:
     """Whether ``x`` (an array or a value being traced) lives in host memory (a ``pinned_host`` sharding)."""
     return getattr(jax.typeof(x), "memory_space", None) == jax.memory.Space.Host
@@ -96,9 +105,10 @@ def in_host(x) -> bool:
 def to_device(tree, keep_stacks: bool = False):
     """``tree`` with its leaves that live in host memory brought to the device, inside a jitted program: the one
     way host-kept state (optimizer moments, a frozen teacher) enters a computation. ``keep_stacks``: the layer
-    stacks stay where they are, for ``scan_layers`` (or the streamed update) to bring one layer at a time."""
+    stacks' kernels stay where they are, for ``scan_layers`` (or the streamed update) to bring one layer at a
+    time (``is_layer_kernel``)."""
     def move(path, a):
-        if a is None or not in_host(a) or (keep_stacks and is_stacked(path)):
+        if a is None or not in_host(a) or (keep_stacks and is_layer_kernel(path)):
             return a
         return jax.device_put(a, jax.memory.Space.Device)
 

@@ -21,8 +21,8 @@ in the model's compute dtype and added into the float32 accumulator (``accumulat
 are those of float32 gradients on one device).
 
 The optimizer is ``clipped_adamw`` (``optax.chain(clip_by_global_norm, adamw)``, its state and checkpoints
-unchanged). Its update is streamed over the stacked layer axis: for the leaves of the layer stacks (``blocks``,
-``vace_blocks``: a leading layer axis) a loop over the layers brings one layer's gradient, parameters and moments
+unchanged). Its update is streamed over the stacked layer axis: for the matmul kernels of the layer stacks
+(``blocks``, ``vace_blocks``: a leading layer axis; ``models.layers.is_layer_kernel``) a loop over the layers brings one layer's gradient, parameters and moments
 in (from host memory when ``in_host``), updates them and writes them back in place, so the moments never sit on
 the device together (measured, docs/scaling.md: without it XLA brought every moment in at once and held the
 update's temporaries for all of them). The global norm clip is computed once over the whole gradient first.
@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vdot_jax.models.layers import is_stacked, to_device
+from vdot_jax.models.layers import is_layer_kernel, to_device
 
 LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, dict]]
 
@@ -54,10 +54,6 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def _is_layer_kernel(path) -> bool:
-    return is_stacked(path) and any(getattr(k, "key", getattr(k, "name", None)) == "kernel" for k in path)
-
-
 def compute_copy(params, dtype):
     """``params`` with the layer stacks' matmul kernels cast to ``dtype`` (the model's compute dtype), the rest
     as they are. The models use these kernels only cast to the compute dtype (``models.layers.Dense``), so a
@@ -65,7 +61,7 @@ def compute_copy(params, dtype):
     if dtype is None:
         return params
     return jax.tree_util.tree_map_with_path(
-        lambda path, a: a.astype(dtype) if _is_layer_kernel(path) and jnp.issubdtype(a.dtype, jnp.floating) else a,
+        lambda path, a: a.astype(dtype) if is_layer_kernel(path) and jnp.issubdtype(a.dtype, jnp.floating) else a,
         params)
 
 
@@ -192,7 +188,7 @@ def _streamed_update(tx: ClippedTransform, grads, opt_state, params, finite, g_n
     groups: dict = {}
     rest = []
     for j, (path, leaf) in enumerate(path_leaves):
-        if is_stacked(path) and leaf.ndim >= 1:
+        if is_layer_kernel(path) and leaf.ndim >= 1:  # the small stacked leaves at once (models.layers says why)
             groups.setdefault(leaf.shape[0], []).append(j)
         else:
             rest.append(j)
