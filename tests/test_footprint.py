@@ -250,3 +250,30 @@ def test_memory_switches_refuse_bad_values_in_one_sentence(override, message):
     flow = flow_config(**{"mesh.teacher_memory": "host"})
     with pytest.raises(ConfigError, match="teacher_memory=host needs mode 'vdot'; a 'flow' run has no teacher"):
         validate(flow)
+
+
+@pytest.mark.slow
+def test_generator_dmd_ot_with_the_teacher_in_host_memory_equals_the_device_teacher():
+    """The one phase that reads the teacher, on fsdp=2 x context=2: one generator_dmd_ot update (its teacher
+    forward inside the differentiated loss, under remat) from a host-kept teacher gives the same generator,
+    moments and loss as with the teacher on the device (about a CPU-minute of compiling)."""
+    from vdot_jax.parallel.logical import activate
+
+    def one_update(memory):
+        c = load_config("configs/tiny.py")
+        apply_overrides(c, ["mesh.ici=fsdp=2,context=2", "mesh.num_devices=4", f"mesh.teacher_memory={memory}"])
+        run = build(c)
+        state, batch = init_state(run), batch_for(run)
+        assert {a.sharding.memory_kind for a in jax.tree.leaves(state.teacher)} == {
+            "pinned_host" if memory == "host" else "device"}
+        phase = run.trainer.phase("generator_dmd_ot", run.state_sharding, {k: v.sharding for k, v in batch.items()})
+        with activate(run.mesh, run.rules):
+            state, m = phase(state, batch)
+        return state, m
+
+    got, m_host = one_update("host")
+    want, m_device = one_update("device")
+    assert float(m_host["finite"]) == 1.0
+    np.testing.assert_allclose(float(m_host["surrogate/generator"]), float(m_device["surrogate/generator"]),
+                               rtol=1e-6)
+    assert_same_state((got.generator, got.generator_opt), (want.generator, want.generator_opt))

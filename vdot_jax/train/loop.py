@@ -711,6 +711,7 @@ def restore_model(workdir, *, ema: bool = False, which: str | None = None, step:
         return run.trainer.generator(state, ema=ema)
     if which == "critic":
         return nnx.merge(run.trainer.critic_def, state.critic)
-    if which == "teacher":
-        return nnx.merge(run.trainer.teacher_def, state.teacher)
+    if which == "teacher":  # on the device, also when the run kept it in host memory (mesh.teacher_memory)
+        teacher = jax.tree.map(lambda a: jax.device_put(a, a.sharding.with_memory_kind("device")), state.teacher)
+        return nnx.merge(run.trainer.teacher_def, teacher)
     raise ValueError(f"which must be generator, critic or teacher, got {which!r}")
