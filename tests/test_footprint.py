@@ -155,16 +155,19 @@ def test_update_with_host_state_compiles_for_tpu_with_the_moments_in_host_memory
                                                       ("wan1_3b_stage2_vace_v5e8", "wan2.1-vace-1.3b", 8)])
 def test_small_slice_configs_split_the_state_over_every_chip_and_keep_moments_in_host(name, preset_name, devices):
     """The small-slice configs at full size, abstractly: every parameter-sized leaf split over all chips, the
-    AdamW moments (and EMA, if kept) in host memory, the parameters and teacher on the device."""
+    AdamW moments (and EMA, if kept) in host memory, the parameters on the device; the v5p-8 config keeps the
+    teacher in host memory too and its moments in bf16."""
     c = load_config(f"configs/{name}.py")
     apply_overrides(c, [f"model.preset={preset_name}", "model.teacher=", "model.generator="])
     run = build(c, mesh=make_mesh(c.mesh.ici, devices=jax.devices()[:devices]))
     assert run.mesh.size == devices and run.mesh.shape["context"] == 4
+    host_fields = {"generator_opt", "critic_opt", "ema"}
     if name == "wan14b_stage2_vace_v5p8":  # one fp32 gradient buffer (tests/test_update.py checks its values)
         assert c.mesh.grad_dtype == "compute"
+        host_fields.add("teacher")  # and bf16 moments
+        assert {a.dtype for a in jax.tree.leaves(run.abstract_state.generator_opt) if a.ndim} == {np.dtype("bfloat16")}
     total, fullest = state_bytes(run)
     assert fullest < 1.01 * total / devices
-    host_fields = {"generator_opt", "critic_opt", "ema"}
     for field in ("generator", "generator_opt", "critic", "critic_opt", "teacher", "ema"):
         want = "pinned_host" if field in host_fields else "device"
         leaves = jax.tree.leaves(getattr(run.state_sharding, field))
