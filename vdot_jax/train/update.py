@@ -26,7 +26,8 @@ unchanged). Its update is streamed over the stacked layer axis: for the matmul k
 updated at once) a loop over the layers brings one layer's gradient, parameters and moments in (from host memory
 when ``in_host``: ``models.layers.to_device`` moves what the traced arguments say is in host memory), updates them
 and writes them back in place, so the moments never sit on the device together (measured, docs/scaling.md:
-without it XLA brought every moment in at once and held the update's temporaries for all of them). The global norm clip is computed once over the whole gradient first.
+without it XLA brought every moment in at once and held the update's temporaries for all of them). The global
+norm clip is computed once over the whole gradient first.
 
 ``moment_dtype`` (``config.optim.moment_dtype = "bfloat16"``): AdamW's mu and nu are stored in that dtype (half
 the optimizer state's bytes, in host memory or on the device), loaded to float32 for the update and rounded
