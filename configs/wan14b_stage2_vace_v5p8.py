@@ -6,8 +6,9 @@
 
 configs/wan14b_stage2_vace.py (the release recipe) with every lever of docs/scaling.md for a small slice: one
 video split over the 4 chips by sequence (``context=4``, Ulysses over 40 heads; global batch 1 x 3
-micro-batches), the train state split over all 4 chips (ZeRO-3 over fsdp x context), the AdamW moments and
-the EMA in the host's memory, and each layer's input offloaded there in the backward. What the compiler
+micro-batches), the train state split over all 4 chips (ZeRO-3 over fsdp x context), the AdamW moments (in
+bf16) and the EMA in the host's memory, the frozen teacher there too (brought in a layer at a time), and each
+layer's input offloaded there in the backward. What the compiler
 measured for each program is in docs/scaling.md ("Small slices").
 """
 
@@ -22,4 +23,6 @@ def get_config():
     c.model.remat = "offload"
     c.mesh.opt_state_memory = "host"
     c.mesh.grad_dtype = "compute"  # one fp32 gradient buffer, not two (docs/scaling.md)
+    c.mesh.teacher_memory = "host"  # the frozen bf16 teacher (8.1 GiB per chip) streamed in a layer at a time
+    c.optim.moment_dtype = "bfloat16"  # AdamW mu/nu in bf16 as the release's: host 102.6 -> 78.1 GiB per chip
     return c

@@ -155,16 +155,19 @@ def test_update_with_host_state_compiles_for_tpu_with_the_moments_in_host_memory
                                                       ("wan1_3b_stage2_vace_v5e8", "wan2.1-vace-1.3b", 8)])
 def test_small_slice_configs_split_the_state_over_every_chip_and_keep_moments_in_host(name, preset_name, devices):
     """The small-slice configs at full size, abstractly: every parameter-sized leaf split over all chips, the
-    AdamW moments (and EMA, if kept) in host memory, the parameters and teacher on the device."""
+    AdamW moments (and EMA, if kept) in host memory, the parameters on the device; the v5p-8 config keeps the
+    teacher in host memory too and its moments in bf16."""
     c = load_config(f"configs/{name}.py")
     apply_overrides(c, [f"model.preset={preset_name}", "model.teacher=", "model.generator="])
     run = build(c, mesh=make_mesh(c.mesh.ici, devices=jax.devices()[:devices]))
     assert run.mesh.size == devices and run.mesh.shape["context"] == 4
+    host_fields = {"generator_opt", "critic_opt", "ema"}
     if name == "wan14b_stage2_vace_v5p8":  # one fp32 gradient buffer (tests/test_update.py checks its values)
         assert c.mesh.grad_dtype == "compute"
+        host_fields.add("teacher")  # and bf16 moments
+        assert {a.dtype for a in jax.tree.leaves(run.abstract_state.generator_opt) if a.ndim} == {np.dtype("bfloat16")}
     total, fullest = state_bytes(run)
     assert fullest < 1.01 * total / devices
-    host_fields = {"generator_opt", "critic_opt", "ema"}
     for field in ("generator", "generator_opt", "critic", "critic_opt", "teacher", "ema"):
         want = "pinned_host" if field in host_fields else "device"
         leaves = jax.tree.leaves(getattr(run.state_sharding, field))
@@ -192,3 +195,130 @@ def test_plan_refuses_a_program_above_the_host_budget():
                                "is 33.5 GiB per chip"]
     assert "NO (host)" in table(over)
     assert Plan([r], hbm_bytes=16 * gib, host_budget=host_budget_bytes(v5p)).failures() == []
+
+
+def test_teacher_in_host_memory_gives_the_same_teacher_outputs():
+    """``mesh.teacher_memory=host`` (tiny VACE run on fsdp=2 x context=2): the frozen teacher sits in pinned host
+    memory, every other field where it was; its CFG velocity (what generator_dmd_ot reads) and the teacher's CFG
+    denoise (teacher_denoise_cfg) from the host copy equal those from the same weights on the device. Fake CPU
+    devices refuse a matmul between host and device operands, so a leaf the forward did not bring in fails."""
+    import jax.numpy as jnp
+
+    from vdot_jax.sampling.model_sampler import model_sampler
+
+    c = load_config("configs/tiny.py")
+    apply_overrides(c, ["mesh.ici=fsdp=2,context=2", "mesh.num_devices=4", "mesh.teacher_memory=host"])
+    run = build(c)
+    kinds = lambda tree: {s.memory_kind for s in jax.tree.leaves(tree)}  # noqa: E731
+    assert kinds(run.state_sharding.teacher) == {"pinned_host"}
+    assert kinds(run.state_sharding.generator) == kinds(run.state_sharding.generator_opt) == {"device"}
+    from flax import nnx
+
+    from vdot_jax.models.wan import WanModel
+    from vdot_jax.parallel.sharding import init_sharded
+
+    device = nnx.state(init_sharded(lambda: WanModel(run.arch, rngs=nnx.Rngs(0)), run.mesh, run.rules))
+    host = jax.device_put(device, run.state_sharding.teacher)  # where init_state puts it
+    assert kinds(jax.tree.map(lambda a: a.sharding, host)) == {"pinned_host"}
+
+    a, r = run.arch, np.random.default_rng(0)
+    f, h, w = latent_grid(c, int(c.data.toy.frames), int(c.data.toy.height), int(c.data.toy.width))
+    x = jnp.asarray(r.normal(size=(2, a.in_channels, f, h, w)), jnp.float32)
+    batch = {"text": jnp.asarray(r.normal(size=(2, 8, a.text_dim)), jnp.float32),
+             "neg_text": jnp.asarray(r.normal(size=(2, 8, a.text_dim)), jnp.float32),
+             "context": jnp.asarray(r.normal(size=(2, a.vace_in_channels, f, h, w)), jnp.float32)}
+    from vdot_jax.parallel.logical import activate
+
+    with activate(run.mesh, run.rules):
+        v = jax.jit(lambda p: run.trainer._teacher_v(p, x, jnp.array([300.0, 800.0]), batch))
+        np.testing.assert_allclose(np.asarray(v(host)), np.asarray(v(device)), rtol=1e-6, atol=1e-6)
+        sampler = model_sampler(run.trainer.teacher_def, steps=2, shift=16.0, guidance=5.0)
+        args = (x[:1], batch["text"][:1], batch["neg_text"][:1], batch["context"][:1])
+        np.testing.assert_allclose(np.asarray(sampler(host, *args)), np.asarray(sampler(device, *args)),
+                                   rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("mesh.teacher_memory=hbm", "config.mesh.teacher_memory must be 'device' or 'host', got 'hbm'."),
+    ("optim.moment_dtype=float16", "config.optim.moment_dtype must be one of ('float32', 'bfloat16'), got 'float16'."),
+])
+def test_memory_switches_refuse_bad_values_in_one_sentence(override, message):
+    from vdot_jax.train.config import ConfigError, validate
+
+    c = load_config("configs/tiny.py")
+    apply_overrides(c, [override])
+    with pytest.raises(ConfigError) as e:
+        validate(c)
+    assert str(e.value) == message
+    flow = flow_config(**{"mesh.teacher_memory": "host"})
+    with pytest.raises(ConfigError, match="teacher_memory=host needs mode 'vdot'; a 'flow' run has no teacher"):
+        validate(flow)
+
+
+@pytest.mark.slow
+def test_generator_dmd_ot_with_the_teacher_in_host_memory_equals_the_device_teacher():
+    """The one phase that reads the teacher, on fsdp=2 x context=2: one generator_dmd_ot update (its teacher
+    forward inside the differentiated loss, under remat) from a host-kept teacher gives the same generator,
+    moments and loss as with the teacher on the device (about a CPU-minute of compiling)."""
+    from vdot_jax.parallel.logical import activate
+
+    def one_update(memory):
+        c = load_config("configs/tiny.py")
+        apply_overrides(c, ["mesh.ici=fsdp=2,context=2", "mesh.num_devices=4", f"mesh.teacher_memory={memory}"])
+        run = build(c)
+        state, batch = init_state(run), batch_for(run)
+        assert {a.sharding.memory_kind for a in jax.tree.leaves(state.teacher)} == {
+            "pinned_host" if memory == "host" else "device"}
+        phase = run.trainer.phase("generator_dmd_ot", run.state_sharding, {k: v.sharding for k, v in batch.items()})
+        with activate(run.mesh, run.rules):
+            state, m = phase(state, batch)
+        return state, m
+
+    got, m_host = one_update("host")
+    want, m_device = one_update("device")
+    assert float(m_host["finite"]) == 1.0
+    np.testing.assert_allclose(float(m_host["surrogate/generator"]), float(m_device["surrogate/generator"]),
+                               rtol=1e-6)
+    assert_same_state((got.generator, got.generator_opt), (want.generator, want.generator_opt))
+
+
+def test_teacher_in_host_memory_compiles_for_tpu_one_layer_at_a_time():
+    """Compiled for a real TPU topology (libtpu, no TPU): a 48-layer bf16 DiT's forward from host-kept weights
+    keeps them as host arguments (device arguments: the small unstacked leaves' shardings only) and its
+    temporaries stay well under the stack's bytes -- a forward that brought the whole stack to the device (or
+    let XLA hoist the per-layer copies out of the scan) would need them all."""
+    pytest.importorskip("libtpu", reason="TPU compile tests need libtpu (pip install '.[tpu]')")
+    import math
+
+    import jax.numpy as jnp
+    from flax import nnx
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from vdot_jax.models.config import WanConfig
+    from vdot_jax.models.layers import to_device
+    from vdot_jax.models.wan import WanModel
+    from vdot_jax.parallel.logical import DEFAULT_RULES, activate
+    from vdot_jax.parallel.mesh import topology_devices
+    from vdot_jax.parallel.sharding import in_host_memory, model_shardings
+    from vdot_jax.weights.params import flat_state
+
+    cfg = WanConfig(dim=256, ffn_dim=1024, num_heads=2, num_layers=48, in_channels=4, out_channels=4, text_dim=8,
+                    freq_dim=16, vace_layers=(), vace_in_channels=12)
+    mesh = make_mesh("fsdp=2,context=2", devices=topology_devices("v5e:2x2"))
+    model = nnx.eval_shape(lambda: WanModel(cfg, rngs=nnx.Rngs(0)))
+    graphdef = nnx.graphdef(model)
+    shardings = model_shardings(model, mesh, DEFAULT_RULES)
+    host = in_host_memory({"teacher": shardings}, ("teacher",))["teacher"]  # as the run's state shardings
+    flat = {p: jax.ShapeDtypeStruct(a.shape, jnp.bfloat16, sharding=host[p]) for p, a in flat_state(model).items()}
+    params = nnx.State.from_flat_path(flat)
+    rep = NamedSharding(mesh, P())
+    x = jax.ShapeDtypeStruct((1, 4, 2, 16, 16), jnp.float32, sharding=rep)
+    text = jax.ShapeDtypeStruct((1, 8, 8), jnp.float32, sharding=rep)
+    forward = jax.jit(lambda p, x, t: nnx.merge(graphdef, to_device(p, keep_stacks=True))(x, jnp.ones((1,)), t))
+    with activate(mesh, DEFAULT_RULES):
+        mem = forward.lower(params, x, text).compile().memory_analysis()
+    stack = sum(math.prod(a.shape) * 2 for p, a in flat.items() if "blocks" in p) // 4  # per chip
+    assert stack <= mem.host_argument_size_in_bytes
+    assert mem.argument_size_in_bytes < stack / 100
+    assert mem.temp_size_in_bytes < stack / 2, (mem.temp_size_in_bytes, stack)

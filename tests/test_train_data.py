@@ -92,6 +92,11 @@ def test_a_workdir_from_an_incompatible_config_is_refused_and_left_untouched(tmp
     assert snapshot(wd) == before
     with pytest.raises(ckpt.CheckpointMismatch, match=r"holds a 'vdot' run but this config trains in mode 'flow'"):
         train(flow_config(), wd)
+    bf16 = load_config(TINY)  # the moments' dtype is refused, not silently rounded
+    apply_overrides(bf16, ["optim.moment_dtype=bfloat16", "mesh.num_devices=1"])
+    with pytest.raises(ckpt.CheckpointMismatch, match=r"_opt/.* is float32\(.* in the checkpoint, bfloat16\(.* here.*"
+                                                       r"moments are float32 there: set config.optim.moment_dtype"):
+        train(bf16, wd)
     ema = load_config(TINY)
     apply_overrides(ema, ["ema.decay=0.99", "mesh.num_devices=1"])
     with pytest.raises(ckpt.CheckpointMismatch, match=r"ema/.* is new"):

@@ -44,6 +44,48 @@ def test_streamed_update_equals_optax_chain_over_several_steps(clip_norm):
     assert int(opt[1][0].count) == 3
 
 
+def test_bfloat16_moments_are_float32_adamw_rounded_when_stored():
+    """``optim.moment_dtype=bfloat16``: mu and nu are bf16 in the state, and three streamed steps equal optax's
+    float32 chain whose moments are rounded to bf16 after each step (the oracle of "computed in float32, rounded
+    on store"): parameters to rtol 1e-6, moments exactly. Using the rounded moments in the step that made them
+    (or computing in bf16) moves the parameters by ~lr x 2^-9, 1e3 times the tolerance. Against optax's
+    ``adamw(mu_dtype=bfloat16)`` (bf16 mu only, nu float32, b1 x mu rounded in bf16): mu within 2^-7 of the
+    leaf's largest value, parameters within 1 % of the total step lr x 3."""
+    lr = 1e-2
+    tx = clipped_adamw(lr, 1e3, 0.9, 0.99, 0.1, moment_dtype="bfloat16")
+    params = want = tree(0)
+    opt = tx.init(params)
+    mu_nu = lambda o: (o[1][0].mu, o[1][0].nu)  # noqa: E731
+    assert {a.dtype for a in jax.tree.leaves(mu_nu(opt))} == {jnp.dtype(jnp.bfloat16)}
+    want_opt = tx.chain.init(params)
+    ref = optax.chain(optax.clip_by_global_norm(1e3), optax.adamw(lr, 0.9, 0.99, weight_decay=0.1,
+                                                                   mu_dtype=jnp.bfloat16))
+    ref_p, ref_opt = params, ref.init(params)
+    rnd = lambda t: jax.tree.map(  # noqa: E731
+        lambda a: a.astype(jnp.bfloat16).astype(a.dtype) if a.dtype == jnp.float32 else a, t)
+    step = jax.jit(lambda p, o, g: _streamed_update(tx, g, o, p, jnp.bool_(True), optax.global_norm(g), False))
+    for s in range(3):
+        grads = jax.tree.map(lambda a: 3 * a, tree(s + 1))
+        params, opt = step(params, opt, grads)
+        want, want_opt = oracle(tx, want, want_opt, grads)
+        want_opt = rnd(want_opt)
+        updates, ref_opt = ref.update(grads, ref_opt, ref_p)
+        ref_p = optax.apply_updates(ref_p, updates)
+    assert {a.dtype for a in jax.tree.leaves(mu_nu(opt))} == {jnp.dtype(jnp.bfloat16)}
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7,
+                                   err_msg=jax.tree_util.keystr(path))
+    for a, b in zip(jax.tree.leaves(mu_nu(opt)), jax.tree.leaves(mu_nu(want_opt))):
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(opt[1][0].mu), jax.tree.leaves(ref_opt[1][0].mu)):
+        b = np.asarray(b, np.float32)  # a few bf16 roundings of terms of the leaf's magnitude apart
+        np.testing.assert_allclose(np.asarray(a, np.float32), b, rtol=0, atol=2**-7 * np.abs(b).max())
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_p)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=0.01 * 3 * lr)
+    whole = tx.update(tree(1), tx.init(tree(0)), tree(0))[1]  # the whole-tree update stores them rounded too
+    assert {a.dtype for a in jax.tree.leaves(mu_nu(whole))} == {jnp.dtype(jnp.bfloat16)}
+
+
 def test_non_finite_gradient_changes_nothing():
     tx = clipped_adamw(1e-2, 1.0, 0.9, 0.99, 0.1)
     params, grads = tree(0), tree(1)

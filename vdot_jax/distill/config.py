@@ -63,6 +63,9 @@ def distill_config() -> ml_collections.ConfigDict:
     c.optim.weight_decay = 0.01  # release
     c.optim.clip_norm = 5.0  # release
     c.optim.accumulation = 3  # release: 3 micro-batches per update
+    # dtype AdamW's mu and nu are stored in ("float32" or "bfloat16": half the bytes; computed in float32 and
+    # rounded when stored; the release's generator moments are bf16 because its weights are; train/update.py)
+    c.optim.moment_dtype = "float32"
 
     c.ema = ml_collections.ConfigDict()
     c.ema.decay = 0.0  # release: off; Self-Forcing used 0.99
@@ -77,6 +80,7 @@ def ot_config(c: ml_collections.ConfigDict) -> OTConfig:
 
 
 R2V_LAYOUTS = ("vace", "release")
+MOMENT_DTYPES = ("float32", "bfloat16")  # optim.moment_dtype
 
 
 def check_distill(c: ml_collections.ConfigDict) -> None:

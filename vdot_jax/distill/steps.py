@@ -35,6 +35,7 @@ from vdot_jax.distill.critic import Critic
 from vdot_jax.distill.ot import ot_direction, ot_loss
 from vdot_jax.distill.timesteps import (add_noise, rollout, sample_gan_timesteps,
                                         sample_loss_timesteps, student_schedule, x0_from_velocity)
+from vdot_jax.models.layers import to_device
 from vdot_jax.models.wan import WanModel
 from vdot_jax.train.update import (ClippedTransform, StepPrograms, clipped_adamw, ema_update, init_in_place,
                                    micro_grad_dtype,
@@ -101,7 +102,7 @@ class Distiller:
 
     def _optimizer(self, lr: float) -> ClippedTransform:
         o = self.config.optim
-        return clipped_adamw(lr, o.clip_norm, o.b1, o.b2, o.weight_decay)
+        return clipped_adamw(lr, o.clip_norm, o.b1, o.b2, o.weight_decay, o.get("moment_dtype", "float32"))
 
     # ---------------------------------------------------------------- state
 
@@ -155,7 +156,8 @@ class Distiller:
         return critic.discriminate(x, jnp.concatenate([t, t]), double(batch["text"]), double(batch.get("context")))
 
     def _teacher_apply(self, params, x, t, text, context):
-        return nnx.merge(self.teacher_def, params)(x, t, text, context)
+        # with mesh.teacher_memory=host, the layer scans bring the stacks in one layer at a time
+        return nnx.merge(self.teacher_def, to_device(params, keep_stacks=True))(x, t, text, context)
 
     def _teacher_v(self, params, x, t, batch):
         """Teacher velocity with classifier-free guidance on ``neg_text``; cond and uncond as one batch."""

@@ -80,6 +80,41 @@ class LayerNorm(nnx.Module):
         return layer_norm(x, self.eps) * self.scale[...].astype(F32) + self.bias[...].astype(F32)
 
 
+LAYER_STACKS = ("blocks", "vace_blocks")  # the models' stacked layers (``stack_layers``): axis 0 = layer
+
+
+def is_stacked(path) -> bool:
+    """Whether the pytree ``path`` (of a model's state) lies under one of its layer stacks."""
+    return any(getattr(k, "key", getattr(k, "name", None)) in LAYER_STACKS for k in path)
+
+
+def is_layer_kernel(path) -> bool:
+    """Whether ``path`` is a layer stack's matmul kernel (the bulk of the bytes): a host-kept one is brought to
+    the device one layer at a time (the teacher's forward, the streamed update). The stacks' small leaves
+    (biases, norms, modulation) come in whole: libtpu 0.0.42 fails to compile a one-layer slice of bf16 ones
+    from host memory (measured: a tiling check on ``bf16[1,1,6,64]``; "Sublane slicing size must be multiple
+    of element packing factor" for bf16 moments)."""
+    return is_stacked(path) and any(getattr(k, "key", getattr(k, "name", None)) == "kernel" for k in path)
+
+
+def in_host(x) -> bool:
+    """Whether ``x`` (an array or a value being traced) lives in host memory (a ``pinned_host`` sharding)."""
+    return getattr(jax.typeof(x), "memory_space", None) == jax.memory.Space.Host
+
+
+def to_device(tree, keep_stacks: bool = False):
+    """``tree`` with its leaves that live in host memory brought to the device, inside a jitted program: the one
+    way host-kept state (optimizer moments, a frozen teacher) enters a computation. ``keep_stacks``: the layer
+    stacks' kernels stay where they are, for ``scan_layers`` (or the streamed update) to bring one layer at a
+    time (``is_layer_kernel``)."""
+    def move(path, a):
+        if a is None or not in_host(a) or (keep_stacks and is_layer_kernel(path)):
+            return a
+        return jax.device_put(a, jax.memory.Space.Device)
+
+    return jax.tree_util.tree_map_with_path(move, tree)
+
+
 def stack_layers(cls, n: int, cfg, rngs: nnx.Rngs):
     """n independently initialised modules stacked along a leading layer axis."""
 
@@ -96,7 +131,8 @@ def scan_layers(stack: nnx.Module, body, carry, xs, remat: str, layers: tuple[in
     ``layers=(start, stop)`` scans only that slice of the stack.
 
     A slice runs over layer indices and reads each layer from the whole stack inside the loop: slicing the
-    stack first would copy the block weights of every segment (the tapped scans of the GAN phases)."""
+    stack first would copy the block weights of every segment (the tapped scans of the GAN phases). A stack
+    kept in host memory (``mesh.teacher_memory=host``) is brought to the device one layer at a time."""
     graphdef, state = nnx.split(stack)
     n = jax.tree.leaves(state)[0].shape[0]
     start, stop = layers if layers is not None else (0, n)
@@ -109,14 +145,14 @@ def scan_layers(stack: nnx.Module, body, carry, xs, remat: str, layers: tuple[in
 
         def step(c, inputs):
             layer_state, x = inputs
-            return body(nnx.merge(graphdef, layer_state), _named(c), x)
+            return body(nnx.merge(graphdef, to_device(layer_state)), _named(c), x)
 
         scanned = (state, xs)
     else:
         def step(c, inputs):
             i, x = inputs
             layer_state = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), state)
-            return body(nnx.merge(graphdef, layer_state), _named(c), x)
+            return body(nnx.merge(graphdef, to_device(layer_state)), _named(c), x)
 
         scanned = (jnp.arange(start, stop), xs)
 

@@ -11,6 +11,7 @@ from typing import Callable
 import jax
 from flax import nnx
 
+from vdot_jax.models.layers import to_device
 from vdot_jax.parallel.sharding import compile_program
 from vdot_jax.sampling.solvers import classifier_free_guidance, guidance_context, sample
 
@@ -42,7 +43,7 @@ def _denoise_fn(graphdef, steps, shift, solver, guidance, context_scale, on_step
     """The whole sampling loop as one function of (params, noise, text, negative text, VACE context)."""
 
     def run(params, noise, text, neg_text, context):
-        model = nnx.merge(graphdef, params)
+        model = nnx.merge(graphdef, to_device(params, keep_stacks=True))  # a host-kept teacher: layers stream in
         text_b, ctx_b = guidance_context((text, context), (neg_text, context), guidance)
 
         def model_fn(x, t):

@@ -327,10 +327,16 @@ def check_compatible(workdir, meta: Mapping, current_signature: Mapping, mode: s
     if meta.get("mode") != mode:
         raise CheckpointMismatch(f"{root} holds a {meta.get('mode')!r} run but this config trains in mode {mode!r}; "
                                  "use another --workdir. Nothing in it was changed.")
-    diffs = signature_diff(meta.get("signature", {}), current_signature)
+    saved = meta.get("signature", {})
+    diffs = signature_diff(saved, current_signature)
     if diffs:
+        # a run's moments keep the dtype they were saved in (no silent rounding of a float32 run's state)
+        moments = sorted({saved[k][1] for k, v in current_signature.items() if k.split("/", 1)[0].endswith("opt")
+                          and k in saved and saved[k][0] == v[0] and saved[k][1] != v[1]})
+        hint = (f" (the optimizer moments are {'/'.join(moments)} there: set config.optim.moment_dtype to match)"
+                if moments else "")
         raise CheckpointMismatch(f"{root} was written by an incompatible config (different model shapes or state): "
-                                 + "; ".join(diffs) + ". Use another --workdir (or the config that wrote it). "
+                                 + "; ".join(diffs) + hint + ". Use another --workdir (or the config that wrote it). "
                                  "Nothing in it was changed.")
 
 

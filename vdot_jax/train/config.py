@@ -29,7 +29,7 @@ from typing import Iterable, Sequence
 import ml_collections
 
 from vdot_jax.data.toy_world import TASKS
-from vdot_jax.distill.config import WAN_NEGATIVE_PROMPT, check_distill, distill_config
+from vdot_jax.distill.config import MOMENT_DTYPES, WAN_NEGATIVE_PROMPT, check_distill, distill_config
 from vdot_jax.errors import VdotError
 from vdot_jax.models import attention
 
@@ -144,6 +144,9 @@ def base_config() -> ml_collections.ConfigDict:
     # "float32", or "compute" (the model's compute dtype, bf16 on accelerators: one float32 gradient buffer
     # instead of two; train/update.py says why the values are those of float32 on one device; docs/scaling.md)
     mesh.grad_dtype = "float32"
+    # where the frozen teacher (vdot mode) lives: "device" (HBM) or "host" (pinned host memory; its forward brings
+    # one layer at a time to the device inside the layer scan; docs/scaling.md)
+    mesh.teacher_memory = "device"
 
     tr = c.train = ml_collections.ConfigDict()
     tr.steps = 1500  # release stage 1: 1,500 steps (stage 2: 1,200)
@@ -502,6 +505,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
                           f"{config.mesh.opt_state_memory!r}.")
     if config.mesh.get("grad_dtype", "float32") not in ("float32", "compute"):
         raise ConfigError(f"config.mesh.grad_dtype must be 'float32' or 'compute', got {config.mesh.grad_dtype!r}.")
+    teacher_memory = config.mesh.get("teacher_memory", "device")
+    if teacher_memory not in ("device", "host"):
+        raise ConfigError(f"config.mesh.teacher_memory must be 'device' or 'host', got {teacher_memory!r}.")
+    if teacher_memory == "host" and config.mode != "vdot":
+        raise ConfigError(f"config.mesh.teacher_memory=host needs mode 'vdot'; a {config.mode!r} run has no teacher.")
+    if config.optim.get("moment_dtype", "float32") not in MOMENT_DTYPES:
+        raise ConfigError(f"config.optim.moment_dtype must be one of {MOMENT_DTYPES}, got "
+                          f"{config.optim.moment_dtype!r}.")
     if config.train.checkpoint_every < 1:
         raise ConfigError("config.train.checkpoint_every must be >= 1.")
     if config.train.keep < 1:

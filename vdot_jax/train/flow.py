@@ -71,7 +71,8 @@ class FlowTrainer:
         self._runtime = model.runtime  # read at trace time
         f = config.flow
         self.schedule = learning_rate(config)
-        self.tx = clipped_adamw(self.schedule, f.clip_norm, f.b1, f.b2, f.weight_decay)
+        self.tx = clipped_adamw(self.schedule, f.clip_norm, f.b1, f.b2, f.weight_decay,
+                                config.optim.get("moment_dtype", "float32"))
         self.trace_counts: collections.Counter = collections.Counter()
         self._programs = StepPrograms()
 

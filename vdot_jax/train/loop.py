@@ -197,6 +197,8 @@ def build(config, mesh=None) -> Run:
     state_sharding = ckpt.state_shardings(abstract, field_models, pshard, mesh)
     if state_in_host(config):
         state_sharding = in_host_memory(state_sharding, HOST_FIELDS)
+    if config.mesh.get("teacher_memory", "device") == "host":
+        state_sharding = in_host_memory(state_sharding, ("teacher",))
     abstract = ckpt.abstract_with_shardings(abstract, state_sharding)
 
     d = config.data
@@ -709,6 +711,7 @@ def restore_model(workdir, *, ema: bool = False, which: str | None = None, step:
         return run.trainer.generator(state, ema=ema)
     if which == "critic":
         return nnx.merge(run.trainer.critic_def, state.critic)
-    if which == "teacher":
-        return nnx.merge(run.trainer.teacher_def, state.teacher)
+    if which == "teacher":  # on the device, also when the run kept it in host memory (mesh.teacher_memory)
+        teacher = jax.tree.map(lambda a: jax.device_put(a, a.sharding.with_memory_kind("device")), state.teacher)
+        return nnx.merge(run.trainer.teacher_def, teacher)
     raise ValueError(f"which must be generator, critic or teacher, got {which!r}")

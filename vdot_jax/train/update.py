@@ -21,11 +21,17 @@ in the model's compute dtype and added into the float32 accumulator (``accumulat
 are those of float32 gradients on one device).
 
 The optimizer is ``clipped_adamw`` (``optax.chain(clip_by_global_norm, adamw)``, its state and checkpoints
-unchanged). Its update is streamed over the stacked layer axis: for the leaves of the layer stacks (``blocks``,
-``vace_blocks``: a leading layer axis) a loop over the layers brings one layer's gradient, parameters and moments
-in (from host memory when ``in_host``), updates them and writes them back in place, so the moments never sit on
-the device together (measured, docs/scaling.md: without it XLA brought every moment in at once and held the
-update's temporaries for all of them). The global norm clip is computed once over the whole gradient first.
+unchanged). Its update is streamed over the stacked layer axis: for the matmul kernels of the layer stacks
+(``blocks``, ``vace_blocks``: a leading layer axis; ``models.layers.is_layer_kernel``; their small leaves are
+updated at once) a loop over the layers brings one layer's gradient, parameters and moments in (from host memory
+when ``in_host``: ``models.layers.to_device`` moves what the traced arguments say is in host memory), updates them
+and writes them back in place, so the moments never sit on the device together (measured, docs/scaling.md:
+without it XLA brought every moment in at once and held the update's temporaries for all of them). The global
+norm clip is computed once over the whole gradient first.
+
+``moment_dtype`` (``config.optim.moment_dtype = "bfloat16"``): AdamW's mu and nu are stored in that dtype (half
+the optimizer state's bytes, in host memory or on the device), loaded to float32 for the update and rounded
+once when stored (the release's AdamW state is bf16 because its parameters are; docs/release_parity.md).
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
+
+from vdot_jax.models.layers import is_layer_kernel, to_device
 
 LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, dict]]
 
@@ -48,10 +56,6 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def _is_layer_kernel(path) -> bool:
-    return _stacked(path) and any(getattr(k, "key", getattr(k, "name", None)) == "kernel" for k in path)
-
-
 def compute_copy(params, dtype):
     """``params`` with the layer stacks' matmul kernels cast to ``dtype`` (the model's compute dtype), the rest
     as they are. The models use these kernels only cast to the compute dtype (``models.layers.Dense``), so a
@@ -59,7 +63,7 @@ def compute_copy(params, dtype):
     if dtype is None:
         return params
     return jax.tree_util.tree_map_with_path(
-        lambda path, a: a.astype(dtype) if _is_layer_kernel(path) and jnp.issubdtype(a.dtype, jnp.floating) else a,
+        lambda path, a: a.astype(dtype) if is_layer_kernel(path) and jnp.issubdtype(a.dtype, jnp.floating) else a,
         params)
 
 
@@ -104,45 +108,53 @@ def micro_grad_dtype(config, runtime):
     return runtime.compute_dtype
 
 
-def to_device(tree, in_host: bool):
-    """``tree`` moved from host memory to the device's inside a jitted step (no-op unless ``in_host``)."""
-    return jax.device_put(tree, jax.memory.Space.Device) if in_host and tree is not None else tree
-
-
 def to_host(tree, in_host: bool):
+    """``tree`` sent to host memory inside a jitted step (no-op unless ``in_host``); ``models.layers.to_device``
+    brings host-kept values in."""
     return jax.device_put(tree, jax.memory.Space.Host) if in_host and tree is not None else tree
 
-
-LAYER_STACKS = ("blocks", "vace_blocks")  # the models' stacked layers (models.layers.stack_layers): axis 0 = layer
 
 
 @dataclass(frozen=True)
 class ClippedTransform:
     """``optax.chain(optax.clip_by_global_norm(clip_norm), inner)`` with ``inner`` elementwise per parameter
     (AdamW: its moments have the parameters' tree, its counts are scalars): same ``init``, same state (so
-    checkpoints are unchanged) and same ``update``; ``update`` below streams ``inner`` over the layer axis."""
+    checkpoints are unchanged) and same ``update``; ``update`` below streams ``inner`` over the layer axis.
+    ``moment_dtype`` (None: as ``inner`` makes them): the state's floating-point leaves (AdamW's mu and nu) are
+    stored in it, ``load``ed to float32 for each update and ``store``d rounded."""
 
     clip_norm: float
     inner: optax.GradientTransformation
+    moment_dtype: Any = None
 
     @property
     def chain(self) -> optax.GradientTransformation:
         return optax.chain(optax.clip_by_global_norm(self.clip_norm), self.inner)
 
+    def _cast(self, tree, dtype):
+        if self.moment_dtype is None:
+            return tree
+        return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+    def store(self, tree):
+        return self._cast(tree, self.moment_dtype)
+
+    def load(self, tree):
+        return self._cast(tree, jnp.float32)
+
     def init(self, params):
-        return self.chain.init(params)
+        return self.store(self.chain.init(params))
 
     def update(self, grads, state, params=None):
-        return self.chain.update(grads, state, params)
+        updates, state = self.chain.update(grads, self.load(state), params)
+        return updates, self.store(state)
 
 
-def clipped_adamw(lr, clip_norm: float, b1: float, b2: float, weight_decay: float) -> ClippedTransform:
-    """Every trainer's optimizer: global-norm clip, then AdamW."""
-    return ClippedTransform(clip_norm, optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay))
-
-
-def _stacked(path) -> bool:
-    return any(getattr(k, "key", getattr(k, "name", None)) in LAYER_STACKS for k in path)
+def clipped_adamw(lr, clip_norm: float, b1: float, b2: float, weight_decay: float,
+                  moment_dtype: str = "float32") -> ClippedTransform:
+    """Every trainer's optimizer: global-norm clip, then AdamW, its moments stored in ``moment_dtype``."""
+    return ClippedTransform(clip_norm, optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay),
+                            None if moment_dtype == "float32" else jnp.dtype(moment_dtype))
 
 
 def _index(a, i):
@@ -159,7 +171,7 @@ def _streamed_update(tx: ClippedTransform, grads, opt_state, params, finite, g_n
     clip_state, inner_state = opt_state
     s_leaves, s_def = jax.tree.flatten(inner_state, is_leaf=is_param_tree)
     tree_pos = [k for k, x in enumerate(s_leaves) if is_param_tree(x)]
-    s_leaves = [x if k in tree_pos else to_device(x, in_host) for k, x in enumerate(s_leaves)]  # the counts
+    s_leaves = [x if k in tree_pos else to_device(x) for k, x in enumerate(s_leaves)]  # the counts
     moments = [treedef.flatten_up_to(s_leaves[k]) for k in tree_pos]  # [moment][leaf]
     trigger = g_norm < tx.clip_norm
     clip = lambda t: jax.lax.select(trigger, t, (t / g_norm.astype(t.dtype)) * tx.clip_norm)  # noqa: E731 -- optax's
@@ -168,17 +180,17 @@ def _streamed_update(tx: ClippedTransform, grads, opt_state, params, finite, g_n
         """The inner update of the leaves ``idx`` (lists g, p, m[moment]): (new p, new m, new inner state)."""
         leaves = list(s_leaves)
         for k, mk in zip(tree_pos, m):
-            leaves[k] = mk
+            leaves[k] = tx.load(mk)
         updates, new_state = tx.inner.update([clip(x) for x in g], s_def.unflatten(leaves), p)
         new_p = [jnp.where(finite, (x + u).astype(x.dtype), x) for x, u in zip(p, updates)]
         new_leaves = jax.tree.flatten(new_state, is_leaf=lambda x: isinstance(x, list))[0]
-        new_m = [[jnp.where(finite, a, b) for a, b in zip(new_leaves[k], mk)] for k, mk in zip(tree_pos, m)]
+        new_m = [[jnp.where(finite, a, b) for a, b in zip(tx.store(new_leaves[k]), mk)] for k, mk in zip(tree_pos, m)]
         return new_p, new_m, new_leaves
 
     groups: dict = {}
     rest = []
     for j, (path, leaf) in enumerate(path_leaves):
-        if _stacked(path) and leaf.ndim >= 1:
+        if is_layer_kernel(path) and leaf.ndim >= 1:  # the small stacked leaves at once (models.layers says why)
             groups.setdefault(leaf.shape[0], []).append(j)
         else:
             rest.append(j)
@@ -186,7 +198,7 @@ def _streamed_update(tx: ClippedTransform, grads, opt_state, params, finite, g_n
 
     # the leaves outside the stacks (embeddings, heads: small) at once; their call also gives the new counts
     rest_p, rest_m, new_leaves = inner(rest, [g_leaves[j] for j in rest], [p_leaves[j] for j in rest],
-                                       [to_device([m[j] for j in rest], in_host) for m in moments])
+                                       [to_device([m[j] for j in rest]) for m in moments])
     for j, x in zip(rest, rest_p):
         new_p[j] = x
     for k, mk in enumerate(rest_m):
@@ -197,7 +209,7 @@ def _streamed_update(tx: ClippedTransform, grads, opt_state, params, finite, g_n
         def body(i, carry, idx=idx):
             p, m = carry
             g_i = [_index(g_leaves[j], i) for j in idx]
-            m_i = [to_device([_index(x, i) for x in mk], in_host) for mk in m]
+            m_i = [to_device([_index(x, i) for x in mk]) for mk in m]
             p_i, m_i, _ = inner(idx, g_i, [_index(x, i) for x in p], m_i)
             p = [jax.lax.dynamic_update_index_in_dim(x, y, i, 0) for x, y in zip(p, p_i)]
             m = [[jax.lax.dynamic_update_index_in_dim(x, y, i, 0) for x, y in zip(mk, to_host(yk, in_host))]
@@ -231,7 +243,7 @@ def update(loss_fn: LossFn, tx, params, opt_state, batch, key: jax.Array, in_hos
     if isinstance(tx, ClippedTransform):
         new_params, new_opt = _streamed_update(tx, grads, opt_state, params, finite, g_norm, in_host)
     else:
-        opt_state = to_device(opt_state, in_host)
+        opt_state = to_device(opt_state)
         updates, new_opt = tx.update(grads, opt_state, params)
         new_params = tree_where(finite, optax.apply_updates(params, updates), params)
         new_opt = to_host(tree_where(finite, new_opt, opt_state), in_host)
@@ -254,7 +266,7 @@ def ema_update(ema, params, step: jax.Array, start: int, decay: float, in_host: 
     if ema is None:
         return None
     d = jnp.where(step >= start, decay, 0.0)
-    return to_host(jax.tree.map(lambda e, p: d * e + (1 - d) * p, to_device(ema, in_host), params), in_host)
+    return to_host(jax.tree.map(lambda e, p: d * e + (1 - d) * p, to_device(ema), params), in_host)
 
 
 def _sharding_key(tree) -> tuple:
