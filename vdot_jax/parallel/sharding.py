@@ -165,12 +165,27 @@ class CompileReport:
         return f"{self.name}: compiled in {self.seconds:.1f} s; {mem}{flops}"
 
 
+def compiler_options(mesh_config, mesh: Mesh | None) -> dict | None:
+    """The XLA options a run's ``config.mesh`` asks of the compiler on ``mesh``'s platform (None: defaults).
+
+    ``cast_per_layer`` (TPU only): libtpu's bf16-propagation pass off, so a float32 weight stack that a layer scan
+    reads only through a bf16 cast is cast one layer at a time inside the loop, not copied whole to bf16 before
+    it (the pass changes the loop's state to bf16 and hoists the cast; docs/scaling.md)."""
+    if mesh is None or not (mesh_config or {}).get("cast_per_layer", False):
+        return None
+    if mesh.devices.flat[0].platform != "tpu":
+        return None
+    return {"xla_jf_bf16_propagation": False}
+
+
 def compile_program(jitted, *args, name: str = "program", mesh: Mesh | None = None, rules: Rules | None = None,
-                    log: Callable[[str], None] | None = print, catch: bool = False, keep_text: bool = False):
+                    log: Callable[[str], None] | None = print, catch: bool = False, keep_text: bool = False,
+                    options: dict | None = None):
     """Ahead-of-time compile ``jitted`` for these (possibly abstract) args under ``mesh`` and logical ``rules``;
     returns (compiled, CompileReport) and logs the report's line. This is the one way programs are compiled:
     the training phases, the sampling pipeline and ``vdot plan``. With ``catch``, a failure is reported
-    (compiled None) instead of raised; ``keep_text`` keeps the lowered module's text in the report."""
+    (compiled None) instead of raised; ``keep_text`` keeps the lowered module's text in the report; ``options``
+    are XLA compiler options (``compiler_options``)."""
     import contextlib
     import time
 
@@ -182,7 +197,7 @@ def compile_program(jitted, *args, name: str = "program", mesh: Mesh | None = No
         with ctx:
             lowered = jitted.lower(*args)
             text = lowered.as_text() if keep_text else ""
-            compiled = lowered.compile()
+            compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
     except Exception as e:  # noqa: BLE001 -- reported with its first line when asked to
         if not catch:
             raise

@@ -144,6 +144,10 @@ def base_config() -> ml_collections.ConfigDict:
     # "float32", or "compute" (the model's compute dtype, bf16 on accelerators: one float32 gradient buffer
     # instead of two; train/update.py says why the values are those of float32 on one device; docs/scaling.md)
     mesh.grad_dtype = "float32"
+    # True: each layer's weights are cast to the compute dtype inside the layer scan, where the model casts them;
+    # libtpu's bf16-propagation pass otherwise turns the fp32 stacks a scan only reads in bf16 into whole-stack
+    # bf16 copies before the loop (xla_jf_bf16_propagation=false; TPU only; docs/scaling.md measures it)
+    mesh.cast_per_layer = False
 
     tr = c.train = ml_collections.ConfigDict()
     tr.steps = 1500  # release stage 1: 1,500 steps (stage 2: 1,200)
@@ -502,6 +506,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                           f"{config.mesh.opt_state_memory!r}.")
     if config.mesh.get("grad_dtype", "float32") not in ("float32", "compute"):
         raise ConfigError(f"config.mesh.grad_dtype must be 'float32' or 'compute', got {config.mesh.grad_dtype!r}.")
+    if not isinstance(config.mesh.get("cast_per_layer", False), bool):
+        raise ConfigError(f"config.mesh.cast_per_layer must be True or False, got {config.mesh.cast_per_layer!r}.")
     if config.train.checkpoint_every < 1:
         raise ConfigError("config.train.checkpoint_every must be >= 1.")
     if config.train.keep < 1:

@@ -29,7 +29,7 @@ from vdot_jax.parallel.chips import Chip, step_bound
 from vdot_jax.parallel.flops import matmul_flops
 from vdot_jax.parallel.hlo_cost import hlo_cost
 from vdot_jax.parallel.logical import activate, activation_spec
-from vdot_jax.parallel.sharding import CompileReport, compile_program
+from vdot_jax.parallel.sharding import CompileReport, compile_program, compiler_options
 from vdot_jax.sampling.model_sampler import model_sampler
 
 STUDENT = dict(steps=4, shift=16.0, guidance=1.0)  # the released student (docs/method.md)
@@ -198,7 +198,8 @@ def check(run, frames: int, height: int, width: int, *, hbm_bytes: int | None = 
                     plan.texts[name] = text
         else:
             compiled, report = compile_program(jitted, *args, name=name, mesh=run.mesh, rules=run.rules, log=None,
-                                               catch=True, keep_text=keep_text)
+                                               catch=True, keep_text=keep_text,
+                                               options=compiler_options(run.config.mesh, run.mesh))
             if keep_text:
                 plan.texts[name] = report.text
             if compiled is not None:
