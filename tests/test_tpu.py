@@ -385,3 +385,5 @@ def test_compiler_options_only_for_tpu_and_when_asked():
     tpu = jax.sharding.Mesh(np.array(topology_devices("v5e:2x2")[:1]), ("d",))
     assert compiler_options({"cast_per_layer": False}, tpu) is None
     assert compiler_options({"cast_per_layer": True}, tpu) == {"xla_jf_bf16_propagation": False}
+    assert compiler_options({"memory_space_assignment": False}, cpu) is None
+    assert compiler_options({"memory_space_assignment": False}, tpu) == {"xla_msa_enable": False}

@@ -170,12 +170,17 @@ def compiler_options(mesh_config, mesh: Mesh | None) -> dict | None:
 
     ``cast_per_layer`` (TPU only): libtpu's bf16-propagation pass off, so a float32 weight stack that a layer scan
     reads only through a bf16 cast is cast one layer at a time inside the loop, not copied whole to bf16 before
-    it (the pass changes the loop's state to bf16 and hoists the cast; docs/scaling.md)."""
-    if mesh is None or not (mesh_config or {}).get("cast_per_layer", False):
+    it (the pass changes the loop's state to bf16 and hoists the cast; docs/scaling.md).
+    ``memory_space_assignment=False`` (TPU only): libtpu's memory-space assignment off (``xla_msa_enable``)."""
+    mesh_config = mesh_config or {}
+    if mesh is None or mesh.devices.flat[0].platform != "tpu":
         return None
-    if mesh.devices.flat[0].platform != "tpu":
-        return None
-    return {"xla_jf_bf16_propagation": False}
+    options = {}
+    if mesh_config.get("cast_per_layer", False):
+        options["xla_jf_bf16_propagation"] = False
+    if not mesh_config.get("memory_space_assignment", True):
+        options["xla_msa_enable"] = False
+    return options or None
 
 
 def compile_program(jitted, *args, name: str = "program", mesh: Mesh | None = None, rules: Rules | None = None,

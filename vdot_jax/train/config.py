@@ -148,6 +148,10 @@ def base_config() -> ml_collections.ConfigDict:
     # libtpu's bf16-propagation pass otherwise turns the fp32 stacks a scan only reads in bf16 into whole-stack
     # bf16 copies before the loop (xla_jf_bf16_propagation=false; TPU only; docs/scaling.md measures it)
     mesh.cast_per_layer = False
+    # False: libtpu's memory-space assignment off (xla_msa_enable=false; TPU only): no prefetching into the chip's
+    # fast on-chip memory (slower, by how much is measured only on a TPU), but the one way found past libtpu
+    # 0.0.42's MSA check failure on the v5e-8 critic_gan with grad_dtype="compute" (docs/scaling.md)
+    mesh.memory_space_assignment = True
 
     tr = c.train = ml_collections.ConfigDict()
     tr.steps = 1500  # release stage 1: 1,500 steps (stage 2: 1,200)
@@ -506,8 +510,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                           f"{config.mesh.opt_state_memory!r}.")
     if config.mesh.get("grad_dtype", "float32") not in ("float32", "compute"):
         raise ConfigError(f"config.mesh.grad_dtype must be 'float32' or 'compute', got {config.mesh.grad_dtype!r}.")
-    if not isinstance(config.mesh.get("cast_per_layer", False), bool):
-        raise ConfigError(f"config.mesh.cast_per_layer must be True or False, got {config.mesh.cast_per_layer!r}.")
+    for flag in ("cast_per_layer", "memory_space_assignment"):
+        if not isinstance(config.mesh.get(flag, flag != "cast_per_layer"), bool):
+            raise ConfigError(f"config.mesh.{flag} must be True or False, got {config.mesh[flag]!r}.")
     if config.train.checkpoint_every < 1:
         raise ConfigError("config.train.checkpoint_every must be >= 1.")
     if config.train.keep < 1:
