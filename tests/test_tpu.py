@@ -14,6 +14,7 @@ from vdot_jax.models.config import Runtime
 from vdot_jax.parallel.aot import cuda_lowering, kernel_calls, kernels_outside_shard_map
 from vdot_jax.parallel.logical import activate
 from vdot_jax.parallel.mesh import make_mesh
+from vdot_jax.parallel.sharding import mesh_compiler_options
 
 if os.environ.get("CI"):  # CI installs the test extra, which has libtpu: a missing one must fail, not skip
     import libtpu  # noqa: F401
@@ -345,3 +346,58 @@ def test_offload_policy_keeps_layer_inputs_in_host_memory_on_tpu():
     assert full.host_temp_size_in_bytes == 0
     assert offload.host_temp_size_in_bytes >= saved
     assert offload.temp_size_in_bytes <= full.temp_size_in_bytes - saved / 2
+
+
+def _entry_stack_casts(hlo: str, layers: int) -> int:
+    """Instructions of the compiled program's top level (outside every loop) that make a bf16 array with a
+    leading axis of ``layers``: whole weight stacks cast before the layer scan."""
+    import re
+
+    entry = hlo[hlo.index("\nENTRY"):]
+    entry = entry[: entry.index("\n}\n")]
+    return sum(1 for line in entry.splitlines()
+               if re.search(rf"= bf16\[{layers},[\d,]*\]\S* (convert|fusion)\(", line))
+
+
+@pytest.mark.slow  # two TPU compiles, ~1 min on 2 cores
+def test_cast_per_layer_keeps_weight_casts_inside_the_scan():
+    """``mesh.cast_per_layer``: the float32 block stacks are cast to bf16 one layer at a time inside the scan,
+    not as whole-stack copies before it (what libtpu's bf16 propagation does by default: those copies held
+    memory at the peak of the real-size programs, docs/scaling.md). Gradient of a 5-layer model compiled for
+    one TPU chip through the project's one compile path."""
+    from flax import nnx
+
+    from vdot_jax.models.config import WanConfig
+    from vdot_jax.models.wan import WanModel
+    from vdot_jax.parallel.mesh import topology_devices
+    from vdot_jax.parallel.sharding import compile_program, mesh_compiler_options
+
+    cfg = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=5, text_dim=16, freq_dim=16)
+    model = WanModel(cfg, rngs=nnx.Rngs(0))
+    model.set_runtime(remat="full", dtype="bfloat16", attention="xla")
+    g, s = nnx.split(model)
+    x = jax.ShapeDtypeStruct((1, 16, 2, 16, 16), jnp.float32)
+    t, txt = jax.ShapeDtypeStruct((1,), jnp.float32), jax.ShapeDtypeStruct((1, 4, 16), jnp.float32)
+    mesh = jax.sharding.Mesh(np.array(topology_devices("v5e:2x2")[:1]), ("d",))
+    grad = jax.jit(jax.grad(lambda p, *a: jnp.mean(nnx.merge(g, p)(*a) ** 2)),
+                   in_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+    def casts(per_layer):
+        options = mesh_compiler_options({"cast_per_layer": per_layer}, mesh)
+        compiled, _ = compile_program(grad, s, x, t, txt, mesh=mesh, log=None, compiler_options=options)
+        return _entry_stack_casts(compiled.as_text(), cfg.num_layers)
+
+    assert casts(False) > 0  # the default hoists them (else this test shows nothing)
+    assert casts(True) == 0
+
+
+def test_compiler_options_only_for_tpu_and_when_asked():
+    cpu = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("d",))
+    assert mesh_compiler_options({"cast_per_layer": True}, cpu) is None  # the CPU compiler rejects libtpu's options
+    from vdot_jax.parallel.mesh import topology_devices
+
+    tpu = jax.sharding.Mesh(np.array(topology_devices("v5e:2x2")[:1]), ("d",))
+    assert mesh_compiler_options({"cast_per_layer": False}, tpu) is None
+    assert mesh_compiler_options({"cast_per_layer": True}, tpu) == {"xla_jf_bf16_propagation": False}
+    assert mesh_compiler_options({"memory_space_assignment": False}, cpu) is None
+    assert mesh_compiler_options({"memory_space_assignment": False}, tpu) == {"xla_msa_enable": False}

@@ -165,6 +165,24 @@ class CompileReport:
         return f"{self.name}: compiled in {self.seconds:.1f} s; {mem}{flops}"
 
 
+def mesh_compiler_options(mesh_config, mesh: Mesh | None) -> dict | None:
+    """The XLA options a run's ``config.mesh`` asks of the compiler on ``mesh``'s platform (None: defaults).
+
+    ``cast_per_layer`` (TPU only): libtpu's bf16-propagation pass off, so a float32 weight stack that a layer scan
+    reads only through a bf16 cast is cast one layer at a time inside the loop, not copied whole to bf16 before
+    it (the pass changes the loop's state to bf16 and hoists the cast; docs/scaling.md).
+    ``memory_space_assignment=False`` (TPU only): libtpu's memory-space assignment off (``xla_msa_enable``)."""
+    mesh_config = mesh_config or {}
+    if mesh is None or mesh.devices.flat[0].platform != "tpu":
+        return None
+    options = {}
+    if mesh_config.get("cast_per_layer", False):
+        options["xla_jf_bf16_propagation"] = False
+    if not mesh_config.get("memory_space_assignment", True):
+        options["xla_msa_enable"] = False
+    return options or None
+
+
 def compile_program(jitted, *args, name: str = "program", mesh: Mesh | None = None, rules: Rules | None = None,
                     log: Callable[[str], None] | None = print, catch: bool = False, keep_text: bool = False,
                     compiler_options: dict | None = None):
@@ -172,7 +190,7 @@ def compile_program(jitted, *args, name: str = "program", mesh: Mesh | None = No
     returns (compiled, CompileReport) and logs the report's line. This is the one way programs are compiled:
     the training phases, the sampling pipeline and ``vdot plan``. With ``catch``, a failure is reported
     (compiled None) instead of raised; ``keep_text`` keeps the lowered module's text in the report;
-    ``compiler_options`` are XLA options for this compile only (``train.plan.budget_options``)."""
+    ``compiler_options`` are XLA options for this compile only (``mesh_compiler_options``, ``train.plan.budget_options``)."""
     import contextlib
     import time
 

@@ -147,6 +147,14 @@ def base_config() -> ml_collections.ConfigDict:
     # where the frozen teacher (vdot mode) lives: "device" (HBM) or "host" (pinned host memory; its forward brings
     # one layer at a time to the device inside the layer scan; docs/scaling.md)
     mesh.teacher_memory = "device"
+    # True: each layer's weights are cast to the compute dtype inside the layer scan, where the model casts them;
+    # libtpu's bf16-propagation pass otherwise turns the fp32 stacks a scan only reads in bf16 into whole-stack
+    # bf16 copies before the loop (xla_jf_bf16_propagation=false; TPU only; docs/scaling.md measures it)
+    mesh.cast_per_layer = False
+    # False: libtpu's memory-space assignment off (xla_msa_enable=false; TPU only): no prefetching into the chip's
+    # fast on-chip memory (slower, by how much is measured only on a TPU), but the one way found past libtpu
+    # 0.0.42's MSA check failure on the v5e-8 critic_gan with grad_dtype="compute" (docs/scaling.md)
+    mesh.memory_space_assignment = True
 
     tr = c.train = ml_collections.ConfigDict()
     tr.steps = 1500  # release stage 1: 1,500 steps (stage 2: 1,200)
@@ -513,6 +521,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.optim.get("moment_dtype", "float32") not in MOMENT_DTYPES:
         raise ConfigError(f"config.optim.moment_dtype must be one of {MOMENT_DTYPES}, got "
                           f"{config.optim.moment_dtype!r}.")
+    for flag in ("cast_per_layer", "memory_space_assignment"):
+        if not isinstance(config.mesh.get(flag, flag != "cast_per_layer"), bool):
+            raise ConfigError(f"config.mesh.{flag} must be True or False, got {config.mesh[flag]!r}.")
     if config.train.checkpoint_every < 1:
         raise ConfigError("config.train.checkpoint_every must be >= 1.")
     if config.train.keep < 1:

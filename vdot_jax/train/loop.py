@@ -60,9 +60,9 @@ from vdot_jax.models.wan import WanModel
 from vdot_jax.parallel.distributed import batch_sharding, global_batch, host_rows
 from vdot_jax.parallel.logical import DEFAULT_RULES, activate, spec_for
 from vdot_jax.parallel.mesh import describe, make_mesh
-from vdot_jax.parallel.sharding import (HOST_FIELDS, check_replication, compile_program, device_memory_limit,
-                                        in_host_memory, init_sharded, model_shardings, sharding_stats,
-                                        sharding_table)
+from vdot_jax.parallel.sharding import (HOST_FIELDS, check_replication, compile_program, mesh_compiler_options,
+                                        device_memory_limit, in_host_memory, init_sharded, model_shardings,
+                                        sharding_stats, sharding_table)
 from vdot_jax.sources import load_transformer, model_arch, source_arch
 from vdot_jax.train import checkpoint as ckpt
 from vdot_jax.train.config import ConfigError, validate
@@ -299,7 +299,8 @@ class Phases:
             bsh = {k: self.run.batch_sharding(k, v.ndim) for k, v in batch.items()}
             jitted = self.run.trainer.phase(name, self.run.state_sharding, bsh)
             fn, report = compile_program(jitted, state, batch, name=f"phase {name}", mesh=self.run.mesh,
-                                         rules=self.run.rules, log=self.log)
+                                         rules=self.run.rules, log=self.log,
+                                         compiler_options=mesh_compiler_options(self.run.config.mesh, self.run.mesh))
             self.compiled[key] = fn
         return fn, report
 

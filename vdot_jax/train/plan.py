@@ -30,7 +30,7 @@ from vdot_jax.parallel.chips import Chip, step_bound
 from vdot_jax.parallel.flops import matmul_flops
 from vdot_jax.parallel.hlo_cost import hlo_cost
 from vdot_jax.parallel.logical import activate, activation_spec
-from vdot_jax.parallel.sharding import CompileReport, compile_program
+from vdot_jax.parallel.sharding import CompileReport, compile_program, mesh_compiler_options
 from vdot_jax.sampling.model_sampler import model_sampler
 
 STUDENT = dict(steps=4, shift=16.0, guidance=1.0)  # the released student (docs/method.md)
@@ -202,7 +202,7 @@ def check(run, frames: int, height: int, width: int, *, hbm_bytes: int | None = 
         else:
             early = stop_at_refusal and hbm_bytes and run.mesh.devices.flat[0].platform == "tpu"
             report = compile_within(jitted, args, name, run.mesh, run.rules, hbm_bytes if early else None,
-                                    keep_text)
+                                    keep_text, mesh_compiler_options(run.config.mesh, run.mesh))
             if keep_text:
                 plan.texts[name] = report.text
         report.step_flops = flops.get(name)
@@ -245,16 +245,18 @@ def budget_options(budget: int) -> dict:
 
 
 def compile_within(jitted, args, name: str, mesh, rules, budget: int | None,
-                   keep_text: bool = False) -> CompileReport:
-    """Compile one TPU (or CPU) program and count its collectives; with ``budget`` (bytes per device), refuse it
-    without compiling when its arguments alone are over, else compile under ``budget_options``."""
+                   keep_text: bool = False, options: dict | None = None) -> CompileReport:
+    """Compile one TPU (or CPU) program with XLA ``options`` (the run's, ``mesh_compiler_options``) and count its
+    collectives; with ``budget`` (bytes per device), refuse it without compiling when its arguments alone are over,
+    else compile under ``budget_options`` as well."""
     arg_bytes = device_argument_bytes(args)
     if budget and arg_bytes > budget:
         return CompileReport(name, False, 0.0, argument_bytes=arg_bytes,
                              error=f"its arguments alone take {arg_bytes / 2**30:.2f} GiB per device, over the "
                                    f"budget of {budget / 2**30:.4g} GiB (not compiled)")
     compiled, report = compile_program(jitted, *args, name=name, mesh=mesh, rules=rules, log=None, catch=True,
-                                       keep_text=keep_text, compiler_options=budget_options(budget) if budget else None)
+                                       keep_text=keep_text,
+                                       compiler_options={**(options or {}), **(budget_options(budget) if budget else {})} or None)
     if compiled is not None:
         cost = hlo_cost(compiled.as_text())
         report.collective_bytes, report.host_transfer_bytes = cost.collective_bytes, cost.host_transfer_bytes
