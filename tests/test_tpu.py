@@ -282,10 +282,10 @@ def test_vace_1_3b_compiles_for_an_8_chip_topology():
 
 
 def test_tapped_scan_copies_no_weights_and_matches_the_plain_scan():
-    """The GAN phases scan the trunk in segments between taps. Forward: no copy of the block weights (compiled
-    temporaries as without taps; slicing the stack added one copy of every block), outputs equal the plain
-    scan's. (A differentiated stack is still sliced: indexing it made the gradient's temporaries larger; the
-    GAN phases' gradients are checked in tests/test_distill.py.)"""
+    """The GAN phases read the trunk's features at the taps: one scan over the whole stack writes them into a
+    buffer. Forward and gradient compile to the plain scan's temporaries plus that buffer -- no copy of the block
+    weights (cutting the scan at the taps sliced the differentiated stack: + one copy of every block) -- and the
+    output equals the plain scan's. (The features' values and gradient: tests/test_wan.py, against diffusers.)"""
     from flax import nnx
 
     from vdot_jax.models.config import WanConfig
@@ -293,23 +293,32 @@ def test_tapped_scan_copies_no_weights_and_matches_the_plain_scan():
 
     cfg = WanConfig(dim=64, ffn_dim=64, num_heads=2, num_layers=4, text_dim=16, freq_dim=16)
     model = WanModel(cfg, rngs=nnx.Rngs(0))
+    model.set_runtime(remat="full")  # as the phases train (without remat the gradient keeps every layer anyway)
     g, s = nnx.split(model)
     r = np.random.default_rng(0)
     x = r.normal(size=(1, 16, 1, 4, 4)).astype(np.float32)
     t = np.array([500.0], np.float32)
     txt = r.normal(size=(1, 4, 16)).astype(np.float32)
-    taps = (1,)
 
     def plain(s):
         return nnx.merge(g, s)(x, t, txt)
 
     def tapped(s):
-        return nnx.merge(g, s)(x, t, txt, taps=taps)
+        return nnx.merge(g, s)(x, t, txt, taps=(1,))
+
+    def plain_loss(s):
+        return jnp.sum(plain(s) ** 2)
+
+    def tapped_loss(s):
+        out, (feature,), _ = tapped(s)
+        return jnp.sum(out ** 2) + jnp.sum(feature ** 2)
 
     block_bytes = sum(a.nbytes for a in jax.tree.leaves(s["blocks"]))
-    plain_c, tapped_c = (jax.jit(f).lower(s).compile() for f in (plain, tapped))
+    plain_c, tapped_c, plain_g, tapped_g = (jax.jit(f).lower(s).compile() for f in (
+        plain, tapped, jax.grad(plain_loss), jax.grad(tapped_loss)))
     temp = lambda c: c.memory_analysis().temp_size_in_bytes  # noqa: E731
-    assert temp(tapped_c) < temp(plain_c) + block_bytes / 4  # slicing the stack: + block_bytes
+    assert temp(tapped_c) < temp(plain_c) + block_bytes / 4
+    assert temp(tapped_g) < temp(plain_g) + block_bytes / 4
     out, feats, _ = tapped_c(s)
     np.testing.assert_allclose(np.asarray(out), np.asarray(plain_c(s)), atol=1e-5)
     assert len(feats) == 1

@@ -78,6 +78,41 @@ def test_fewer_context_frames_are_zero_padded(vace_pair):
     np.testing.assert_allclose(np.asarray(model(x, t, text, short)), expected, atol=1e-4)
 
 
+def test_tap_features_and_their_gradient_equal_diffusers(pair):
+    """The GAN head's features: the residual stream after each tapped block, hint included -- what diffusers'
+    model holds when the next block (or the output norm) starts. Values, and the gradient w.r.t. the latents of a
+    loss that reads the output and every feature (the backward through the buffer the scan writes them into)."""
+    cfg, ref, model = pair
+    x, t, text, ctx = inputs(cfg, (3, 4, 4), batch=1)
+    taps = (0, 2, cfg.num_layers - 1)
+    seen = {}
+
+    def grab(k):
+        return lambda module, args: seen.__setitem__(k, args[0])
+
+    hooks = [ref.blocks[k + 1].register_forward_pre_hook(grab(k)) for k in taps[:-1]]
+    hooks.append(ref.norm_out.register_forward_pre_hook(grab(taps[-1])))
+    xt = torch.tensor(x, requires_grad=True)
+    kw = {"control_hidden_states": torch.tensor(ctx)} if cfg.is_vace else {}
+    try:
+        out = ref(xt, torch.tensor(t), torch.tensor(text), return_dict=False, **kw)[0]
+    finally:
+        for h in hooks:
+            h.remove()
+    (out.square().sum() + sum(seen[k].square().sum() for k in taps)).backward()
+
+    def loss(x):
+        out, feats, _ = model(x, t, text, ctx, taps=taps)
+        return jnp.sum(out ** 2) + sum(jnp.sum(f ** 2) for f in feats), feats
+
+    (_, feats), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(x)
+    for k, f in zip(taps, feats):
+        np.testing.assert_allclose(np.asarray(f), seen[k].detach().numpy(), atol=1e-4, rtol=0)
+    expected = xt.grad.numpy()
+    assert np.abs(expected).mean() > 0.01
+    np.testing.assert_allclose(np.asarray(grad), expected, atol=2e-4 * np.abs(expected).max(), rtol=0)
+
+
 def test_main_and_vace_blocks_are_scanned(pair):
     """Layers run as lax.scan: two scans for VACE (context then main), one for T2V, whatever the depth."""
     cfg, _, model = pair

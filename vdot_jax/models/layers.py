@@ -126,47 +126,29 @@ def stack_layers(cls, n: int, cfg, rngs: nnx.Rngs):
     return make(rngs)
 
 
-def scan_layers(stack: nnx.Module, body, carry, xs, remat: str, layers: tuple[int, int] | None = None):
-    """lax.scan ``body(module, carry, x) -> (carry, y)`` over a stacked module (and optional xs);
-    ``layers=(start, stop)`` scans only that slice of the stack.
+def scan_layers(stack: nnx.Module, body, carry, xs, remat: str, written=None):
+    """lax.scan ``body(module, carry, x) -> (carry, y)`` over a stacked module (and optional xs). A stack kept in
+    host memory (``mesh.teacher_memory=host``) is brought to the device one layer at a time.
 
-    A slice runs over layer indices and reads each layer from the whole stack inside the loop: slicing the
-    stack first would copy the block weights of every segment (the tapped scans of the GAN phases). A stack
-    kept in host memory (``mesh.teacher_memory=host``) is brought to the device one layer at a time."""
+    ``written``: a buffer carried beside ``carry`` that the layers only write into (the GAN taps' features):
+    ``body(module, carry, x, written) -> ((carry, written), y)``. Only ``carry`` is the layer input the remat
+    policies keep (or offload) for the backward; the buffer is never saved per layer."""
     graphdef, state = nnx.split(stack)
-    n = jax.tree.leaves(state)[0].shape[0]
-    start, stop = layers if layers is not None else (0, n)
 
-    if (start, stop) == (0, n) or _differentiated(state):
-        # a differentiated slice: its cotangent is the slice's alone (indexing would add a whole-stack
-        # cotangent every layer); the sliced copy is the price
-        if (start, stop) != (0, n):
-            state = jax.tree.map(lambda a: a[start:stop], state)
-
-        def step(c, inputs):
-            layer_state, x = inputs
-            return body(nnx.merge(graphdef, to_device(layer_state)), _named(c), x)
-
-        scanned = (state, xs)
-    else:
-        def step(c, inputs):
-            i, x = inputs
-            layer_state = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), state)
-            return body(nnx.merge(graphdef, to_device(layer_state)), _named(c), x)
-
-        scanned = (jnp.arange(start, stop), xs)
+    def step(c, inputs):
+        layer_state, x = inputs
+        module = nnx.merge(graphdef, to_device(layer_state))
+        if written is None:
+            return body(module, _named(c), x)
+        c, w = c
+        return body(module, _named(c), x, w)
 
     policy = REMAT_POLICIES[remat]
     if remat != "none":
         step = jax.checkpoint(step, policy=policy, prevent_cse=False)
-    return jax.lax.scan(step, carry, scanned)
+    return jax.lax.scan(step, carry if written is None else (carry, written), (state, xs))
 
 
 def _named(carry):
     """The layer's input, named for the ``offload`` policy (a no-op under the others)."""
     return jax.tree.map(lambda a: checkpoint_name(a, "layer_input"), carry)
-
-
-def _differentiated(tree) -> bool:
-    """Whether any leaf is being differentiated (traced by JAX's forward- or reverse-mode machinery)."""
-    return any(type(a).__name__ in ("JVPTracer", "LinearizeTracer") for a in jax.tree.leaves(tree))

@@ -12,7 +12,7 @@ time embedder and the gated residual adds run in float32; linear layers and atte
 Main blocks are stacked along a leading layer axis and run with ``jax.lax.scan`` under the
 configured remat policy. VACE context blocks depend only on the patch-embedded video, not on the main
 blocks, so they run first (scanned as well) and their hints are added inside the main scan by a
-per-layer index: VACE never breaks scanning.
+per-layer index; the GAN taps are written into a buffer by the same scan: neither breaks scanning.
 """
 
 from __future__ import annotations
@@ -231,24 +231,33 @@ class WanModel(nnx.Module):
             hints = self._vace_hints(tokens, jnp.asarray(vace_context), text, mod, rope, vace_scale, grid, kw)
             hint_index[list(cfg.vace_layers)] = np.arange(len(cfg.vace_layers))
 
-        def main_body(block, hs, idx):
+        taps = tuple(sorted(int(i) for i in taps))
+        if taps and (taps[0] < 0 or taps[-1] >= cfg.num_layers):
+            raise ValueError(f"tap layers {taps} must lie in [0, {cfg.num_layers})")
+        # Each block writes its output into a slot of ``features``: a tapped block into its own, the others into
+        # a scratch slot. One scan over the whole stack: cutting it at the taps sliced (copied) the differentiated
+        # weight stack per segment and gave each segment its own accumulator of the hints' cotangent.
+        slot = np.full((cfg.num_layers,), len(taps), np.int32)
+        slot[list(taps)] = np.arange(len(taps))
+
+        def main_body(block, hs, x, features=None):
+            idx, k = x
             hs = block(hs, text, mod, rope, **kw)
             if hints is not None:
                 hint = hints[jnp.maximum(idx, 0)].astype(F32)
                 hs = jnp.where(idx >= 0, hs + hint, hs)
-            return hs, None
+            if features is None:
+                return hs, None
+            return (hs, jax.lax.dynamic_update_index_in_dim(features, hs, k, 0)), None
 
         hs = constrain(tokens.astype(F32), "batch", "seq", None)
-        taps = tuple(sorted(int(i) for i in taps))
-        if taps and (taps[0] < 0 or taps[-1] >= cfg.num_layers):
-            raise ValueError(f"tap layers {taps} must lie in [0, {cfg.num_layers})")
-        features, start = [], 0
-        for stop in (*[i + 1 for i in taps], cfg.num_layers):
-            if stop > start:
-                hs, _ = scan_layers(self.blocks, main_body, hs, jnp.asarray(hint_index[start:stop]), rt.remat, (start, stop))
-            features.append(hs)
-            start = stop
-        features = features[: len(taps)]
+        xs = (jnp.asarray(hint_index), jnp.asarray(slot))
+        if taps:
+            features = constrain(jnp.zeros((len(taps) + 1, *hs.shape), F32), None, "batch", "seq", None)
+            (hs, features), _ = scan_layers(self.blocks, main_body, hs, xs, rt.remat, written=features)
+            features = [features[i] for i in range(len(taps))]
+        else:
+            hs, _ = scan_layers(self.blocks, main_body, hs, xs, rt.remat)
 
         shift, scale = jnp.split(self.scale_shift_table[...] + temb[:, None, :], 2, axis=1)
         hs = (layer_norm(hs, cfg.eps) * (1 + scale) + shift).astype(dtype)
