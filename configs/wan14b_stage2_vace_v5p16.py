@@ -7,8 +7,8 @@
 configs/wan14b_stage2_vace_v5p8.py (every small-slice lever: ZeRO-3 over all chips, bf16 moments and the EMA in
 host memory, the teacher there too, offloaded layer inputs, one fp32 gradient buffer) on twice the chips: two
 videos in flight (``fsdp=2``), each split over 4 chips by sequence (``context=4``), so each chip holds half the
-train state of v5p-8 and the same activations. Global batch 2 x 3 micro-batches. The compiled figures are in
-docs/scaling.md ("Recommended meshes").
+train state of v5p-8 and the same activations. Global batch 2 x 3 micro-batches; a checkpoint every 30 minutes
+(Spot). The compiled figures are in docs/scaling.md ("Recommended meshes").
 """
 
 from pathlib import Path
@@ -19,4 +19,5 @@ from vdot_jax.train.config import load_config
 def get_config():
     c = load_config(Path(__file__).with_name("wan14b_stage2_vace_v5p8.py"))
     c.mesh.ici = "fsdp=2,context=4"
+    c.train.checkpoint_every_minutes = 30.0  # a preempted Spot slice loses at most ~30 min (plus one step)
     return c

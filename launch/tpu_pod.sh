@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `vdot train` on a Cloud TPU VM slice (single host or a multi-host pod slice), driven from your machine with gcloud.
 #
-#   launch/tpu_pod.sh run --name vdot-v5p --zone us-east5-a --accelerator v5p-64 --spot --queued --retries 5 \
-#       --config configs/wan14b_stage2_vace.py --workdir gs://BUCKET/runs/vace14b --teardown [-- --config.K=V ...]
+#   launch/tpu_pod.sh run --name vdot-v5p --zone us-east5-a --accelerator v5p-16 --spot --queued --retries 5 \
+#       --config configs/wan14b_stage2_vace_v5p16.py --workdir gs://BUCKET/runs/vace14b --teardown [-- --config.K=V ...]
 #
 # Commands:
 #   up        create the slice (a queued resource with --queued), or reuse it when it is READY; a PREEMPTED (or
@@ -22,7 +22,7 @@
 #
 # Options:
 #   --name NAME --zone ZONE          the TPU VM (required)
-#   --accelerator TYPE               e.g. v5p-64, v5litepod-64, v6e-16, v4-32 (for up/run)
+#   --accelerator TYPE               e.g. v5p-16 (8 chips), v5litepod-64, v6e-16, v4-32 (for up/run)
 #   --version VERSION                TPU software version (default: the one Google lists for the accelerator:
 #                                    v6e v2-alpha-tpuv6e, v5p v2-alpha-tpuv5, v5e v2-alpha-tpuv5-lite,
 #                                    v4 tpu-ubuntu2204-base)

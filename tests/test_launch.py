@@ -333,3 +333,33 @@ def test_tpu_run_recreates_a_preempted_slice_resumes_and_tears_down(tmp_path, fa
     assert len(creates) == 1 and len(deletes) == 2 and deletes[0] < creates[0] < deletes[1]
     assert verbs[deletes[1] - 1] == "ssh"  # the status check just before the teardown
     assert _logged(workdir) == list(range(1, 61)) and latest_meta(workdir)[0] == 60
+
+
+def _chips(accelerator: str) -> int:
+    """Chips of a Cloud TPU accelerator type: v4 and v5p count TensorCores (two per chip), v5e and v6e chips."""
+    kind, n = accelerator.rsplit("-", 1)
+    return int(n) // 2 if kind in ("v4", "v5p") else int(n)
+
+
+def test_documented_launches_rent_the_chips_their_config_uses():
+    """Each `tpu_pod.sh run` in the launch README and the launcher's usage rents a slice whose chips the config's
+    mesh divides (the rest is `data`). A v5p-64 is 32 chips: named for the 64-chip `fsdp=16,context=4` mesh, the
+    run failed at start-up, after renting and installing."""
+    from vdot_jax.parallel.mesh import parse_axes
+    from vdot_jax.train.config import load_config
+
+    text = (LAUNCH / "README.md").read_text() + (LAUNCH / "tpu_pod.sh").read_text().replace("\n#", "\n")
+    commands = [" ".join(c.split()) for c in re.findall(r"tpu_pod\.sh run (?:[^\n]*\\\n)*[^\n]*", text)]
+    checked = 0
+    for cmd in commands:
+        acc, cfg = re.search(r"--accelerator (\S+)", cmd), re.search(r"--config (configs/\S+)", cmd)
+        if not (acc and cfg):
+            continue
+        mesh = parse_axes(load_config(ROOT / cfg.group(1)).mesh.ici)
+        fixed = 1
+        for size in mesh.values():
+            fixed *= max(size, 1)
+        assert _chips(acc.group(1)) % fixed == 0, f"{acc.group(1)} ({_chips(acc.group(1))} chips) for {mesh}: {cmd}"
+        checked += 1
+    assert checked >= 3
+    assert _chips("v5p-8") == 4 and _chips("v5litepod-8") == 8

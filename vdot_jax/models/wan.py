@@ -203,7 +203,7 @@ class WanModel(nnx.Module):
 
         With ``taps`` (main block indices), returns ``(prediction, features, temb)``: the float32 token
         states [B, N, D] after each tapped block (hint included) and the time embedding [B, D] -- what the
-        GAN head of the critic reads. Main blocks are then scanned in segments between taps.
+        GAN head of the critic reads, written into a buffer by the one scan over the main blocks.
         """
         cfg, rt = self.cfg, self.runtime
         dtype = rt.compute_dtype
