@@ -6,11 +6,12 @@ As configs/wan1_3b_stage2_vace.py (release: 1,200 steps, 832x480, 81 frames, 16 
 accumulation 3, the distillation defaults) with Wan2.1-VACE-14B as teacher and critic, GAN taps at blocks
 23, 31, 39, and the same memory notes as configs/wan14b_stage1_t2v.py.
 
-Mesh and remat are the ones docs/scaling.md compiled for TPU v5p-128 (``v5p:4x4x4``, 64 chips): ``fsdp=16,context=4`` with
-``model.remat=offload`` (every program fits; largest peak 73.4 GiB of 95, 92.2 GiB with full remat); the
-launcher: ``launch/tpu_pod.sh run --accelerator v5p-128 --config configs/wan14b_stage2_vace.py ...`` (a v5p-N
-slice has N TensorCores, N/2 chips). The smallest slice that fits is v5p-16: configs/wan14b_stage2_vace_v5p16.py. On another
-device count give the mesh, e.g. 16 H100s: ``--config.mesh.ici=fsdp=16 --config.model.remat=full``.
+Mesh and remat are the ones docs/scaling.md compiled for TPU v5p-128 (``v5p:4x4x4``, 64 chips):
+``fsdp=16,context=4`` with ``model.remat=offload`` (every program fits; largest peak 73.4 GiB of 95, 92.2 GiB
+with full remat); the launcher: ``launch/tpu_pod.sh run --accelerator v5p-128 --config
+configs/wan14b_stage2_vace.py ...`` (a v5p-N slice has N TensorCores, N/2 chips). The smallest slice that fits is
+v5p-16: configs/wan14b_stage2_vace_v5p16.py. On another device count give the mesh, e.g. 16 H100s:
+``--config.mesh.ici=fsdp=16 --config.model.remat=full``.
 """
 
 from vdot_jax.train.config import release_config

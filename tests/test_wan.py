@@ -108,6 +108,9 @@ def test_tap_features_and_their_gradient_equal_diffusers(pair):
     (_, feats), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(x)
     for k, f in zip(taps, feats):
         np.testing.assert_allclose(np.asarray(f), seen[k].detach().numpy(), atol=1e-4, rtol=0)
+    _, twice, _ = model(x, t, text, ctx, taps=(taps[1], taps[0], taps[1]))  # sorted; a repeated tap reads twice
+    for k, f in zip((taps[0], taps[1], taps[1]), twice):
+        np.testing.assert_allclose(np.asarray(f), seen[k].detach().numpy(), atol=1e-4, rtol=0)
     expected = xt.grad.numpy()
     assert np.abs(expected).mean() > 0.01
     np.testing.assert_allclose(np.asarray(grad), expected, atol=2e-4 * np.abs(expected).max(), rtol=0)

@@ -237,8 +237,9 @@ class WanModel(nnx.Module):
         # Each block writes its output into a slot of ``features``: a tapped block into its own, the others into
         # a scratch slot. One scan over the whole stack: cutting it at the taps sliced (copied) the differentiated
         # weight stack per segment and gave each segment its own accumulator of the hints' cotangent.
-        slot = np.full((cfg.num_layers,), len(taps), np.int32)
-        slot[list(taps)] = np.arange(len(taps))
+        tapped = sorted(set(taps))  # a tap named twice reads the one slot twice
+        slot = np.full((cfg.num_layers,), len(tapped), np.int32)
+        slot[tapped] = np.arange(len(tapped))
 
         def main_body(block, hs, x, features=None):
             idx, k = x
@@ -253,9 +254,9 @@ class WanModel(nnx.Module):
         hs = constrain(tokens.astype(F32), "batch", "seq", None)
         xs = (jnp.asarray(hint_index), jnp.asarray(slot))
         if taps:
-            features = constrain(jnp.zeros((len(taps) + 1, *hs.shape), F32), None, "batch", "seq", None)
+            features = constrain(jnp.zeros((len(tapped) + 1, *hs.shape), F32), None, "batch", "seq", None)
             (hs, features), _ = scan_layers(self.blocks, main_body, hs, xs, rt.remat, written=features)
-            features = [features[i] for i in range(len(taps))]
+            features = [features[slot[i]] for i in taps]
         else:
             hs, _ = scan_layers(self.blocks, main_body, hs, xs, rt.remat)
 
