@@ -25,4 +25,6 @@ def get_config():
     c.mesh.grad_dtype = "compute"  # one fp32 gradient buffer, not two (docs/scaling.md)
     c.mesh.teacher_memory = "host"  # the frozen bf16 teacher (8.1 GiB per chip) streamed in a layer at a time
     c.optim.moment_dtype = "bfloat16"  # AdamW mu/nu in bf16 as the release's: host 102.6 -> 78.1 GiB per chip
+    c.model.residual_dtype = "bfloat16"  # the streams stored in bf16 between blocks, as the release's: half the
+    # offloaded layer inputs (docs/scaling.md)
     return c

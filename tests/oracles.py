@@ -52,6 +52,27 @@ def run_diffusers(model, x, t, text, context=None, scale=None) -> np.ndarray:
     return out.numpy()
 
 
+def stream_stored_in_bf16(model):
+    """A copy of diffusers ``model`` whose residual streams are rounded to bf16 where a block reads them (each
+    main and VACE block's input, the output norm's) -- what ``Runtime.residual_dtype="bfloat16"`` stores between
+    blocks. The first VACE block adds the main tokens to its projected context itself: rounded after that sum."""
+    import copy
+
+    m = copy.deepcopy(model)
+    rnd = lambda x: x.to(torch.bfloat16).to(x.dtype)  # noqa: E731
+    for block in m.blocks:
+        block.register_forward_pre_hook(lambda mod, args: (rnd(args[0]), *args[1:]))
+    m.norm_out.register_forward_pre_hook(lambda mod, args: (rnd(args[0]),))
+    for block in getattr(m, "vace_blocks", []):  # args: hidden, text, control, temb, rope
+        if block.proj_in is not None:
+            proj_in, block.proj_in = block.proj_in, None
+            hook = lambda mod, a, p=proj_in: (a[0], a[1], rnd(p(a[2]) + a[0]), *a[3:])  # noqa: E731
+        else:
+            hook = lambda mod, a: (a[0], a[1], rnd(a[2]), *a[3:])  # noqa: E731
+        block.register_forward_pre_hook(hook)
+    return m
+
+
 # umT5 for the tiny pipelines: 2 layers of width 32, 4 heads of 8.
 TINY_UMT5 = dict(vocab_size=64, d_model=32, d_ff=48, num_layers=2, num_heads=4, d_kv=8,
                  relative_attention_num_buckets=32, relative_attention_max_distance=128)

@@ -328,7 +328,8 @@ def test_tapped_scan_copies_no_weights_and_matches_the_plain_scan():
 def test_offload_policy_keeps_layer_inputs_in_host_memory_on_tpu():
     """``remat="offload"``: each scanned layer's input (the residual stream the backward restarts from) is saved
     in the host's memory instead of HBM. Compiled for one TPU chip, the device temporaries shrink by about the
-    saved inputs and as much appears as host temporaries. (Values and gradients: tests/test_wan.py.)"""
+    saved inputs and as much appears as host temporaries; with ``residual_dtype="bfloat16"`` the saved inputs are
+    half that. (Values and gradients: tests/test_wan.py.)"""
     from flax import nnx
 
     from vdot_jax.models.config import WanConfig
@@ -343,9 +344,9 @@ def test_offload_policy_keeps_layer_inputs_in_host_memory_on_tpu():
     chip = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(topology_devices("v5e:2x2")[:1]), ("d",)),
                                      jax.sharding.PartitionSpec())
 
-    def compiled(remat):
+    def compiled(remat, residual_dtype="float32"):
         m = nnx.merge(g, s)
-        m.set_runtime(remat=remat, attention="splash")
+        m.set_runtime(remat=remat, attention="splash", residual_dtype=residual_dtype)
         gd, st = nnx.split(m)
         grad = jax.jit(jax.grad(lambda p, *a: jnp.mean(nnx.merge(gd, p)(*a) ** 2)), in_shardings=chip)
         return grad.lower(st, x, t, txt).compile().memory_analysis()
@@ -355,6 +356,8 @@ def test_offload_policy_keeps_layer_inputs_in_host_memory_on_tpu():
     assert full.host_temp_size_in_bytes == 0
     assert offload.host_temp_size_in_bytes >= saved
     assert offload.temp_size_in_bytes <= full.temp_size_in_bytes - saved / 2
+    bf16 = compiled("offload", "bfloat16").host_temp_size_in_bytes
+    assert saved / 2 <= bf16 < saved * 0.6, (bf16, saved)
 
 
 def _entry_stack_casts(hlo: str, layers: int) -> int:

@@ -145,7 +145,7 @@ class WanConfig:
         return d
 
 
-TIMESTEP_FEATURE_DTYPES = ("float32", "bfloat16")
+PRECISION_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
@@ -160,10 +160,13 @@ class Runtime:
     # sinusoidal timestep features: float32 (Wan, diffusers, default) or bfloat16, as the VDOT release's training
     # copy of Wan computes them (docs/release_parity.md): set it to reproduce the released student exactly
     timestep_features_dtype: str = "float32"
+    # the residual streams between the blocks' adds: float32 (Wan, diffusers with fp32 weights, default) or
+    # bfloat16, as the VDOT release trains (its models run in bf16; docs/release_parity.md): halves what remat saves
+    residual_dtype: str = "float32"
     extra: dict = field(default_factory=dict)
 
     def __hash__(self) -> int:  # part of the model's static graph: graphdefs are hashed as jit/cache keys
-        return hash((self.dtype, self.attention, self.remat, self.timestep_features_dtype,
+        return hash((self.dtype, self.attention, self.remat, self.timestep_features_dtype, self.residual_dtype,
                      tuple(sorted(self.extra.items()))))
 
     @property
@@ -181,7 +184,8 @@ class Runtime:
 
         return Runtime(dtype=default_dtype(platform) if self.dtype == "auto" else self.dtype,
                        attention=resolve(self.attention, platform), remat=self.remat,
-                       timestep_features_dtype=self.timestep_features_dtype, extra=dict(self.extra))
+                       timestep_features_dtype=self.timestep_features_dtype, residual_dtype=self.residual_dtype,
+                       extra=dict(self.extra))
 
     def update(self, **changes) -> None:
         """Set options by name; unknown names and remat policies are refused."""
@@ -191,9 +195,9 @@ class Runtime:
             if not hasattr(self, k):
                 raise ValueError(f"unknown runtime option {k!r}")
             setattr(self, k, v)
-        if self.timestep_features_dtype not in TIMESTEP_FEATURE_DTYPES:
-            raise ValueError(f"unknown timestep_features_dtype {self.timestep_features_dtype!r}; choose one of "
-                             f"{TIMESTEP_FEATURE_DTYPES}")
+        for name in ("timestep_features_dtype", "residual_dtype"):
+            if getattr(self, name) not in PRECISION_DTYPES:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {PRECISION_DTYPES}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"unknown remat policy {self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
 

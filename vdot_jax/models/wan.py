@@ -8,6 +8,9 @@ Calling convention (as diffusers)::
 Numerics: the residual stream, LayerNorms, RMSNorms, the modulation tables, rotary embedding, the
 time embedder and the gated residual adds run in float32; linear layers and attention run in
 ``runtime.dtype`` (bfloat16 on accelerators). Parameters are float32 unless loaded otherwise.
+``runtime.residual_dtype="bfloat16"`` stores the residual streams (main and VACE) in bf16 between blocks, as
+the VDOT release's bf16 models do (docs/release_parity.md), each block still computing in float32: what a
+remat policy saves per layer is then half the size.
 
 Main blocks are stacked along a leading layer axis and run with ``jax.lax.scan`` under the
 configured remat policy. VACE context blocks depend only on the patch-embedded video, not on the main
@@ -111,7 +114,9 @@ class WanBlock(nnx.Module):
         self.eps = cfg.eps
 
     def __call__(self, x, text, mod, rope, *, dtype=F32, impl="xla"):
-        """x [B,N,D] float32 residual stream; mod [B,6,D] float32 time projection."""
+        """x [B,N,D] residual stream (float32, or bf16 as stored between blocks: ``Runtime.residual_dtype``),
+        computed on in float32 and returned in float32; mod [B,6,D] float32 time projection."""
+        x = x.astype(F32)
         shift, scale, gate, c_shift, c_scale, c_gate = jnp.split(self.scale_shift_table[...] + mod, 6, axis=1)
         h = (layer_norm(x, self.eps) * (1 + scale) + shift).astype(dtype)
         x = x + self.attn1(h, rope=rope, dtype=dtype, impl=impl).astype(F32) * gate
@@ -201,9 +206,9 @@ class WanModel(nnx.Module):
     def __call__(self, latents, timestep, text_embeds, vace_context=None, vace_scale=1.0, taps=()):
         """Flow prediction [B, out_channels, F, H, W].
 
-        With ``taps`` (main block indices), returns ``(prediction, features, temb)``: the float32 token
-        states [B, N, D] after each tapped block (hint included) and the time embedding [B, D] -- what the
-        GAN head of the critic reads, written into a buffer by the one scan over the main blocks.
+        With ``taps`` (main block indices), returns ``(prediction, features, temb)``: the token states
+        [B, N, D] after each tapped block (hint included, in the stream's stored dtype) and the time embedding
+        [B, D] -- what the GAN head of the critic reads, written into a buffer by the one scan over the main blocks.
         """
         cfg, rt = self.cfg, self.runtime
         dtype = rt.compute_dtype
@@ -243,18 +248,20 @@ class WanModel(nnx.Module):
 
         def main_body(block, hs, x, features=None):
             idx, k = x
+            stored = hs.dtype
             hs = block(hs, text, mod, rope, **kw)
             if hints is not None:
                 hint = hints[jnp.maximum(idx, 0)].astype(F32)
                 hs = jnp.where(idx >= 0, hs + hint, hs)
+            hs = hs.astype(stored)
             if features is None:
                 return hs, None
             return (hs, jax.lax.dynamic_update_index_in_dim(features, hs, k, 0)), None
 
-        hs = constrain(tokens.astype(F32), "batch", "seq", None)
+        hs = constrain(tokens.astype(rt.residual_dtype), "batch", "seq", None)
         xs = (jnp.asarray(hint_index), jnp.asarray(slot))
         if taps:
-            features = constrain(jnp.zeros((len(tapped) + 1, *hs.shape), F32), None, "batch", "seq", None)
+            features = constrain(jnp.zeros((len(tapped) + 1, *hs.shape), hs.dtype), None, "batch", "seq", None)
             (hs, features), _ = scan_layers(self.blocks, main_body, hs, xs, rt.remat, written=features)
             features = [features[slot[i]] for i in taps]
         else:
@@ -282,11 +289,13 @@ class WanModel(nnx.Module):
         c = self.vace_patch_embedding(context, kw["dtype"])
         # Fewer context frames than latent frames: the missing tokens are zeros (as the reference pads).
         c = jnp.pad(c, ((0, 0), (0, tokens.shape[1] - c.shape[1]), (0, 0)))
-        c = constrain((self.vace_proj_in(c, kw["dtype"]) + tokens).astype(F32), "batch", "seq", None)
+        c = (self.vace_proj_in(c, kw["dtype"]) + tokens).astype(self.runtime.residual_dtype)
+        c = constrain(c, "batch", "seq", None)
 
         def body(block, cs, s):
+            stored = cs.dtype
             cs, hint = block(cs, text, mod, rope, **kw)
-            return cs, hint * s.astype(hint.dtype)
+            return cs.astype(stored), hint * s.astype(hint.dtype)
 
         _, hints = scan_layers(self.vace_blocks, body, c, scale, self.runtime.remat)
         return hints

@@ -72,6 +72,9 @@ def base_config() -> ml_collections.ConfigDict:
     # sinusoidal timestep features: "float32" (Wan, diffusers) or "bfloat16", as the release's training copy of Wan
     # computes them (docs/release_parity.md); "bfloat16" reproduces the released student's numerics exactly
     m.timestep_features_dtype = "float32"
+    # the residual streams between the blocks' adds: "float32" (Wan, diffusers) or "bfloat16", as the release's
+    # bf16 models train (docs/release_parity.md); bf16 halves the layer inputs remat saves (docs/scaling.md)
+    m.residual_dtype = "float32"
     m.vae = ""  # model directory (or VAE checkpoint) for encoder "wan" and sample decoding
     m.text_encoder = ""  # model directory (or umT5 checkpoint) for encoder "wan"
 
@@ -528,9 +531,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("config.train.checkpoint_every must be >= 1.")
     if config.train.keep < 1:
         raise ConfigError("config.train.keep must be >= 1.")
-    tf = config.model.get("timestep_features_dtype", "float32")
-    if tf not in ("float32", "bfloat16"):
-        raise ConfigError(f"config.model.timestep_features_dtype must be 'float32' or 'bfloat16', got {tf!r}.")
+    for key in ("timestep_features_dtype", "residual_dtype"):
+        value = config.model.get(key, "float32")
+        if value not in ("float32", "bfloat16"):
+            raise ConfigError(f"config.model.{key} must be 'float32' or 'bfloat16', got {value!r}.")
     impl = config.model.get("attention") or ""
     if impl:  # before any model is loaded (a bad name used to fail only after the teacher was read)
         try:

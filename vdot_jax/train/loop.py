@@ -80,7 +80,8 @@ class TrainingError(VdotError, RuntimeError):
 
 def runtime_of(config) -> Runtime:
     return Runtime(dtype=config.model.dtype, attention=config.model.attention, remat=config.model.remat,
-                   timestep_features_dtype=config.model.get("timestep_features_dtype", "float32"))
+                   timestep_features_dtype=config.model.get("timestep_features_dtype", "float32"),
+                   residual_dtype=config.model.get("residual_dtype", "float32"))
 
 
 @dataclass
