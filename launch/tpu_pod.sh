@@ -22,7 +22,11 @@
 #
 # Options:
 #   --name NAME --zone ZONE          the TPU VM (required)
-#   --accelerator TYPE               e.g. v5p-16 (8 chips), v5litepod-64, v6e-16, v4-32 (for up/run)
+#   --accelerator TYPE               e.g. v5p-16 (8 chips), v5litepod-64, v6e-16, v4-32 (for up/run). Before
+#                                    renting (also with --dry-run), up and run check here that --config's mesh,
+#                                    with the overrides after --, uses its chips (vdot plan --check-accelerator)
+#                                    and stop with one line if not; where vdot is not installed here, one line
+#                                    says the check was skipped
 #   --version VERSION                TPU software version (default: the one Google lists for the accelerator:
 #                                    v6e v2-alpha-tpuv6e, v5p v2-alpha-tpuv5, v5e v2-alpha-tpuv5-lite,
 #                                    v4 tpu-ubuntu2204-base)
@@ -188,6 +192,42 @@ wait_queued() {  # until the queued resource is ACTIVE (its slice then exists)
   done
 }
 
+# Before renting: does the config's mesh (with the --config.* overrides after --, as `vdot train` will read them)
+# use the chips of one --accelerator slice? `vdot plan --check-accelerator` (vdot_jax.parallel.mesh) knows the chip
+# counts and vdot train's mesh rule; it loads the config only (no TPU backend, nothing compiled). Run from the
+# checkout ($REPO first on PYTHONPATH, as the workers see it), also in --dry-run; skipped, with one line saying why,
+# where no `vdot` is installed here.
+check_slice() {
+  [[ -n $ACCELERATOR && -n $CONFIG ]] || return 0
+  local what="$CONFIG's mesh against the chips of $ACCELERATOR"
+  if ! command -v vdot >/dev/null; then
+    say "not checked $what: no \`vdot\` here (pip install -e . in this checkout to check before renting)"
+    return 0
+  fi
+  if [[ $INSTALL == pip && ! -f $REPO/${CONFIG%:*} && ! -f ${CONFIG%:*} ]]; then
+    say "not checked $what: $CONFIG is not a file here (with --install pip it is read on the workers)"
+    return 0
+  fi
+  local args=() a i out
+  for ((i = 0; i < ${#OVERRIDES[@]}; i++)); do  # only the config overrides (vdot train's own flags stay out)
+    a=${OVERRIDES[i]}
+    [[ $a == --config.* ]] || continue
+    args+=("$a")
+    if [[ $a != *=* && $((i + 1)) -lt ${#OVERRIDES[@]} && ${OVERRIDES[i + 1]} != --* ]]; then
+      i=$((i + 1))
+      args+=("${OVERRIDES[i]}")
+    fi
+  done
+  if out=$(cd "$REPO" && PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" vdot plan --config "$CONFIG" \
+      --check-accelerator "$ACCELERATOR" "${args[@]}" 2>&1); then
+    say "checked: ${out##*$'\n'}"
+  elif [[ $out == *"vdot plan: error: "* ]]; then
+    die "${out##*vdot plan: error: }"
+  else
+    die "checking $what failed: ${out##*$'\n'}"
+  fi
+}
+
 cmd_up() {
   if ((DRY_RUN)); then
     printf '# (only if "%s" is not READY; a PREEMPTED slice is deleted first)\n' \
@@ -323,6 +363,9 @@ cmd_down() {
 }
 
 cmd_run() {
+  [[ -n $CONFIG ]] || die "--config is required"  # here, not after renting and installing
+  [[ -n $WORKDIR ]] || die "--workdir is required"
+  check_slice
   local attempt=0 state
   while :; do
     cmd_up
@@ -351,7 +394,7 @@ cmd_run() {
 }
 
 case $COMMAND in
-  up) cmd_up ;;
+  up) check_slice; cmd_up ;;
   install) cmd_install ;;
   train) cmd_train ;;
   logs) cmd_logs ;;

@@ -91,6 +91,9 @@ def test_tpu_dry_run_creates_installs_trains_streams_and_tears_down():
                *TRAIN[4:], *OVERRIDES)
     cmds = [c.replace("'\\''", "'") for c in _commands(out.stdout)]
     where = "--zone=us-east5-a --project=proj"
+    # checked before renting: the mesh (tiny's: none, so data takes all) uses v5p-64's 32 chips
+    assert "tpu_pod.sh: checked: configs/tiny.py's mesh (empty: data takes every chip) on v5p-64's 32 chips: " \
+        "data=32" in out.stderr
     assert cmds[0] == (f"gcloud compute tpus tpu-vm create vdot-pod {where} --accelerator-type=v5p-64 "
                        "--version=v2-alpha-tpuv5 --spot")  # the runtime Google lists for v5p
     # code only: an explicit list of what is shipped (a models/ or data/ folder in the checkout stays here)
@@ -335,18 +338,62 @@ def test_tpu_run_recreates_a_preempted_slice_resumes_and_tears_down(tmp_path, fa
     assert _logged(workdir) == list(range(1, 61)) and latest_meta(workdir)[0] == 60
 
 
-def _chips(accelerator: str) -> int:
-    """Chips of a Cloud TPU accelerator type: v4 and v5p count TensorCores (two per chip), v5e and v6e chips."""
-    kind, n = accelerator.rsplit("-", 1)
-    return int(n) // 2 if kind in ("v4", "v5p") else int(n)
+def test_accelerator_chips_and_the_mesh_check():
+    """The one chip arithmetic (Cloud TPU docs: v4/v5p types count TensorCores, two per chip; v5e/v6e count chips)
+    and vdot train's mesh rule against one slice: an axis left free (or data, when not named) takes the rest, a mesh
+    with every axis given must use every chip. A v5p-64 is 32 chips: the documented 64-chip mesh failed on it."""
+    from vdot_jax.errors import VdotError
+    from vdot_jax.parallel.chips import accelerator_chips
+    from vdot_jax.parallel.mesh import check_accelerator
+
+    assert [accelerator_chips(a) for a in ("v5p-16", "v5litepod-8", "v6e-16", "v4-32", "v5p-8")] == [8, 8, 16, 16, 4]
+    for bad in ("v9-8", "v5p-7", "v5p", "tpu-v5p-16"):
+        with pytest.raises(VdotError, match=f"unknown TPU accelerator type '{bad}'"):
+            accelerator_chips(bad)
+    assert check_accelerator("fsdp=2,context=4", "", "v5p-16", "c.py") == (
+        "c.py's mesh fsdp=2,context=4 on v5p-16's 8 chips: fsdp=2,context=4")
+    assert check_accelerator("fsdp=2,context=4", "", "v5p-32").endswith(": data=2,fsdp=2,context=4")  # data: rest
+    assert check_accelerator("fsdp=-1", "", "v6e-16").endswith(": fsdp=16")
+    assert check_accelerator("fsdp=-1,context=4", "", "v5litepod-4").endswith(": context=4")  # fsdp=1
+    for ici, dcn, acc, message in (
+            ("fsdp=16,context=4", "", "v5p-64",
+             "c.py's mesh fsdp=16,context=4 needs a multiple of 64 chips, but v5p-64 has 32: rent v5p-128 or change "
+             "mesh.ici"),
+            ("data=1,fsdp=2,context=4", "", "v5p-32",
+             "c.py's mesh data=1,fsdp=2,context=4 uses 8 chips, but v5p-32 has 16: rent v5p-16 or change mesh.ici"),
+            ("fsdp=2", "data=2", "v5p-8", "c.py's mesh.dcn data=2 spans 2 slices, but one v5p-8 is one slice")):
+        with pytest.raises(VdotError) as e:
+            check_accelerator(ici, dcn, acc, "c.py")
+        assert str(e.value).startswith(message), e.value
+
+
+def _dry(command: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return _run("tpu_pod.sh", command, "--dry-run", "--name", "p", "--zone", "z", "--workdir", "gs://b/r", *args,
+                env=env, check=False)
+
+
+def test_tpu_refuses_a_slice_its_mesh_does_not_use_before_renting():
+    """`run` and `up` check the config's mesh (the overrides after -- applied, vdot train's own flags left out)
+    against the accelerator before any gcloud create (a matching one goes on: the dry-run test above); without
+    `vdot` on this machine one line says the check was skipped."""
+    p = _dry("run", "--accelerator", "v5p-64", "--config", "configs/wan14b_stage2_vace_v5p16.py", "--",
+             "--config.mesh.ici", "fsdp=16,context=4", "--summary")
+    assert p.returncode == 2 and _commands(p.stdout) == []
+    assert p.stderr.strip().splitlines()[-1] == (
+        "tpu_pod.sh: error: configs/wan14b_stage2_vace_v5p16.py's mesh fsdp=16,context=4 needs a multiple of 64 "
+        "chips, but v5p-64 has 32: rent v5p-128 or change mesh.ici")
+    p = _dry("up", "--accelerator", "v5p-64", "--config", "configs/wan14b_stage2_vace_v5p16.py",
+             env=_clean_env(PATH="/usr/bin:/bin"))
+    assert p.returncode == 0 and "tpu_pod.sh: not checked configs/wan14b_stage2_vace_v5p16.py's mesh against the " \
+        "chips of v5p-64: no `vdot` here" in p.stderr
+    assert _commands(p.stdout)[0].startswith("gcloud compute tpus tpu-vm create p ")
 
 
 def test_documented_launches_rent_the_chips_their_config_uses():
-    """Each `tpu_pod.sh run` in the launch README and the launcher's usage rents a slice whose chips the config's
-    mesh divides (the rest is `data`). A v5p-64 is 32 chips: named for the 64-chip `fsdp=16,context=4` mesh, the
-    run failed at start-up, after renting and installing."""
-    from vdot_jax.parallel.mesh import parse_axes
-    from vdot_jax.train.config import load_config
+    """Each `tpu_pod.sh run` in the launch README and the launcher's usage rents a slice whose chips its config's
+    mesh (with the command's overrides) uses: the check tpu_pod.sh runs before renting."""
+    from vdot_jax.parallel.mesh import check_accelerator
+    from vdot_jax.train.config import apply_overrides, load_config, parse_override_args
 
     text = (LAUNCH / "README.md").read_text() + (LAUNCH / "tpu_pod.sh").read_text().replace("\n#", "\n")
     commands = [" ".join(c.split()) for c in re.findall(r"tpu_pod\.sh run (?:[^\n]*\\\n)*[^\n]*", text)]
@@ -355,11 +402,9 @@ def test_documented_launches_rent_the_chips_their_config_uses():
         acc, cfg = re.search(r"--accelerator (\S+)", cmd), re.search(r"--config (configs/\S+)", cmd)
         if not (acc and cfg):
             continue
-        mesh = parse_axes(load_config(ROOT / cfg.group(1)).mesh.ici)
-        fixed = 1
-        for size in mesh.values():
-            fixed *= max(size, 1)
-        assert _chips(acc.group(1)) % fixed == 0, f"{acc.group(1)} ({_chips(acc.group(1))} chips) for {mesh}: {cmd}"
+        config = load_config(ROOT / cfg.group(1))
+        after = cmd.partition(" -- ")[2].split()
+        apply_overrides(config, parse_override_args([a for a in after if a.startswith("--config.")]))
+        check_accelerator(config.mesh.ici, config.mesh.dcn, acc.group(1), cfg.group(1))  # raises on a mismatch
         checked += 1
     assert checked >= 3
-    assert _chips("v5p-8") == 4 and _chips("v5litepod-8") == 8

@@ -129,11 +129,15 @@ def _topology_devices(topology: str) -> list:
 
 
 def run(args) -> None:
+    if args.check_accelerator:  # before the imports below, which load much more than a config
+        return _check_accelerator(args)
     from vdot_jax.commands.common import UserError
     from vdot_jax.errors import VdotError
     from vdot_jax.train.config import ConfigError, apply_overrides, load_config, parse_override_args
     from vdot_jax.train.plan import PREDICTION_NOTE, prediction_table, table
 
+    if not args.topology:
+        raise UserError("--topology is required (e.g. v5p:2x2x2 or gpu:8), unless --check-accelerator is given")
     platform, n = target(args.topology)
     if platform == "cuda" and "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
         # host devices to stand in for the GPUs must exist before JAX starts: run again with them
@@ -196,6 +200,22 @@ def run(args) -> None:
         sys.exit(1)
 
 
+def _check_accelerator(args) -> None:
+    """``--check-accelerator TYPE``: the config's mesh (overrides applied) against the chips of one slice of TYPE,
+    before renting it (launch/tpu_pod.sh up/run). Loads the config only: no backend, nothing compiled."""
+    from vdot_jax.commands.common import UserError
+    from vdot_jax.errors import VdotError
+    from vdot_jax.parallel.mesh import check_accelerator
+    from vdot_jax.train.config import apply_overrides, load_config, parse_override_args
+
+    try:
+        config = load_config(args.config)
+        apply_overrides(config, parse_override_args(args.extra))
+        print(check_accelerator(config.mesh.ici, config.mesh.dcn, args.check_accelerator, args.config))
+    except VdotError as e:
+        raise UserError(str(e)) from None
+
+
 def _search(args, config, only, vary, t0, log) -> None:
     """No --mesh: the meshes of the topology that fit, best first (``commands.plan_search``)."""
     from vdot_jax.commands.common import UserError
@@ -254,8 +274,9 @@ def register(sub) -> None:
         ),
     )
     p.add_argument("--config", required=True, help="training config file, e.g. configs/wan14b_stage2_vace.py")
-    p.add_argument("--topology", required=True,
-                   help="TPU topology (v4:2x2x2, v5e:4x4, v5p:4x4x4, v6e:8x8 ...) or gpu:N (h100:N, h200:N)")
+    p.add_argument("--topology", default=None,
+                   help="TPU topology (v4:2x2x2, v5e:4x4, v5p:4x4x4, v6e:8x8 ...) or gpu:N (h100:N, h200:N); "
+                        "required unless --check-accelerator")
     p.add_argument("--mesh", default=None,
                    help="mesh over the topology's devices, e.g. fsdp=16,context=4. Without it (TPU topologies) plan "
                         "searches: every data/fsdp/context/tensor shape of the topology (context x tensor dividing "
@@ -297,4 +318,10 @@ def register(sub) -> None:
                         "of a refused one by the search's model (docs/scaling.md)")
     p.add_argument("--check-only", action="store_true",
                    help="stop after the start-up checks (per-host layout, paths): compile nothing")
+    p.add_argument("--check-accelerator", metavar="TYPE", default=None,
+                   help="only check that the config's mesh.ici (with the --config.KEY=VALUE overrides) uses the chips "
+                        "of one Cloud TPU slice of this accelerator type (v5p-16 = 8 chips: v4 and v5p count "
+                        "TensorCores, two per chip; v5litepod-N and v6e-N have N chips): print the mesh it gets, or "
+                        "exit 2 naming both chip counts. Loads the config only: no TPU backend, nothing compiled "
+                        "(a few seconds); launch/tpu_pod.sh up and run call it before renting")
     p.set_defaults(func=run, accepts_extra=True)

@@ -13,7 +13,10 @@ MXUs do not run at peak, and the HBM part counts only what a step must read and 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+from vdot_jax.errors import VdotError
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,31 @@ def chip_of(topology: str, device=None) -> Chip | None:
     if kind is None:
         kind = topology.split(":")[0].lower()
     return CHIPS.get(kind)
+
+
+# Cloud TPU accelerator types (gcloud's --accelerator-type): the number counts TensorCores, which are two per chip
+# on v4 and v5p (one JAX device per chip: megacore) and one on v5e and v6e. So v5p-16 is 8 chips (2 hosts of 4),
+# v4-32 16 chips, v5litepod-8 and v6e-8 8 chips. Cloud TPU docs: cloud.google.com/tpu/docs/v5p (topology 2x2x1:
+# 8 cores, 4 chips, 1 host; 2x2x2: 16, 8, 2), /v4, /v5e ("v$VERSION_NUMBER-$CHIP_COUNT"; each chip one
+# TensorCore), /v6e (v6e-8: 8 chips, one TensorCore each).
+CORES_PER_CHIP = {"v4": 2, "v5p": 2, "v5litepod": 1, "v6e": 1}
+
+
+def accelerator_chips(accelerator: str) -> int:
+    """Chips (= JAX devices) of a Cloud TPU accelerator type such as ``v5p-16`` (8); a name it does not know is
+    refused in one sentence rather than guessed."""
+    m = re.fullmatch(r"(v\w+?)-(\d+)", accelerator)
+    cores = CORES_PER_CHIP.get(m.group(1)) if m else None
+    if cores is None or int(m.group(2)) < cores or int(m.group(2)) % cores:
+        raise VdotError(f"unknown TPU accelerator type {accelerator!r}: the chip count is known for v4-N and v5p-N "
+                        "(N TensorCores, N/2 chips; N even) and v5litepod-N and v6e-N (N chips)")
+    return int(m.group(2)) // cores
+
+
+def accelerator_type(like: str, chips: int) -> str:
+    """The accelerator type of ``like``'s generation with ``chips`` chips (``v5p-32``, 8 -> ``v5p-16``)."""
+    kind = like.rsplit("-", 1)[0]
+    return f"{kind}-{chips * CORES_PER_CHIP[kind]}"
 
 
 @dataclass(frozen=True)

@@ -48,22 +48,53 @@ def parse_axes(spec: str | Mapping[str, int] | None) -> dict[str, int]:
     return items
 
 
-def resolve_shape(spec: Mapping[str, int], n: int, what: str = "devices") -> tuple[int, ...]:
-    """Sizes of all four axes, multiplying to ``n``."""
+def _fixed(spec: Mapping[str, int]) -> tuple[dict[str, int], str | None, int]:
+    """(sizes of all four axes, the axis that takes what is left or None, the product of the others)."""
     sizes = {a: spec.get(a, 1) for a in AXES}
     free = [a for a, v in sizes.items() if v == -1]
     if len(free) > 1:
         raise MeshError(f"only one mesh axis may be -1, got {free}")
     if not free and "data" not in spec:
         sizes["data"], free = -1, ["data"]
-    fixed = math.prod(v for v in sizes.values() if v != -1)
+    return sizes, (free or [None])[0], math.prod(v for v in sizes.values() if v != -1)
+
+
+def resolve_shape(spec: Mapping[str, int], n: int, what: str = "devices") -> tuple[int, ...]:
+    """Sizes of all four axes, multiplying to ``n``."""
+    sizes, free, fixed = _fixed(spec)
     if free:
         if n % fixed:
             raise MeshError(f"mesh {dict(spec)} does not divide the {n} {what}")
-        sizes[free[0]] = n // fixed
+        sizes[free] = n // fixed
     elif fixed != n:
         raise MeshError(f"mesh {dict(spec)} uses {fixed} {what} but there are {n}")
     return tuple(sizes[a] for a in AXES)
+
+
+def check_accelerator(ici: str | Mapping[str, int] | None, dcn: str | Mapping[str, int] | None, accelerator: str,
+                      source: str = "the config") -> str:
+    """Whether ``vdot train`` can lay the mesh ``ici`` (and ``dcn``) on the chips of one slice of ``accelerator``
+    (``v5p-16``) by the rule of ``resolve_shape``, checked before renting it. Returns a line naming the mesh it gets;
+    raises ``MeshError`` otherwise: one sentence with both chip counts and the slice to rent."""
+    from vdot_jax.parallel.chips import accelerator_chips, accelerator_type
+
+    chips = accelerator_chips(accelerator)
+    spec = parse_axes(ici)
+    shown = ",".join(f"{a}={v}" for a, v in spec.items()) or "(empty: data takes every chip)"
+    slices = _fixed(parse_axes(dcn) or {"data": 1})[2]
+    if slices > 1:
+        raise MeshError(f"{source}'s mesh.dcn {dcn} spans {slices} slices, but one {accelerator} is one slice: "
+                        "drop mesh.dcn to train on it")
+    _, free, fixed = _fixed(spec)
+    if free and chips % fixed:
+        need = f"needs a multiple of {fixed} chips"
+    elif not free and fixed != chips:
+        need = f"uses {fixed} chips"
+    else:
+        shape = resolve_shape(spec, chips)
+        return f"{source}'s mesh {shown} on {accelerator}'s {chips} chips: {_spec_str(shape)}"
+    raise MeshError(f"{source}'s mesh {shown} {need}, but {accelerator} has {chips}: rent "
+                    f"{accelerator_type(accelerator, fixed)} or change mesh.ici")
 
 
 def make_mesh(
