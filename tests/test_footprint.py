@@ -101,16 +101,69 @@ def test_sharded_updates_equal_the_one_device_updates(one_device, mesh_spec):
     assert moved > 1e-4  # the updates did something
 
 
-def test_optimizer_state_and_ema_in_host_memory_give_the_same_updates(one_device):
-    """``mesh.opt_state_memory=host``: between steps the AdamW moments and the EMA sit in pinned host memory
-    (the compiled step's inputs and outputs say so), parameters on the device; three updates on fsdp=2 x
-    context=2 equal the one-device updates with everything on the device."""
+def test_optimizer_state_ema_and_gradients_in_host_memory_give_the_same_updates(one_device):
+    """``mesh.opt_state_memory=host`` and ``mesh.grad_memory=host`` (as the small-slice configs): between steps
+    the AdamW moments and the EMA sit in pinned host memory (the compiled step's inputs and outputs say so),
+    parameters on the device, and the layer stacks' gradient accumulator lives in host memory inside the step;
+    three updates of 2 micro-batches on fsdp=2 x context=2 equal the one-device updates with everything on the
+    device. Fake CPU devices refuse arithmetic between host and device operands, so a layer the update did not
+    bring in fails."""
     _, want = one_device
-    run, got = steps("fsdp=2,context=2", **{"mesh.num_devices": 4, "mesh.opt_state_memory": "host"})
+    run, got = steps("fsdp=2,context=2", **{"mesh.num_devices": 4, "mesh.opt_state_memory": "host",
+                                            "mesh.grad_memory": "host"})
     kinds = lambda tree: {a.sharding.memory_kind for a in jax.tree.leaves(tree)}  # noqa: E731
     assert kinds(got.opt) == kinds(got.ema) == {"pinned_host"}
     assert kinds(got.params) == {"device"}
     assert_same_state(got, want)
+
+
+def test_gradient_accumulator_in_host_memory_compiles_for_tpu_once_and_off_the_device():
+    """Compiled for v5p:2x2x1 (libtpu, no TPU), a 3-micro-batch update of a layer stack with square and
+    rectangular kernels: with ``grads_in_host`` the float32 accumulator is one host temporary of exactly its size
+    (laid out as the parameters: without their sharding XLA kept three host copies) and the device temporaries
+    drop by about that much."""
+    pytest.importorskip("libtpu", reason="TPU compile tests need libtpu (pip install '.[tpu]')")
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from vdot_jax.parallel.mesh import make_mesh, topology_devices
+    from vdot_jax.train.update import clipped_adamw, update
+
+    mesh = make_mesh("fsdp=1,context=4", devices=topology_devices("v5p:2x2x1"))
+    split = lambda *lead: NamedSharding(mesh, P(*lead, ("fsdp", "context"), None))  # noqa: E731
+    layers, d, f = 8, 1024, 4096
+    shapes = {"q": (d, d), "up": (d, f), "down": (f, d)}
+    params = {"blocks": {k: {"kernel": jax.ShapeDtypeStruct((layers, *s), jnp.float32, sharding=split(None))}
+                         for k, s in shapes.items()}}
+    psh = jax.tree.map(lambda a: a.sharding, params)
+    tx = clipped_adamw(1e-3, 1.0, 0.0, 0.999, 0.0, "bfloat16")
+    opt = jax.eval_shape(tx.init, params)
+    osh = jax.tree.map(lambda a: (split(None) if a.ndim == 3 else NamedSharding(mesh, P())).with_memory_kind(
+        "pinned_host"), opt)
+    opt = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), opt, osh)
+    batch = jax.ShapeDtypeStruct((3, 16, d), jnp.float32, sharding=NamedSharding(mesh, P(None, ("fsdp", "context"))))
+
+    def loss(p, b, k):
+        def layer(x, w):
+            h = jnp.tanh(x @ w["q"]["kernel"])
+            return h + jax.nn.gelu(h @ w["up"]["kernel"]) @ w["down"]["kernel"], None
+
+        return jnp.mean(jax.lax.scan(layer, b, p["blocks"])[0] ** 2), {}
+
+    def compiled(in_host):
+        def step(p, o, b):
+            return update(loss, tx, p, o, b, jax.random.key(0), in_host=True, grad_dtype=jnp.bfloat16,
+                          grads_in_host=in_host, sharding=psh)[:2]
+
+        return jax.jit(step, in_shardings=(psh, osh, batch.sharding), out_shardings=(psh, osh),
+                       donate_argnums=(0, 1)).lower(params, opt, batch).compile().memory_analysis()
+
+    device, host = compiled(False), compiled(True)
+    acc = layers * sum(a * b for a, b in shapes.values()) * 4 // 4  # float32, a quarter per chip
+    assert device.host_temp_size_in_bytes == 0
+    assert host.host_temp_size_in_bytes == acc
+    assert host.temp_size_in_bytes <= device.temp_size_in_bytes - 0.9 * acc
 
 
 def test_update_with_host_state_compiles_for_tpu_with_the_moments_in_host_memory():
@@ -241,6 +294,8 @@ def test_teacher_in_host_memory_gives_the_same_teacher_outputs():
 @pytest.mark.parametrize("override,message", [
     ("mesh.teacher_memory=hbm", "config.mesh.teacher_memory must be 'device' or 'host', got 'hbm'."),
     ("optim.moment_dtype=float16", "config.optim.moment_dtype must be one of ('float32', 'bfloat16'), got 'float16'."),
+    ("mesh.grad_memory=hbm", "config.mesh.grad_memory must be 'device' or 'host', got 'hbm'."),
+    ("model.residual_dtype=float16", "config.model.residual_dtype must be 'float32' or 'bfloat16', got 'float16'."),
 ])
 def test_memory_switches_refuse_bad_values_in_one_sentence(override, message):
     from vdot_jax.train.config import ConfigError, validate

@@ -38,7 +38,7 @@ from vdot_jax.distill.timesteps import (add_noise, rollout, sample_gan_timesteps
 from vdot_jax.models.layers import to_device
 from vdot_jax.models.wan import WanModel
 from vdot_jax.train.update import (ClippedTransform, StepPrograms, clipped_adamw, ema_update, init_in_place,
-                                   micro_grad_dtype,
+                                   grads_kept_in_host, micro_grad_dtype,
                                    state_in_host, update)
 
 PHASES = ("critic_flow", "critic_gan", "generator_dmd_ot", "generator_gan")
@@ -279,8 +279,10 @@ class Distiller:
 
     # ---------------------------------------------------------------- the phases
 
-    def _phase(self, name: str):
+    def _phase(self, name: str, state_sharding=None):
         is_gen = name.startswith("generator")
+        params_sharding = None if state_sharding is None else (
+            state_sharding.generator if is_gen else state_sharding.critic)
         loss_fn = getattr(self, f"_loss_{name}")
         tx = self.gen_tx if is_gen else self.critic_tx
         host = state_in_host(self.config)
@@ -294,7 +296,8 @@ class Distiller:
             exit_i = exit_index(state.rng, state.step, self.schedule.steps)
             new_params, new_opt, finite, metrics = update(
                 lambda p, b, k: loss_fn(p, state, b, k, exit_i), tx, params, opt_state, self._layout(batch), key,
-                in_host=host, grad_dtype=micro_grad_dtype(self.config, self._runtimes[name.split("_")[0]]))
+                in_host=host, grad_dtype=micro_grad_dtype(self.config, self._runtimes[name.split("_")[0]]),
+                grads_in_host=grads_kept_in_host(self.config), sharding=params_sharding)
             metrics = {**metrics, "exit_index": exit_i.astype(jnp.float32)}
             skipped = state.skipped + (~finite).astype(jnp.int32)
             if is_gen:
@@ -308,7 +311,7 @@ class Distiller:
 
     def phase(self, name: str, state_sharding=None, batch_sharding=None):
         """The jitted phase ``name`` for these shardings (built once each; donates the state)."""
-        return self._programs.get(name, lambda: self._phase(name), state_sharding, batch_sharding)
+        return self._programs.get(name, lambda: self._phase(name, state_sharding), state_sharding, batch_sharding)
 
     def train_step(self, state: TrainState, batch: dict, use_gan: bool | None = None,
                    generator_batch: dict | None = None) -> tuple[TrainState, dict]:

@@ -147,6 +147,9 @@ def base_config() -> ml_collections.ConfigDict:
     # "float32", or "compute" (the model's compute dtype, bf16 on accelerators: one float32 gradient buffer
     # instead of two; train/update.py says why the values are those of float32 on one device; docs/scaling.md)
     mesh.grad_dtype = "float32"
+    # where the float32 gradient accumulator of the layer stacks lives: "device" (HBM) or "host" (pinned host
+    # memory; each micro-batch's gradient is added into it a layer at a time; train/update.py, docs/scaling.md)
+    mesh.grad_memory = "device"
     # where the frozen teacher (vdot mode) lives: "device" (HBM) or "host" (pinned host memory; its forward brings
     # one layer at a time to the device inside the layer scan; docs/scaling.md)
     mesh.teacher_memory = "device"
@@ -516,6 +519,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                           f"{config.mesh.opt_state_memory!r}.")
     if config.mesh.get("grad_dtype", "float32") not in ("float32", "compute"):
         raise ConfigError(f"config.mesh.grad_dtype must be 'float32' or 'compute', got {config.mesh.grad_dtype!r}.")
+    if config.mesh.get("grad_memory", "device") not in ("device", "host"):
+        raise ConfigError(f"config.mesh.grad_memory must be 'device' or 'host', got {config.mesh.grad_memory!r}.")
     teacher_memory = config.mesh.get("teacher_memory", "device")
     if teacher_memory not in ("device", "host"):
         raise ConfigError(f"config.mesh.teacher_memory must be 'device' or 'host', got {teacher_memory!r}.")

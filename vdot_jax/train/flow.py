@@ -18,6 +18,7 @@ schedule after a linear warm-up.
 from __future__ import annotations
 
 import collections
+import functools
 from typing import Any
 
 import flax.struct
@@ -30,8 +31,8 @@ from flax import nnx
 from vdot_jax.distill.losses import flow_loss
 from vdot_jax.distill.timesteps import add_noise, sample_shifted
 from vdot_jax.models.wan import WanModel
-from vdot_jax.train.update import (StepPrograms, clipped_adamw, ema_update, init_in_place, micro_grad_dtype,
-                                   state_in_host, update)
+from vdot_jax.train.update import (StepPrograms, clipped_adamw, ema_update, grads_kept_in_host, init_in_place,
+                                   micro_grad_dtype, state_in_host, update)
 
 PHASES = ("flow",)
 
@@ -109,12 +110,13 @@ class FlowTrainer:
         loss = flow_loss(v, noise, x0)
         return loss, {"flow_loss": loss}
 
-    def _step(self, state: FlowState, batch: dict):
+    def _step(self, state: FlowState, batch: dict, params_sharding=None):
         self.trace_counts["flow"] += 1  # trace time only: counts compilations
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         host = state_in_host(self.config)
         params, opt, finite, metrics = update(self._loss, self.tx, state.params, state.opt, batch, key, in_host=host,
-                                              grad_dtype=micro_grad_dtype(self.config, self._runtime))
+                                              grad_dtype=micro_grad_dtype(self.config, self._runtime),
+                                              grads_in_host=grads_kept_in_host(self.config), sharding=params_sharding)
         f = self.config.flow
         ema = ema_update(state.ema, params, state.step, f.ema_start, f.ema_decay, in_host=host)
         metrics = {**metrics, "lr": jnp.asarray(self.schedule(state.step), jnp.float32)}
@@ -125,7 +127,9 @@ class FlowTrainer:
         """The jitted step for these shardings (built once each; donates the state)."""
         if name != "flow":
             raise ValueError(f"FlowTrainer has one phase, 'flow', not {name!r}")
-        return self._programs.get(name, lambda: self._step, state_sharding, batch_sharding)
+        params_sharding = None if state_sharding is None else state_sharding.params
+        return self._programs.get(name, lambda: functools.partial(self._step, params_sharding=params_sharding),
+                                  state_sharding, batch_sharding)
 
     def train_step(self, state: FlowState, batch: dict) -> tuple[FlowState, dict]:
         state, metrics = self.phase("flow")(state, batch)

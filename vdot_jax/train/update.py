@@ -29,6 +29,10 @@ and writes them back in place, so the moments never sit on the device together (
 without it XLA brought every moment in at once and held the update's temporaries for all of them). The global
 norm clip is computed once over the whole gradient first.
 
+``grads_in_host`` (``config.mesh.grad_memory = "host"``): the float32 gradient accumulator of the layer stacks'
+matmul kernels lives in host memory; each micro-batch's gradient is added into it one layer at a time, and the
+norm, the finiteness check and the update read it one layer at a time too.
+
 ``moment_dtype`` (``config.optim.moment_dtype = "bfloat16"``): AdamW's mu and nu are stored in that dtype (half
 the optimizer state's bytes, in host memory or on the device), loaded to float32 for the update and rounded
 once when stored (the release's AdamW state is bf16 because its parameters are; docs/release_parity.md).
@@ -43,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vdot_jax.models.layers import is_layer_kernel, to_device
+from vdot_jax.models.layers import in_host, is_layer_kernel, to_device
 
 LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, dict]]
 
@@ -67,8 +71,23 @@ def compute_copy(params, dtype):
         params)
 
 
+def _layerwise(path, a) -> bool:
+    return is_layer_kernel(path) and a.ndim >= 1
+
+
+def _add_layerwise(acc, g, last, accum: int):
+    """``acc + g`` for an accumulator ``acc`` kept in host memory, one layer at a time (its one float32 buffer is
+    updated in place; no device copy of it exists), divided by ``accum`` where ``last``: the mean, with the same
+    float32 operations as on the device."""
+    def body(i, a):
+        s = to_device(_index(a, i)) + _index(g, i).astype(a.dtype)
+        return jax.lax.dynamic_update_index_in_dim(a, to_host(jnp.where(last, s / accum, s), True), i, 0)
+
+    return jax.lax.fori_loop(0, acc.shape[0], body, acc)
+
+
 def accumulate_gradients(loss_fn: LossFn, params, batch, key: jax.Array,
-                         grad_dtype=None) -> tuple[jax.Array, dict, Any]:
+                         grad_dtype=None, grads_in_host: bool = False, sharding=None) -> tuple[jax.Array, dict, Any]:
     """(loss, metrics, grads), each the mean over the micro-batches of ``batch``. The gradient accumulator is
     the scan's carry (in the parameters' dtype): a sharding constraint on it (or on ``grads``) belongs here.
 
@@ -77,21 +96,65 @@ def accumulate_gradients(loss_fn: LossFn, params, batch, key: jax.Array,
     the float32 accumulator -- one float32 gradient buffer instead of two (docs/scaling.md). On one device the
     values are those of float32 gradients: a kernel's gradient is a matmul of compute-dtype operands, already
     rounded to that dtype before it was converted; across devices, the sum of the chips' partial gradients of
-    one layer is rounded to it too (the micro-batches are still summed in float32)."""
+    one layer is rounded to it too (the micro-batches are still summed in float32).
+
+    ``grads_in_host`` (``config.mesh.grad_memory = "host"``): the accumulator of the layer stacks' matmul kernels
+    lives in host memory and each micro-batch's gradient is added into it one layer at a time (the same float32
+    adds, the mean taken in the last one); the returned ``grads`` keep those leaves in host memory, for
+    ``update`` to bring in a layer at a time. ``sharding``: the parameters' shardings (the accumulator is laid out
+    as they are; measured: without it one more host copy of the FFN stacks)."""
     accum = jax.tree.leaves(batch)[0].shape[0]
     keys = jax.random.split(key, accum)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     work = compute_copy(params, grad_dtype)
+    in_host_ = lambda path, a: grads_in_host and _layerwise(path, a)  # noqa: E731
 
     def micro(carry, xs):
-        b, k = xs
+        b, k, i = xs
         (loss, metrics), grads = grad_fn(work, b, k)
-        return jax.tree.map(lambda c, x: c + x.astype(c.dtype), carry, (loss, metrics, grads)), None
+        add = lambda c, x: c + x.astype(c.dtype)  # noqa: E731
+        acc = jax.tree_util.tree_map_with_path(
+            lambda path, c, x: _add_layerwise(c, x, i == accum - 1, accum) if in_host_(path, c) else add(c, x),
+            carry[2], grads)
+        return (add(carry[0], loss), jax.tree.map(add, carry[1], metrics), acc), None
 
     shapes = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda a: a[0], batch), keys[0]))
     zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[0][0], shapes[0][1], shapes[1]))
-    (loss, metrics, grads), _ = jax.lax.scan(micro, zero, (batch, keys))
-    return jax.tree.map(lambda a: a / accum, (loss, metrics, grads))
+    if grads_in_host:
+        def place(path, a, sh=None):  # sharded as the parameters (``sharding``): else XLA may lay the accumulator
+            if not in_host_(path, a):  # out as the gradient comes and keep a second host copy to reshard at the end
+                return a
+            return to_host(a if sh is None else jax.lax.with_sharding_constraint(a, sh), True)
+
+        rest = () if sharding is None else (sharding,)
+        zero = (*zero[:2], jax.tree_util.tree_map_with_path(place, zero[2], *rest))
+    (loss, metrics, grads), _ = jax.lax.scan(micro, zero, (batch, keys, jnp.arange(accum)))
+    mean = lambda a: a / accum  # noqa: E731
+    grads = jax.tree_util.tree_map_with_path(lambda p, a: a if in_host_(p, a) else mean(a), grads)
+    return mean(loss), jax.tree.map(mean, metrics), grads
+
+
+def grad_stats(grads) -> tuple[jax.Array, jax.Array]:
+    """(all finite, global norm) of ``grads``; leaves kept in host memory are read one layer at a time."""
+    sq, fin = [], []
+    for x in jax.tree.leaves(grads):
+        if in_host(x):
+            def body(i, c, x=x):
+                layer = to_device(_index(x, i)).astype(jnp.float32)
+                return c[0] + jnp.sum(jnp.square(layer)), c[1] & jnp.all(jnp.isfinite(layer))
+
+            s, f = jax.lax.fori_loop(0, x.shape[0], body, (jnp.zeros((), jnp.float32), jnp.array(True)))
+        else:
+            s, f = jnp.sum(jnp.square(x.astype(jnp.float32))), jnp.all(jnp.isfinite(x))
+        sq.append(s)
+        fin.append(f)
+    return jnp.all(jnp.stack(fin)), jnp.sqrt(sum(sq))
+
+
+def grads_kept_in_host(config) -> bool:
+    """Whether the run accumulates the layer stacks' gradients in host memory (``mesh.grad_memory``)."""
+    mesh = config.get("mesh") or {}
+    return mesh.get("grad_memory", "device") == "host"
 
 
 def state_in_host(config) -> bool:
@@ -208,7 +271,7 @@ def _streamed_update(tx: ClippedTransform, grads, opt_state, params, finite, g_n
     for layers, idx in groups.items():
         def body(i, carry, idx=idx):
             p, m = carry
-            g_i = [_index(g_leaves[j], i) for j in idx]
+            g_i = to_device([_index(g_leaves[j], i) for j in idx])  # (host-kept: mesh.grad_memory)
             m_i = [to_device([_index(x, i) for x in mk]) for mk in m]
             p_i, m_i, _ = inner(idx, g_i, [_index(x, i) for x in p], m_i)
             p = [jax.lax.dynamic_update_index_in_dim(x, y, i, 0) for x, y in zip(p, p_i)]
@@ -230,20 +293,25 @@ def _streamed_update(tx: ClippedTransform, grads, opt_state, params, finite, g_n
     return treedef.unflatten(new_p), (clip_state, s_def.unflatten(out_leaves))
 
 
-def update(loss_fn: LossFn, tx, params, opt_state, batch, key: jax.Array, in_host: bool = False, grad_dtype=None):
+def update(loss_fn: LossFn, tx, params, opt_state, batch, key: jax.Array, in_host: bool = False, grad_dtype=None,
+           grads_in_host: bool = False, sharding=None):
     """One optimizer update from the accumulated gradient: (params, opt_state, finite, metrics). When the loss
     or a gradient is not finite, ``params`` and ``opt_state`` come back unchanged. ``metrics`` adds
     ``grad_norm`` (of the accumulated gradient) and ``finite`` (1.0 or 0.0) to the loss's own. ``in_host``:
     ``opt_state`` arrives in host memory and goes back there. A ``ClippedTransform`` is streamed over the layers
-    (module docstring); any other optax transformation is applied to the whole tree at once. ``grad_dtype``: as
-    ``accumulate_gradients``'."""
-    loss, metrics, grads = accumulate_gradients(loss_fn, params, batch, key, grad_dtype)
-    finite = jnp.isfinite(loss) & all_finite(grads)
-    g_norm = optax.global_norm(grads)
+    (module docstring); any other optax transformation is applied to the whole tree at once. ``grad_dtype``,
+    ``grads_in_host``: as ``accumulate_gradients``'."""
+    loss, metrics, grads = accumulate_gradients(loss_fn, params, batch, key, grad_dtype, grads_in_host, sharding)
+    if grads_in_host:  # the norm summed layer by layer: equal to optax's up to float32 rounding
+        finite, g_norm = grad_stats(grads)
+        finite = jnp.isfinite(loss) & finite
+    else:
+        finite = jnp.isfinite(loss) & all_finite(grads)
+        g_norm = optax.global_norm(grads)
     if isinstance(tx, ClippedTransform):
         new_params, new_opt = _streamed_update(tx, grads, opt_state, params, finite, g_norm, in_host)
     else:
-        opt_state = to_device(opt_state)
+        opt_state, grads = to_device(opt_state), to_device(grads)
         updates, new_opt = tx.update(grads, opt_state, params)
         new_params = tree_where(finite, optax.apply_updates(params, updates), params)
         new_opt = to_host(tree_where(finite, new_opt, opt_state), in_host)
