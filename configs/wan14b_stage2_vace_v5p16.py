@@ -1,14 +1,14 @@
-"""Stage 2 for 14B on v5p-16 (8 chips, two hosts): the smallest slice it fits, every program under 95 GiB.
+"""Stage 2 for 14B on v5p-16 (8 chips, two hosts): the smallest slice with every program under 76 GiB per chip.
 
     vdot train --config configs/wan14b_stage2_vace_v5p16.py --workdir gs://BUCKET/runs/wan14b_stage2
     JAX_PLATFORMS=cpu vdot plan --config configs/wan14b_stage2_vace_v5p16.py --model wan2.1-vace-14b \\
         --topology v5p:2x2x2 --mesh fsdp=2,context=4
 
 configs/wan14b_stage2_vace_v5p8.py (every small-slice lever: ZeRO-3 over all chips, bf16 moments and the EMA in
-host memory, the teacher there too, offloaded layer inputs, one fp32 gradient buffer) on twice the chips: two
-videos in flight (``fsdp=2``), each split over 4 chips by sequence (``context=4``), so each chip holds half the
-train state of v5p-8 and the same activations. Global batch 2 x 3 micro-batches; a checkpoint every 30 minutes
-(Spot). The compiled figures are in docs/scaling.md ("Recommended meshes").
+host memory, the teacher and the fp32 gradient accumulator there too, offloaded bf16 layer inputs) on twice the
+chips: two videos in flight (``fsdp=2``), each split over 4 chips by sequence (``context=4``), so each chip holds
+half the train state of v5p-8 and the same activations. Global batch 2 x 3 micro-batches; a checkpoint every 30
+minutes (Spot). The compiled figures are in docs/scaling.md ("Recommended meshes").
 """
 
 from pathlib import Path
