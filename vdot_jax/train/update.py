@@ -101,8 +101,8 @@ def accumulate_gradients(loss_fn: LossFn, params, batch, key: jax.Array,
     ``grads_in_host`` (``config.mesh.grad_memory = "host"``): the accumulator of the layer stacks' matmul kernels
     lives in host memory and each micro-batch's gradient is added into it one layer at a time (the same float32
     adds, the mean taken in the last one); the returned ``grads`` keep those leaves in host memory, for
-    ``update`` to bring in a layer at a time. ``sharding``: the parameters' shardings (the accumulator is laid out
-    as they are; measured: without it one more host copy of the FFN stacks)."""
+    ``update`` to bring in a layer at a time. ``sharding``: the parameters' shardings, which the accumulator
+    takes."""
     accum = jax.tree.leaves(batch)[0].shape[0]
     keys = jax.random.split(key, accum)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -121,8 +121,10 @@ def accumulate_gradients(loss_fn: LossFn, params, batch, key: jax.Array,
     shapes = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda a: a[0], batch), keys[0]))
     zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[0][0], shapes[0][1], shapes[1]))
     if grads_in_host:
-        def place(path, a, sh=None):  # sharded as the parameters (``sharding``): else XLA may lay the accumulator
-            if not in_host_(path, a):  # out as the gradient comes and keep a second host copy to reshard at the end
+        # sharded as the parameters: else XLA may lay the accumulator out as the gradient comes and keep a second
+        # host copy to reshard it at the end (measured, tests/test_footprint.py)
+        def place(path, a, sh=None):
+            if not in_host_(path, a):
                 return a
             return to_host(a if sh is None else jax.lax.with_sharding_constraint(a, sh), True)
 
@@ -300,7 +302,7 @@ def update(loss_fn: LossFn, tx, params, opt_state, batch, key: jax.Array, in_hos
     ``grad_norm`` (of the accumulated gradient) and ``finite`` (1.0 or 0.0) to the loss's own. ``in_host``:
     ``opt_state`` arrives in host memory and goes back there. A ``ClippedTransform`` is streamed over the layers
     (module docstring); any other optax transformation is applied to the whole tree at once. ``grad_dtype``,
-    ``grads_in_host``: as ``accumulate_gradients``'."""
+    ``grads_in_host``, ``sharding`` (the parameters' shardings): as ``accumulate_gradients``'."""
     loss, metrics, grads = accumulate_gradients(loss_fn, params, batch, key, grad_dtype, grads_in_host, sharding)
     if grads_in_host:  # the norm summed layer by layer: equal to optax's up to float32 rounding
         finite, g_norm = grad_stats(grads)
