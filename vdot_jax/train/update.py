@@ -72,6 +72,7 @@ def compute_copy(params, dtype):
 
 
 def _layerwise(path, a) -> bool:
+    """Whether a leaf is handled a layer at a time (streamed update, host-kept gradients): a stack's kernel."""
     return is_layer_kernel(path) and a.ndim >= 1
 
 
@@ -255,7 +256,7 @@ def _streamed_update(tx: ClippedTransform, grads, opt_state, params, finite, g_n
     groups: dict = {}
     rest = []
     for j, (path, leaf) in enumerate(path_leaves):
-        if is_layer_kernel(path) and leaf.ndim >= 1:  # the small stacked leaves at once (models.layers says why)
+        if _layerwise(path, leaf):  # the small stacked leaves at once (models.layers says why)
             groups.setdefault(leaf.shape[0], []).append(j)
         else:
             rest.append(j)
