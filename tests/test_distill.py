@@ -323,7 +323,7 @@ def test_gan_phase_losses_with_known_logits():
     coef = -0.1 / B * jax.nn.sigmoid(-(d_fake - d_real))
     np.testing.assert_allclose(grad, coef[:, None, None, None, None] * (1 - s) * w, rtol=1e-5, atol=1e-9)
 
-    loss, m = d._loss_critic_gan(state.critic, state, micro, key, jnp.int32(0))
+    loss, m = d._loss_critic_gan(state.critic, state, d.critic_sample("critic_gan", state, micro, key, 0), key, 0)
     t = sample_gan_timesteps(k_t, B)
     margin = (1 - t / 1000.0) * jnp.sum((real - x_hat) * w, axis=(1, 2, 3, 4))
     np.testing.assert_allclose(float(loss), float(0.1 * jnp.mean(jax.nn.softplus(-margin))), rtol=1e-5)
@@ -442,6 +442,47 @@ def test_ablations_share_the_compiled_phases(tiny_run):
     assert dict(d.trace_counts) == {p: 1 for p in PHASES}
     with pytest.raises(ValueError, match="unknown loss weight"):
         d.init_state(WanModel(TINY, rngs=nnx.Rngs(0)), critic, teacher, loss_weights={"gan": 1.0})
+
+
+def test_generator_gan_sends_only_the_fake_videos_back_through_the_critic(tiny_run):
+    """The generator's GAN loss and gradient equal those of the release's one two-video critic call (fake and
+    real concatenated), while the real videos, which carry no gradient there, take a forward of their own: the
+    gradient program's matmul FLOPs drop by one video's critic backward (a real half differentiated along, or
+    conditions or timesteps tiled wrong, fails it)."""
+    from vdot_jax.parallel.flops import matmul_flops
+
+    d, _, batch, _, _, _ = tiny_run  # a fresh state: other tests donate the run's
+    teacher = WanModel(TINY, rngs=nnx.Rngs(0))
+    critic = critic_from_teacher(teacher, rngs=nnx.Rngs(1), token_dim=8, num_heads=2, ffn_dim=16)
+    state = d.init_state(WanModel(TINY, rngs=nnx.Rngs(2)), critic, teacher)
+    micro = jax.tree.map(lambda a: jnp.asarray(a[0]), batch)
+    key, exit_i = jax.random.key(5), jnp.int32(1)
+
+    def one_call(gen):  # _loss_generator_gan written with the release's single discriminator call
+        k_s, k_d = jax.random.split(key)
+        x_hat = d._sample(gen, micro, k_s, exit_i)
+        k_t, k_f, k_r = jax.random.split(k_d, 3)
+        t = sample_gan_timesteps(k_t, x_hat.shape[0], d.config.loss.gan_timestep_shift)
+        fake = add_noise(x_hat, jax.random.normal(k_f, x_hat.shape), t)
+        real = add_noise(micro["latents"], jax.random.normal(k_r, x_hat.shape), t)
+        two = lambda a: jnp.concatenate([a, a])  # noqa: E731
+        critic = nnx.merge(d.critic_def, jax.lax.stop_gradient(state.critic))
+        d_fake, d_real = jnp.split(critic.discriminate(jnp.concatenate([fake, real]), two(t), two(micro["text"]),
+                                                       two(micro["context"])), 2)
+        return losses.gan_generator_loss(d_fake, d_real, d.config.loss.gan_generator_weight)
+
+    ours = lambda gen: d._loss_generator_gan(gen, state, micro, key, exit_i)[0]  # noqa: E731
+    traced = {n: jax.jit(jax.value_and_grad(f)).trace(state.generator) for n, f in (("ref", one_call), ("new", ours))}
+    (l_ref, g_ref), (l_new, g_new) = (traced[n].lower().compile()(state.generator) for n in ("ref", "new"))
+    np.testing.assert_allclose(l_new, l_ref, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_new), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-7)
+    flops = {n: matmul_flops(t.jaxpr.jaxpr).per_device(1) for n, t in traced.items()}
+    critic_fwd = matmul_flops(jax.make_jaxpr(lambda x: nnx.merge(d.critic_def, state.critic).discriminate(
+        x, jnp.full((x.shape[0],), 500.0), micro["text"], micro["context"]))(micro["latents"]).jaxpr).per_device(1)
+    # the critic's weights are frozen here, so its backward is one forward's matmuls (the input gradient), not
+    # two; remat (none here) would add the recomputation saved too. Measured: 0.92 of a forward saved.
+    assert flops["ref"] - flops["new"] > 0.75 * critic_fwd, (flops, critic_fwd)
 
 
 def test_non_finite_loss_skips_the_update_and_is_counted(tiny_run):

@@ -3,6 +3,7 @@ update equal to the one-device update. On 8 fake CPU devices."""
 
 import jax
 import numpy as np
+import optax
 import pytest
 from absl import flags
 
@@ -166,13 +167,67 @@ def test_gradient_accumulator_in_host_memory_compiles_for_tpu_once_and_off_the_d
     assert host.temp_size_in_bytes <= device.temp_size_in_bytes - 0.9 * acc
 
 
+def test_samples_drawn_before_the_gradient_loop_free_the_frozen_networks_bf16_copy_for_tpu():
+    """Compiled for v5p:2x2x1 (libtpu, no TPU): a critic-like update whose loss reads a sample of a frozen float32
+    network (cast to bf16 layer by layer). Drawn inside the loss, XLA hoists the frozen network's bf16 cast out of
+    the micro-batch loop and keeps it through every backward; drawn by ``prepare`` before the loop, the device
+    temporaries drop by at least that copy (measured: 180 -> 130 MiB, the copy 36 MiB)."""
+    pytest.importorskip("libtpu", reason="TPU compile tests need libtpu (pip install '.[tpu]')")
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from vdot_jax.parallel.mesh import make_mesh, topology_devices
+    from vdot_jax.train.update import clipped_adamw, update
+
+    mesh = make_mesh("fsdp=1,context=4", devices=topology_devices("v5p:2x2x1"))
+    split = NamedSharding(mesh, P(None, ("fsdp", "context"), None))
+    layers, d, f = 8, 1024, 4096
+    shapes = {"q": (d, d), "up": (d, f), "down": (f, d)}
+    net_shape = {"blocks": {k: {"kernel": jax.ShapeDtypeStruct((layers, *s), jnp.float32, sharding=split)}
+                            for k, s in shapes.items()}}  # a layer stack's kernels: streamed and kept in host
+    psh = jax.tree.map(lambda a: a.sharding, net_shape)
+    tx = clipped_adamw(1e-3, 1.0, 0.0, 0.999, 0.0, "bfloat16")  # as the v5p-8 config: moments and gradients in host
+    opt = jax.eval_shape(tx.init, net_shape)
+    osh = jax.tree.map(lambda a: (split if a.ndim == 3 else NamedSharding(mesh, P())).with_memory_kind(
+        "pinned_host"), opt)
+    opt = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), opt, osh)
+    batch = jax.ShapeDtypeStruct((3, 16, d), jnp.float32, sharding=NamedSharding(mesh, P(None, ("fsdp", "context"))))
+
+    def net(w, x):
+        def layer(x, w):
+            bf = lambda k: w[k]["kernel"].astype(jnp.bfloat16)  # noqa: E731
+            h = jnp.tanh(x @ bf("q"))
+            return (h + jax.nn.gelu(h @ bf("up")) @ bf("down")).astype(jnp.float32), None
+
+        return jax.lax.scan(jax.checkpoint(layer), x, w["blocks"])[0]
+
+    def temporaries(drawn_first):
+        def step(p, o, g, b):
+            sample = lambda x, k: jax.lax.stop_gradient(net(g, x + jax.random.normal(k, x.shape)))  # noqa: E731
+            if drawn_first:
+                loss = lambda p, b, k: (jnp.mean(net(p, b["x"]) ** 2), {})  # noqa: E731
+                prepare = lambda b, k: {"x": sample(b["b"], k)}  # noqa: E731
+                b = {"b": b}
+            else:
+                loss, prepare = (lambda p, b, k: (jnp.mean(net(p, sample(b, k)) ** 2), {})), None
+            return update(loss, tx, p, o, b, jax.random.key(0), in_host=True, grad_dtype=jnp.bfloat16,
+                          grads_in_host=True, sharding=psh, prepare=prepare)[:2]
+
+        return jax.jit(step, in_shardings=(psh, osh, psh, batch.sharding), out_shardings=(psh, osh),
+                       donate_argnums=(0, 1)).lower(net_shape, opt, net_shape, batch).compile() \
+            .memory_analysis().temp_size_in_bytes
+
+    frozen_bf16 = layers * sum(a * b for a, b in shapes.values()) * 2 // 4  # a quarter per chip
+    assert temporaries(True) <= temporaries(False) - frozen_bf16
+
+
 def test_update_with_host_state_compiles_for_tpu_with_the_moments_in_host_memory():
     """Compiled for a real TPU topology (libtpu, no TPU): with ``in_host`` the AdamW moments are host arguments
     and host outputs of the program (memory_analysis), the parameters device ones; the device arguments hold
     the parameters and the batch only."""
     pytest.importorskip("libtpu", reason="TPU compile tests need libtpu (pip install '.[tpu]')")
     import jax.numpy as jnp
-    import optax
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 

@@ -150,3 +150,26 @@ def test_optimizer_state_is_created_in_its_memory():
     assert {a.sharding.memory_kind for a in jax.tree.leaves(opt)} == {"pinned_host"}
     for a, b in zip(jax.tree.leaves(opt), jax.tree.leaves(tx.init(params))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_prepare_draws_each_micro_batch_with_the_key_its_loss_gets():
+    """``prepare`` runs before the gradient loop, yet a loss reading what it drew equals a loss drawing it itself:
+    same loss, metrics and gradient over 3 micro-batches (a prepare given another micro-batch's key, or the
+    batch unsplit, fails it)."""
+    from vdot_jax.train.update import accumulate_gradients
+
+    r = np.random.default_rng(0)
+    w = {"w": jnp.asarray(r.normal(size=(4, 4)), jnp.float32)}
+    frozen = jnp.asarray(r.normal(size=(4, 4)), jnp.float32)
+    batch = {"x": jnp.asarray(r.normal(size=(3, 2, 4)), jnp.float32)}
+    draw = lambda b, k: jnp.tanh((b["x"] + jax.random.normal(k, b["x"].shape)) @ frozen)  # noqa: E731
+
+    def loss(p, x, k):
+        v = jnp.mean((x @ p["w"] - jax.random.normal(jax.random.fold_in(k, 1), x.shape)) ** 2)
+        return v, {"v": v}
+
+    want = accumulate_gradients(lambda p, b, k: loss(p, draw(b, k), k), w, batch, jax.random.key(3))
+    got = accumulate_gradients(lambda p, b, k: loss(p, b["drawn"], k), w, batch, jax.random.key(3),
+                               prepare=lambda b, k: {**b, "drawn": draw(b, k)})
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)

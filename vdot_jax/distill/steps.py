@@ -42,6 +42,7 @@ from vdot_jax.train.update import (ClippedTransform, StepPrograms, clipped_adamw
                                    state_in_host, update)
 
 PHASES = ("critic_flow", "critic_gan", "generator_dmd_ot", "generator_gan")
+_CRITIC_KEYS = {"critic_flow": 3, "critic_gan": 2}  # how many keys each critic loss splits its micro-batch key into
 _EXIT_TAG = len(PHASES)  # fold_in tag of the per-step exit index (after the phases' own tags)
 
 
@@ -151,9 +152,11 @@ class Distiller:
         return nnx.merge(self.critic_def, params)(x, t, batch["text"], batch.get("context"))
 
     def _critic_d(self, params, x, t, batch):
+        """Logits of ``x`` at ``t``; ``x`` may hold several copies of the batch (conditions tiled to match)."""
         critic = nnx.merge(self.critic_def, params)
-        double = lambda a: None if a is None else jnp.concatenate([a, a])  # noqa: E731
-        return critic.discriminate(x, jnp.concatenate([t, t]), double(batch["text"]), double(batch.get("context")))
+        copies = x.shape[0] // batch["text"].shape[0]
+        tile = lambda a: None if a is None else jnp.concatenate([a] * copies)  # noqa: E731
+        return critic.discriminate(x, t, tile(batch["text"]), tile(batch.get("context")))
 
     def _teacher_apply(self, params, x, t, text, context):
         # with mesh.teacher_memory=host, the layer scans bring the stacks in one layer at a time
@@ -211,9 +214,17 @@ class Distiller:
 
     # ---------------------------------------------------------------- phase losses: (loss, metrics)
 
+    def critic_sample(self, name: str, state, batch, key, exit_index):
+        """The micro-batch of critic phase ``name`` with its generator sample ``x_hat``, drawn with the first of
+        the keys its loss splits ``key`` into. The phases draw every micro-batch's sample before the critic's
+        gradient loop (``update``'s ``prepare``), so the frozen generator's weights cast to bf16 are dead by the
+        critic's backward (docs/scaling.md)."""
+        k_s = jax.random.split(key, _CRITIC_KEYS[name])[0]
+        return {**batch, "x_hat": jax.lax.stop_gradient(self._sample(state.generator, batch, k_s, exit_index))}
+
     def _loss_critic_flow(self, params, state, batch, key, exit_index):
-        k_s, k_t, k_e = jax.random.split(key, 3)
-        x_hat = jax.lax.stop_gradient(self._sample(state.generator, batch, k_s, exit_index))
+        _, k_t, k_e = jax.random.split(key, _CRITIC_KEYS["critic_flow"])  # the first drew x_hat (critic_sample)
+        x_hat = batch["x_hat"]
         t = sample_loss_timesteps(k_t, x_hat.shape[0], self.config.loss.timestep_shift)
         noise = jax.random.normal(k_e, x_hat.shape)
         v = self._critic_v(params, add_noise(x_hat, noise, t), t, batch)
@@ -222,20 +233,26 @@ class Distiller:
 
     def _gan_pair(self, critic_params, x_hat, batch, key, shared_noise: bool):
         """Logits (d_fake, d_real) at one GAN timestep; ``shared_noise``: real and fake get the same epsilon
-        (the release's critic step) rather than two draws (its generator step)."""
+        and go through the critic as one batch (the release's critic step, which differentiates both); else
+        two draws (its generator step), and the real videos, which carry no gradient there, take a forward of
+        their own: the backward then runs through the critic for the fake videos only (half the work and
+        the saved activations of a two-video backward)."""
         k_t, k_f, k_r = jax.random.split(key, 3)
         t = sample_gan_timesteps(k_t, x_hat.shape[0], self.config.loss.gan_timestep_shift)
         e_fake = jax.random.normal(k_f, x_hat.shape)
-        e_real = e_fake if shared_noise else jax.random.normal(k_r, x_hat.shape)
         fake = add_noise(x_hat, e_fake, t)
-        real = add_noise(batch["latents"].astype(jnp.float32), e_real, t)
-        d = self._critic_d(critic_params, jnp.concatenate([fake, real]), t, batch)
-        return jnp.split(d, 2)  # d_fake, d_real
+        latents = batch["latents"].astype(jnp.float32)
+        if shared_noise:
+            d = self._critic_d(critic_params, jnp.concatenate([fake, add_noise(latents, e_fake, t)]),
+                               jnp.concatenate([t, t]), batch)
+            return jnp.split(d, 2)  # d_fake, d_real
+        real = add_noise(latents, jax.random.normal(k_r, x_hat.shape), t)
+        d_real = jax.lax.stop_gradient(self._critic_d(critic_params, real, t, batch))
+        return self._critic_d(critic_params, fake, t, batch), d_real
 
     def _loss_critic_gan(self, params, state, batch, key, exit_index):
-        k_s, k_d = jax.random.split(key)
-        x_hat = jax.lax.stop_gradient(self._sample(state.generator, batch, k_s, exit_index))
-        d_fake, d_real = self._gan_pair(params, x_hat, batch, k_d, shared_noise=True)
+        _, k_d = jax.random.split(key, _CRITIC_KEYS["critic_gan"])  # the first drew x_hat (critic_sample)
+        d_fake, d_real = self._gan_pair(params, batch["x_hat"], batch, k_d, shared_noise=True)
         loss = losses.gan_discriminator_loss(d_real, d_fake, self.config.loss.gan_discriminator_weight)
         return loss, {"critic_gan_loss": loss, "d_real": jnp.mean(d_real), "d_fake": jnp.mean(d_fake)}
 
@@ -294,10 +311,11 @@ class Distiller:
             key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
             key = jax.random.fold_in(key, PHASES.index(name))
             exit_i = exit_index(state.rng, state.step, self.schedule.steps)
+            prepare = None if is_gen else (lambda b, k: self.critic_sample(name, state, b, k, exit_i))
             new_params, new_opt, finite, metrics = update(
                 lambda p, b, k: loss_fn(p, state, b, k, exit_i), tx, params, opt_state, self._layout(batch), key,
                 in_host=host, grad_dtype=micro_grad_dtype(self.config, self._runtimes[name.split("_")[0]]),
-                grads_in_host=grads_kept_in_host(self.config), sharding=params_sharding)
+                grads_in_host=grads_kept_in_host(self.config), sharding=params_sharding, prepare=prepare)
             metrics = {**metrics, "exit_index": exit_i.astype(jnp.float32)}
             skipped = state.skipped + (~finite).astype(jnp.int32)
             if is_gen:

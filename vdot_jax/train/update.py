@@ -87,8 +87,8 @@ def _add_layerwise(acc, g, last, accum: int):
     return jax.lax.fori_loop(0, acc.shape[0], body, acc)
 
 
-def accumulate_gradients(loss_fn: LossFn, params, batch, key: jax.Array,
-                         grad_dtype=None, grads_in_host: bool = False, sharding=None) -> tuple[jax.Array, dict, Any]:
+def accumulate_gradients(loss_fn: LossFn, params, batch, key: jax.Array, grad_dtype=None, grads_in_host: bool = False,
+                         sharding=None, prepare=None) -> tuple[jax.Array, dict, Any]:
     """(loss, metrics, grads), each the mean over the micro-batches of ``batch``. The gradient accumulator is
     the scan's carry (in the parameters' dtype): a sharding constraint on it (or on ``grads``) belongs here.
 
@@ -103,9 +103,16 @@ def accumulate_gradients(loss_fn: LossFn, params, batch, key: jax.Array,
     lives in host memory and each micro-batch's gradient is added into it one layer at a time (the same float32
     adds, the mean taken in the last one); the returned ``grads`` keep those leaves in host memory, for
     ``update`` to bring in a layer at a time. ``sharding``: the parameters' shardings, which the accumulator
-    takes."""
+    takes.
+
+    ``prepare(micro_batch, key) -> micro_batch``: what a micro-batch's loss reads without differentiating it (a
+    critic phase's generator samples), computed for every micro-batch before the gradient loop, with the key
+    that micro-batch's loss gets. Its working set -- the frozen network's weights cast to the compute dtype,
+    which XLA hoists out of any loop that reads them -- is then dead before the first backward."""
     accum = jax.tree.leaves(batch)[0].shape[0]
     keys = jax.random.split(key, accum)
+    if prepare is not None:
+        batch = jax.lax.map(lambda bk: prepare(*bk), (batch, keys))
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     work = compute_copy(params, grad_dtype)
     in_host_ = lambda path, a: grads_in_host and _layerwise(path, a)  # noqa: E731
@@ -297,14 +304,15 @@ def _streamed_update(tx: ClippedTransform, grads, opt_state, params, finite, g_n
 
 
 def update(loss_fn: LossFn, tx, params, opt_state, batch, key: jax.Array, in_host: bool = False, grad_dtype=None,
-           grads_in_host: bool = False, sharding=None):
+           grads_in_host: bool = False, sharding=None, prepare=None):
     """One optimizer update from the accumulated gradient: (params, opt_state, finite, metrics). When the loss
     or a gradient is not finite, ``params`` and ``opt_state`` come back unchanged. ``metrics`` adds
     ``grad_norm`` (of the accumulated gradient) and ``finite`` (1.0 or 0.0) to the loss's own. ``in_host``:
     ``opt_state`` arrives in host memory and goes back there. A ``ClippedTransform`` is streamed over the layers
     (module docstring); any other optax transformation is applied to the whole tree at once. ``grad_dtype``,
-    ``grads_in_host``, ``sharding`` (the parameters' shardings): as ``accumulate_gradients``'."""
-    loss, metrics, grads = accumulate_gradients(loss_fn, params, batch, key, grad_dtype, grads_in_host, sharding)
+    ``grads_in_host``, ``sharding`` (the parameters' shardings), ``prepare``: as ``accumulate_gradients``'."""
+    loss, metrics, grads = accumulate_gradients(loss_fn, params, batch, key, grad_dtype, grads_in_host, sharding,
+                                                prepare)
     if grads_in_host:  # the norm summed layer by layer: equal to optax's up to float32 rounding
         finite, g_norm = grad_stats(grads)
         finite = jnp.isfinite(loss) & finite
