@@ -1,4 +1,4 @@
-"""Stage 2 for 14B on v5p-16 (8 chips, two hosts): the smallest slice with every program under 76 GiB per chip.
+"""Stage 2 for 14B on v5p-16 (8 chips, two hosts): twice v5p-8's batch, with room in HBM and host memory.
 
     vdot train --config configs/wan14b_stage2_vace_v5p16.py --workdir gs://BUCKET/runs/wan14b_stage2
     JAX_PLATFORMS=cpu vdot plan --config configs/wan14b_stage2_vace_v5p16.py --model wan2.1-vace-14b \\
@@ -19,5 +19,6 @@ from vdot_jax.train.config import load_config
 def get_config():
     c = load_config(Path(__file__).with_name("wan14b_stage2_vace_v5p8.py"))
     c.mesh.ici = "fsdp=2,context=4"
+    c.gan.separate_real = False  # not needed here, and not compiled with fsdp=2 (libtpu crashed on it for v5e-8)
     c.train.checkpoint_every_minutes = 30.0  # a preempted Spot slice loses at most ~30 min (plus one step)
     return c

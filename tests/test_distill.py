@@ -444,11 +444,11 @@ def test_ablations_share_the_compiled_phases(tiny_run):
         d.init_state(WanModel(TINY, rngs=nnx.Rngs(0)), critic, teacher, loss_weights={"gan": 1.0})
 
 
-def test_generator_gan_sends_only_the_fake_videos_back_through_the_critic(tiny_run):
-    """The generator's GAN loss and gradient equal those of the release's one two-video critic call (fake and
-    real concatenated), while the real videos, which carry no gradient there, take a forward of their own: the
-    gradient program's matmul FLOPs drop by one video's critic backward (a real half differentiated along, or
-    conditions or timesteps tiled wrong, fails it)."""
+def test_generator_gan_with_separate_real_sends_only_the_fake_videos_back_through_the_critic(tiny_run):
+    """With ``gan.separate_real`` the generator's GAN loss and gradient equal those of the release's one
+    two-video critic call (fake and real concatenated), while the real videos, which carry no gradient there,
+    take a forward of their own: the gradient program's matmul FLOPs drop by one video's critic backward (a real
+    half differentiated along, or conditions or timesteps tiled wrong, fails it). Off, it is the one call."""
     from vdot_jax.parallel.flops import matmul_flops
 
     d, _, batch, _, _, _ = tiny_run  # a fresh state: other tests donate the run's
@@ -471,13 +471,23 @@ def test_generator_gan_sends_only_the_fake_videos_back_through_the_critic(tiny_r
                                                        two(micro["context"])), 2)
         return losses.gan_generator_loss(d_fake, d_real, d.config.loss.gan_generator_weight)
 
-    ours = lambda gen: d._loss_generator_gan(gen, state, micro, key, exit_i)[0]  # noqa: E731
-    traced = {n: jax.jit(jax.value_and_grad(f)).trace(state.generator) for n, f in (("ref", one_call), ("new", ours))}
+    def ours(separate):
+        def loss(gen):
+            d.config.gan.separate_real = separate  # read while tracing
+            try:
+                return d._loss_generator_gan(gen, state, micro, key, exit_i)[0]
+            finally:
+                d.config.gan.separate_real = False
+        return loss
+
+    traced = {n: jax.jit(jax.value_and_grad(f)).trace(state.generator)
+              for n, f in (("ref", one_call), ("joint", ours(False)), ("new", ours(True)))}
     (l_ref, g_ref), (l_new, g_new) = (traced[n].lower().compile()(state.generator) for n in ("ref", "new"))
     np.testing.assert_allclose(l_new, l_ref, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(g_new), jax.tree.leaves(g_ref)):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-7)
     flops = {n: matmul_flops(t.jaxpr.jaxpr).per_device(1) for n, t in traced.items()}
+    assert flops["joint"] == flops["ref"]  # off (the default): the release's one call
     critic_fwd = matmul_flops(jax.make_jaxpr(lambda x: nnx.merge(d.critic_def, state.critic).discriminate(
         x, jnp.full((x.shape[0],), 500.0), micro["text"], micro["context"]))(micro["latents"]).jaxpr).per_device(1)
     # the critic's weights are frozen here, so its backward is one forward's matmuls (the input gradient), not

@@ -231,24 +231,24 @@ class Distiller:
         loss = losses.flow_loss(v, noise, x_hat)
         return loss, {"critic_flow_loss": loss}
 
-    def _gan_pair(self, critic_params, x_hat, batch, key, shared_noise: bool):
+    def _gan_pair(self, critic_params, x_hat, batch, key, shared_noise: bool, separate_real: bool = False):
         """Logits (d_fake, d_real) at one GAN timestep; ``shared_noise``: real and fake get the same epsilon
-        and go through the critic as one batch (the release's critic step, which differentiates both); else
-        two draws (its generator step), and the real videos, which carry no gradient there, take a forward of
-        their own: the backward then runs through the critic for the fake videos only (half the work and
-        the saved activations of a two-video backward)."""
+        (the release's critic step) rather than two draws (its generator step). Fake and real go through the
+        critic as one batch, as the release's; ``separate_real`` (``config.gan.separate_real``, the generator
+        step): the real videos, which no gradient reaches there, take a forward of their own, so the backward
+        runs through the critic for the fake videos only (half the work and saved activations of a two-video
+        backward; docs/scaling.md)."""
         k_t, k_f, k_r = jax.random.split(key, 3)
         t = sample_gan_timesteps(k_t, x_hat.shape[0], self.config.loss.gan_timestep_shift)
         e_fake = jax.random.normal(k_f, x_hat.shape)
+        e_real = e_fake if shared_noise else jax.random.normal(k_r, x_hat.shape)
         fake = add_noise(x_hat, e_fake, t)
-        latents = batch["latents"].astype(jnp.float32)
-        if shared_noise:
-            d = self._critic_d(critic_params, jnp.concatenate([fake, add_noise(latents, e_fake, t)]),
-                               jnp.concatenate([t, t]), batch)
-            return jnp.split(d, 2)  # d_fake, d_real
-        real = add_noise(latents, jax.random.normal(k_r, x_hat.shape), t)
-        d_real = jax.lax.stop_gradient(self._critic_d(critic_params, real, t, batch))
-        return self._critic_d(critic_params, fake, t, batch), d_real
+        real = add_noise(batch["latents"].astype(jnp.float32), e_real, t)
+        if separate_real:
+            d_real = jax.lax.stop_gradient(self._critic_d(critic_params, real, t, batch))
+            return self._critic_d(critic_params, fake, t, batch), d_real
+        d = self._critic_d(critic_params, jnp.concatenate([fake, real]), jnp.concatenate([t, t]), batch)
+        return jnp.split(d, 2)  # d_fake, d_real
 
     def _loss_critic_gan(self, params, state, batch, key, exit_index):
         _, k_d = jax.random.split(key, _CRITIC_KEYS["critic_gan"])  # the first drew x_hat (critic_sample)
@@ -290,7 +290,8 @@ class Distiller:
     def _loss_generator_gan(self, params, state, batch, key, exit_index):
         k_s, k_d = jax.random.split(key)
         x_hat = self._sample(params, batch, k_s, exit_index)
-        d_fake, d_real = self._gan_pair(jax.lax.stop_gradient(state.critic), x_hat, batch, k_d, shared_noise=False)
+        d_fake, d_real = self._gan_pair(jax.lax.stop_gradient(state.critic), x_hat, batch, k_d, shared_noise=False,
+                                        separate_real=self.config.gan.separate_real)
         loss = losses.gan_generator_loss(d_fake, d_real, self.config.loss.gan_generator_weight)
         return loss, {"generator_gan_loss": loss, "g_d_real": jnp.mean(d_real), "g_d_fake": jnp.mean(d_fake)}
 
