@@ -118,32 +118,43 @@ def test_optimizer_state_ema_and_gradients_in_host_memory_give_the_same_updates(
     assert_same_state(got, want)
 
 
-def test_gradient_accumulator_in_host_memory_compiles_for_tpu_once_and_off_the_device():
-    """Compiled for v5p:2x2x1 (libtpu, no TPU), a 3-micro-batch update of a layer stack with square and
-    rectangular kernels: with ``grads_in_host`` the float32 accumulator is one host temporary of exactly its size
-    (laid out as the parameters: without their sharding XLA kept three host copies) and the device temporaries
-    drop by about that much."""
+def _v5p_stack_update(layers=8, d=1024, f=4096):
+    """What the update compile tests share: for v5p:2x2x1 (libtpu, no TPU), one layer stack of square and
+    rectangular float32 kernels split over the 4 chips, bf16 AdamW moments in host memory (as the v5p-8 config),
+    3 micro-batches of 16 rows. Returns (kernel elements per chip, params, their shardings, tx, opt, its
+    shardings, batch)."""
     pytest.importorskip("libtpu", reason="TPU compile tests need libtpu (pip install '.[tpu]')")
     import jax.numpy as jnp
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
     from vdot_jax.parallel.mesh import make_mesh, topology_devices
-    from vdot_jax.train.update import clipped_adamw, update
+    from vdot_jax.train.update import clipped_adamw
 
     mesh = make_mesh("fsdp=1,context=4", devices=topology_devices("v5p:2x2x1"))
-    split = lambda *lead: NamedSharding(mesh, P(*lead, ("fsdp", "context"), None))  # noqa: E731
-    layers, d, f = 8, 1024, 4096
+    split = NamedSharding(mesh, P(None, ("fsdp", "context"), None))
     shapes = {"q": (d, d), "up": (d, f), "down": (f, d)}
-    params = {"blocks": {k: {"kernel": jax.ShapeDtypeStruct((layers, *s), jnp.float32, sharding=split(None))}
-                         for k, s in shapes.items()}}
+    params = {"blocks": {k: {"kernel": jax.ShapeDtypeStruct((layers, *s), jnp.float32, sharding=split)}
+                         for k, s in shapes.items()}}  # a layer stack's kernels: streamed and kept in host
     psh = jax.tree.map(lambda a: a.sharding, params)
     tx = clipped_adamw(1e-3, 1.0, 0.0, 0.999, 0.0, "bfloat16")
     opt = jax.eval_shape(tx.init, params)
-    osh = jax.tree.map(lambda a: (split(None) if a.ndim == 3 else NamedSharding(mesh, P())).with_memory_kind(
+    osh = jax.tree.map(lambda a: (split if a.ndim == 3 else NamedSharding(mesh, P())).with_memory_kind(
         "pinned_host"), opt)
     opt = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), opt, osh)
     batch = jax.ShapeDtypeStruct((3, 16, d), jnp.float32, sharding=NamedSharding(mesh, P(None, ("fsdp", "context"))))
+    return layers * sum(a * b for a, b in shapes.values()) // 4, params, psh, tx, opt, osh, batch
+
+
+def test_gradient_accumulator_in_host_memory_compiles_for_tpu_once_and_off_the_device():
+    """Compiled for v5p:2x2x1 (libtpu, no TPU), a 3-micro-batch update of a layer stack with square and
+    rectangular kernels: with ``grads_in_host`` the float32 accumulator is one host temporary of exactly its size
+    (laid out as the parameters: without their sharding XLA kept three host copies) and the device temporaries
+    drop by about that much."""
+    per_chip, params, psh, tx, opt, osh, batch = _v5p_stack_update()
+    import jax.numpy as jnp
+
+    from vdot_jax.train.update import update
 
     def loss(p, b, k):
         def layer(x, w):
@@ -161,7 +172,7 @@ def test_gradient_accumulator_in_host_memory_compiles_for_tpu_once_and_off_the_d
                        donate_argnums=(0, 1)).lower(params, opt, batch).compile().memory_analysis()
 
     device, host = compiled(False), compiled(True)
-    acc = layers * sum(a * b for a, b in shapes.values()) * 4 // 4  # float32, a quarter per chip
+    acc = per_chip * 4  # float32
     assert device.host_temp_size_in_bytes == 0
     assert host.host_temp_size_in_bytes == acc
     assert host.temp_size_in_bytes <= device.temp_size_in_bytes - 0.9 * acc
@@ -172,27 +183,10 @@ def test_samples_drawn_before_the_gradient_loop_free_the_frozen_networks_bf16_co
     network (cast to bf16 layer by layer). Drawn inside the loss, XLA hoists the frozen network's bf16 cast out of
     the micro-batch loop and keeps it through every backward; drawn by ``prepare`` before the loop, the device
     temporaries drop by at least that copy (measured: 180 -> 130 MiB, the copy 36 MiB)."""
-    pytest.importorskip("libtpu", reason="TPU compile tests need libtpu (pip install '.[tpu]')")
+    per_chip, net_shape, psh, tx, opt, osh, batch = _v5p_stack_update()
     import jax.numpy as jnp
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
 
-    from vdot_jax.parallel.mesh import make_mesh, topology_devices
-    from vdot_jax.train.update import clipped_adamw, update
-
-    mesh = make_mesh("fsdp=1,context=4", devices=topology_devices("v5p:2x2x1"))
-    split = NamedSharding(mesh, P(None, ("fsdp", "context"), None))
-    layers, d, f = 8, 1024, 4096
-    shapes = {"q": (d, d), "up": (d, f), "down": (f, d)}
-    net_shape = {"blocks": {k: {"kernel": jax.ShapeDtypeStruct((layers, *s), jnp.float32, sharding=split)}
-                            for k, s in shapes.items()}}  # a layer stack's kernels: streamed and kept in host
-    psh = jax.tree.map(lambda a: a.sharding, net_shape)
-    tx = clipped_adamw(1e-3, 1.0, 0.0, 0.999, 0.0, "bfloat16")  # as the v5p-8 config: moments and gradients in host
-    opt = jax.eval_shape(tx.init, net_shape)
-    osh = jax.tree.map(lambda a: (split if a.ndim == 3 else NamedSharding(mesh, P())).with_memory_kind(
-        "pinned_host"), opt)
-    opt = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), opt, osh)
-    batch = jax.ShapeDtypeStruct((3, 16, d), jnp.float32, sharding=NamedSharding(mesh, P(None, ("fsdp", "context"))))
+    from vdot_jax.train.update import update
 
     def net(w, x):
         def layer(x, w):
@@ -218,8 +212,7 @@ def test_samples_drawn_before_the_gradient_loop_free_the_frozen_networks_bf16_co
                        donate_argnums=(0, 1)).lower(net_shape, opt, net_shape, batch).compile() \
             .memory_analysis().temp_size_in_bytes
 
-    frozen_bf16 = layers * sum(a * b for a, b in shapes.values()) * 2 // 4  # a quarter per chip
-    assert temporaries(True) <= temporaries(False) - frozen_bf16
+    assert temporaries(True) <= temporaries(False) - per_chip * 2  # the frozen network in bf16
 
 
 def test_update_with_host_state_compiles_for_tpu_with_the_moments_in_host_memory():
