@@ -43,11 +43,13 @@ def target(topology: str) -> tuple[str, int | None]:
 
 def plan_config(config, topology: str, mesh: str | None, *, frames: int, height: int, width: int,
                 model: str | None = None, log=print, keep_text: bool = False, only: tuple[str, ...] = (),
-                before_compile=None, hbm_gib: float | None = None, stop_at_refusal: bool = False):
+                before_compile=None, hbm_gib: float | None = None, stop_at_refusal: bool = False,
+                assign_only: bool = False):
     """Build the run of ``config`` on ``topology`` with ``mesh`` and compile (or lower) all its programs.
     ``before_compile(run)`` runs first (the start-up checks); it returning True stops there (Plan is None).
     ``hbm_gib`` replaces the chip's HBM as the budget a program must fit. ``stop_at_refusal`` stops at the first
-    program that does not fit, and counts FLOPs only when all fit (the search). Returns (run, Plan)."""
+    program that does not fit, and counts FLOPs only when all fit (the search); ``assign_only`` compiles TPU
+    programs only as far as the compiler's buffer assignment (``train.plan.assign_within``). Returns (run, Plan)."""
     import jax
 
     from vdot_jax.commands.common import UserError
@@ -108,7 +110,7 @@ def plan_config(config, topology: str, mesh: str | None, *, frames: int, height:
     flops = {} if stop_at_refusal else count(only)
     plan = check(run, frames, height, width, hbm_bytes=hbm, platform="cuda" if platform == "cuda" else None,
                  log=log, keep_text=keep_text, only=only, flops=flops, host_budget=host,
-                 chip=chip_of(topology, devices[0]), stop_at_refusal=stop_at_refusal)
+                 chip=chip_of(topology, devices[0]), stop_at_refusal=stop_at_refusal, assign_only=assign_only)
     if stop_at_refusal and not plan.failures():  # FLOPs only for a candidate that fits
         flops = count(tuple(r.name for r in plan.reports))
         for r in plan.reports:
@@ -171,6 +173,8 @@ def run(args) -> None:
     vary = tuple(v for v in args.vary.split(",") if v and v != "none")
     from vdot_jax.commands.plan_search import LEVERS
 
+    if args.jobs < 0:
+        raise UserError(f"--jobs must be 0 (one per core) or more, got {args.jobs}")
     if set(vary) - set(LEVERS):
         raise UserError(f"--vary takes {', '.join(LEVERS)} or none, got {args.vary}")
     if args.mesh is None and not args.check_only and platform == "tpu":
@@ -219,16 +223,20 @@ def _check_accelerator(args) -> None:
 def _search(args, config, only, vary, t0, log) -> None:
     """No --mesh: the meshes of the topology that fit, best first (``commands.plan_search``)."""
     from vdot_jax.commands.common import UserError
-    from vdot_jax.commands.plan_search import search, summary
+    from vdot_jax.commands.plan_search import default_jobs, search, summary
     from vdot_jax.errors import VdotError
     from vdot_jax.train.config import ConfigError
     from vdot_jax.train.plan import PREDICTION_NOTE, prediction_table, table
 
     try:
-        outcomes = search(plan_config, config, args.topology, len(_topology_devices(args.topology)),
+        from vdot_jax.parallel.mesh import make_mesh
+
+        devices = _topology_devices(args.topology)
+        outcomes = search(plan_config, config, args.topology, len(devices),
                           frames=args.frames, height=args.height, width=args.width,
                           model=args.model, hbm_gib=args.hbm_gib, only=only, vary=vary,
-                          skip=not args.compile_all, log=log)
+                          skip=not args.compile_all, full=args.full, jobs=args.jobs or default_jobs(),
+                          mesh_of=lambda spec: make_mesh(spec, None, devices), log=log)
     except (ConfigError, VdotError) as e:
         raise UserError(str(e)) from None
     fits, line = summary(outcomes, args.topology)
@@ -242,6 +250,10 @@ def _search(args, config, only, vary, t0, log) -> None:
             print(predicted)
     if fits:
         print(PREDICTION_NOTE)
+        if not args.full:
+            print(f"\nThese figures stop at the compiler's buffer assignment; for XLA's memory analysis of the whole "
+                  f"compile, plan one with --mesh (e.g. --mesh {fits[0].candidate.mesh} --config.model.remat="
+                  f"{fits[0].candidate.remat} --config.mesh.opt_state_memory={fits[0].candidate.opt_state_memory}).")
     print(f"\n{line}")
     print(f"searched in {time.time() - t0:.0f} s")
     if not fits:
@@ -280,10 +292,11 @@ def register(sub) -> None:
     p.add_argument("--mesh", default=None,
                    help="mesh over the topology's devices, e.g. fsdp=16,context=4. Without it (TPU topologies) plan "
                         "searches: every data/fsdp/context/tensor shape of the topology (context x tensor dividing "
-                        "the heads), with each --vary lever, compiled largest program first and stopped at the "
-                        "first that does not fit (state alone over the budget: not compiled; arguments plus "
-                        "temporaries over it: refused by the compiler at buffer assignment, its HBM capped at the "
-                        "budget); a candidate needing at least the memory of a refused one is skipped. It prints "
+                        "the heads), with each --vary lever, compiled largest program first, each only as far as the "
+                        "compiler's buffer assignment (the HBM and host memory it assigns; --full: to the end), "
+                        "several candidates at once (--jobs), and stopped at the first program that does not fit "
+                        "(state alone over the budget: not compiled); a candidate needing at least the memory of a "
+                        "refused one is skipped. It prints "
                         "the meshes that fit, best first (fewest host bytes per chip, then the largest global "
                         "batch, then the shortest predicted step per video), each with its tables; "
                         "exit 1 when none fits (one line names the closest and how far over it is). The search runs no "
@@ -316,6 +329,13 @@ def register(sub) -> None:
     p.add_argument("--compile-all", action="store_true",
                    help="search without skipping: compile every candidate, also those that need at least the memory "
                         "of a refused one by the search's model (docs/scaling.md)")
+    p.add_argument("--full", action="store_true",
+                   help="search: compile the programs of each candidate to the end and judge them by XLA's memory "
+                        "analysis, as --mesh does (slower: code generation is most of a compile), instead of only "
+                        "as far as the compiler's buffer assignment")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="search: candidates planned at once, each in a process of its own (default: one per core "
+                        "while the free memory holds 10 GiB each, at most 4)")
     p.add_argument("--check-only", action="store_true",
                    help="stop after the start-up checks (per-host layout, paths): compile nothing")
     p.add_argument("--check-accelerator", metavar="TYPE", default=None,

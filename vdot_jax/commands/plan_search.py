@@ -5,9 +5,11 @@ dividing the attention heads (Ulysses splits the heads a device holds over ``con
 dividing the video tokens, times the memory levers ``model.remat`` (offload, full) and
 ``mesh.opt_state_memory`` (host, device). Each candidate is compiled one program at a time, the largest first
 (generator_gan, critic_gan, ...), and stops at the first program that does not fit: a program whose state alone
-is over the budget is refused without compiling, and the TPU compiler, its HBM capped at the budget, refuses one
-whose arguments plus temporaries are over it at buffer assignment, before code generation
-(``train.plan.compile_within``).
+is over the budget is refused without compiling. By default each program is compiled only as far as the TPU
+compiler's buffer assignment (``train.plan.assign_within``: a few percent of a compile, on one core) and judged by
+the HBM and host memory it was assigned there; with ``full`` it is compiled to the end, its HBM capped at the
+budget (``train.plan.compile_within``), and judged by XLA's memory analysis. ``jobs`` candidates are planned at
+once, each in a worker process.
 
 The search's memory model: a candidate needs at least the device memory of another when it keeps at least as
 much state per chip (``data`` at least as large: state is split over fsdp x context x tensor, replicated over
@@ -25,6 +27,7 @@ chip), then the smallest predicted training step time per video.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -133,7 +136,8 @@ def _judge(out: Outcome, plan: Plan) -> None:
             return
         if plan.hbm_bytes and r.measured and r.peak_bytes > plan.hbm_bytes:
             out.status, out.shortfall = "refused (memory)", r.peak_bytes - plan.hbm_bytes
-            out.reason = f"{r.name} peaks at {_gib(r.peak_bytes)} GiB per chip, budget {_gib(plan.hbm_bytes)} GiB"
+            out.reason = (f"{r.name} {'is assigned' if r.assigned else 'peaks at'} {_gib(r.peak_bytes)} GiB per chip"
+                          f"{' of HBM' if r.assigned else ''}, budget {_gib(plan.hbm_bytes)} GiB")
             return
         if plan.host_budget and r.measured and r.host_bytes > plan.host_budget:
             out.status, out.shortfall = "refused (host)", r.host_bytes - plan.host_budget
@@ -143,7 +147,8 @@ def _judge(out: Outcome, plan: Plan) -> None:
     out.status = "fits"
     top = max((r for r in plan.reports if r.measured), key=lambda r: r.peak_bytes, default=None)
     if top is not None:
-        out.reason = f"largest peak {_gib(top.peak_bytes)} GiB per chip ({top.name})"
+        out.reason = (f"largest {'HBM assigned' if top.assigned else 'peak'} {_gib(top.peak_bytes)} GiB per chip "
+                      f"({top.name})")
 
 
 def rank_key(out: Outcome) -> tuple:
@@ -154,9 +159,15 @@ def rank_key(out: Outcome) -> tuple:
 
 def search(plan_config, config, topology: str, devices: int, *, frames: int, height: int, width: int,
            model: str | None = None, hbm_gib: float | None = None, only: tuple[str, ...] = (),
-           vary: tuple[str, ...] = tuple(LEVERS), skip: bool = True, log=print) -> list[Outcome]:
+           vary: tuple[str, ...] = tuple(LEVERS), skip: bool = True, full: bool = False, jobs: int = 1,
+           mesh_of=None, log=print) -> list[Outcome]:
     """Plan every candidate mesh of ``topology`` (``devices`` chips) as far as needed (see the module docstring)
-    with ``plan_config`` (``commands.plan.plan_config``); returns the outcomes in compile order."""
+    with ``plan_config`` (``commands.plan.plan_config``): each program only as far as the compiler's buffer
+    assignment, or with ``full`` to the end (XLA's memory analysis). ``jobs`` candidates are planned at once, each
+    in a process of its own (the compile up to buffer assignment runs on one core); ``mesh_of(spec)`` gives the
+    Mesh a fitting outcome's prediction table uses. Returns the outcomes in compile order."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
     from vdot_jax.errors import VdotError
     from vdot_jax.sources import model_arch
     from vdot_jax.train.config import ConfigError
@@ -177,36 +188,106 @@ def search(plan_config, config, topology: str, devices: int, *, frames: int, hei
     if log:
         log(f"search: {len(cands)} candidates on {topology} ({devices} devices; {arch.num_heads} heads, {tokens} "
             f"video tokens; remat {'/'.join(remats)}, opt_state_memory {'/'.join(opts)}); each compiles "
-            f"{', '.join(order)} in that order and stops at the first that does not fit")
-    outcomes: list[Outcome] = []
-    for i, cand in enumerate(cands, 1):
-        t0 = time.time()
-        out = Outcome(cand)
-        outcomes.append(out)
-        worse = next((o.candidate for o in outcomes[:-1]
-                      if skip and o.status == "refused (memory)" and cand.needs_at_least(o.candidate)), None)
-        if worse is not None:
-            out.status, out.reason = "skipped", f"needs at least the memory of refused {worse.describe()}"
-        else:
-            cfg = copy.deepcopy(config)
-            cfg.model.remat, cfg.mesh.opt_state_memory = cand.remat, cand.opt_state_memory
-            try:
-                run, plan = plan_config(cfg, topology, cand.mesh, frames=frames, height=height, width=width,
-                                        model=model, log=None, only=order, hbm_gib=hbm_gib, stop_at_refusal=True)
-            except (ConfigError, VdotError, ValueError) as e:
-                out.status, out.reason = "failed", str(e).splitlines()[0][:300]
-            else:
-                out.batch, out.mesh = run.batch_size, run.mesh
-                _judge(out, plan)
-                if out.fits:
-                    bounds = [predicted(plan, r) for r in plan.reports if r.name in phase_names(cfg)]
-                    if bounds and all(b is not None for b in bounds):
-                        out.per_video_bound = sum(b.seconds for b in bounds) / max(out.batch, 1)
-        out.seconds = time.time() - t0
-        if log:
-            log(f"[{i}/{len(cands)}] {cand.describe()}: {out.status}"
-                f"{': ' + out.reason if out.reason else ''} ({out.seconds:.0f} s)")
+            f"{', '.join(order)} in that order{'' if full else ' as far as buffer assignment'} and stops at the "
+            f"first that does not fit; {jobs} at a time")
+    kw = dict(frames=frames, height=height, width=width, model=model, log=None, only=order, hbm_gib=hbm_gib,
+              stop_at_refusal=True, assign_only=not full)
+    outcomes = [Outcome(c) for c in cands]
+    pool = _Inline() if jobs <= 1 else _processes(jobs)
+    running: dict = {}  # future -> (index, start time)
+    queue = list(range(len(cands)))
+    try:
+        while queue or running:
+            while queue and len(running) < max(jobs, 1):
+                i = queue.pop(0)
+                out = outcomes[i]
+                worse = next((o.candidate for o in outcomes
+                              if skip and o.status == "refused (memory)" and out.candidate.needs_at_least(o.candidate)),
+                             None)
+                if worse is not None:
+                    out.status, out.reason = "skipped", f"needs at least the memory of refused {worse.describe()}"
+                    _report(log, i, out, len(cands))
+                    continue
+                running[pool.submit(plan_candidate, plan_config, config, topology, out.candidate, kw)] = (i, time.time())
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in done:
+                i, t0 = running.pop(fut)
+                out = outcomes[i]
+                try:
+                    out.batch, plan = fut.result()
+                except (ConfigError, VdotError, ValueError) as e:
+                    out.status, out.reason = "failed", str(e).splitlines()[0][:300]
+                else:
+                    _judge(out, plan)
+                    if out.fits:
+                        out.mesh = mesh_of(out.candidate.mesh) if mesh_of else None
+                        bounds = [predicted(plan, r) for r in plan.reports if r.name in phase_names(config)]
+                        if bounds and all(b is not None for b in bounds):
+                            out.per_video_bound = sum(b.seconds for b in bounds) / max(out.batch, 1)
+                out.seconds = time.time() - t0
+                _report(log, i, out, len(cands))
+    finally:
+        _stop(pool)
     return outcomes
+
+
+def plan_candidate(plan_config, config, topology: str, cand: Candidate, kw: dict):
+    """(global batch, Plan) of one candidate: ``config`` with its levers, planned on its mesh (in a worker)."""
+    cfg = copy.deepcopy(config)
+    cfg.model.remat, cfg.mesh.opt_state_memory = cand.remat, cand.opt_state_memory
+    run, plan = plan_config(cfg, topology, cand.mesh, **kw)
+    return run.batch_size, plan
+
+
+def _report(log, i: int, out: Outcome, n: int) -> None:
+    if log:
+        log(f"[{i + 1}/{n}] {out.candidate.describe()}: {out.status}{': ' + out.reason if out.reason else ''} "
+            f"({out.seconds:.0f} s)")
+        for r in (out.plan.reports if out.plan else ()):
+            log(f"    {r.line()}")
+
+
+class _Inline:
+    """An executor that runs each job when it is submitted (one job at a time, in this process)."""
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        fut = Future()
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as e:  # noqa: BLE001 -- handed to the caller through the future, as a pool does
+            fut.set_exception(e)
+        return fut
+
+    def shutdown(self, **_) -> None:
+        pass
+
+
+def _processes(jobs: int):
+    """``jobs`` worker processes, started fresh (spawn: a forked JAX process is not safe)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _stop(pool) -> None:
+    """Cancel what has not started and end the workers now (an interrupted search must not wait for a compile)."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):  # ProcessPoolExecutor's workers
+        proc.terminate()
+
+
+def default_jobs(per_job_gib: float = 10.0) -> int:
+    """Candidates planned at once by default: one per core, as many as the free memory holds at ``per_job_gib``
+    each (a VACE-14B program up to buffer assignment took up to 9 GiB here), at most 4."""
+    try:
+        with open("/proc/meminfo") as f:
+            free = next(int(line.split()[1]) / 2**20 for line in f if line.startswith("MemAvailable"))
+    except (OSError, ValueError, StopIteration):
+        return 1
+    return max(1, min(os.cpu_count() or 1, int(free // per_job_gib), 4))
 
 
 def summary(outcomes: list[Outcome], topology: str) -> tuple[list[Outcome], str]:

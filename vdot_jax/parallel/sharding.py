@@ -141,6 +141,9 @@ class CompileReport:
     collective_bytes: float | None = None  # per device per execution, from the compiled HLO (``hlo_cost``)
     host_transfer_bytes: float | None = None  # host <-> device copies per device per execution, likewise
     measured: bool = False  # memory figures present (the backend gave a memory analysis)
+    # figures from the TPU compiler's buffer assignment, the compile stopped there (``train.plan.assign_within``):
+    # arguments + temporaries = its HBM total, host_argument + host_temp = its host-memory total; no outputs split
+    assigned: bool = False
     text: str = ""  # the lowered StableHLO, when asked for
 
     @property
@@ -162,6 +165,10 @@ class CompileReport:
                + (f"; in host memory {gib(self.host_bytes)}" if self.host_bytes else "")
                if self.measured else "memory not measured on this backend")
         flops = f", {self.step_flops / 1e12:.2f} TFLOP per step" if self.step_flops else ""
+        if self.assigned:
+            return (f"{self.name}: buffers assigned in {self.seconds:.1f} s; per device GiB: {gib(self.peak_bytes)} "
+                    f"in HBM (arguments {gib(self.argument_bytes)}, the rest temporaries and outputs)"
+                    + (f"; in host memory {gib(self.host_bytes)}" if self.host_bytes else "") + flops)
         return f"{self.name}: compiled in {self.seconds:.1f} s; {mem}{flops}"
 
 

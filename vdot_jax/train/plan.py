@@ -11,6 +11,7 @@ first step. Memory figures are XLA's ``memory_analysis`` of the compiled program
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -170,13 +171,14 @@ def step_flops(run, frames: int, height: int, width: int, only: tuple[str, ...] 
 def check(run, frames: int, height: int, width: int, *, hbm_bytes: int | None = None, platform: str | None = None,
           log: Callable[[str], None] | None = print, keep_text: bool = False, only: tuple[str, ...] = (),
           flops: dict[str, float] | None = None, host_budget: int | None = None, chip: Chip | None = None,
-          stop_at_refusal: bool = False) -> Plan:
+          stop_at_refusal: bool = False, assign_only: bool = False) -> Plan:
     """Compile (TPU, CPU) or lower (``platform="cuda"``, on a host without GPUs) every program of ``run`` (or
     those named in ``only``, in that order); ``flops`` (from ``step_flops``) go into the reports, and each
     compiled program's collective and host-transfer bytes (``parallel.hlo_cost``). ``stop_at_refusal``: stop at
     the first program that does not compile or does not fit (``vdot plan``'s search), and on a TPU with
     ``hbm_bytes`` refuse a program as soon as it is known to be over: its arguments alone without compiling, its
-    arguments plus temporaries at the compiler's buffer assignment (``compile_within``)."""
+    arguments plus temporaries at the compiler's buffer assignment (``compile_within``). ``assign_only`` (TPU):
+    compile each program only as far as the buffer assignment and report its figures (``assign_within``)."""
     plan = Plan(hbm_bytes=hbm_bytes, host_budget=host_budget, chip=chip)
     listed = {name: (jitted, args) for name, jitted, args in programs(run, frames, height, width)}
     unknown = [n for n in only if n not in listed]
@@ -200,9 +202,14 @@ def check(run, frames: int, height: int, width: int, *, hbm_bytes: int | None = 
                 if keep_text:
                     plan.texts[name] = text
         else:
-            early = stop_at_refusal and hbm_bytes and run.mesh.devices.flat[0].platform == "tpu"
-            report = compile_within(jitted, args, name, run.mesh, run.rules, hbm_bytes if early else None,
-                                    keep_text, mesh_compiler_options(run.config.mesh, run.mesh))
+            tpu = run.mesh.devices.flat[0].platform == "tpu"
+            early = stop_at_refusal and hbm_bytes and tpu
+            options = mesh_compiler_options(run.config.mesh, run.mesh)
+            if assign_only and tpu:
+                report = assign_within(jitted, args, name, run.mesh, run.rules, hbm_bytes, options)
+            else:
+                report = compile_within(jitted, args, name, run.mesh, run.rules, hbm_bytes if early else None,
+                                        keep_text, options)
             if keep_text:
                 plan.texts[name] = report.text
         report.step_flops = flops.get(name)
@@ -223,13 +230,13 @@ def check(run, frames: int, height: int, width: int, *, hbm_bytes: int | None = 
 HBM_LIMIT_OPTION = "xla_tpu_max_hbm_size_mib"
 
 
-def device_argument_bytes(args) -> int:
-    """Per-device bytes of the abstract ``args`` that live in device memory (host-memory leaves left out), without
-    the compiler's tile padding: at most what the compiled program's arguments take."""
+def device_argument_bytes(args, host: bool = False) -> int:
+    """Per-device bytes of the abstract ``args`` that live in device memory (host-memory leaves left out; with
+    ``host``, only those), without the compiler's tile padding: at most what the compiled program's arguments take."""
     total = 0
     for leaf in jax.tree.leaves(args):
         sharding = getattr(leaf, "sharding", None)
-        if getattr(sharding, "memory_kind", None) in ("pinned_host", "unpinned_host"):
+        if (getattr(sharding, "memory_kind", None) in ("pinned_host", "unpinned_host")) != host:
             continue
         shape = sharding.shard_shape(tuple(leaf.shape)) if sharding is not None else leaf.shape
         total += math.prod(shape) * jnp.dtype(leaf.dtype).itemsize
@@ -261,6 +268,52 @@ def compile_within(jitted, args, name: str, mesh, rules, budget: int | None,
         cost = hlo_cost(compiled.as_text())
         report.collective_bytes, report.host_transfer_bytes = cost.collective_bytes, cost.host_transfer_bytes
     return _out_of_memory(report, arg_bytes)
+
+
+def assign_within(jitted, args, name: str, mesh, rules, budget: int | None = None,
+                  options: dict | None = None) -> CompileReport:
+    """Compile one TPU program only as far as the compiler's buffer assignment (a few percent of the whole compile:
+    code generation, the slow part, comes after it) and report what it assigned: its HBM total (arguments plus
+    temporaries, the figure it checks against the chip's HBM) and its host-memory total, read from its memory-usage
+    report, and the collective and host-transfer bytes of the optimized HLO. It caps the HBM at 1 MiB, which no
+    program fits, so the compiler stops there; under that cap the scheduler packs buffers as tightly as it can
+    (measured at VACE-14B: 0.3-0.5% below the figure under a 39 GiB cap), the figure a chip would have to hold at
+    least. With ``budget``, a program whose arguments alone are over is not compiled (as ``compile_within``)."""
+    import glob
+    import tempfile
+
+    arg_bytes = device_argument_bytes(args)
+    if budget and arg_bytes > budget:
+        return compile_within(jitted, args, name, mesh, rules, budget, options=options)
+    with tempfile.TemporaryDirectory(prefix="vdot-assign-") as dump:
+        _, report = compile_program(jitted, *args, name=name, mesh=mesh, rules=rules, log=None, catch=True,
+                                    compiler_options={**(options or {}), HBM_LIMIT_OPTION: 1, "xla_dump_to": dump})
+        m = _OOM[0].search(report.error)
+        if report.ok or not m:  # failed before buffer assignment (its error stands), or no cap on this backend
+            return report
+        hbm = int(float(m.group(1)) * _UNITS[m.group(2)])
+        usage = {}
+        for path in glob.glob(f"{dump}/*memory-usage-report.txt"):
+            totals = _space_totals(open(path).read())
+            if totals.get(0, 0) > usage.get(0, 0):  # the program's module (the largest), not a helper's
+                usage, hlo = totals, path.replace("-memory-usage-report.txt", ".txt")
+        cost = hlo_cost(open(hlo).read()) if usage and os.path.exists(hlo) else None
+    hbm = usage.get(0, hbm)  # exact bytes where the report was written (the error rounds to 0.01 GiB)
+    host_args = device_argument_bytes(args, host=True)
+    return CompileReport(
+        name, True, report.seconds, argument_bytes=min(arg_bytes, hbm), temp_bytes=hbm - min(arg_bytes, hbm),
+        host_argument_bytes=host_args, host_temp_bytes=max(usage.get(HOST_COLOR, 0) - host_args, 0),
+        measured=True, assigned=True, collective_bytes=cost.collective_bytes if cost else None,
+        host_transfer_bytes=cost.host_transfer_bytes if cost else None)
+
+
+HOST_COLOR = 5  # TPU host memory in a buffer assignment's memory colours (the layouts' S(5))
+
+
+def _space_totals(report: str) -> dict[int, int]:
+    """Memory colour -> total bytes, from an XLA memory-usage report ("Memory Space: ... (color=N)" then
+    "Total bytes: B (...)")."""
+    return {int(c): int(b) for c, b in re.findall(r"\(color=(\d+)\)\s*\nTotal bytes: (\d+)", report)}
 
 
 _BYTES = r"\(?([\d.]+)([KMGTP]?)B?\)?"
@@ -311,10 +364,13 @@ def table(plan: Plan) -> str:
                 "yes" if r.peak_bytes <= plan.hbm_bytes else "NO")
         if plan.host_budget and r.ok and r.measured and r.host_bytes > plan.host_budget:
             fits = "NO (host)"
-        status = ("compiled" if r.measured else "lowered") if r.ok else "FAILED"
-        lines.append(f"{r.name:22s} {status:10s} {g(r.argument_bytes)} {g(r.output_bytes)} {g(r.temp_bytes)} "
-                     f"{g(r.alias_bytes)} {g(r.peak_bytes)} {g(r.host_bytes)} {tf(r)} {r.seconds:9.1f}  {fits}")
+        status = ("assigned" if r.assigned else "compiled" if r.measured else "lowered") if r.ok else "FAILED"
+        o = (lambda v: f"{'-':>8s}") if r.assigned else g  # noqa: E731 -- no outputs split at buffer assignment
+        lines.append(f"{r.name:22s} {status:10s} {g(r.argument_bytes)} {o(r.output_bytes)} {g(r.temp_bytes)} "
+                     f"{o(r.alias_bytes)} {g(r.peak_bytes)} {g(r.host_bytes)} {tf(r)} {r.seconds:9.1f}  {fits}")
     lines.append(FLOPS_NOTE)
+    if any(r.assigned for r in plan.reports):
+        lines.append(ASSIGNED_NOTE)
     return "\n".join(lines)
 
 
@@ -366,6 +422,14 @@ PREDICTION_NOTE = ("TFLOP: per chip (as above). HBM GiB: device arguments + outp
                    "amount at the chip's peak; bound = the largest (limit names it): the step cannot be faster, and "
                    "will be slower. per video (the batched sampler): FLOPs of the whole mesh per video; videos/hour = 3600 x "
                    "videos per call / bound, an upper bound on throughput")
+
+
+ASSIGNED_NOTE = ("assigned: compiled only as far as the TPU compiler's buffer assignment (the search; docs/scaling.md): "
+                 "peak = the HBM it assigned per chip (arguments, temporaries and outputs; the figure it checks "
+                 "against the chip's HBM, at buffer assignment and again at the end of compilation), host = the "
+                 "host memory it assigned. XLA's memory analysis of the whole compile (vdot plan --mesh, or --full) "
+                 "reports a larger peak for the same program -- 4-16 GiB more at VACE-14B -- and is the cautious "
+                 "figure")
 
 
 FLOPS_NOTE = ("host: bytes per chip in the host's memory, outside the peak: state kept there (mesh.opt_state_memory="
