@@ -167,6 +167,7 @@ def search(plan_config, config, topology: str, devices: int, *, frames: int, hei
     in a process of its own (the compile up to buffer assignment runs on one core); ``mesh_of(spec)`` gives the
     Mesh a fitting outcome's prediction table uses. Returns the outcomes in compile order."""
     from concurrent.futures import FIRST_COMPLETED, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     from vdot_jax.errors import VdotError
     from vdot_jax.sources import model_arch
@@ -208,7 +209,8 @@ def search(plan_config, config, topology: str, devices: int, *, frames: int, hei
                     out.status, out.reason = "skipped", f"needs at least the memory of refused {worse.describe()}"
                     _report(log, i, out, len(cands))
                     continue
-                running[pool.submit(plan_candidate, plan_config, config, topology, out.candidate, kw)] = (i, time.time())
+                job = pool.submit(plan_candidate, plan_config, config, topology, out.candidate, kw)
+                running[job] = (i, time.time())
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for fut in done:
                 i, t0 = running.pop(fut)
@@ -217,6 +219,10 @@ def search(plan_config, config, topology: str, devices: int, *, frames: int, hei
                     out.batch, plan = fut.result()
                 except (ConfigError, VdotError, ValueError) as e:
                     out.status, out.reason = "failed", str(e).splitlines()[0][:300]
+                except BrokenProcessPool:
+                    raise VdotError(f"a search worker ended without a result while planning "
+                                    f"{out.candidate.describe()} (killed for memory?); search with fewer at a time "
+                                    "(--jobs 1)") from None
                 else:
                     _judge(out, plan)
                     if out.fits:
@@ -281,7 +287,7 @@ def _stop(pool) -> None:
 
 def default_jobs(per_job_gib: float = 10.0) -> int:
     """Candidates planned at once by default: one per core, as many as the free memory holds at ``per_job_gib``
-    each (a VACE-14B program up to buffer assignment took up to 9 GiB here), at most 4."""
+    each (a worker planning VACE-14B up to buffer assignment peaked at 5.8 GiB here), at most 4."""
     try:
         with open("/proc/meminfo") as f:
             free = next(int(line.split()[1]) / 2**20 for line in f if line.startswith("MemAvailable"))
