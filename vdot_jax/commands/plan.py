@@ -235,7 +235,8 @@ def _search(args, config, only, vary, t0, log) -> None:
         outcomes = search(plan_config, config, args.topology, len(devices),
                           frames=args.frames, height=args.height, width=args.width,
                           model=args.model, hbm_gib=args.hbm_gib, only=only, vary=vary,
-                          skip=not args.compile_all, full=args.full, jobs=args.jobs or default_jobs(),
+                          skip=not args.compile_all, full=args.full,
+                          jobs=args.jobs or (1 if args.full else default_jobs()),
                           mesh_of=lambda spec: make_mesh(spec, None, devices), log=log)
     except (ConfigError, VdotError) as e:
         raise UserError(str(e)) from None
@@ -335,7 +336,8 @@ def register(sub) -> None:
                         "as far as the compiler's buffer assignment")
     p.add_argument("--jobs", type=int, default=0,
                    help="search: candidates planned at once, each in a process of its own (default: one per core "
-                        "while the free memory holds 10 GiB each, at most 4)")
+                        "while the free memory holds 10 GiB each, at most 4; with --full, 1: code generation "
+                        "already uses every core, and a whole VACE-14B compile took up to 15 GiB)")
     p.add_argument("--check-only", action="store_true",
                    help="stop after the start-up checks (per-host layout, paths): compile nothing")
     p.add_argument("--check-accelerator", metavar="TYPE", default=None,
