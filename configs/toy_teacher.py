@@ -12,7 +12,14 @@ exactly and, at its end, stops it (SIGTERM saves) and commits the folder:
 
     vdot convert --src vdot_jax/assets/toy_teacher --dst runs/toy_teacher_shipped --dtype float32   # its start
     vdot train --config configs/toy_teacher.py:long --workdir teacher_run        # resumes at the saved step
-    vdot demo --probe-teacher teacher_run --out OUT      # 50 vs 4 steps on held-out clips (docs/demo/teacher_probe.*)
+    vdot demo --probe-teacher teacher_run --seeds 3 --out OUT   # 50 vs 4 steps on held-out clips (docs/demo/teacher_probe.*)
+
+Stage ``wide`` (issue 26, route (b)): the same recipe from scratch at twice the width (dim 128, 4 heads of 32,
+ffn 512), tracked and resumed across sessions the same way (``teacher_wide_run/``, probed into
+``docs/demo/wide/``); stage 3 stopped at its step 26,087 when the 3-seed probe showed its plateau:
+
+    vdot train --config configs/toy_teacher.py:wide --workdir teacher_wide_run   # resumes at the saved step
+    vdot demo --probe-teacher teacher_wide_run --seeds 3 --out OUT      # copy docs/demo/wide/teacher_probe.json in first
 
 Stage 2 starts from stage 1's EMA (``model.teacher = runs/toy_teacher`` with ``teacher_ema``; the stage-1 weights
 shipped before, converted with ``vdot convert --src <that folder> --dst D --dtype float32`` and given as
@@ -46,8 +53,9 @@ from vdot_jax.train.config import base_config
 
 
 def get_config(stage: str = "scratch"):
-    if stage not in ("scratch", "continue", "long"):
-        raise ValueError(f"configs/toy_teacher.py takes the stage 'scratch', 'continue' or 'long', not {stage!r}.")
+    if stage not in ("scratch", "continue", "long", "wide"):
+        raise ValueError(f"configs/toy_teacher.py takes the stage 'scratch', 'continue', 'long' or 'wide', not "
+                         f"{stage!r}.")
     c = base_config()
     c.mode = "flow"
     c.seed = 0
@@ -116,6 +124,20 @@ def get_config(stage: str = "scratch"):
         c.flow.ema_decay = 0.9995  # a long run: average over ~2,000 steps
         c.flow.ema_start = 0
         c.train.steps = 30000
+        c.train.checkpoint_every = 500
+        c.train.keep = 1
+        c.train.plot_every = 500
+        c.sample.every = 0
+    if stage == "wide":
+        # Route (b) of issue 26: stage 3 left the 64-wide model's 50-step fragmentation where it was over its last
+        # 10,000 steps, so capacity is the next lever: twice the width (4 heads of 32, 4x the parameters, 1.9x the
+        # time per step on 2 CPU cores), from scratch, the same world and data. Its workdir is tracked like
+        # stage 3's (teacher_wide_run/), the schedule fixed up front for one exactly resumable long run.
+        c.seed = 3
+        c.model.arch.update(dim=128, ffn_dim=512, num_heads=4)
+        c.flow.ema_decay = 0.999
+        c.flow.ema_start = 500
+        c.train.steps = 24000
         c.train.checkpoint_every = 500
         c.train.keep = 1
         c.train.plot_every = 500

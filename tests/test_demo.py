@@ -125,6 +125,12 @@ def test_teacher_config_stages_match_the_shipped_teacher():
     long = load_config("configs/toy_teacher.py:long")  # issue 26: the shipped weights trained on, exactly resumable
     assert long.model.teacher == "runs/toy_teacher_shipped" and not long.model.teacher_ema
     assert long.seed not in (scratch.seed, cont.seed) and long.train.steps == 30000 and long.train.keep == 1
+    wide = load_config("configs/toy_teacher.py:wide")  # route (b): twice the width, from scratch, same world
+    arch, base = model_arch(wide), model_arch(scratch)
+    assert (arch.dim, arch.ffn_dim, arch.num_heads) == (2 * base.dim, 2 * base.ffn_dim, 2 * base.num_heads)
+    assert arch.dim // arch.num_heads == base.dim // base.num_heads and arch.num_layers == base.num_layers
+    assert not wide.model.teacher and wide.data.toy.to_dict() == scratch.data.toy.to_dict()
+    assert wide.seed not in (scratch.seed, cont.seed, long.seed) and wide.train.keep == 1
     with pytest.raises((ValueError, ConfigError), match="scratch"):
         load_config("configs/toy_teacher.py:wider")
 
@@ -136,16 +142,23 @@ def test_teacher_probe_table_marks_where_50_steps_win(tmp_path):
     row = lambda acc, frag: {"all/attr_acc": acc, "all/detect": 0.5, "all/fragmented": frag,  # noqa: E731
                              "all/artifact": 0.1}
     # step 4,750: 50 steps more accurate but more fragmented; 9,750: better on both (fragmented: lower is better)
-    probes = {"9750": {"rows": {fifty: row(0.6, 0.3), four: row(0.5, 0.4)}},
+    sd = lambda acc, frag: {"all/attr_acc": acc, "all/detect": 0.0, "all/fragmented": frag,  # noqa: E731
+                            "all/artifact": 0.0}
+    # 9,750 over 3 seeds: the accuracy gap (0.1) exceeds the sds (0.02 + 0.03), the fragmentation gap (0.1) not
+    probes = {"9750": {"seeds": 3, "rows": {fifty: row(0.6, 0.3), four: row(0.5, 0.4)},
+                       "sd": {fifty: sd(0.02, 0.06), four: sd(0.03, 0.05)},
+                       "per_seed": [{fifty: row(0.6, 0.3), four: row(0.5, 0.4)}] * 3},
               "4750": {"rows": {fifty: row(0.6, 0.7), four: row(0.5, 0.5)}}}
     _draw_probes(tmp_path, probes)
     lines = [ln for ln in (tmp_path / "teacher_probe.md").read_text().splitlines() if ln.startswith("| 4,750")
              or ln.startswith("| 9,750")]
-    assert [ln.split(" | ")[:2] for ln in lines] == [["| 4,750", fifty], ["| 4,750", four], ["| 9,750", fifty],
-                                                     ["| 9,750", four]]  # sorted by step, 50 then 4
-    cells = [ln.strip("| ").split(" | ")[2:] for ln in lines]
+    assert [ln.split(" | ")[:3] for ln in lines] == [["| 4,750", "1", fifty], ["| 4,750", "1", four],
+                                                     ["| 9,750", "3", fifty], ["| 9,750", "3", four]]  # by step
+    cells = [ln.strip("| ").split(" | ")[3:] for ln in lines]
     assert len(cells[0]) == len(PROBE_KEYS)
-    assert cells[0][0] == "**0.600**" and cells[0][2] == "0.700" and cells[2][2] == "**0.300**"
+    assert cells[0][0] == "**0.600**" and cells[0][2] == "0.700"  # one seed: no spread, no star
+    assert cells[2][0] == "**0.600*** ± 0.020" and cells[2][2] == "**0.300** ± 0.060"  # * only beyond the sds
+    assert cells[3][0] == "0.500 ± 0.030"
     assert cells[0][1] == "0.500" and not any("**" in c for c in cells[1] + cells[3])  # a tie is not a win
     assert (tmp_path / "teacher_probe.png").stat().st_size > 0
 

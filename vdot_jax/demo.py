@@ -782,10 +782,13 @@ PROBE_KEYS = ["all/attr_acc", "all/detect", "all/fragmented", "all/artifact"]
 SHIPPED_STEPS = 4750  # training steps behind the shipped teacher (stage 1 4,000 + stage 2 750)
 
 
-def probe_teacher(out_dir: str | os.PathLike, teacher=None, log: Callable[[str], None] = _log) -> dict:
+def probe_teacher(out_dir: str | os.PathLike, teacher=None, log: Callable[[str], None] = _log,
+                  seeds: int = 1) -> dict:
     """A lighter ``sweep_teacher``: the teacher at ``teacher`` (a workdir -- its EMA at the newest step -- or a model
-    folder; default the shipped one) at 50 and 4 steps with the demo's CFG, on the sweep's held-out clips. The
-    row is added to OUT/teacher_probe.json under its training step (counted from stage 1's start), and
+    folder; default the shipped one) at 50 and 4 steps with the demo's CFG, on the sweep's held-out clips, with
+    sampling noise seeds 0 .. seeds-1 (means, and sample sds when seeds > 1: the spread the 3-seed report's
+    teacher rows have). The row is added to OUT/teacher_probe.json under its training step (counted from stage
+    1's start for the shipped teacher and runs that start from it; a run from scratch counts its own), and
     OUT/teacher_probe.md / .png are re-drawn over every row there, so probing each checkpoint draws the curve."""
     from flax import nnx
 
@@ -794,8 +797,9 @@ def probe_teacher(out_dir: str | os.PathLike, teacher=None, log: Callable[[str],
     total = SHIPPED_STEPS
     if teacher is not None:
         src = resolve(teacher, ema=True)
-        if src.kind == "workdir":
-            total += src.step
+        if src.kind == "workdir":  # a run from scratch (stage 'wide') counts its own steps; one from a teacher
+            started = json.loads((Path(teacher) / "config.json").read_text())["model"].get("teacher")
+            total = (SHIPPED_STEPS if started else 0) + src.step  # (stage 3) adds the shipped teacher's
         model = load_transformer(teacher, ema=True)
     else:
         model = load_teacher()
@@ -806,10 +810,18 @@ def probe_teacher(out_dir: str | os.PathLike, teacher=None, log: Callable[[str],
     graphdef, params = nnx.split(model)
     ev = eval_set(plan)
     methods = {_teacher_name(n, g, s): (params, n, s, g) for n, g, s in PROBE_SETTINGS}
-    rows, _ = evaluate_methods(plan, graphdef, methods, ev, log)
+    runs = []
+    for seed in range(int(seeds)):  # one compiled sampler per step count: the seed only changes the noise
+        log(f"teacher probe: sampling noise seed {seed}")
+        runs.append(evaluate_methods(dataclasses.replace(plan, seed=seed), graphdef, methods, ev, log)[0])
+    rows, sds = aggregate(runs)
     path = out / "teacher_probe.json"
     probes = json.loads(path.read_text()) if path.exists() else {}
-    probes[str(total)] = {"teacher": str(teacher or "shipped"), "minutes": (time.time() - t0) / 60, "rows": rows}
+    probes[str(total)] = {"teacher": str(teacher or "shipped"), "minutes": (time.time() - t0) / 60,
+                          "seeds": len(runs), "rows": rows}
+    if len(runs) > 1:  # the sds, and each seed's probe metrics: the curve follows noise seed 0 across probes
+        probes[str(total)]["sd"] = sds
+        probes[str(total)]["per_seed"] = [{n: {k: r[n][k] for k in PROBE_KEYS} for n in r} for r in runs]
     path.write_text(json.dumps(probes, indent=2, default=float))
     _draw_probes(out, probes)
     log(f"teacher probe at step {total}: wrote {out / 'teacher_probe.md'}")
@@ -822,30 +834,44 @@ def _draw_probes(out: Path, probes: dict) -> None:
     headers = dict((k, h) for k, h, _ in SUMMARY)
     lines = ["# The toy teacher over training: 50 vs 4 steps at the same CFG",
              "",
-             f"`vdot demo --probe-teacher PATH` on the held-out clips of `teacher_sweep.md` (evaluation seed "
-             f"{HOLDOUT_SEED}), sampling noise seed 0. "
-             "A metric is **bold** where the 50-step row is better than the 4-step row.",
+             f"`vdot demo --probe-teacher PATH [--seeds N]` on the held-out clips of `teacher_sweep.md` (evaluation "
+             f"seed {HOLDOUT_SEED}), sampling noise seeds 0 .. N-1: the mean, and ± the sample sd over the seeds "
+             "where N > 1. A metric is **bold** where the 50-step row is better than the 4-step row, with * where "
+             "the difference exceeds the two sds together (the report's rule).",
              "",
-             "| training step | sampler | " + " | ".join(headers[k] for k in PROBE_KEYS) + " |",
-             "|---|---|" + "---|" * len(PROBE_KEYS)]
+             "| training step | seeds | sampler | " + " | ".join(headers[k] for k in PROBE_KEYS) + " |",
+             "|---|---|---|" + "---|" * len(PROBE_KEYS)]
     for st in steps:
-        rows = probes[st]["rows"]
+        rows, sds = probes[st]["rows"], probes[st].get("sd", {})
         for name in names:
             cells = []
             for k in PROBE_KEYS:
                 v = rows[name][k]
-                better = goodness(k, rows[names[0]][k]) > goodness(k, rows[names[1]][k])
-                cells.append(f"**{v:.3f}**" if better and name == names[0] else f"{v:.3f}")
-            lines.append(f"| {int(st):,} | {name} | " + " | ".join(cells) + " |")
+                a, b = rows[names[0]][k], rows[names[1]][k]
+                cell = f"{v:.3f}"
+                if name == names[0] and goodness(k, a) > goodness(k, b):
+                    cell = f"**{cell}**"
+                    if sds and abs(a - b) > sds[names[0]][k] + sds[names[1]][k]:
+                        cell += "*"
+                if sds:
+                    cell += f" ± {sds[name][k]:.3f}"
+                cells.append(cell)
+            lines.append(f"| {int(st):,} | {probes[st].get('seeds', 1)} | {name} | " + " | ".join(cells) + " |")
     (out / "teacher_probe.md").write_text("\n".join(lines) + "\n")
     from vdot_jax.eval.report import _plt
 
     plt = _plt()
     fig, axes = plt.subplots(1, len(PROBE_KEYS), figsize=(4 * len(PROBE_KEYS), 3), squeeze=False)
     x = [int(s) for s in steps]
+    several = [s for s in steps if "per_seed" in probes[s]]
     for ax, k in zip(axes[0], PROBE_KEYS):
-        for name in names:
-            ax.plot(x, [probes[s]["rows"][name][k] for s in steps], marker="o", label=name)
+        for i, name in enumerate(names):
+            first = [probes[s]["per_seed"][0][name][k] if s in several else probes[s]["rows"][name][k] for s in steps]
+            ax.plot(x, first, marker="o", color=f"C{i}", label=f"{name}: noise seed 0")
+            if several:
+                ax.errorbar([int(s) for s in several], [probes[s]["rows"][name][k] for s in several],
+                            yerr=[probes[s]["sd"][name][k] for s in several], fmt="s", mfc="none", capsize=4,
+                            color=f"C{i}", label="squares: mean ± sd over the probe's seeds" if i == 0 else None)
         ax.set_title(headers[k] + (" (lower is better)" if k in LOWER_IS_BETTER else ""))
         ax.set_xlabel("teacher training step")
     axes[0][0].legend(fontsize=7)

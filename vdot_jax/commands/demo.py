@@ -30,7 +30,7 @@ def run(args) -> None:
         sweep_teacher(args.out)
         return
     if args.probe_teacher:
-        probe_teacher(args.out, None if args.probe_teacher == "shipped" else args.probe_teacher)
+        probe_teacher(args.out, None if args.probe_teacher == "shipped" else args.probe_teacher, seeds=args.seeds)
         return
     if args.rescore:
         try:
@@ -65,7 +65,8 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="distillation steps per student (default 150)")
     p.add_argument("--seeds", type=int, default=1,
                    help="distil every student with this many seeds and report mean ± sd per metric, marking the "
-                        "differences larger than the spread (default 1: single-seed margins; 3 takes ~3x as long)")
+                        "differences larger than the spread (default 1: single-seed margins; 3 takes ~3x as long); "
+                        "with --probe-teacher: sample the teacher with this many noise seeds")
     p.add_argument("--keep-clips", action="store_true",
                    help="also write every method's evaluation clips (OUT/clips_seed<N>.npz, ~25 MB per seed) so that "
                         "--rescore can re-make the report later")
@@ -78,6 +79,7 @@ def register(sub) -> None:
     p.add_argument("--probe-teacher", metavar="PATH", default=None,
                    help="instead: sample the teacher at PATH (a vdot train workdir -- its EMA at the newest step -- or "
                         "a model folder; 'shipped' for the shipped one) at 50 and 4 steps with the demo's CFG on the "
-                        "held-out clips, add the row to OUT/teacher_probe.json and re-draw OUT/teacher_probe.md/.png "
-                        "(how docs/demo/teacher_probe.* are made, one checkpoint at a time)")
+                        "held-out clips (--seeds noise seeds: mean ± sd), add the row to OUT/teacher_probe.json and "
+                        "re-draw OUT/teacher_probe.md/.png (how docs/demo/teacher_probe.* are made, one checkpoint at "
+                        "a time)")
     p.set_defaults(func=run)
