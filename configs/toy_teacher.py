@@ -12,14 +12,14 @@ exactly and, at its end, stops it (SIGTERM saves) and commits the folder:
 
     vdot convert --src vdot_jax/assets/toy_teacher --dst runs/toy_teacher_shipped --dtype float32   # its start
     vdot train --config configs/toy_teacher.py:long --workdir teacher_run        # resumes at the saved step
-    vdot demo --probe-teacher teacher_run --seeds 3 --out OUT   # 50 vs 4 steps on held-out clips (docs/demo/teacher_probe.*)
+    vdot demo --probe-teacher teacher_run --seeds 3 --out OUT   # 50 vs 4 steps, held out (docs/demo/teacher_probe.*)
 
 Stage ``wide`` (issue 26, route (b)): the same recipe from scratch at twice the width (dim 128, 4 heads of 32,
 ffn 512), tracked and resumed across sessions the same way (``teacher_wide_run/``, probed into
 ``docs/demo/wide/``); stage 3 stopped at its step 26,087 when the 3-seed probe showed its plateau:
 
     vdot train --config configs/toy_teacher.py:wide --workdir teacher_wide_run   # resumes at the saved step
-    vdot demo --probe-teacher teacher_wide_run --seeds 3 --out OUT      # copy docs/demo/wide/teacher_probe.json in first
+    vdot demo --probe-teacher teacher_wide_run --seeds 3 --out OUT   # copy docs/demo/wide/teacher_probe.json in first
 
 Stage 2 starts from stage 1's EMA (``model.teacher = runs/toy_teacher`` with ``teacher_ema``; the stage-1 weights
 shipped before, converted with ``vdot convert --src <that folder> --dst D --dtype float32`` and given as
