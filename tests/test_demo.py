@@ -204,3 +204,33 @@ def test_seeds_report_path_with_stub_training(tmp_path, monkeypatch):
     assert rescored["student VDOT"]["all/attr_acc"] == 1.0 and rescored["student VDOT"]["nfe"] == 4
     assert "| student VDOT | 4 ± 0 | 0.100 ± 0.000 | 1.000 ± 0.000 |" in (tmp_path / "report.md").read_text()
     assert len(json.loads((tmp_path / "metrics_per_seed.json").read_text())) == 2
+
+
+def test_distill_runs_only_the_named_variants_and_reports_every_step():
+    """The loop bench/demo_student_curve.py drives: ``variants`` picks the students (a loop that ignored it would
+    train three), ``after_step`` sees each student's state after every step with the count of steps done (an
+    off-by-one or a call per phase would show), and the returned students are the final states' generators. A
+    stand-in distiller keeps it free of compiles; the teacher, critic and data pipeline are the real ones."""
+    import dataclasses
+
+    from vdot_jax.demo import distill, load_teacher
+
+    class State:
+        def __init__(self, n):
+            self.generator, self.n = f"gen{n}", n
+
+    class Stub:
+        def init_state(self, *a, **k):
+            return State(0)
+
+        def train_step(self, state, batch, use_gan):
+            assert batch["latents"].shape[1] == 2  # the plan's batch, from the real pipeline
+            return State(state.n + 1), {"critic_flow_loss": float(state.n)}
+
+    seen = []
+    plan = dataclasses.replace(DemoPlan.quick(), steps=3)
+    students, hist, _ = distill(plan, load_teacher(), log=lambda s: None, distiller=Stub(),
+                                variants={"student OT only"}, after_step=lambda *a: seen.append((a[0], a[1], a[2].n)))
+    assert list(students) == ["student OT only"] and students["student OT only"] == "gen3"
+    assert seen == [("student OT only", k, k) for k in (1, 2, 3)]
+    assert hist["student OT only"]["critic_flow_loss"] == [0.0, 1.0, 2.0]

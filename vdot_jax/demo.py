@@ -143,9 +143,12 @@ def make_batches(plan: DemoPlan, with_context: bool = True):
         yield arrays
 
 
-def distill(plan: DemoPlan, teacher, log: Callable[[str], None] = _log, distiller=None):
-    """Train the three students; returns ({variant: generator params}, {variant: metric history}, distiller).
-    Pass the returned distiller back for another seed: its compiled phases are reused."""
+def distill(plan: DemoPlan, teacher, log: Callable[[str], None] = _log, distiller=None, variants=None,
+            after_step: Callable | None = None):
+    """Train the three students (or the ``variants`` named); returns ({variant: generator params}, {variant:
+    metric history}, distiller). Pass the returned distiller back for another seed: its compiled phases are
+    reused. ``after_step(name, steps_done, state)`` is called after every step (bench/demo_student_curve.py
+    evaluates the student along the way)."""
     from flax import nnx
 
     from vdot_jax.distill.critic import critic_from_teacher
@@ -158,6 +161,8 @@ def distill(plan: DemoPlan, teacher, log: Callable[[str], None] = _log, distille
     distiller = distiller or Distiller(teacher, critic, teacher, config)
     students, histories = {}, {}
     for name, (weights, use_gan) in VARIANTS.items():
+        if variants is not None and name not in variants:
+            continue
         state = distiller.init_state(teacher, critic, teacher, seed=plan.seed, loss_weights=weights)
         batches = make_batches(plan)
         history: dict[str, list[float]] = {}
@@ -166,6 +171,8 @@ def distill(plan: DemoPlan, teacher, log: Callable[[str], None] = _log, distille
             state, metrics = distiller.train_step(state, next(batches), use_gan=use_gan)
             for k, v in metrics.items():
                 history.setdefault(k, []).append(float(v))
+            if after_step is not None:
+                after_step(name, step + 1, state)
             if step % max(1, plan.steps // 10) == 0 or step == plan.steps - 1:
                 shown = {k: round(v[-1], 4) for k, v in history.items() if is_curve(k)}
                 log(f"  {name}: step {step + 1}/{plan.steps} {shown} ({time.time() - t0:.0f} s)")
