@@ -60,8 +60,7 @@ def main(argv=None) -> dict:
         return {k: float(metrics[k]) for k in KEYS}
 
     if args.with_teacher:
-        methods = {k: v for k, v in D._eval_methods(plan, teacher_params, {}).items()}
-        rows, _ = D.evaluate_methods(plan, graphdef, methods, ev)
+        rows, _ = D.evaluate_methods(plan, graphdef, D._eval_methods(plan, teacher_params, {}), ev)
         result["teacher_rows"] = {n: row(r) for n, r in rows.items()}
 
     t0 = time.time()
