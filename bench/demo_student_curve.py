@@ -23,9 +23,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from common import write_json  # noqa: E402
 
-KEYS = ["all/attr_acc", "all/detect", "all/fragmented", "all/artifact", "all/sharpness", "edit/kept_psnr",
-        "control/control_iou", "all/sinkhorn", "coverage/tv", "sec_per_clip"]
-
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -56,8 +53,10 @@ def main(argv=None) -> dict:
     result = {"teacher": args.teacher or "shipped", "model": teacher.cfg.describe(), "variant": args.variant,
               "plan": dataclasses.asdict(plan), "clips": len(ev.batch.task), "curve": {}, "teacher_rows": {}}
 
+    keys = [k for k, _, _ in D.SUMMARY if k != "nfe"]  # the report's columns
+
     def row(metrics):
-        return {k: float(metrics[k]) for k in KEYS}
+        return {k: float(metrics[k]) for k in keys}
 
     if args.with_teacher:
         rows, _ = D.evaluate_methods(plan, graphdef, D._eval_methods(plan, teacher_params, {}), ev)
