@@ -33,6 +33,7 @@ setup(
             "onnx==1.23.2",
             "pytest>=8.0",
             "pytest-xdist>=3.5",
+            "pytest-timeout>=2.3",  # a hung test fails with every thread's stack instead of stalling CI (pytest.ini)
             "libtpu==0.0.42.*",  # TPU compile tests (tests/test_tpu.py) on a CPU host
         ],
         "torch": ["torch==2.13.0"],

@@ -44,6 +44,8 @@ def pytest_collection_modifyitems(config, items):
     groups = [[] for _ in HEAVY]
     light = []
     for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.timeout(0))
         g = _heavy_group(item)
         (light if g == len(HEAVY) else groups[g]).append(item)
     first = [it for g in groups[0::2] for it in g]
