@@ -1,6 +1,10 @@
 """Test setup: 8 fake CPU devices (for mesh tests), fast CPU compilation, fp32-exact matmuls."""
 
 import os
+import socket
+import subprocess
+import tempfile
+import time
 
 # Tests are dominated by XLA compile time on CPU: the classic (non-fusion-emitter) CPU codegen at LLVM
 # optimisation level 0 compiles the training phases ~5x faster, for ~1.6x slower tiny kernels.
@@ -12,6 +16,42 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_together(argvs, envs, *, timeout: float, **popen) -> list[tuple[int, str, str]]:
+    """Start the commands at once (the processes of one multi-process run) and wait for all: -> [(returncode,
+    stdout, stderr)]. Each writes to its own files, not a pipe: one blocked on a full pipe while its peer is waited
+    for would leave the peer waiting in a collective. Past ``timeout`` s all are killed and the test fails with
+    their output."""
+    files = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in argvs]
+    procs = [subprocess.Popen(a, env=e, stdout=o, stderr=r, text=True, **popen)
+             for a, e, (o, r) in zip(argvs, envs, files)]
+    deadline, late = time.time() + timeout, False
+    try:
+        for p in procs:
+            p.wait(timeout=max(deadline - time.time(), 0.1))
+    except subprocess.TimeoutExpired:
+        late = True
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    out = []
+    for p, (o, r) in zip(procs, files):
+        o.seek(0), r.seek(0)
+        out.append((p.returncode, o.read(), r.read()))
+        o.close(), r.close()
+    if late:
+        pytest.fail(f"the {len(procs)} processes did not all finish within {timeout} s:\n"
+                    + "\n".join((o + e)[-3000:] for _, o, e in out))
+    return out
 
 
 # The longest tests (from `--durations`, ~30-200 s each on 2 cores), in groups that share a module fixture. With

@@ -238,7 +238,6 @@ def test_annotator_refusals_write_nothing(tmp_path, video, capsys, monkeypatch):
 # ----------------------------------------------------------------------------- vdot precompute --annotate
 
 
-@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
 def test_precompute_annotate_rows_resumable_sharded_bad_rows_counted(tmp_path, depth_model, capsys):
     from pathlib import Path
 

@@ -13,8 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 PIL_Image = pytest.importorskip("PIL.Image")
-pytestmark = [pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning"),  # imageio-ffmpeg's subprocess, JAX loaded
-              pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 from vdot_jax import conditions as C  # noqa: E402
 from vdot_jax.data import video_io  # noqa: E402

@@ -12,8 +12,6 @@ import pytest
 from flax import nnx
 
 pytest.importorskip("imageio")
-pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
-
 from vdot_jax.cli import main as vdot  # noqa: E402
 from vdot_jax.data import video_io  # noqa: E402
 from vdot_jax.eval import benchmark as B  # noqa: E402

@@ -16,8 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
-pytestmark = [pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning"),
-              pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 from oracles import run_diffusers, state_numpy, tiny_vace_pipeline  # noqa: E402
 from vdot_jax.cli import main as vdot  # noqa: E402
@@ -151,6 +150,13 @@ def test_workdir_to_jax_and_diffusers(workdir, tmp_path, capsys):
     ctx = r.normal(size=(1, cfg.vace_in_channels, 2, 4, 4)).astype(np.float32)
     np.testing.assert_allclose(run_diffusers(theirs, x, t, text, ctx), np.asarray(trained(x, t, text, ctx)),
                                atol=1e-5)
+    # the workdir's model is placed as its export's is (uncommitted, on the default device), so both feed the same
+    # compiled programs; leaves bound to the mesh the run saved with made every demo program compile again
+    from vdot_jax import sources
+
+    mine, exported = (flat_state(sources.load_transformer(p)) for p in (workdir, tmp_path / "hf"))
+    for p, a in mine.items():
+        assert (a.committed, a.sharding) == (exported[p].committed, exported[p].sharding), p
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -22,8 +22,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 imageio = pytest.importorskip("imageio")
-pytestmark = [pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning"),  # imageio-ffmpeg's subprocess, JAX loaded
-              pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 from oracles import tiny_vace_pipeline  # noqa: E402
 from vdot_jax import conditions as C  # noqa: E402
@@ -529,28 +528,24 @@ def test_batch_bad_rows_are_skipped_and_reported(oracle, files, tmp_path, capsys
 
 def test_batch_two_processes_write_each_row_once(oracle, tmp_path):
     import os
-    import socket
-    import subprocess
     import sys
     from pathlib import Path
 
-    from conftest import FAST_COMPILE
+    from conftest import FAST_COMPILE, free_port, run_together
 
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps(dict(prompt=PROMPT, seed=i, frames=5)) + "\n" for i in range(6)))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = tmp_path / "videos"
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count=2 {FAST_COMPILE}",
                VDOT_COORDINATOR=f"127.0.0.1:{port}", VDOT_NUM_PROCESSES="2")
     cmd = [sys.executable, "-m", "vdot_jax.cli", "generate", "--model", str(oracle[2]), "--batch", str(rows),
            "--out", str(out), "--height", str(H), "--width", str(W), "--mesh", "data=2"]
-    procs = [subprocess.Popen(cmd, env=dict(env, VDOT_PROCESS_ID=str(i)), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1]) for i in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (o, e) in zip(procs, outs):
-        assert p.returncode == 0, e[-3000:]
+    done = run_together([cmd] * 2, [dict(env, VDOT_PROCESS_ID=str(i)) for i in range(2)], timeout=600,
+                        cwd=Path(__file__).parents[1])
+    for rc, _, e in done:
+        assert rc == 0, e[-3000:]
+    outs = [(o, e) for _, o, e in done]
     # each host sampled its three rows (lines 1, 3, 5 and 2, 4, 6) in one call of two on its own two devices
     outs = [(o.strip().splitlines()[-1], e) for o, e in outs]  # (gloo prints its connections to stdout first)
     for i, (o, e) in enumerate(outs):

@@ -30,9 +30,10 @@ def _clean_env(**extra) -> dict:
     return env
 
 
-def _run(script: str, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def _run(script: str, *args: str, env: dict | None = None, check: bool = True,
+         timeout: float = 60) -> subprocess.CompletedProcess:
     p = subprocess.run(["bash", str(LAUNCH / script), *args], capture_output=True, text=True, cwd=ROOT,
-                       env=env or _clean_env(), timeout=60)
+                       env=env or _clean_env(), timeout=timeout)
     if check:
         assert p.returncode == 0, p.stderr
     return p
@@ -279,13 +280,15 @@ def test_tpu_stop_reaches_the_trainer_on_a_local_fake_worker(tmp_path, fake_pod)
     env, home, base = fake_pod
     env = {**env, "FAKE_STATE": str(tmp_path / "state")}
     workdir = tmp_path / "wd"
-    p = _run("tpu_pod.sh", "train", *base, "--no-follow", "--config", "configs/tiny.py:flow", "--workdir",
-             str(workdir), "--", "--config.train.steps=100000", "--config.train.checkpoint_every=100000",
-             "--config.train.progress=false", env=env, check=False)
-    log = home / "vdot-train.log"
-    assert p.returncode == 0, p.stderr + (log.read_text() if log.exists() else "")
-    pid = int((home / "vdot-train.pid").read_text())
+    pidfile = home / "vdot-train.pid"
+    pidfile.unlink(missing_ok=True)
     try:
+        p = _run("tpu_pod.sh", "train", *base, "--no-follow", "--config", "configs/tiny.py:flow", "--workdir",
+                 str(workdir), "--", "--config.train.steps=100000", "--config.train.checkpoint_every=100000",
+                 "--config.train.progress=false", env=env, check=False)
+        log = home / "vdot-train.log"
+        assert p.returncode == 0, p.stderr + (log.read_text() if log.exists() else "")
+        pid = int(pidfile.read_text())
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         assert Path(argv[0].decode()).name.startswith("python") and argv[1].endswith(b"/vdot"), argv  # the trainer
         deadline = time.time() + 300
@@ -295,11 +298,12 @@ def test_tpu_stop_reaches_the_trainer_on_a_local_fake_worker(tmp_path, fake_pod)
         running = _run("tpu_pod.sh", "status", *base, env=env, check=False)
         assert running.returncode == 1 and f"[worker 0] trainer {pid} is running" in running.stdout
         t0 = time.time()
-        stop = _run("tpu_pod.sh", "stop", *base, "--stop-timeout", "120", env=env, check=False)
+        stop = _run("tpu_pod.sh", "stop", *base, "--stop-timeout", "120", env=env, check=False, timeout=180)
         waited = time.time() - t0
-    finally:
-        if Path(f"/proc/{pid}").exists() and b"vdot" in Path(f"/proc/{pid}/cmdline").read_bytes():
-            os.kill(pid, 9)
+    finally:  # a trainer left running (100,000 steps) would slow every test after this one
+        left = int(pidfile.read_text()) if pidfile.exists() and pidfile.read_text().strip() else None
+        if left and Path(f"/proc/{left}").exists() and b"vdot" in Path(f"/proc/{left}/cmdline").read_bytes():
+            os.kill(left, 9)
     assert stop.returncode == 0 and f"trainer {pid} exited" in stop.stdout, stop.stderr
     assert not Path(f"/proc/{pid}").exists() or b"vdot" not in Path(f"/proc/{pid}/cmdline").read_bytes()
     text = log.read_text()

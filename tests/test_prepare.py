@@ -325,7 +325,6 @@ def test_prepare_output_folder_rule(tmp_path, raw, capsys):
 
 
 @pytest.mark.slow  # builds and converts a tiny random WanVACEPipeline (~20 s), then 3 generations
-@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
 @pytest.mark.parametrize("argv", [["inpaint", "--box", "16,8,40,20", "--mask-kind", "bbox_expand"],
                                   ["frameref", "--mode", "firstlast"],
                                   ["layout", "--track", "0:4,4,20,20;8:24,4,40,20"]],

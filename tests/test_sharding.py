@@ -3,8 +3,6 @@
 import dataclasses
 import os
 import re
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import FAST_COMPILE
+from conftest import FAST_COMPILE, free_port, run_together
 from oracles import TINY_VACE
 from vdot_jax.models.config import PRESETS
 from vdot_jax.models.wan import WanModel
@@ -136,23 +134,16 @@ def test_mesh_specs():
         parse_axes("fsdp4")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_match_one(tmp_path):
     """Two CPU processes x 4 devices, coordinator on 127.0.0.1, run the sharded forward of one model."""
     np.savez(tmp_path / "inputs.npz", *inputs(CFG_VACE))
-    port = _free_port()
+    port = free_port()
     script = Path(__file__).parent / "scripts" / "multiprocess_forward.py"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count=4 {FAST_COMPILE}"
-    procs = [subprocess.Popen([sys.executable, str(script), str(port), str(i), str(tmp_path)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    logs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
+    done = run_together([[sys.executable, str(script), str(port), str(i), str(tmp_path)] for i in range(2)],
+                        [env] * 2, timeout=300)
+    assert all(rc == 0 for rc, _, _ in done), "\n".join(o + e for _, o, e in done)
     single = np.load(tmp_path / "single.npy")
     # the VACE hints change the output, so their sharding is part of what is compared
     assert np.abs(single - np.load(tmp_path / "nohints.npy")).max() > 0.1 * np.abs(single).max()

@@ -3,14 +3,12 @@ every other row, as a TPU torus can lay them out -- stop after one step, resume,
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 from absl import flags
-from conftest import FAST_COMPILE
+from conftest import FAST_COMPILE, free_port, run_together
 
 from vdot_jax.data.pipeline import DataPipeline, Layout
 from vdot_jax.train.config import apply_overrides, load_config
@@ -23,18 +21,14 @@ OVERRIDES = ["mesh.ici=data=2,fsdp=4", "data.batch_size=8", "train.steps=2", "tr
 
 
 def test_two_processes_train_on_per_host_shards_of_the_one_process_batch(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count=4 {FAST_COMPILE}"
     script = ROOT / "tests/scripts/train_two_process.py"
-    procs = [subprocess.Popen([sys.executable, str(script), str(port), str(i), str(tmp_path),
-                               str(ROOT / "configs/tiny.py"), *OVERRIDES], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, cwd=ROOT) for i in range(2)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-4000:]
+    done = run_together([[sys.executable, str(script), str(port), str(i), str(tmp_path), str(ROOT / "configs/tiny.py"),
+                          *OVERRIDES] for i in range(2)], [env] * 2, timeout=600, cwd=ROOT)
+    for rc, out, err in done:
+        assert rc == 0, (out + err)[-4000:]
 
     # each host loaded its own rows of the batch (every other one); together they are the one-process batch
     config = apply_overrides(load_config(str(ROOT / "configs/tiny.py") + ":flow"), OVERRIDES)

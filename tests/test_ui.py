@@ -37,6 +37,21 @@ def _free_port() -> int:
 
 
 SERVER_LOG: dict = {}  # the server fixture's terminal output: {"path": Path}
+CALL_LIMIT = 300  # s for one request or wait; the server's heartbeats keep a stalled request's stream open forever
+
+
+class TimedClient(Client):
+    """``predict`` with a limit: a request stalled in the server fails its test instead of hanging the run."""
+
+    def predict(self, *args, api_name=None, **kw):
+        return self.submit(*args, api_name=api_name, **kw).result(timeout=CALL_LIMIT)
+
+
+def _until(done, what: str):
+    deadline = time.time() + CALL_LIMIT
+    while not done():
+        assert time.time() < deadline, f"gave up after {CALL_LIMIT} s waiting for {what}"
+        time.sleep(0.005)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +87,7 @@ def server(tmp_path_factory):
         deadline = time.time() + 120
         while True:
             try:
-                client = Client(url, verbose=False)
+                client = TimedClient(url, verbose=False)
                 break
             except Exception:
                 if proc.poll() is not None or time.time() > deadline:
@@ -81,7 +96,11 @@ def server(tmp_path_factory):
         yield url, client
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         os.close(master)
 
 
@@ -275,15 +294,19 @@ def test_two_requests_at_once_both_come_back_in_order(server):
     from gradio_client.utils import Status
 
     first = client.submit(*_args(seed=11, steps=30), api_name="/generate")
-    while first.status().code not in (Status.IN_QUEUE, Status.PROCESSING, Status.PROGRESS, Status.FINISHED):
-        time.sleep(0.02)  # the first has joined the queue: the second is submitted behind it, while it runs
+    # the first has joined the queue: the second is submitted behind it, while it runs
+    _until(lambda: first.status().code in (Status.IN_QUEUE, Status.PROCESSING, Status.PROGRESS, Status.FINISHED),
+           "the first request to join the queue")
     second = client.submit(*_args(seed=12), api_name="/generate")
     waiting = set()
-    while not first.done():
+
+    def first_done():
         st = second.status()
         if st.code == Status.IN_QUEUE and st.rank is not None:
             waiting.add(st.rank)
-        time.sleep(0.01)
+        return first.done()
+
+    _until(first_done, "the first request")
     outs = [first.result(timeout=120), second.result(timeout=120)]
     assert waiting, "the second request never waited in the queue while the first ran"
     assert [f"--seed {s}" in o[2] for s, o in zip((11, 12), outs)] == [True, True]
@@ -357,12 +380,15 @@ def test_progress_reports_each_denoising_step(server):
     _, client = server
     job = client.submit(*_args(steps=40), api_name="/generate")
     seen = set()
-    while not job.done():
+
+    def done():
         for p in job.status().progress_data or []:
             if p.unit == "steps" and p.index is not None:
                 seen.add((p.index, p.length))
-        time.sleep(0.005)
-    job.result()
+        return job.done()
+
+    _until(done, "the 40-step request")
+    job.result(timeout=CALL_LIMIT)
     assert seen and all(n == 40 and 0 < k <= 40 for k, n in seen), seen
 
 

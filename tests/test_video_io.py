@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -9,8 +13,6 @@ pytest.importorskip("imageio_ffmpeg")
 from PIL import Image  # noqa: E402
 
 from vdot_jax.data import video_io as V  # noqa: E402
-
-pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # ffmpeg subprocesses with JAX loaded
 
 
 def smooth_video(t=17, h=32, w=48):
@@ -111,3 +113,36 @@ def test_errors_are_one_sentence_naming_the_file(tmp_path, clip):
             fn()
         msg = str(info.value)
         assert isinstance(info.value, ValueError) and "\n" not in msg and msg.endswith("."), msg
+
+
+def _children() -> list[int]:
+    me = str(os.getpid())
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me:  # ppid
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_ffmpeg_starts_in_its_own_process_group_without_a_python_fork(clip, tmp_path):
+    """With JAX's threads running, imageio-ffmpeg's ``preexec_fn=os.setpgrp`` forks and runs Python in the child,
+    which can deadlock there and leave ``Popen`` waiting forever (video_io's docstring). Catches that path coming
+    back (JAX's at-fork hook warns "os.fork() was called") and ffmpeg losing its own process group (Ctrl-C would
+    kill a half-read or half-written video)."""
+    import jax.numpy as jnp
+
+    jnp.ones(3).block_until_ready()  # JAX loaded, its threads started
+    path, frames = clip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, _, stream = V.stream_video(path)
+        next(stream)  # ffmpeg is decoding now
+        groups = {pid: os.getpgid(pid) for pid in _children()}
+        stream.close()
+        V.write_video(tmp_path / "again.mp4", frames)
+    assert not [w for w in caught if "fork" in str(w.message)], [str(w.message) for w in caught]
+    assert groups and all(g == pid != os.getpgrp() for pid, g in groups.items()), groups

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 from etils import epath
 from flax import nnx
 
@@ -191,7 +192,9 @@ def load_transformer(
     target = {keys[k]: jax.ShapeDtypeStruct(v.shape, dtype, sharding=shardings.get(k)) for k, v in flat.items()}
     restored = (ckpt.restore_subtree(src.path, src.step, target) if src.pinned
                 else ckpt.restore_subtree_intact(src.path, target))
-    return assign(model, {k: restored[keys[k]] for k in flat})
+    # without a requested sharding a leaf comes back on the host: placed like a diffusers folder's (uncommitted, on
+    # the default device), so the programs it feeds are the same ones, not copies bound to the training mesh
+    return assign(model, {k: restored[keys[k]] if k in shardings else jnp.asarray(restored[keys[k]]) for k in flat})
 
 
 # ----------------------------------------------------------------------------- the VAE and the text encoder

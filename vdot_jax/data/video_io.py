@@ -33,6 +33,12 @@ Conventions (the VACE release's, where it has one):
 Every problem a user can cause (missing file, unreadable or corrupt file, too few frames, bad shape)
 raises :class:`VideoError`, a ``ValueError`` whose message is one sentence naming the file.
 ``imageio``'s ffmpeg backend (``imageio-ffmpeg``) is imported only when a video is read or written.
+
+**ffmpeg without a Python fork.** imageio-ffmpeg puts ffmpeg in its own process group (so Ctrl-C reaches us, not a
+half-written file) with ``preexec_fn=os.setpgrp``, which makes Python fork and run Python code in the child. In a
+multi-threaded process (JAX always is) that child can deadlock before it execs, and the ``Popen`` then never
+returns (imageio-ffmpeg's issue 58; JAX warns "os.fork() was called"). ``_imageio`` has it ask for the same process
+group through ``process_group=0``, which the subprocess module sets in C without running Python after the fork.
 """
 
 from __future__ import annotations
@@ -67,12 +73,19 @@ class VideoInfo:
 def _imageio():
     try:
         import imageio.v2 as iio  # noqa: PLC0415  (lazy: only video paths need ffmpeg)
-        import imageio_ffmpeg  # noqa: F401, PLC0415
+        import imageio_ffmpeg._io as ffmpeg_io  # noqa: PLC0415
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise VideoError(
             f"reading and writing videos needs imageio and imageio-ffmpeg (pip install imageio imageio-ffmpeg): {e}"
         ) from None
+    if os.name == "posix" and getattr(ffmpeg_io, "_popen_kwargs", None) not in (None, _popen_kwargs):
+        ffmpeg_io._popen_kwargs = _popen_kwargs  # module docstring: ffmpeg without a Python fork
     return iio
+
+
+def _popen_kwargs(prevent_sigint: bool = False) -> dict:
+    """Popen options for imageio-ffmpeg's ffmpeg: its own process group when asked, set without ``preexec_fn``."""
+    return {"process_group": 0} if prevent_sigint else {}
 
 
 def _check_exists(path, what: str) -> str:

@@ -342,15 +342,17 @@ def check_compatible(workdir, meta: Mapping, current_signature: Mapping, mode: s
 
 def restore_subtree(workdir, step: int, targets: Mapping[tuple, jax.ShapeDtypeStruct]) -> dict:
     """Restore some leaves of checkpoint ``step``'s state: {path tuple: abstract array with sharding} -> {path:
-    array} (e.g. only a generator out of a whole train state, without reading the rest)."""
+    array} (e.g. only a generator out of a whole train state, without reading the rest). A target without a
+    sharding comes back as a numpy array: orbax would otherwise rebuild the mesh the run saved with."""
     nested: dict = {}
     for path, leaf in targets.items():
         node = nested
         for p in path[:-1]:
             node = node.setdefault(p, {})
         node[path[-1]] = leaf
-    restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, global_shape=s.shape,
-                                                               dtype=s.dtype), nested)
+    restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, global_shape=s.shape, dtype=s.dtype)
+                                if s.sharding is not None else ocp.RestoreArgs(restore_type=np.ndarray, dtype=s.dtype),
+                                nested)
     item = checkpoint_dir(workdir) / str(step) / "state"
     with ocp.PyTreeCheckpointer() as ck:
         try:
