@@ -3,8 +3,8 @@
     python bench/demo_student_curve.py --teacher DIR --steps 600 --every 150 --out out/curve.json
 
 The student is distilled with `vdot demo`'s plan (`vdot_jax.demo.DemoPlan`; `--steps` and `--generator-lr`
-override it) from the teacher at DIR (a diffusers transformer folder such as `vdot export --ema --format diffusers
---transformer-only` writes, or a converted model directory; default the shipped teacher), and sampled on the
+override it) from the teacher at DIR (a training workdir such as `teacher_wide_run/`, whose EMA is used, a diffusers transformer
+folder or a converted model directory; default the shipped teacher), and sampled on the
 demo's 82 evaluation clips (4 steps, no CFG, noise seed `--seed`) every `--every` steps. The teacher's own rows
 (50 and 4 steps at the demo's CFG, and the students' 4-step no-CFG start) are sampled once with `--with-teacher`.
 It answers "how many steps does the student need with this teacher" without running the whole demo

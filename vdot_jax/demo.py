@@ -122,11 +122,12 @@ def _log(msg: str) -> None:
 
 
 def load_teacher(path=None):
-    """The shipped toy teacher (or the model at ``path``: a diffusers folder or a converted model directory)."""
+    """The shipped toy teacher (or the model at ``path``: a diffusers folder, a converted model directory, or a
+    training workdir, whose newest EMA is used)."""
     from vdot_jax.sources import load_transformer
 
     if path is not None:
-        return load_transformer(path)
+        return load_transformer(path, ema=True)
     path = teacher_path()
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"the shipped toy teacher is missing from {path}; reinstall vdot-jax")
