@@ -243,9 +243,7 @@ esac
 def fake_pod(tmp_path_factory):
     """(env, HOME) for tpu_pod.sh with the fake gcloud above and a metadata server answering worker 0; HOME (and
     with it the compilation cache the script sets) is shared by the module's tests."""
-    import socket
-
-    from conftest import FAST_COMPILE
+    from conftest import FAST_COMPILE, free_port
 
     root = tmp_path_factory.mktemp("pod")
     bin_dir, home = root / "bin", root / "home"
@@ -257,9 +255,7 @@ def fake_pod(tmp_path_factory):
     (home / "vdot-venv" / "bin").mkdir(parents=True)
     (home / "vdot-venv" / "bin" / "activate").write_text(f'export PATH="{Path(sys.executable).parent}:$PATH"\n')
     (home / "vdot-jax").symlink_to(ROOT)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = _clean_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", HOME=str(home), FAKE_CALLS=str(root / "calls"),
                      JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count=1 {FAST_COMPILE}",
                      PYTHONPATH=str(ROOT))

@@ -19,6 +19,7 @@ import pytest
 REQUIRED = bool(os.environ.get("CI") or os.environ.get("VDOT_REQUIRE_BROWSER"))
 if not REQUIRED:
     pytest.importorskip("gradio_client", reason='the ui extra: pip install -e ".[ui]"')
+from conftest import free_port  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
 from vdot_jax.data.video_io import read_video, write_video  # noqa: E402
@@ -28,12 +29,6 @@ ROOT = Path(__file__).resolve().parent.parent
 TOY = "toy teacher (shipped)"
 PROMPT = "a red circle moving left"
 CAPTION = "a yellow circle moving up"  # the uploaded clip's
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 SERVER_LOG: dict = {}  # the server fixture's terminal output: {"path": Path}
@@ -56,7 +51,7 @@ def _until(done, what: str):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("ui") / "server.log"
     SERVER_LOG["path"] = log
     # on a terminal, as people run it (a tqdm bar there once hid the steps from the page's progress); over two
