@@ -33,6 +33,9 @@ def main(argv=None) -> dict:
     p.add_argument("--every", type=int, default=150, help="evaluate the student every N steps")
     p.add_argument("--generator-lr", type=float, default=None, help="default: the demo's")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a distillation setting, e.g. ema.decay=0.9 or loss.gan_generator_weight=0.3 (repeatable); "
+                        "with ema.decay > 0 the student evaluated is the EMA")
     p.add_argument("--with-teacher", action="store_true", help="also sample the teacher's rows once")
     p.add_argument("--out", default=None, help="JSON file")
     args = p.parse_args(argv)
@@ -45,8 +48,18 @@ def main(argv=None) -> dict:
         p.error(f"--variant must be one of {sorted(D.VARIANTS)}, not {args.variant!r}")
     if args.steps < 1 or args.every < 1:
         p.error("--steps and --every must be at least 1")
-    plan = dataclasses.replace(D.DemoPlan(seed=args.seed), steps=args.steps,
+    overrides = []
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set takes KEY=VALUE, not {item!r}")
+        overrides.append((key, float(value)))
+    plan = dataclasses.replace(D.DemoPlan(seed=args.seed), steps=args.steps, overrides=tuple(overrides),
                                **({"generator_lr": args.generator_lr} if args.generator_lr else {}))
+    try:
+        D.distill_settings(plan, 1)  # an unknown key fails here, before the teacher is loaded
+    except (KeyError, ValueError) as e:
+        p.error(str(e))
     teacher = D.load_teacher(args.teacher)
     graphdef, teacher_params = nnx.split(teacher)
     ev = D.eval_set(plan)
@@ -67,7 +80,8 @@ def main(argv=None) -> dict:
     def after_step(name, done, state):
         if done % args.every and done != args.steps:
             return
-        rows, _ = D.evaluate_methods(plan, graphdef, {name: (state.generator, plan.student_steps,
+        student = state.ema if state.ema is not None else state.generator
+        rows, _ = D.evaluate_methods(plan, graphdef, {name: (student, plan.student_steps,
                                                              plan.student_shift, 1.0)}, ev, log=lambda s: None)
         result["curve"][str(done)] = {**row(rows[name]), "minutes": (time.time() - t0) / 60}
         print(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in result["curve"][str(done)].items()),

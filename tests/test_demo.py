@@ -15,9 +15,14 @@ from vdot_jax.data.toy_world import TASKS
 
 
 def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
+    from vdot_jax.demo import teacher_path
+
     out = tmp_path / "demo"
-    assert vdot(["demo", "--quick", "--out", str(out)]) == 0
+    # --teacher named explicitly (the shipped one, so that the run is the default's): the report says which
+    assert vdot(["demo", "--quick", "--out", str(out), "--teacher", str(teacher_path())]) == 0
     text = (out / "report.md").read_text()
+    assert f"from the toy VACE teacher at `{teacher_path()}`" in text
+    assert json.loads((out / "plan.json").read_text())["teacher"] == str(teacher_path())
     plan = DemoPlan.quick()
     t50 = _teacher_name(plan.teacher_steps, plan.guidance)
     rows = [t50, _teacher_name(plan.student_steps, plan.guidance), START, *VARIANTS, "real clips (reference)"]
@@ -107,6 +112,29 @@ def test_precompiled_programs_are_the_ones_the_run_meets():
 def test_demo_refuses_bad_seeds(capsys):
     assert vdot(["demo", "--seeds", "0", "--out", "/nonexistent/x"]) != 0
     assert "--seeds must be a positive integer" in capsys.readouterr().err
+
+
+def test_demo_refuses_a_teacher_that_does_not_fit_the_toy_world(tmp_path, capsys):
+    """--teacher / --probe-teacher: a missing folder, or a model whose text width is not the toy world's (a
+    config without any weights: refused from the config alone), is one sentence before any output is made; the
+    tracked wide teacher's workdir fits."""
+    from pathlib import Path
+
+    from vdot_jax.demo import check_toy_teacher, teacher_path
+
+    out = tmp_path / "out"
+    assert vdot(["demo", "--teacher", str(tmp_path / "none"), "--out", str(out)]) != 0
+    assert "--teacher" in capsys.readouterr().err and not out.exists()
+    big = tmp_path / "big"
+    big.mkdir()
+    config = json.loads((teacher_path() / "config.json").read_text())
+    (big / "config.json").write_text(json.dumps({**config, "text_dim": 4096}))
+    for flag in ("--teacher", "--probe-teacher"):
+        assert vdot(["demo", flag, str(big), "--out", str(out)]) != 0
+        err = capsys.readouterr().err
+        assert "is not a toy teacher: its text_dim 4096 (the toy world's: 32)" in err, err
+        assert not (out / "plan.json").exists()
+    check_toy_teacher(Path(__file__).parents[1] / "teacher_wide_run")
 
 
 def test_teacher_config_stages_match_the_shipped_teacher():
@@ -209,23 +237,27 @@ def test_seeds_report_path_with_stub_training(tmp_path, monkeypatch):
 def test_distill_runs_only_the_named_variants_and_reports_every_step():
     """The loop bench/demo_student_curve.py drives: ``variants`` picks the students (a loop that ignored it would
     train three), ``after_step`` sees each student's state after every step with the count of steps done (an
-    off-by-one or a call per phase would show), and the returned students are the final states' generators. A
-    stand-in distiller keeps it free of compiles; the teacher, critic and data pipeline are the real ones."""
+    off-by-one or a call per phase would show), and the returned students are the final states' generators, or
+    their EMAs where the state keeps one. A stand-in distiller keeps it free of compiles; the teacher, critic and
+    data pipeline are the real ones."""
     import dataclasses
 
     from vdot_jax.demo import distill, load_teacher
 
     class State:
-        def __init__(self, n):
-            self.generator, self.n = f"gen{n}", n
+        def __init__(self, n, ema=False):
+            self.generator, self.n, self.ema, self.keeps_ema = f"gen{n}", n, f"ema{n}" if ema else None, ema
 
     class Stub:
+        def __init__(self, ema=False):
+            self.keep_ema = ema
+
         def init_state(self, *a, **k):
-            return State(0)
+            return State(0, self.keep_ema)
 
         def train_step(self, state, batch, use_gan):
             assert batch["latents"].shape[1] == 2  # the plan's batch, from the real pipeline
-            return State(state.n + 1), {"critic_flow_loss": float(state.n)}
+            return State(state.n + 1, state.keeps_ema), {"critic_flow_loss": float(state.n)}
 
     seen = []
     plan = dataclasses.replace(DemoPlan.quick(), steps=3)
@@ -234,3 +266,22 @@ def test_distill_runs_only_the_named_variants_and_reports_every_step():
     assert list(students) == ["student OT only"] and students["student OT only"] == "gen3"
     assert seen == [("student OT only", k, k) for k in (1, 2, 3)]
     assert hist["student OT only"]["critic_flow_loss"] == [0.0, 1.0, 2.0]
+    students, _, _ = distill(plan, load_teacher(), log=lambda s: None, distiller=Stub(ema=True),
+                             variants={"student VDOT"})
+    assert students == {"student VDOT": "ema3"}
+
+
+def test_plan_overrides_set_distillation_settings_and_refuse_unknown_keys():
+    """DemoPlan.overrides (bench/demo_student_curve.py --set) reach the distillation config with the setting's
+    own type (ema.start stays an int), and a misspelt key is refused rather than silently ignored."""
+    import dataclasses
+
+    from vdot_jax.demo import distill_settings
+
+    c = distill_settings(dataclasses.replace(DemoPlan(), overrides=(("ema.decay", 0.9), ("ema.start", 10.0),
+                                                                    ("loss.gan_generator_weight", 0.3))), 4)
+    assert (c.ema.decay, c.ema.start, c.loss.gan_generator_weight) == (0.9, 10, 0.3)
+    assert isinstance(c.ema.start, int)
+    assert distill_settings(DemoPlan(), 4).ema.decay == 0.0  # the default plan changes nothing
+    with pytest.raises(KeyError, match="ema.decy"):
+        distill_settings(dataclasses.replace(DemoPlan(), overrides=(("ema.decy", 0.9),)), 4)

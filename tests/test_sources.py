@@ -60,3 +60,21 @@ def test_refusals_name_the_path(tmp_path):
     (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
     with pytest.raises(sources.SourceError, match="has no finished checkpoint"):
         sources.resolve(tmp_path / "empty")
+
+
+def test_source_arch_reads_a_diffusers_config_without_weights(tmp_path):
+    """A transformer folder and a pipeline folder (transformer/ inside) give the architecture of their config.json
+    (no weights exist here: nothing else was read); a reader that looked for a vdot component index would fail."""
+    from vdot_jax.models.config import WanConfig
+
+    config = {"_class_name": "WanVACETransformer3DModel", "num_attention_heads": 2, "attention_head_dim": 32,
+              "in_channels": 12, "out_channels": 12, "text_dim": 32, "ffn_dim": 256, "num_layers": 4,
+              "vace_layers": [0, 2], "vace_in_channels": 28}
+    (tmp_path / "pipe" / "transformer").mkdir(parents=True)
+    (tmp_path / "pipe" / "model_index.json").write_text("{}")
+    for folder in (tmp_path / "pipe" / "transformer", tmp_path / "hf"):
+        folder.mkdir(exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(config))
+    expected = WanConfig.from_diffusers(config)
+    assert (expected.dim, expected.text_dim, expected.vace_layers) == (64, 32, (0, 2))
+    assert sources.source_arch(tmp_path / "hf") == expected == sources.source_arch(tmp_path / "pipe")

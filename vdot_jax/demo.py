@@ -34,6 +34,7 @@ from vdot_jax.train.logging import is_curve
 # latent_std_floor tames the toy VAE's heavy-tailed detail bands (see its docstring).
 TOY_WORLD = dict(frames=5, height=32, width=32, text_dim=32, text_len=8, text_seed=0, latent_std_floor=0.25)
 TEACHER_ASSET = "assets/toy_teacher"
+TOY_IO = ("in_channels", "out_channels", "patch_size", "text_dim", "vace_in_channels")  # what a toy teacher must match
 START = "teacher 4 steps, no CFG (students' start)"
 
 
@@ -56,6 +57,10 @@ class DemoPlan:
     ttur: int = 5
     seed: int = 0  # distillation (data, critic head, noise) and sampling noise; --seeds N runs seed .. seed+N-1
     eval_seed: int = 0  # the evaluation clips (fixed across --seeds; the teacher sweep holds out HOLDOUT_SEED)
+    # (dotted key, value) pairs set on the distillation config last, e.g. (("ema.decay", 0.9),) for experiments
+    # (bench/demo_student_curve.py --set); with ema.decay > 0 the students are the generator's EMA
+    overrides: tuple = ()
+    teacher: str = ""  # the toy teacher: a training workdir (its EMA) or model folder; "" = the shipped one
 
     @classmethod
     def quick(cls) -> "DemoPlan":
@@ -105,6 +110,14 @@ def distill_settings(plan: DemoPlan, num_layers: int):
     c.gan.token_dim = 32  # release 512 for width 1536/5120; the toy model is 64 wide
     c.gan.num_heads = 2
     c.gan.ffn_dim = 128  # release 13824 whatever the width; 4 x the toy token width keeps the toy head small
+    for key, value in plan.overrides:
+        *path, leaf = key.split(".")
+        node = c
+        for part in path:
+            node = node[part]
+        if leaf not in node:
+            raise KeyError(f"the distillation config has no setting {key!r}")
+        node[leaf] = type(node[leaf])(value)
     return c
 
 
@@ -121,12 +134,25 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def check_toy_teacher(path) -> None:
+    """ValueError unless the model at ``path`` takes the toy world's latents, text and VACE context (read from its
+    config, before any weight is)."""
+    from vdot_jax.sources import source_arch
+
+    arch, toy = source_arch(path), source_arch(teacher_path())
+    wrong = [f"{k} {getattr(arch, k)} (the toy world's: {getattr(toy, k)})" for k in TOY_IO
+             if getattr(arch, k) != getattr(toy, k)]
+    if wrong:
+        raise ValueError(f"{path} is not a toy teacher: its {', '.join(wrong)}.")
+
+
 def load_teacher(path=None):
     """The shipped toy teacher (or the model at ``path``: a diffusers folder, a converted model directory, or a
     training workdir, whose newest EMA is used)."""
     from vdot_jax.sources import load_transformer
 
     if path is not None:
+        check_toy_teacher(path)
         return load_transformer(path, ema=True)
     path = teacher_path()
     if not (path / "config.json").exists():
@@ -177,7 +203,7 @@ def distill(plan: DemoPlan, teacher, log: Callable[[str], None] = _log, distille
             if step % max(1, plan.steps // 10) == 0 or step == plan.steps - 1:
                 shown = {k: round(v[-1], 4) for k, v in history.items() if is_curve(k)}
                 log(f"  {name}: step {step + 1}/{plan.steps} {shown} ({time.time() - t0:.0f} s)")
-        students[name] = state.generator
+        students[name] = state.ema if state.ema is not None else state.generator
         histories[name] = history
     return students, histories, distiller
 
@@ -497,9 +523,9 @@ def run_demo(out_dir: str | os.PathLike = "vdot_demo", quick: bool = False, plan
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timer = Timer()
-    teacher = load_teacher()
+    teacher = load_teacher(plan.teacher or None)
     graphdef, teacher_params = nnx.split(teacher)
-    log(f"loaded the toy teacher ({teacher.cfg.describe()}); distilling 3 students x {plan.steps} steps "
+    log(f"loaded the toy teacher{' at ' + plan.teacher if plan.teacher else ''} ({teacher.cfg.describe()}); distilling 3 students x {plan.steps} steps "
         f"x {seeds} seed(s)")
     ev = eval_set(plan)
     t0 = time.time()
@@ -642,7 +668,8 @@ def write_report(out: Path, plan: DemoPlan, rows: dict, spread: dict | None, his
     lines = [
         "# vdot demo report",
         "",
-        f"A 4-step student distilled from the shipped toy VACE teacher with VDOT (DMD + OT + GAN), against the "
+        f"A 4-step student distilled from the "
+        f"{'toy VACE teacher at `' + plan.teacher + '`' if plan.teacher else 'shipped toy VACE teacher'} with VDOT (DMD + OT + GAN), against the "
         f"teacher at {plan.teacher_steps} and {plan.student_steps} steps and against students trained with DMD "
         f"only and OT only. {len(ev.batch.task)} evaluation clips: {plan.eval_per_task} per task for "
         f"{len(first)} tasks, plus {plan.coverage_per_prompt} per prompt with an unspecified attribute "

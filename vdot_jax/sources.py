@@ -149,10 +149,14 @@ def _workdir_arch(src: Source) -> tuple[WanConfig, str]:
 
 
 def source_arch(path) -> WanConfig:
-    """The transformer architecture of a model directory or training workdir, without reading its weights."""
+    """The transformer architecture of a model directory, diffusers folder or training workdir, without reading its
+    weights."""
     src = resolve(path)
     if src.kind == "workdir":
         return _workdir_arch(src)[0]
+    if src.kind == "diffusers":  # a pipeline folder (transformer/ inside) or a transformer folder
+        folder = src.path / "transformer" if (src.path / "model_index.json").is_file() else src.path
+        return WanConfig.from_diffusers(json.loads((folder / "config.json").read_text()))
     return WanConfig.from_dict(store.read_meta(store.component_dir(src.path, "transformer"))["config"])
 
 

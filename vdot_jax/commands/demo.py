@@ -12,6 +12,8 @@ def run(args) -> None:
     # --rescore reads and re-writes the report of a demo folder (checked by rescore: its clips and plan.json)
     if args.probe_teacher not in (None, "shipped") and not os.path.exists(args.probe_teacher):
         raise UserError(f"--probe-teacher {args.probe_teacher}: no such workdir or model folder.")
+    if args.teacher is not None and not os.path.exists(args.teacher):
+        raise UserError(f"--teacher {args.teacher}: no such workdir or model folder.")
     check_output_folder(args.out, command=None if args.rescore else "demo", overwrite=args.overwrite)
     # CPU: backend optimisation level 1 compiles the four training phases in about 40% of the default's time
     # (measured on 2 cores: ~45 s vs ~105 s per phase) and runs these tiny models as fast (set before jax
@@ -22,12 +24,18 @@ def run(args) -> None:
     cache = os.path.expanduser(os.environ.get("VDOT_COMPILATION_CACHE", "~/.cache/vdot-jax/xla"))
     jax.config.update("jax_compilation_cache_dir", cache)  # a second run skips compilation
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    from vdot_jax.demo import DemoPlan, probe_teacher, rescore, run_demo, sweep_teacher
+    from vdot_jax.demo import DemoPlan, check_toy_teacher, probe_teacher, rescore, run_demo, sweep_teacher
 
+    for teacher in (args.teacher, None if args.probe_teacher == "shipped" else args.probe_teacher):
+        if teacher is not None:
+            try:
+                check_toy_teacher(teacher)
+            except (ValueError, OSError) as e:
+                raise UserError(str(e)) from None
     if not args.rescore:
         mark_output_folder(args.out, "demo")
     if args.sweep_teacher:
-        sweep_teacher(args.out)
+        sweep_teacher(args.out, teacher=args.teacher)
         return
     if args.probe_teacher:
         probe_teacher(args.out, None if args.probe_teacher == "shipped" else args.probe_teacher, seeds=args.seeds)
@@ -41,6 +49,8 @@ def run(args) -> None:
     plan = DemoPlan.quick() if args.quick else DemoPlan()
     if args.steps is not None:
         plan.steps = args.steps
+    if args.teacher is not None:
+        plan.teacher = args.teacher
     run_demo(args.out, plan=plan, seeds=args.seeds, keep_clips=args.keep_clips)
 
 
@@ -62,6 +72,10 @@ def register(sub) -> None:
                    help="write into a non-empty --out that vdot demo did not make (files of the same names are "
                         "replaced)")
     p.add_argument("--quick", action="store_true", help="a few steps and clips: checks the whole path in ~2 minutes")
+    p.add_argument("--teacher", metavar="PATH", default=None,
+                   help="distil from (or with --sweep-teacher, measure) the toy teacher at PATH instead of the shipped "
+                        "one: a vdot train workdir (its EMA at the newest step, e.g. teacher_wide_run in a checkout) "
+                        "or a model folder")
     p.add_argument("--steps", type=int, default=None, help="distillation steps per student (default 150)")
     p.add_argument("--seeds", type=int, default=1,
                    help="distil every student with this many seeds and report mean ± sd per metric, marking the "
