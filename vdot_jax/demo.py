@@ -525,7 +525,8 @@ def run_demo(out_dir: str | os.PathLike = "vdot_demo", quick: bool = False, plan
     timer = Timer()
     teacher = load_teacher(plan.teacher or None)
     graphdef, teacher_params = nnx.split(teacher)
-    log(f"loaded the toy teacher{' at ' + plan.teacher if plan.teacher else ''} ({teacher.cfg.describe()}); distilling 3 students x {plan.steps} steps "
+    at = f" at {plan.teacher}" if plan.teacher else ""
+    log(f"loaded the toy teacher{at} ({teacher.cfg.describe()}); distilling 3 students x {plan.steps} steps "
         f"x {seeds} seed(s)")
     ev = eval_set(plan)
     t0 = time.time()
@@ -668,8 +669,9 @@ def write_report(out: Path, plan: DemoPlan, rows: dict, spread: dict | None, his
     lines = [
         "# vdot demo report",
         "",
-        f"A 4-step student distilled from the "
-        f"{'toy VACE teacher at `' + plan.teacher + '`' if plan.teacher else 'shipped toy VACE teacher'} with VDOT (DMD + OT + GAN), against the "
+        "A 4-step student distilled from the "
+        + (f"toy VACE teacher at `{plan.teacher}`" if plan.teacher else "shipped toy VACE teacher")
+        + " with VDOT (DMD + OT + GAN), against the "
         f"teacher at {plan.teacher_steps} and {plan.student_steps} steps and against students trained with DMD "
         f"only and OT only. {len(ev.batch.task)} evaluation clips: {plan.eval_per_task} per task for "
         f"{len(first)} tasks, plus {plan.coverage_per_prompt} per prompt with an unspecified attribute "
