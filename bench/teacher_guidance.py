@@ -57,7 +57,7 @@ def main(argv=None) -> dict:
             a, b = means[many][k], means[few][k]
             better = D.goodness(k, a) > D.goodness(k, b)
             entry[k] = {"50": a, "4": b, "sd50": sds[many][k], "sd4": sds[few][k], "better": bool(better),
-                        "beyond_spread": bool(better and abs(a - b) > sds[many][k] + sds[few][k])}
+                        "beyond_spread": bool(better) and D.beyond_spread(means, sds, many, few, k)}
         result["guidance"][f"{g:g}"] = entry
         print(f"CFG {g:g}: " + "; ".join(
             f"{k.split('/')[1]} {v['50']:.3f} vs {v['4']:.3f}{' *' if v['beyond_spread'] else ''}"

@@ -412,6 +412,15 @@ def goodness(key: str, value: float) -> float:
     return -value if key in LOWER_IS_BETTER else value
 
 
+def beyond_spread(rows: dict, spread: dict | None, a: str, b: str, key: str) -> bool:
+    """Whether rows ``a`` and ``b`` differ on ``key`` by more than their two sds together (the reports' rule; False
+    without sds, e.g. one seed)."""
+    if not spread:
+        return False
+    sa, sb = spread.get(a, {}).get(key, np.nan), spread.get(b, {}).get(key, np.nan)
+    return bool(np.isfinite(sa) and np.isfinite(sb) and abs(rows[a][key] - rows[b][key]) > sa + sb)
+
+
 def compare(rows: dict, a: str, b: str, spread: dict | None = None) -> tuple[list[str], list[str]]:
     """Quality metrics on which row ``a`` is better / worse than row ``b``. With ``spread`` ({row: {key: sd}}) a
     header gets a '*' when the difference of the means exceeds the sum of the two sds."""
@@ -420,11 +429,8 @@ def compare(rows: dict, a: str, b: str, spread: dict | None = None) -> tuple[lis
         x, y = goodness(key, rows[a].get(key, np.nan)), goodness(key, rows[b].get(key, np.nan))
         if not (np.isfinite(x) and np.isfinite(y)) or x == y:
             continue
-        if spread:
-            sa, sb = spread.get(a, {}).get(key, np.nan), spread.get(b, {}).get(key, np.nan)
-            diff = abs(rows[a][key] - rows[b][key])
-            if np.isfinite(sa) and np.isfinite(sb) and diff > sa + sb:
-                header += "*"
+        if beyond_spread(rows, spread, a, b, key):
+            header += "*"
         (better if x > y else worse).append(header)
     return better, worse
 
@@ -888,7 +894,7 @@ def _draw_probes(out: Path, probes: dict) -> None:
                 cell = f"{v:.3f}"
                 if name == names[0] and goodness(k, a) > goodness(k, b):
                     cell = f"**{cell}**"
-                    if sds and abs(a - b) > sds[names[0]][k] + sds[names[1]][k]:
+                    if beyond_spread(rows, sds, names[0], names[1], k):
                         cell += "*"
                 if sds:
                     cell += f" ± {sds[name][k]:.3f}"
